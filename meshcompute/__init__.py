@@ -1,0 +1,61 @@
+"""meshcompute: a distributed compute engine for Python on a ZeroMQ peer-to-peer mesh.
+
+The API mirrors Ray Core, so ``import meshcompute as ray`` ports most programs::
+
+    import meshcompute as mesh
+
+    @mesh.remote
+    def square(x):
+        return x * x
+
+    print(mesh.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
+"""
+
+from . import exceptions
+from ._private.api import (
+    RuntimeContext,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_actor,
+    get_gpu_ids,
+    get_runtime_context,
+    init,
+    is_initialized,
+    kill,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from ._private.object_ref import ObjectRef
+from ._private.remote import ActorClass, ActorHandle, RemoteFunction, method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActorClass",
+    "ActorHandle",
+    "ObjectRef",
+    "RemoteFunction",
+    "RuntimeContext",
+    "available_resources",
+    "cancel",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_actor",
+    "get_gpu_ids",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "kill",
+    "method",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

@@ -1,0 +1,1 @@
+"""Private implementation modules of meshcompute. Nothing here is public API."""

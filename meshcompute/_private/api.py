@@ -1,0 +1,384 @@
+"""The public functions: init/shutdown, get/put/wait, cancel/kill, cluster info."""
+
+from __future__ import annotations
+
+import atexit
+import glob
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .. import exceptions as exc
+from . import context
+from .core import Core
+from .object_ref import ObjectRef
+from .procutil import SESSIONS_ROOT, new_session_dir, pid_alive, remove_session
+from .protocol import Msg
+from .remote import ActorHandle, make_remote
+
+log = logging.getLogger("meshcompute")
+
+_lock = threading.RLock()
+_daemon_proc: subprocess.Popen | None = None
+_session_dir: str | None = None
+_atexit_registered = False
+
+
+def _ensure_log_handler() -> None:
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("(meshcompute) %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def _start_embedded(num_cpus, num_gpus, resources, object_store_memory) -> dict:
+    global _daemon_proc, _session_dir
+    session = new_session_dir()
+    logs = os.path.join(session, "logs")
+    os.makedirs(logs, exist_ok=True)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    # Workers import the driver's modules by name: give them the driver's path.
+    paths = [pkg_parent, os.getcwd()] + [p for p in sys.path if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    ready_r, ready_w = os.pipe()
+    cmd = [sys.executable, "-m", "meshcompute._private.daemon", "--session", session,
+           "--parent-pid", str(os.getpid()), "--ready-fd", str(ready_w)]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(int(num_gpus))]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    if object_store_memory:
+        cmd += ["--object-store-memory", str(int(object_store_memory))]
+    with open(os.path.join(logs, "daemon.log"), "ab") as out:
+        proc = subprocess.Popen(cmd, pass_fds=(ready_w,), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    os.close(ready_w)
+    line = b""
+    deadline = time.monotonic() + 60
+    try:
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                break
+            r, _, _ = select.select([ready_r], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(ready_r, 65536)
+                if not chunk:
+                    break
+                line += chunk
+    finally:
+        os.close(ready_r)
+    if not line.endswith(b"\n"):
+        proc.kill()
+        proc.wait()
+        tail = ""
+        try:
+            with open(os.path.join(logs, "daemon.log")) as f:
+                tail = f.read()[-2000:]
+        except OSError:
+            pass
+        remove_session(session)
+        raise exc.MeshError(f"the node daemon failed to start. Its log ends with:\n{tail}")
+    _daemon_proc = proc
+    _session_dir = session
+    return json.loads(line)
+
+
+def _find_local_daemon() -> dict | None:
+    for path in sorted(glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")), reverse=True):
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if info.get("standalone") and pid_alive(int(info.get("pid", 0))):
+            return info
+    return None
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: int | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    **_ray_compat: Any,
+) -> dict:
+    """Connect this process to a mesh, starting an embedded local node if needed.
+
+    Args:
+        address: ``None`` connects to a node started with ``mesh start`` on this
+            machine if there is one (or ``$MESH_ADDRESS``), else starts an embedded
+            node that lives as long as this process. ``"local"`` always starts an
+            embedded node; ``"auto"`` requires a running one.
+        num_cpus, num_gpus, resources: what the embedded node offers (default: every
+            CPU, every detected GPU).
+        object_store_memory: bytes of shared memory for large objects (default 30%
+            of RAM).
+        namespace: the namespace for named actors (default: a fresh one).
+        ignore_reinit_error: return quietly if already initialized.
+
+    Returns a dict describing the node (``node_id``, ``session_dir``, ...).
+    """
+    global _atexit_registered
+    with _lock:
+        if context.core is not None:
+            if ignore_reinit_error:
+                return {"node_id": context.core.node_id, "session_dir": context.core.session_dir}
+            raise RuntimeError("meshcompute is already initialized; call shutdown() first, "
+                               "or pass ignore_reinit_error=True")
+        _ensure_log_handler()
+        address = address or os.environ.get("MESH_ADDRESS")
+        if address is None:
+            info = _find_local_daemon()
+            if info is None:
+                info = _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
+        elif address == "local":
+            info = _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
+        elif address == "auto":
+            info = _find_local_daemon()
+            if info is None:
+                raise ConnectionError("No meshcompute node is running on this machine. Start one with "
+                                      "`mesh start`, or call init() without an address for an embedded node.")
+        else:
+            info = _info_for_address(address)
+        core = Core(session_dir=info["session_dir"], daemon_addr=info["address"], kind="driver",
+                    namespace=namespace)
+        core.start()
+        context.core = core
+        if not _atexit_registered:
+            atexit.register(shutdown)
+            _atexit_registered = True
+        return {"node_id": core.node_id, "session_dir": core.session_dir, "address": info["address"]}
+
+
+def _info_for_address(address: str) -> dict:
+    candidates = [address, os.path.join(address, "daemon.json")]
+    for path in candidates:
+        if path.endswith(".json") and os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    for path in glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")):
+        with open(path) as f:
+            info = json.load(f)
+        if address in (info.get("address"), info.get("node_id"), info.get("tcp_address")):
+            return info
+    raise ConnectionError(f"No meshcompute node answers at {address!r}. Use the address printed by "
+                          f"`mesh start`, or init() without an address for an embedded node.")
+
+
+def _auto_init() -> Core:
+    init()
+    return context.core
+
+
+def is_initialized() -> bool:
+    """True between ``init()`` and ``shutdown()``."""
+    return context.core is not None
+
+
+def shutdown() -> None:
+    """Disconnect; an embedded node stops with all its workers and shared memory."""
+    global _daemon_proc, _session_dir
+    with _lock:
+        core = context.core
+        context.core = None
+        if core is not None:
+            core.close()
+        proc, _daemon_proc = _daemon_proc, None
+        session, _session_dir = _session_dir, None
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if session:
+                remove_session(session)
+
+
+def _core() -> Core:
+    core = context.core
+    if core is None:
+        core = _auto_init()
+    return core
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote task, or a class an actor.
+
+    Use as ``@remote`` or ``@remote(num_cpus=2, max_retries=1, ...)``.
+    """
+    if len(args) == 1 and not options and callable(args[0]):
+        return make_remote(args[0], {})
+    if args:
+        raise TypeError("use @remote or @remote(option=value, ...)")
+    return lambda target: make_remote(target, options)
+
+
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+    """Wait for and return the value(s) of one ref or a list of refs.
+
+    Raises the task's exception (as a ``TaskError`` that is also an instance of the
+    original class), ``GetTimeoutError`` after ``timeout`` seconds, or
+    ``WorkerCrashedError`` / ``ActorDiedError`` / ``TaskCancelledError``.
+    """
+    core = _core()
+    if isinstance(refs, ObjectRef):
+        return core.get([refs], timeout)[0]
+    if isinstance(refs, (list, tuple)):
+        for r in refs:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got an item of type {type(r).__name__}")
+        return core.get(list(refs), timeout)
+    raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value in the mesh and return a ref to it."""
+    return _core().put(value)
+
+
+def wait(refs: Sequence[ObjectRef], *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Wait until ``num_returns`` of ``refs`` are ready or ``timeout`` seconds pass.
+
+    Returns ``(ready, not_ready)``, each in the order of ``refs``.
+    """
+    core = _core()
+    if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
+        raise TypeError("wait() expects a list of ObjectRefs")
+    refs = list(refs)
+    for r in refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"wait() expects a list of ObjectRefs, got an item of type {type(r).__name__}")
+    if len({r._id for r in refs}) != len(refs):
+        raise ValueError("wait() got the same ObjectRef more than once")
+    if not 0 <= num_returns <= len(refs):
+        raise ValueError(f"num_returns must be between 0 and len(refs)={len(refs)}, got {num_returns}")
+    ready_ids = core.wait_ready(refs, num_returns, timeout) if num_returns else set()
+    ready, not_ready = [], []
+    for r in refs:
+        if r._id in ready_ids and len(ready) < max(num_returns, 0):
+            ready.append(r)
+        else:
+            not_ready.append(r)
+    return ready, not_ready
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that produces ``ref``.
+
+    A pending task never runs; a running one is interrupted (``force=True`` kills
+    its worker process).  ``get`` on its refs then raises ``TaskCancelledError``.
+    """
+    if not isinstance(ref, ObjectRef):
+        raise TypeError("cancel() expects an ObjectRef")
+    _core().cancel(ref, force)
+
+
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    """Kill an actor's process now; pending calls fail with ``ActorDiedError``.
+
+    With ``no_restart=False`` an actor with ``max_restarts`` left is restarted.
+    """
+    if not isinstance(actor, ActorHandle):
+        raise TypeError("kill() expects an actor handle")
+    core = _core()
+    core.post(core._send_daemon, Msg.KILL_ACTOR, actor._actor_id, no_restart)
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """Return a handle to the named actor; ValueError if there is none."""
+    core = _core()
+    ns = namespace or core.namespace
+    answer = core.request_daemon(Msg.LOOKUP_ACTOR, name, ns)
+    if answer is None:
+        raise ValueError(f"Failed to look up actor with name {name!r} in namespace {ns!r}: no such live actor.")
+    actor_id, meta = answer
+    return ActorHandle(actor_id, meta)
+
+
+def nodes() -> list[dict]:
+    """One dict per node: ``NodeID``, ``Alive``, ``Resources``, ``NodeManagerAddress``..."""
+    info = _core().node_info()
+    return [{
+        "NodeID": info["node_id"],
+        "Alive": info["alive"],
+        "NodeManagerAddress": "127.0.0.1",
+        "Resources": info["resources_total"],
+        "ObjectStore": info["store"],
+        "alive": info["alive"],
+    }]
+
+
+def cluster_resources() -> dict[str, float]:
+    """Total resources of all alive nodes."""
+    return dict(_core().node_info()["resources_total"])
+
+
+def available_resources() -> dict[str, float]:
+    """Resources not currently held by tasks, actors or leases."""
+    return {k: v for k, v in _core().node_info()["resources_available"].items() if v > 0}
+
+
+class RuntimeContext:
+    """Where the calling code runs: ids of its node, worker, task and actor."""
+
+    def __init__(self, core: Core) -> None:
+        self._core = core
+
+    def get_node_id(self) -> str:
+        return self._core.node_id
+
+    def get_worker_id(self) -> str:
+        return self._core.worker_id
+
+    def get_task_id(self) -> str | None:
+        tid = self._core.current_task_id
+        return tid.hex() if tid else None
+
+    def get_actor_id(self) -> str | None:
+        aid = self._core.current_actor_id
+        return aid.hex() if aid else None
+
+    def get_job_id(self) -> str:
+        return self._core.job_id or ""
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        return {"GPU": [str(g) for g in getattr(self._core, "gpu_ids", ())]}
+
+    @property
+    def namespace(self) -> str:
+        return self._core.namespace
+
+    node_id = property(get_node_id)
+    worker_id = property(get_worker_id)
+    task_id = property(get_task_id)
+    actor_id = property(get_actor_id)
+    job_id = property(get_job_id)
+
+
+def get_runtime_context() -> RuntimeContext:
+    """Return the runtime context of the calling driver, task or actor."""
+    return RuntimeContext(_core())
+
+
+def get_gpu_ids() -> list[int]:
+    """GPU ids assigned to the current task or actor (empty in the driver)."""
+    return list(getattr(_core(), "gpu_ids", ()))

@@ -1,0 +1,852 @@
+"""The node daemon: resources, leases, the worker pool, actors and the store table.
+
+One per node, single-threaded: one loop polls the inbox, the zygote's event pipe
+and a timer.  It is *not* on the per-task path: owners lease a worker for a
+resource shape and push tasks to it directly; the daemon only grants leases,
+takes them back, and tells a lease holder when its worker dies.
+
+Run as ``python -m meshcompute._private.daemon --session DIR ...``; ``init()``
+does that for an embedded node, ``mesh start`` for a standing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import zmq
+
+from ..store.allocator import Allocator, OutOfSpace
+from . import ids
+from .procutil import (
+    arena_path,
+    clean_stale_sessions,
+    describe_exit,
+    pid_alive,
+    remove_session,
+    set_parent_death_signal,
+)
+from .protocol import Msg, decode, describe, encode
+from .transport import Endpoint
+
+log = logging.getLogger("meshcompute.daemon")
+
+LIVENESS_PERIOD_S = 0.5
+"""How often (s) the daemon checks that drivers (and its own parent) are alive."""
+IDLE_WORKER_TTL_S = 10.0
+"""Idle workers beyond the node's CPU count are stopped after this long (s)."""
+DEFAULT_STORE_FRACTION = 0.3
+"""Default store capacity as a share of RAM: Ray's default, leaving 70% for the
+heaps of the driver and workers; also capped by /dev/shm's free space."""
+
+
+def default_store_capacity() -> int:
+    total = psutil.virtual_memory().total
+    try:
+        st = os.statvfs("/dev/shm")
+        shm_free = st.f_bavail * st.f_frsize
+    except OSError:
+        shm_free = total
+    return int(min(total * DEFAULT_STORE_FRACTION, shm_free * 0.9))
+
+
+def detect_gpus() -> int:
+    """Count NVIDIA GPUs from their device nodes (cheap; no driver library needed)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() not in ("", "-1")])
+    try:
+        return len([n for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit()])
+    except OSError:
+        return 0
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    pid: int = 0
+    addr: str = ""
+    state: str = "starting"  # starting | idle | leased | actor | dead
+    lease_id: bytes | None = None
+    actor_id: bytes | None = None
+    blocked: bool = False
+    idle_since: float = 0.0
+    expected_exit: bool = False
+
+
+@dataclass
+class Lease:
+    lease_id: bytes
+    owner: str
+    worker_id: str
+    shape: tuple
+    gpu_ids: tuple
+    released_cpu: float = 0.0  # CPU lent out while the worker is blocked
+
+
+@dataclass
+class LeaseRequest:
+    owner: str
+    req_id: int
+    shape: tuple
+    warned: bool = False
+    revoked: bool = False
+
+
+@dataclass
+class StoreObject:
+    offset: int
+    size: int
+    owner: str
+    creator: str
+    sealed: bool = False
+    freed: bool = False
+    pins: collections.Counter = field(default_factory=collections.Counter)
+    waiting_pins: list = field(default_factory=list)
+
+
+@dataclass
+class Actor:
+    actor_id: bytes
+    spec: dict
+    frames: list
+    owner: str
+    name: str | None
+    namespace: str
+    shape: tuple
+    max_restarts: int
+    detached: bool
+    state: str = "PENDING"  # PENDING | ALIVE | RESTARTING | DEAD
+    worker_id: str | None = None
+    restarts: int = 0
+    reason: str = ""
+    subscribers: set = field(default_factory=set)
+    no_restart: bool = False
+    gpu_ids: tuple = ()
+
+
+class Daemon:
+    def __init__(self, session_dir: str, num_cpus: float, num_gpus: int, resources: dict,
+                 store_capacity: int, parent_pid: int, node_id: str) -> None:
+        self.session_dir = session_dir
+        self.node_id = node_id
+        self.parent_pid = parent_pid
+        self.address = f"ipc://{session_dir}/daemon.sock"
+        self.total: dict[str, float] = {"CPU": float(num_cpus)}
+        if num_gpus:
+            self.total["GPU"] = float(num_gpus)
+        mem = psutil.virtual_memory().total
+        self.total["memory"] = float(max(0, mem - store_capacity))
+        self.total["object_store_memory"] = float(store_capacity)
+        for k, v in (resources or {}).items():
+            self.total[k] = float(v)
+        self.total[f"node:{node_id}"] = 1.0
+        self.available = dict(self.total)
+        self.gpu_free = {i: 1.0 for i in range(int(num_gpus))}
+        self.store_capacity = store_capacity
+        self.store_path = arena_path(session_dir)
+        self.allocator = Allocator(store_capacity)
+        self.objects: dict[bytes, StoreObject] = {}
+        self.store_stats = collections.Counter()
+        self.workers: dict[str, Worker] = {}
+        self.worker_by_addr: dict[str, Worker] = {}
+        self.worker_by_pid: dict[int, Worker] = {}
+        self.leases: dict[bytes, Lease] = {}
+        self.pending: collections.deque[LeaseRequest] = collections.deque()
+        self.pending_actors: collections.deque[Actor] = collections.deque()
+        self.actors: dict[bytes, Actor] = {}
+        self.named: dict[tuple[str, str], bytes] = {}
+        self.drivers: dict[str, int] = {}  # addr -> pid
+        self.processes: dict[str, int] = {}  # every registered process: addr -> pid
+        self.starting = 0
+        self.num_cpus = num_cpus
+        self.running = True
+        self.started_at = time.time()
+        self.tasks_started = 0
+
+    # ----------------------------------------------------------------- set-up
+
+    def create_arena(self) -> None:
+        fd = os.open(self.store_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.ftruncate(fd, self.store_capacity)
+        os.close(fd)
+
+    def start_zygote(self) -> None:
+        """Fork the zygote now, while this process has no threads or sockets."""
+        from .zygote import run_zygote
+
+        cmd_r, cmd_w = os.pipe()
+        evt_r, evt_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(cmd_w)
+            os.close(evt_r)
+            try:
+                run_zygote(cmd_r, evt_w, self.session_dir, self.address)
+            finally:
+                os._exit(0)
+        os.close(cmd_r)
+        os.close(evt_w)
+        self.zygote_pid = pid
+        self.zygote_cmd = cmd_w
+        self.zygote_evt = evt_r
+        os.set_blocking(evt_r, False)
+        self._evt_buf = b""
+
+    def serve(self, ready_fd: int | None) -> None:
+        self.ctx = zmq.Context(io_threads=1)
+        self.ep = Endpoint(self.ctx, self.address)
+        for _ in range(int(self.num_cpus)):
+            self.fork_worker()
+        info = {"pid": os.getpid(), "address": self.address, "node_id": self.node_id,
+                "session_dir": self.session_dir, "store_path": self.store_path,
+                "store_capacity": self.store_capacity, "resources": self.total}
+        with open(os.path.join(self.session_dir, "daemon.json"), "w") as f:
+            json.dump(info, f)
+        if ready_fd is not None:
+            os.write(ready_fd, (json.dumps(info) + "\n").encode())
+            os.close(ready_fd)
+        self.loop()
+
+    def fork_worker(self) -> Worker:
+        wid = ids.random_id()
+        w = Worker(wid)
+        self.workers[wid] = w
+        self.starting += 1
+        os.write(self.zygote_cmd, f"F {wid}\n".encode())
+        return w
+
+    # ------------------------------------------------------------------- loop
+
+    def loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.ep.inbox, zmq.POLLIN)
+        poller.register(self.zygote_evt, zmq.POLLIN)
+        handlers = self._handlers()
+        next_check = time.monotonic() + LIVENESS_PERIOD_S
+        while self.running:
+            events = dict(poller.poll(100))
+            if self.ep.inbox in events:
+                for _ in range(1000):
+                    try:
+                        frames = self.ep.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._dispatch(frames, handlers)
+            if self.zygote_evt in events:
+                self._read_zygote()
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + LIVENESS_PERIOD_S
+                self._check_liveness()
+
+    def _dispatch(self, frames: list, handlers: dict) -> None:
+        sender = frames[0].bytes.decode(errors="replace")
+        try:
+            msg = decode(frames[1].bytes)
+            handler = handlers[msg[0]]
+        except Exception:
+            log.warning("dropped a malformed message from %s", sender)
+            return
+        try:
+            handler(sender, msg, frames[2:])
+        except Exception:
+            log.error("error handling %s from %s:\n%s", describe(msg), sender, traceback.format_exc())
+
+    def _handlers(self) -> dict:
+        return {
+            Msg.REGISTER: self.on_register,
+            Msg.REQUEST_LEASE: self.on_request_lease,
+            Msg.CANCEL_LEASE_REQUEST: self.on_cancel_lease_request,
+            Msg.RETURN_LEASE: self.on_return_lease,
+            Msg.BLOCKED: self.on_blocked,
+            Msg.UNBLOCKED: self.on_unblocked,
+            Msg.CREATE_ACTOR: self.on_create_actor,
+            Msg.SUBSCRIBE_ACTOR: self.on_subscribe_actor,
+            Msg.KILL_ACTOR: self.on_kill_actor,
+            Msg.LOOKUP_ACTOR: self.on_lookup_actor,
+            Msg.ACTOR_READY: self.on_actor_ready,
+            Msg.STORE_CREATE: self.on_store_create,
+            Msg.STORE_SEAL: self.on_store_seal,
+            Msg.STORE_PIN: self.on_store_pin,
+            Msg.STORE_UNPIN: self.on_store_unpin,
+            Msg.STORE_FREE: self.on_store_free,
+            Msg.KILL_WORKER: self.on_kill_worker,
+            Msg.NODE_INFO: self.on_node_info,
+            Msg.SHUTDOWN: self.on_shutdown,
+        }
+
+    def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
+        self.ep.send(peer, [encode(msg_type, *fields), *frames])
+
+    def reply(self, peer: str, req_id: int, value: Any) -> None:
+        self.send(peer, Msg.REPLY, req_id, value)
+
+    # -------------------------------------------------------------- processes
+
+    def on_register(self, sender: str, msg: tuple, frames: list) -> None:
+        _, kind, pid, worker_id, namespace = msg
+        self.processes[sender] = pid
+        self.send(sender, Msg.REGISTERED, self.node_id, self.store_path, self.store_capacity,
+                  self.session_dir, {"resources": self.total})
+        if kind == "worker":
+            w = self.workers.get(worker_id)
+            if w is None:
+                w = self.workers[worker_id] = Worker(worker_id)
+            else:
+                self.starting -= 1
+            w.pid, w.addr = pid, sender
+            self.worker_by_addr[sender] = w
+            self.worker_by_pid[pid] = w
+            if w.actor_id is not None:
+                a = self.actors[w.actor_id]
+                w.state = "actor"
+                self.send(sender, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, frames=a.frames)
+            else:
+                w.state = "idle"
+                w.idle_since = time.monotonic()
+        else:
+            self.drivers[sender] = pid
+        self.schedule()
+
+    def _read_zygote(self) -> None:
+        try:
+            data = os.read(self.zygote_evt, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            log.error("the zygote died; stopping the node")
+            self.running = False
+            return
+        self._evt_buf += data
+        while b"\n" in self._evt_buf:
+            line, self._evt_buf = self._evt_buf.split(b"\n", 1)
+            parts = line.decode().split()
+            if parts[0] == "S":
+                w = self.workers.get(parts[1])
+                if w is not None:
+                    w.pid = int(parts[2])
+                    self.worker_by_pid[w.pid] = w
+            elif parts[0] == "X":
+                w = self.worker_by_pid.pop(int(parts[1]), None)
+                if w is not None:
+                    self.worker_exited(w, describe_exit(int(parts[2])))
+
+    def worker_exited(self, w: Worker, reason: str) -> None:
+        if w.state == "starting":
+            self.starting -= 1
+        w.state = "dead"
+        self.workers.pop(w.worker_id, None)
+        if w.addr:
+            self.worker_by_addr.pop(w.addr, None)
+            self.process_gone(w.addr)
+        if w.lease_id is not None:
+            lease = self.leases.pop(w.lease_id, None)
+            if lease is not None:
+                self.release(lease.shape, lease.gpu_ids, lease.released_cpu)
+                if not w.expected_exit:
+                    self.send(lease.owner, Msg.WORKER_DIED, lease.lease_id, w.worker_id, reason)
+        if w.actor_id is not None:
+            self.actor_died(self.actors.get(w.actor_id), reason)
+        self.schedule()
+
+    def process_gone(self, addr: str) -> None:
+        """Clean up after a driver or worker that is gone: pins, objects, leases, actors."""
+        self.processes.pop(addr, None)
+        self.drivers.pop(addr, None)
+        self.ep.forget(addr)
+        for oid, obj in list(self.objects.items()):
+            if addr in obj.pins:
+                del obj.pins[addr]
+            if obj.owner == addr or (obj.creator == addr and not obj.sealed):
+                obj.freed = True
+            self._maybe_release(oid, obj)
+        for lease in [ls for ls in self.leases.values() if ls.owner == addr]:
+            w = self.workers.get(lease.worker_id)
+            # The owner is gone: its tasks' results have nowhere to go.
+            if w is not None and w.pid:
+                w.expected_exit = True
+                self.kill_pid(w.pid)
+        for a in list(self.actors.values()):
+            if a.owner == addr and not a.detached and a.state != "DEAD":
+                a.no_restart = True
+                self.kill_actor(a, "its owner exited")
+        self.pending = collections.deque(r for r in self.pending if r.owner != addr)
+        for a in self.actors.values():
+            a.subscribers.discard(addr)
+
+    def kill_pid(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _check_liveness(self) -> None:
+        if self.parent_pid and not pid_alive(self.parent_pid):
+            log.info("parent %d is gone; stopping", self.parent_pid)
+            self.running = False
+            return
+        for addr, pid in list(self.drivers.items()):
+            if not pid_alive(pid):
+                self.process_gone(addr)
+        now = time.monotonic()
+        idle = [w for w in self.workers.values() if w.state == "idle"]
+        extra = len([w for w in self.workers.values() if w.state in ("idle", "leased")]) - int(self.num_cpus)
+        for w in sorted(idle, key=lambda w: w.idle_since):
+            if extra <= 0:
+                break
+            if now - w.idle_since > IDLE_WORKER_TTL_S:
+                w.expected_exit = True
+                w.state = "stopping"
+                self.kill_pid(w.pid, signal.SIGTERM)
+                extra -= 1
+        self.schedule()
+
+    # -------------------------------------------------------------- resources
+
+    def fits(self, shape: tuple, pool: dict | None = None) -> bool:
+        pool = self.available if pool is None else pool
+        for k, v in shape:
+            if pool.get(k, 0.0) + 1e-9 < v:
+                return False
+        if dict(shape).get("GPU", 0) and not self._pick_gpus(dict(shape)["GPU"], dry=True):
+            return False
+        return True
+
+    def feasible(self, shape: tuple) -> bool:
+        return all(self.total.get(k, 0.0) + 1e-9 >= v for k, v in shape)
+
+    def _pick_gpus(self, amount: float, dry: bool = False) -> tuple | None:
+        if amount >= 1:
+            n = int(round(amount))
+            free = [g for g, f in sorted(self.gpu_free.items()) if f >= 1.0 - 1e-9]
+            if len(free) < n:
+                return None
+            chosen = tuple(free[:n])
+            if not dry:
+                for g in chosen:
+                    self.gpu_free[g] = 0.0
+            return chosen
+        for g, f in sorted(self.gpu_free.items()):
+            if f + 1e-9 >= amount:
+                if not dry:
+                    self.gpu_free[g] = f - amount
+                return (g,)
+        return None
+
+    def acquire(self, shape: tuple) -> tuple:
+        for k, v in shape:
+            self.available[k] = self.available.get(k, 0.0) - v
+        gpus = dict(shape).get("GPU", 0)
+        return self._pick_gpus(gpus) or () if gpus else ()
+
+    def release(self, shape: tuple, gpu_ids: tuple, lent_cpu: float = 0.0) -> None:
+        for k, v in shape:
+            self.available[k] = self.available.get(k, 0.0) + v
+        self.available["CPU"] = self.available.get("CPU", 0.0) - lent_cpu
+        gpus = dict(shape).get("GPU", 0)
+        for g in gpu_ids:
+            self.gpu_free[g] = min(1.0, self.gpu_free[g] + (1.0 if gpus >= 1 else gpus))
+
+    def largest_node(self) -> dict:
+        return {k: v for k, v in self.total.items() if not k.startswith("node:")}
+
+    # ----------------------------------------------------------------- leases
+
+    def on_request_lease(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, shape, strategy = msg
+        req = LeaseRequest(sender, req_id, tuple(shape))
+        if not self.feasible(req.shape):
+            req.warned = True
+            self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.largest_node())
+        self.pending.append(req)
+        self.schedule()
+
+    def on_cancel_lease_request(self, sender: str, msg: tuple, frames: list) -> None:
+        self.pending = collections.deque(r for r in self.pending if not (r.owner == sender and r.req_id == msg[1]))
+
+    def on_return_lease(self, sender: str, msg: tuple, frames: list) -> None:
+        lease = self.leases.pop(msg[1], None)
+        if lease is None:
+            return
+        self.release(lease.shape, lease.gpu_ids, lease.released_cpu)
+        w = self.workers.get(lease.worker_id)
+        if w is not None and w.state == "leased":
+            w.state, w.lease_id, w.blocked = "idle", None, False
+            w.idle_since = time.monotonic()
+        self.schedule()
+
+    def on_blocked(self, sender: str, msg: tuple, frames: list) -> None:
+        w = self.worker_by_addr.get(sender)
+        if w is None or w.lease_id is None or w.blocked:
+            return
+        lease = self.leases.get(w.lease_id)
+        if lease is None:
+            return
+        cpu = dict(lease.shape).get("CPU", 0.0)
+        w.blocked = True
+        lease.released_cpu = cpu
+        self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+        self.schedule()
+
+    def on_unblocked(self, sender: str, msg: tuple, frames: list) -> None:
+        w = self.worker_by_addr.get(sender)
+        if w is None or not w.blocked:
+            return
+        w.blocked = False
+        lease = self.leases.get(w.lease_id) if w.lease_id else None
+        if lease is not None:
+            # May go below zero for a moment: the unblocked task runs now, and new
+            # leases wait until the count is back above their shape.
+            self.available["CPU"] = self.available.get("CPU", 0.0) - lease.released_cpu
+            lease.released_cpu = 0.0
+
+    def schedule(self) -> None:
+        """Grant what fits, start workers that grants need, revoke idle leases if stuck."""
+        idle = [w for w in self.workers.values() if w.state == "idle"]
+        needs_worker = 0
+        still: collections.deque[LeaseRequest] = collections.deque()
+        # Actors first: they are few and each waits for a whole process.
+        for a in list(self.pending_actors):
+            if self.fits(a.shape):
+                self.pending_actors.remove(a)
+                self.place_actor(a, idle)
+        for req in self.pending:
+            if not self.fits(req.shape):
+                still.append(req)
+                continue
+            if not idle:
+                needs_worker += 1
+                still.append(req)
+                continue
+            w = idle.pop()
+            gpu_ids = self.acquire(req.shape)
+            lease_id = os.urandom(8)
+            self.leases[lease_id] = Lease(lease_id, req.owner, w.worker_id, req.shape, gpu_ids)
+            w.state, w.lease_id = "leased", lease_id
+            self.send(req.owner, Msg.LEASE_GRANTED, req.req_id, lease_id, w.addr, w.worker_id, gpu_ids)
+        self.pending = still
+        for _ in range(max(0, needs_worker - self.starting)):
+            self.fork_worker()
+        # Requests that fit the node but not what is free: idle leases may hold it.
+        if still and not needs_worker:
+            owners = {ls.owner for ls in self.leases.values()}
+            for req in still:
+                if not req.revoked and self.feasible(req.shape):
+                    req.revoked = True
+                    for owner in owners - {req.owner}:
+                        self.send(owner, Msg.LEASE_REVOKE, 1)
+
+    # ----------------------------------------------------------------- actors
+
+    def on_create_actor(self, sender: str, msg: tuple, frames: list) -> None:
+        _, actor_id, spec = msg
+        req_id = spec["req_id"]
+        name, ns = spec.get("name"), spec.get("namespace") or ""
+        if name:
+            existing = self.named.get((ns, name))
+            if existing is not None and self.actors[existing].state != "DEAD":
+                if spec.get("get_if_exists"):
+                    self.reply(sender, req_id, ("exists", existing, self.actors[existing].spec["handle_meta"]))
+                    return
+                self.reply(sender, req_id, ("error", f"The actor name {name!r} is already taken in namespace {ns!r}."))
+                return
+        shape = tuple(spec["shape"])
+        a = Actor(actor_id, spec, list(frames), sender, name, ns, shape, spec.get("max_restarts", 0),
+                  spec.get("lifetime") == "detached")
+        a.subscribers.add(sender)
+        self.actors[actor_id] = a
+        if name:
+            self.named[(ns, name)] = actor_id
+        self.reply(sender, req_id, ("ok", actor_id, None))
+        if not self.feasible(shape):
+            a.reason = (f"Actor {spec.get('class_name')} needs {dict(shape)}, but no node of this mesh has that "
+                        f"much (the largest offers {self.largest_node()}); it stays pending until such a node joins.")
+            self.publish(a)
+        self.pending_actors.append(a)
+        self.schedule()
+
+    def place_actor(self, a: Actor, idle: list) -> None:
+        a.gpu_ids = self.acquire(a.shape)
+        if idle:
+            w = idle.pop()
+            w.state, w.actor_id = "actor", a.actor_id
+            a.worker_id = w.worker_id
+            self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, frames=a.frames)
+        else:
+            w = self.fork_worker()
+            w.actor_id = a.actor_id
+            a.worker_id = w.worker_id
+
+    def on_actor_ready(self, sender: str, msg: tuple, frames: list) -> None:
+        _, actor_id, error = msg
+        a = self.actors.get(actor_id)
+        if a is None:
+            return
+        if error is not None:
+            # The constructor raised: the actor is dead, calls get the error.
+            a.no_restart = True
+            a.state, a.reason = "DEAD", f"its constructor raised an exception: {error}"
+            self.publish(a)
+            w = self.worker_by_addr.get(sender)
+            if w is not None:
+                w.expected_exit = True
+                w.actor_id = None
+                self.kill_pid(w.pid)
+            self.release(a.shape, a.gpu_ids)
+            return
+        a.state = "ALIVE"
+        self.publish(a)
+
+    def publish(self, a: Actor) -> None:
+        w = self.workers.get(a.worker_id) if a.worker_id else None
+        addr = w.addr if (w is not None and a.state == "ALIVE") else None
+        reason = a.reason
+        for sub in list(a.subscribers):
+            self.send(sub, Msg.ACTOR_STATE, a.actor_id, a.state, addr, a.restarts, reason)
+
+    def on_subscribe_actor(self, sender: str, msg: tuple, frames: list) -> None:
+        a = self.actors.get(msg[1])
+        if a is None:
+            self.send(sender, Msg.ACTOR_STATE, msg[1], "DEAD", None, 0, "no such actor on this node")
+            return
+        a.subscribers.add(sender)
+        w = self.workers.get(a.worker_id) if a.worker_id else None
+        addr = w.addr if (w is not None and a.state == "ALIVE") else None
+        self.send(sender, Msg.ACTOR_STATE, a.actor_id, a.state, addr, a.restarts, a.reason)
+
+    def on_kill_actor(self, sender: str, msg: tuple, frames: list) -> None:
+        _, actor_id, no_restart = msg
+        a = self.actors.get(actor_id)
+        if a is None or a.state == "DEAD":
+            return
+        a.no_restart = a.no_restart or no_restart
+        self.kill_actor(a, "it was killed with kill()")
+
+    def kill_actor(self, a: Actor, reason: str) -> None:
+        a.reason = reason
+        w = self.workers.get(a.worker_id) if a.worker_id else None
+        if w is not None and w.pid:
+            self.kill_pid(w.pid)
+        elif a in self.pending_actors or w is None:
+            if a in self.pending_actors:
+                self.pending_actors.remove(a)
+            self.actor_died(a, reason)
+
+    def actor_died(self, a: Actor | None, reason: str) -> None:
+        if a is None or a.state == "DEAD":
+            return
+        if a.worker_id is not None:
+            self.release(a.shape, a.gpu_ids)
+        a.worker_id = None
+        unlimited = a.max_restarts == -1
+        if not a.no_restart and (unlimited or a.restarts < a.max_restarts):
+            a.restarts += 1
+            a.state = "RESTARTING"
+            a.reason = f"the actor's process died ({reason}); restarting"
+            self.publish(a)
+            self.pending_actors.append(a)
+            self.schedule()
+            return
+        a.state = "DEAD"
+        a.reason = a.reason if a.no_restart and a.reason else f"the actor's process died ({reason})"
+        self.publish(a)
+        if a.name and self.named.get((a.namespace, a.name)) == a.actor_id:
+            del self.named[(a.namespace, a.name)]
+
+    def on_lookup_actor(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, name, ns = msg
+        actor_id = self.named.get((ns or "", name))
+        a = self.actors.get(actor_id) if actor_id else None
+        if a is None or a.state == "DEAD":
+            self.reply(sender, req_id, None)
+        else:
+            self.reply(sender, req_id, (actor_id, a.spec["handle_meta"]))
+
+    # ------------------------------------------------------------------ store
+
+    def on_store_create(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, oid, size, owner = msg
+        old = self.objects.pop(oid, None)
+        if old is not None:  # a retried task writes its result again
+            old.freed = True
+            self.objects[oid + b"~old" + os.urandom(4)] = old
+            self._maybe_release_all()
+        try:
+            offset = self.allocator.allocate(size)
+        except OutOfSpace:
+            self.reply(sender, req_id, ("full", self.full_message(size)))
+            return
+        self.objects[oid] = StoreObject(offset, self.allocator.round_up(size), owner, sender)
+        self.store_stats["created"] += 1
+        self.reply(sender, req_id, ("ok", offset))
+
+    def full_message(self, size: int) -> str:
+        pinned = sum(o.size for o in self.objects.values() if o.pins)
+        return (f"The object store of node {self.node_id} cannot fit an object of {size} bytes: "
+                f"{self.allocator.used} of {self.store_capacity} bytes are in use by {len(self.objects)} "
+                f"objects ({pinned} bytes held by readers). Free references you no longer need, "
+                f"or start with a larger object_store_memory.")
+
+    def on_store_seal(self, sender: str, msg: tuple, frames: list) -> None:
+        obj = self.objects.get(msg[1])
+        if obj is None:
+            return
+        obj.sealed = True
+        for peer, req_id in obj.waiting_pins:
+            obj.pins[peer] += 1
+            if req_id is not None:
+                self.reply(peer, req_id, (obj.offset, obj.size))
+        obj.waiting_pins.clear()
+
+    def on_store_pin(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, oid = msg
+        obj = self.objects.get(oid)
+        if obj is None or obj.freed:
+            if req_id is not None:
+                self.reply(sender, req_id, None)
+            return
+        if not obj.sealed:
+            obj.waiting_pins.append((sender, req_id))
+            return
+        obj.pins[sender] += 1
+        if req_id is not None:
+            self.reply(sender, req_id, (obj.offset, obj.size))
+
+    def on_store_unpin(self, sender: str, msg: tuple, frames: list) -> None:
+        oid = msg[1]
+        obj = self.objects.get(oid)
+        if obj is None:
+            return
+        obj.pins[sender] -= 1
+        if obj.pins[sender] <= 0:
+            del obj.pins[sender]
+        self._maybe_release(oid, obj)
+
+    def on_store_free(self, sender: str, msg: tuple, frames: list) -> None:
+        for oid in msg[1]:
+            obj = self.objects.get(oid)
+            if obj is not None:
+                obj.freed = True
+                self._maybe_release(oid, obj)
+
+    def _maybe_release(self, oid: bytes, obj: StoreObject) -> None:
+        # Invariant: a block is reused only when its owner freed it and no reader
+        # holds a mapping of it.
+        if obj.freed and not obj.pins and self.objects.get(oid) is obj:
+            del self.objects[oid]
+            self.allocator.free(obj.offset)
+            self.store_stats["freed"] += 1
+            for peer, req_id in obj.waiting_pins:
+                if req_id is not None:
+                    self.reply(peer, req_id, None)
+
+    def _maybe_release_all(self) -> None:
+        for oid, obj in list(self.objects.items()):
+            self._maybe_release(oid, obj)
+
+    def store_statistics(self) -> dict:
+        return {
+            "capacity": self.store_capacity,
+            "used": self.allocator.used,
+            "objects": len(self.objects),
+            "pinned": sum(1 for o in self.objects.values() if o.pins),
+            "created": self.store_stats["created"],
+            "freed": self.store_stats["freed"],
+        }
+
+    # ------------------------------------------------------------------- misc
+
+    def on_kill_worker(self, sender: str, msg: tuple, frames: list) -> None:
+        w = self.workers.get(msg[1])
+        if w is not None and w.pid:
+            self.kill_pid(w.pid)
+
+    def on_node_info(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, what = msg
+        info = {
+            "node_id": self.node_id,
+            "address": self.address,
+            "alive": True,
+            "resources_total": {k: v for k, v in self.total.items()},
+            "resources_available": {k: max(0.0, v) for k, v in self.available.items()},
+            "store": self.store_statistics(),
+            "workers": len(self.workers),
+            "pid": os.getpid(),
+            "session_dir": self.session_dir,
+        }
+        self.reply(sender, req_id, info)
+
+    def on_shutdown(self, sender: str, msg: tuple, frames: list) -> None:
+        self.running = False
+
+    def stop(self) -> None:
+        """Stop every worker and remove the node's shared memory and session dir."""
+        for w in list(self.workers.values()):
+            if w.pid:
+                self.kill_pid(w.pid)
+        try:
+            os.close(self.zygote_cmd)  # the zygote kills its children on EOF
+        except OSError:
+            pass
+        self.kill_pid(self.zygote_pid)
+        try:
+            os.waitpid(self.zygote_pid, 0)
+        except ChildProcessError:
+            pass
+        try:
+            self.ep.close()
+            self.ctx.term()
+        except Exception:
+            pass
+        remove_session(self.session_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="meshcompute-daemon")
+    p.add_argument("--session", required=True)
+    p.add_argument("--num-cpus", type=float, default=None)
+    p.add_argument("--num-gpus", type=int, default=None)
+    p.add_argument("--resources", default="{}")
+    p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--ready-fd", type=int, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.parent_pid:
+        set_parent_death_signal(signal.SIGTERM)
+        if not pid_alive(args.parent_pid):
+            sys.exit(1)
+    os.makedirs(os.path.join(args.session, "logs"), exist_ok=True)
+    clean_stale_sessions()
+    num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
+    num_gpus = args.num_gpus if args.num_gpus is not None else detect_gpus()
+    capacity = args.object_store_memory or default_store_capacity()
+    d = Daemon(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
+               args.parent_pid, ids.random_id())
+    d.create_arena()
+    d.start_zygote()
+
+    def _term(signum, frame):
+        d.running = False
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        d.serve(args.ready_fd)
+    finally:
+        d.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""The worker's main thread: runs pushed tasks, or hosts one actor.
+
+The I/O thread (see core.py) queues work here; results go back through it.  A
+worker that blocks in ``get``/``wait`` inside a task tells the daemon (its CPU is
+lent to another worker) and hands unstarted tasks back to their owners, so a
+task waiting on its children never sits on work those children need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .. import exceptions as exc
+from .object_ref import ObjectRef
+from .protocol import Msg
+from .serialization import DeserializeContext, deserialize, serialize
+
+
+class _Cancelled(BaseException):
+    """Raised inside a running task by the cancel signal."""
+
+
+class Executor:
+    def __init__(self, core) -> None:
+        self.core = core
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._fns: dict[bytes, Any] = {}
+        self._cancelled: set[bytes] = set()
+        self._current: bytes | None = None
+        self._cancel_target: bytes | None = None
+        self._lock = threading.Lock()
+        self.actor: Any = None
+        self.actor_id: bytes | None = None
+        self.bounce_enabled = True
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._main_ident = threading.get_ident()
+        self._base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    # ---------------------------------------------------------------- control
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._cancel_target is not None and self._cancel_target == self._current:
+            self._cancel_target = None
+            raise _Cancelled()
+
+    def cancel(self, task_id: bytes) -> None:
+        """Called on the I/O thread for CANCEL_TASK."""
+        with self._lock:
+            if self._current == task_id and self._pool is None and self._loop is None:
+                self._cancel_target = task_id
+                signal.pthread_kill(self._main_ident, signal.SIGINT)
+            else:
+                self._cancelled.add(task_id)
+
+    def on_block(self) -> None:
+        """The running task waits in get/wait: lend out the CPU, hand back queued tasks."""
+        core = self.core
+        if self.actor_id is not None:
+            return
+        core.post(core._send_daemon, Msg.BLOCKED)
+        kept, back = [], {}
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item[0] == "task":
+                back.setdefault(item[1], []).append(item[3][0])
+            else:
+                kept.append(item)
+        for item in kept:
+            self.queue.put(item)
+        if back:
+            core.bounce(back)
+
+    def on_unblock(self) -> None:
+        if self.actor_id is None:
+            self.core.post(self.core._send_daemon, Msg.UNBLOCKED)
+
+    # ------------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        q = self.queue
+        while True:
+            item = q.get()
+            kind = item[0]
+            if kind == "task":
+                self._run_task(item[1], item[2], item[3], item[4])
+            elif kind == "call":
+                self._run_call(*item[1:])
+            elif kind == "actor":
+                self._become_actor(item[1], item[2], item[3], item[4])
+            elif kind == "exit":
+                return
+
+    # ------------------------------------------------------------------ tasks
+
+    def _resolve_args(self, wire: list, frames: list, carrier: str) -> list:
+        core = self.core
+        out = []
+        pos = 0
+        for a in wire:
+            kind = a[0]
+            if kind == "v":
+                n = a[2]
+                with DeserializeContext() as ctx:
+                    out.append(deserialize(a[1], frames[pos: pos + n]))
+                pos += n
+                if ctx.new_borrows:
+                    core.register_borrows(ctx.new_borrows, carrier)
+            elif kind == "s":
+                out.append(self._read_arg(a[1], a[4]))
+            else:  # "r": an actor call's argument, fetched from its owner
+                ref = ObjectRef(a[1], a[2])
+                out.append(core.get([ref])[0])
+        return out
+
+    def _read_arg(self, oid: bytes, owner: str) -> Any:
+        from .core import READY, Entry
+
+        e = Entry(False, owner)
+        e.state = READY
+        e.loc = (0, 0)  # the real place comes with the pin
+        return self.core._read_store(oid, e)
+
+    def _load_fn(self, fn_id: bytes, fn_bytes: bytes | None) -> Any:
+        fn = self._fns.get(fn_id)
+        if fn is None:
+            if fn_bytes is None:
+                raise exc.MeshError("function definition missing on worker")
+            fn = deserialize(fn_bytes, [])
+            self._fns[fn_id] = fn
+        return fn
+
+    def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list) -> None:
+        task_id, fn_id, fn_bytes, name, args_wire, kw_names, num_returns, return_ids = spec
+        core = self.core
+        if task_id in self._cancelled:
+            self._cancelled.discard(task_id)
+            self._send_error(owner, spec, exc.TaskCancelledError(task_id=task_id.hex()))
+            return
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        core.current_task_id = task_id
+        core.gpu_ids = gpu_ids
+        self._current = task_id
+        start = time.perf_counter()
+        status = "ok"
+        fn = None
+        try:
+            fn = self._load_fn(fn_id, fn_bytes)
+            args = self._resolve_args(args_wire, frames, owner)
+            if kw_names:
+                k = len(kw_names)
+                result = fn(*args[:-k], **dict(zip(kw_names, args[-k:])))
+            else:
+                result = fn(*args)
+            error = None
+        except _Cancelled:
+            error = exc.TaskCancelledError(task_id=task_id.hex())
+            result = None
+        except exc.TaskCancelledError as e:
+            error, result = e, None
+        except BaseException as e:  # noqa: BLE001 - every user error goes back to the owner
+            error = self._wrap(name, e)
+            result = None
+        finally:
+            with self._lock:
+                self._current = None
+                self._cancel_target = None
+            core.current_task_id = None
+            if gpu_ids:
+                if self._base_cuda is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = self._base_cuda
+        duration = time.perf_counter() - start
+        self._finish(owner, task_id, return_ids, num_returns, result, error, duration, status)
+
+    def _wrap(self, name: str, e: BaseException) -> exc.TaskError:
+        tb = traceback.format_exc()
+        if isinstance(e, exc.TaskError):
+            return e  # a nested failure keeps its original traceback
+        return exc.TaskError(name, tb, e, os.getpid(), self.core.node_id)
+
+    def _finish(self, owner, task_id, return_ids, num_returns, result, error, duration, status) -> None:
+        core = self.core
+        if error is not None:
+            values = [error] * len(return_ids)
+            is_error = True
+        elif num_returns == 1 or num_returns == 0:
+            values = [result]
+            is_error = False
+        else:
+            try:
+                values = list(result)
+                if len(values) != num_returns:
+                    raise ValueError(f"expected {num_returns} return values, got {len(values)}")
+                is_error = False
+            except Exception as e:  # noqa: BLE001
+                values = [exc.TaskError("return values", str(e), e, os.getpid(), core.node_id)] * num_returns
+                is_error = True
+        returns, frames, handoff = [], [], []
+        for oid, value in zip(return_ids, values):
+            try:
+                ser = serialize(value, is_error)
+            except Exception as e:  # noqa: BLE001 - an unpicklable result is the task's error
+                ser = serialize(exc.TaskError("serializing the result", traceback.format_exc(), None,
+                                              os.getpid(), core.node_id), True)
+                del e
+            contained = [(r._id, r._owner) for r in ser.contained]
+            handoff.extend(ser.contained)
+            try:
+                where = core.put_serialized(ser, owner=owner, object_id=oid)
+            except exc.ObjectStoreFullError as e:
+                ser = serialize(e, True)
+                where = ("v", ser)
+            if where[0] == "v":
+                returns.append(("v", ser.meta, len(ser.buffers), ser.is_error, contained))
+                frames.extend(ser.buffers)
+            else:
+                returns.append(("s", where[1], where[2], ser.is_error, core.node_id, contained))
+        core.send_done(owner, (task_id, returns, duration, status), frames, handoff or None)
+
+    def _send_error(self, owner: str, spec: tuple, error: BaseException) -> None:
+        task_id, return_ids, num_returns = spec[0], spec[-1], spec[-2]
+        self._finish(owner, task_id, return_ids, num_returns, None, error, 0.0, "ok")
+
+    # ----------------------------------------------------------------- actors
+
+    def _become_actor(self, actor_id: bytes, spec: dict, restarts: int, frames: list) -> None:
+        core = self.core
+        self.actor_id = actor_id
+        core.current_actor_id = actor_id
+        self.bounce_enabled = False
+        error = None
+        try:
+            cls = deserialize(spec["class_bytes"], [])
+            args = self._resolve_args(spec["args"], frames, spec["owner"])
+            kw_names = spec["kw_names"]
+            if kw_names:
+                k = len(kw_names)
+                self.actor = cls(*args[:-k], **dict(zip(kw_names, args[-k:])))
+            else:
+                self.actor = cls(*args)
+            is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction))
+            concurrency = spec.get("max_concurrency") or (1000 if is_async else 1)
+            if is_async:
+                self._start_async_loop(concurrency)
+            elif concurrency > 1:
+                self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
+        except BaseException as e:  # noqa: BLE001
+            error = self._wrap(f"{spec.get('class_name', 'actor')}.__init__", e)
+            core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, str(error))
+            return
+        core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, None)
+
+    def _start_async_loop(self, concurrency: int) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        started = threading.Event()
+
+        def _run():
+            asyncio.set_event_loop(loop)
+            self._sem = asyncio.Semaphore(concurrency)
+            started.set()
+            loop.run_forever()
+
+        threading.Thread(target=_run, name="actor-asyncio", daemon=True).start()
+        started.wait()
+
+    def submit_call(self, caller: str, call: tuple, frames: list) -> None:
+        """I/O thread: queue an actor method call (in arrival order)."""
+        self.queue.put(("call", caller, call, frames))
+
+    def _run_call(self, caller: str, call: tuple, frames: list) -> None:
+        task_id = call[0]
+        if task_id in self._cancelled:
+            self._cancelled.discard(task_id)
+            self._finish(caller, task_id, call[5], call[4], None,
+                         exc.TaskCancelledError(task_id=task_id.hex()), 0.0, "ok")
+            return
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._call_async(caller, call, frames), self._loop)
+        elif self._pool is not None:
+            self._pool.submit(self._call_sync, caller, call, frames)
+        else:
+            self._call_sync(caller, call, frames)
+
+    def _call_sync(self, caller: str, call: tuple, frames: list) -> None:
+        task_id, method, args_wire, kw_names, num_returns, return_ids = call
+        core = self.core
+        if self._pool is None:
+            with self._lock:
+                self._current = task_id
+        start = time.perf_counter()
+        result = error = None
+        try:
+            if self.actor is None:
+                raise exc.ActorDiedError("the actor's constructor failed")
+            args = self._resolve_args(args_wire, frames, caller)
+            fn = getattr(self.actor, method)
+            if kw_names:
+                k = len(kw_names)
+                result = fn(*args[:-k], **dict(zip(kw_names, args[-k:])))
+            else:
+                result = fn(*args)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+        except _Cancelled:
+            error = exc.TaskCancelledError(task_id=task_id.hex())
+        except BaseException as e:  # noqa: BLE001
+            error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
+        finally:
+            if self._pool is None:
+                with self._lock:
+                    self._current = None
+                    self._cancel_target = None
+        self._finish(caller, task_id, return_ids, num_returns, result, error,
+                     time.perf_counter() - start, "ok")
+
+    async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
+        task_id, method, args_wire, kw_names, num_returns, return_ids = call
+        start = time.perf_counter()
+        result = error = None
+        async with self._sem:
+            try:
+                if any(a[0] == "r" for a in args_wire):
+                    args = await asyncio.get_running_loop().run_in_executor(
+                        None, self._resolve_args, args_wire, frames, caller)
+                else:
+                    args = self._resolve_args(args_wire, frames, caller)
+                fn = getattr(self.actor, method)
+                if kw_names:
+                    k = len(kw_names)
+                    result = fn(*args[:-k], **dict(zip(kw_names, args[-k:])))
+                else:
+                    result = fn(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except BaseException as e:  # noqa: BLE001
+                error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
+        self._finish(caller, task_id, return_ids, num_returns, result, error,
+                     time.perf_counter() - start, "ok")
+

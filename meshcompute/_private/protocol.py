@@ -1,0 +1,149 @@
+"""The node-local wire protocol: one definition per message type.
+
+Every process (driver, worker, daemon) has one ROUTER *inbox*.  To talk to a peer
+it connects a DEALER (identity = its own inbox address) to the peer's inbox, so
+everything a process receives arrives on its inbox with the sender's address as
+the first frame, and messages from A to B always travel one FIFO pipe.
+
+A message is the multipart ``[header, *buffers]`` where ``header`` is the pickled
+tuple ``(type, field1, field2, ...)`` and ``buffers`` are raw out-of-band data
+(large numpy payloads) that are never copied into the header.  The fields of each
+type are listed in :data:`FIELDS`; :func:`describe` prints the one-line form used
+in logs and tests.  docs/protocol.md explains each message.
+
+Node-local peers live in a 0700 session directory, so the pickled header is
+trusted; a header that fails to decode is logged and dropped, never fatal.
+"""
+
+from __future__ import annotations
+
+import pickle
+from enum import IntEnum
+from typing import Any
+
+
+class Msg(IntEnum):
+    """Message types. ONLY APPEND: the numbers are the wire format."""
+
+    # process <-> daemon
+    REGISTER = 1  # a driver or worker announces its inbox
+    REGISTERED = 2  # daemon's answer: node id, store path, resources
+    REQUEST_LEASE = 3  # owner asks for a worker for one resource shape
+    LEASE_GRANTED = 4
+    LEASE_INFEASIBLE = 5  # no node could ever run this shape (it stays queued)
+    RETURN_LEASE = 6
+    LEASE_REVOKE = 7  # daemon asks an owner to hand back idle leases
+    WORKER_DIED = 8  # daemon tells a lease holder its worker died
+    BLOCKED = 9  # a worker waits in get/wait: its CPU is lent out
+    UNBLOCKED = 10
+    CREATE_ACTOR = 11
+    ACTOR_STATE = 12  # daemon publishes actor state changes to subscribers
+    SUBSCRIBE_ACTOR = 13
+    KILL_ACTOR = 14
+    LOOKUP_ACTOR = 15  # get_actor(name)
+    STORE_CREATE = 16  # allocate room for a sealed-later object
+    STORE_SEAL = 17
+    STORE_PIN = 18  # a reader maps an object; it stays valid until unpinned
+    STORE_UNPIN = 19
+    STORE_FREE = 20  # the owner dropped the last reference
+    KILL_WORKER = 21  # force-cancel: kill the process running a task
+    NODE_INFO = 22  # nodes / resources / store statistics
+    BECOME_ACTOR = 23  # daemon hands a fresh worker an actor to construct
+    ACTOR_READY = 24  # worker reports its actor constructed (or failed)
+    REPLY = 25  # generic answer to a request carrying req_id
+    SHUTDOWN = 26
+    CANCEL_LEASE_REQUEST = 27
+    # process <-> process
+    PUSH_TASKS = 40  # owner pushes a batch of task specs to a leased worker
+    TASKS_DONE = 41  # worker returns a batch of results to the owner
+    TASKS_BOUNCED = 42  # worker hands back tasks it has not started (it blocked)
+    CANCEL_TASK = 43
+    ACTOR_CALL = 44  # caller pushes one method call to an actor
+    GET_OBJECT = 45  # borrower asks the owner for an object's value or location
+    OBJECT_VALUE = 46
+    ADD_BORROWER = 47
+    REMOVE_BORROWER = 48
+    RELEASE_HANDOFF = 49  # owner of a result took its own hold on the refs inside
+
+
+FIELDS: dict[Msg, tuple[str, ...]] = {
+    Msg.REGISTER: ("kind", "pid", "worker_id", "namespace"),
+    Msg.REGISTERED: ("node_id", "store_path", "store_capacity", "session_dir", "info"),
+    Msg.REQUEST_LEASE: ("req_id", "shape", "strategy"),
+    Msg.LEASE_GRANTED: ("req_id", "lease_id", "worker_addr", "worker_id", "gpu_ids"),
+    Msg.LEASE_INFEASIBLE: ("req_id", "shape", "largest_node"),
+    Msg.RETURN_LEASE: ("lease_id",),
+    Msg.LEASE_REVOKE: ("count",),
+    Msg.WORKER_DIED: ("lease_id", "worker_id", "reason"),
+    Msg.BLOCKED: (),
+    Msg.UNBLOCKED: (),
+    Msg.CREATE_ACTOR: ("actor_id", "spec"),
+    Msg.ACTOR_STATE: ("actor_id", "state", "addr", "restarts", "reason"),
+    Msg.SUBSCRIBE_ACTOR: ("actor_id",),
+    Msg.KILL_ACTOR: ("actor_id", "no_restart"),
+    Msg.LOOKUP_ACTOR: ("req_id", "name", "namespace"),
+    Msg.STORE_CREATE: ("req_id", "object_id", "size"),
+    Msg.STORE_SEAL: ("object_id",),
+    Msg.STORE_PIN: ("req_id", "object_id"),
+    Msg.STORE_UNPIN: ("object_id",),
+    Msg.STORE_FREE: ("object_ids",),
+    Msg.KILL_WORKER: ("worker_id",),
+    Msg.NODE_INFO: ("req_id", "what"),
+    Msg.BECOME_ACTOR: ("actor_id", "spec", "restarts"),
+    Msg.ACTOR_READY: ("actor_id", "error"),
+    Msg.REPLY: ("req_id", "value"),
+    Msg.SHUTDOWN: ("reason",),
+    Msg.CANCEL_LEASE_REQUEST: ("req_id",),
+    Msg.PUSH_TASKS: ("lease_id", "tasks"),
+    Msg.TASKS_DONE: ("results",),
+    Msg.TASKS_BOUNCED: ("task_ids",),
+    Msg.CANCEL_TASK: ("task_id", "force"),
+    Msg.ACTOR_CALL: ("call",),
+    Msg.GET_OBJECT: ("object_id",),
+    Msg.OBJECT_VALUE: ("object_id", "value"),
+    Msg.ADD_BORROWER: ("object_ids", "req_id"),
+    Msg.REMOVE_BORROWER: ("object_ids",),
+    Msg.RELEASE_HANDOFF: ("task_id",),
+}
+
+assert set(FIELDS) == set(Msg), "every message type needs its field list"
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+
+
+def encode(msg_type: Msg, *fields: Any) -> bytes:
+    """Pickle a header. Fields must be plain data (bytes, str, numbers, tuples...)."""
+    return _dumps((int(msg_type), *fields), 5)
+
+
+def decode(header: bytes) -> tuple:
+    """Unpickle a header; raises ValueError for anything that is not a known message."""
+    msg = _loads(header)
+    if not isinstance(msg, tuple) or not msg or msg[0] not in _KNOWN:
+        raise ValueError("not a meshcompute message")
+    return msg
+
+
+_KNOWN = frozenset(int(m) for m in Msg)
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    if isinstance(value, bytes):
+        text = value.hex() if len(value) <= 16 else f"<{len(value)} bytes>"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe(msg: tuple) -> str:
+    """One-line printed form: ``TYPE field=value ...`` (long values elided)."""
+    try:
+        kind = Msg(msg[0])
+    except ValueError:
+        return f"UNKNOWN({msg[0]!r})"
+    names = FIELDS[kind]
+    parts = [kind.name]
+    for name, value in zip(names, msg[1:]):
+        parts.append(f"{name}={_short(value)}")
+    return " ".join(parts)

@@ -1,0 +1,315 @@
+"""``@remote`` functions and actor classes, and actor handles."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from typing import Any
+
+from .. import exceptions as exc
+from . import context, ids
+from .core import Task
+from .object_ref import ObjectRef
+from .serialization import dumps_function, serialize
+
+_TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
+                 "num_returns", "scheduling_strategy", "name", "runtime_env", "max_calls",
+                 "accelerator_type", "label_selector", "placement_group", "placement_group_bundle_index"}
+_ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts", "max_task_retries",
+                  "max_concurrency", "name", "namespace", "lifetime", "scheduling_strategy",
+                  "get_if_exists", "runtime_env", "max_pending_calls", "accelerator_type",
+                  "concurrency_groups", "placement_group", "placement_group_bundle_index"}
+
+
+def _core():
+    core = context.core
+    if core is None:
+        from .api import _auto_init
+
+        core = _auto_init()
+    return core
+
+
+def _check_options(opts: dict, allowed: set, what: str) -> None:
+    unknown = set(opts) - allowed
+    if unknown:
+        raise ValueError(f"unknown option(s) for {what}: {', '.join(sorted(unknown))}; "
+                         f"valid options are {', '.join(sorted(allowed))}")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        v = opts.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or v < 0):
+            raise ValueError(f"{key} must be a non-negative number, got {v!r}")
+
+
+def _shape(opts: dict, default_cpus: float) -> tuple:
+    res: dict[str, float] = {}
+    cpus = opts.get("num_cpus")
+    res["CPU"] = float(default_cpus if cpus is None else cpus)
+    if opts.get("num_gpus"):
+        res["GPU"] = float(opts["num_gpus"])
+    if opts.get("memory"):
+        res["memory"] = float(opts["memory"])
+    for k, v in (opts.get("resources") or {}).items():
+        if k in ("CPU", "GPU"):
+            raise ValueError(f"use num_cpus / num_gpus instead of resources={{{k!r}: ...}}")
+        res[k] = float(v)
+    strategy = opts.get("scheduling_strategy")
+    node_id = getattr(strategy, "node_id", None)
+    if node_id and not getattr(strategy, "soft", False):
+        res[f"node:{node_id}"] = 0.001
+    return tuple(sorted((k, v) for k, v in res.items() if v > 0))
+
+
+class RemoteFunction:
+    """A function made remote with ``@remote``: call ``.remote(...)`` to run it as a task."""
+
+    def __init__(self, fn: Any, options: dict) -> None:
+        _check_options(options, _TASK_OPTIONS, "a remote function")
+        self._function = fn
+        self._options = options
+        self._fn_bytes: bytes | None = None
+        self._fn_id: bytes | None = None
+        self.__name__ = getattr(fn, "__name__", "remote_function")
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__wrapped__ = fn
+        self._prepared: tuple | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Remote functions cannot be called directly. Use {self.__name__}.remote(...) "
+                        f"instead, or call the original with {self.__name__}.__wrapped__(...).")
+
+    def options(self, **options: Any) -> RemoteFunction:
+        """A copy with some options replaced, e.g. ``f.options(num_cpus=2).remote(x)``."""
+        merged = dict(self._options, **options)
+        rf = RemoteFunction(self._function, merged)
+        rf._fn_bytes, rf._fn_id = self._fn_bytes, self._fn_id
+        return rf
+
+    def _ensure_pickled(self) -> None:
+        if self._fn_bytes is None:
+            self._fn_bytes = dumps_function(self._function)
+            self._fn_id = hashlib.blake2b(self._fn_bytes, digest_size=12).digest()
+
+    def _prepare(self) -> tuple:
+        if self._prepared is None:
+            self._ensure_pickled()
+            opts = self._options
+            num_returns = opts.get("num_returns", 1)
+            if not isinstance(num_returns, int) or num_returns < 0:
+                raise ValueError(f"num_returns must be a non-negative int, got {num_returns!r}")
+            max_retries = opts.get("max_retries", 3)
+            retry_exc = opts.get("retry_exceptions", False)
+            if isinstance(retry_exc, list):
+                retry_exc = tuple(retry_exc)
+            strategy = opts.get("scheduling_strategy")
+            self._prepared = (_shape(opts, 1.0), num_returns, max_retries, retry_exc, strategy)
+        return self._prepared
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        core = _core()
+        shape, num_returns, max_retries, retry_exc, strategy = self._prepare()
+        t = Task()
+        t.task_id = ids.new_task_id()
+        t.fn_id = self._fn_id
+        t.fn_bytes = self._fn_bytes
+        t.name = self.__qualname__
+        t.args, t.kw_names = core.prepare_args(args, kwargs)
+        t.num_returns = num_returns
+        t.shape = shape
+        t.retries_left = max_retries
+        t.retry_exceptions = retry_exc
+        t.strategy = _strategy_wire(strategy)
+        t.method = None
+        refs = core.submit(t)
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+
+def _strategy_wire(strategy: Any) -> Any:
+    if strategy is None or isinstance(strategy, str):
+        return strategy
+    node_id = getattr(strategy, "node_id", None)
+    if node_id is not None:
+        return ("node", node_id, bool(getattr(strategy, "soft", False)))
+    return None
+
+
+def method(*, num_returns: int = 1, concurrency_group: str | None = None) -> Any:
+    """Decorate an actor method to set its options, e.g. ``@method(num_returns=2)``."""
+
+    def deco(fn):
+        fn.__mesh_num_returns__ = num_returns
+        return fn
+
+    return deco
+
+
+class ActorClass:
+    """A class made remote with ``@remote``: ``.remote(...)`` creates an actor."""
+
+    def __init__(self, cls: type, options: dict) -> None:
+        _check_options(options, _ACTOR_OPTIONS, "an actor class")
+        self._cls = cls
+        self._options = options
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+        self._class_bytes: bytes | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Actor classes cannot be instantiated directly. Use {self.__name__}.remote(...) instead.")
+
+    def options(self, **options: Any) -> ActorClass:
+        ac = ActorClass(self._cls, dict(self._options, **options))
+        ac._class_bytes = self._class_bytes
+        return ac
+
+    def _methods(self) -> dict[str, int]:
+        out = {}
+        for name, member in inspect.getmembers(self._cls):
+            if callable(member) and (not name.startswith("__") or name == "__call__"):
+                out[name] = getattr(member, "__mesh_num_returns__", 1)
+        return out
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        core = _core()
+        opts = self._options
+        if self._class_bytes is None:
+            self._class_bytes = dumps_function(self._cls)
+        # Actors need 1 CPU to be placed by default but hold none while alive (as in Ray).
+        shape = _shape(opts, 0.0)
+        items, kw_names = core.prepare_args(args, kwargs)
+        frames: list = []
+        wire = []
+        for item in items:
+            if item[0] == "v":
+                frames.extend(item[1].buffers)
+                wire.append(("v", item[1].meta, len(item[1].buffers)))
+            else:
+                wire.append(("r", item[1]._id, item[1]._owner))
+        actor_id = ids.new_task_id()
+        namespace = opts.get("namespace") or core.namespace
+        handle_meta = {"class_name": self.__name__, "methods": self._methods(),
+                       "max_task_retries": opts.get("max_task_retries", 0)}
+        lifetime = opts.get("lifetime")
+        if lifetime not in (None, "detached", "non_detached"):
+            raise ValueError("lifetime must be None, 'detached' or 'non_detached'")
+        spec = {
+            "req_id": None, "class_bytes": self._class_bytes, "class_name": self.__name__,
+            "args": wire, "kw_names": kw_names, "shape": shape, "owner": core.address,
+            "max_restarts": opts.get("max_restarts", 0), "max_concurrency": opts.get("max_concurrency"),
+            "name": opts.get("name"), "namespace": namespace, "lifetime": lifetime,
+            "get_if_exists": opts.get("get_if_exists", False), "handle_meta": handle_meta,
+        }
+        answer = core.request_actor_create(actor_id, spec, frames)
+        if answer[0] == "error":
+            raise ValueError(answer[1])
+        if answer[0] == "exists":
+            return ActorHandle(answer[1], answer[2], owned=False)
+        handle = ActorHandle(actor_id, handle_meta, owned=True, named=bool(opts.get("name")) or lifetime == "detached")
+        handle._arg_holds = [item[1] for item in items if item[0] == "r"]
+        return handle
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def options(self, **options: Any) -> ActorMethod:
+        return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns))
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self._handle._call(self._name, self._num_returns, args, kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Actor methods cannot be called directly. Use .{self._name}.remote(...) instead.")
+
+
+class ActorHandle:
+    """A handle to an actor: ``handle.method.remote(...)`` calls it.
+
+    Handles can be passed to tasks and other actors.  An unnamed actor stops when
+    its creator's handles are all gone or its creator exits; a named or detached
+    actor lives until ``kill()`` (or, if not detached, until its creator exits).
+    """
+
+    def __init__(self, actor_id: bytes, meta: dict, owned: bool = False, named: bool = False) -> None:
+        self._actor_id = actor_id
+        self._meta = meta
+        self._owned = owned
+        self._named = named
+        self._escaped = False
+        self._arg_holds: list = []
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_meta", {}).get("methods", {})
+        if name not in methods:
+            raise AttributeError(f"actor {self.__dict__.get('_meta', {}).get('class_name')} has no method {name!r}")
+        return ActorMethod(self, name, methods[name])
+
+    def _call(self, method_name: str, num_returns: int, args: tuple, kwargs: dict) -> Any:
+        core = _core()
+        t = Task()
+        t.task_id = ids.new_task_id()
+        t.actor_id = self._actor_id
+        t.method = method_name
+        t.name = f"{self._meta.get('class_name')}.{method_name}"
+        t.fn_id = t.fn_bytes = None
+        t.args, t.kw_names = core.prepare_args(args, kwargs)
+        t.num_returns = num_returns
+        t.shape = ()
+        t.retries_left = self._meta.get("max_task_retries", 0)
+        t.retry_exceptions = False
+        t.strategy = None
+        refs = core.submit(t)
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+    def __reduce__(self):
+        # A handle that leaves this process keeps the actor alive until its creator
+        # exits (handles are not reference counted across processes).
+        self._escaped = True
+        return (_rebuild_handle, (self._actor_id, self._meta))
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self._meta.get('class_name')}, {self._actor_id.hex()})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __del__(self) -> None:
+        if self._owned and not self._named and not self._escaped:
+            core = context.core
+            if core is not None and not core._closed:
+                try:
+                    core.release_actor(self._actor_id)
+                except Exception:
+                    pass
+
+
+def _rebuild_handle(actor_id: bytes, meta: dict) -> ActorHandle:
+    return ActorHandle(actor_id, meta)
+
+
+def make_remote(target: Any, options: dict) -> Any:
+    if inspect.isclass(target):
+        return ActorClass(target, options)
+    if callable(target):
+        return RemoteFunction(target, options)
+    raise TypeError("@remote decorates a function or a class")
+
+
+__all__ = ["RemoteFunction", "ActorClass", "ActorHandle", "ActorMethod", "make_remote", "method",
+           "ObjectRef", "serialize", "exc"]

@@ -1,0 +1,95 @@
+"""Turning values into bytes and back.
+
+Values are pickled with protocol 5: large contiguous buffers (numpy arrays, bytes
+views) are handed out-of-band instead of being copied into the pickle stream, so a
+100 MiB array travels as one 100 MiB buffer that is copied once into shared memory
+and read back without a copy.  cloudpickle handles functions, lambdas and classes
+defined in ``__main__``; plain values take the faster C pickler.
+
+While a value is being pickled, every :class:`ObjectRef` inside it is recorded
+(``contained``) so the runtime can keep those objects alive while the value
+travels.  While a value is being unpickled, refs it creates are recorded so the
+runtime can register this process as a borrower.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from typing import Any
+
+import cloudpickle
+
+INLINE_THRESHOLD = 100 * 1024
+"""Values whose pickled size is at most this many bytes travel inside messages;
+larger ones go through the node's shared-memory store (Ray uses the same 100 KiB)."""
+
+_tls = threading.local()
+_SIMPLE = frozenset({type(None), bool, int, float, str, bytes, complex})
+
+
+class Serialized:
+    """A value ready to travel: the pickle stream plus its out-of-band buffers."""
+
+    __slots__ = ("meta", "buffers", "contained", "is_error")
+
+    def __init__(self, meta: bytes, buffers: list, contained: list, is_error: bool = False) -> None:
+        self.meta = meta
+        self.buffers = buffers  # 1-D unsigned-byte memoryviews (or bytes / zmq frames)
+        self.contained = contained  # ObjectRefs pickled inside the value
+        self.is_error = is_error
+
+    @property
+    def size(self) -> int:
+        return len(self.meta) + sum(memoryview(b).nbytes for b in self.buffers)
+
+
+def serialize(value: Any, is_error: bool = False) -> Serialized:
+    prev = getattr(_tls, "contained", None)
+    contained: list = []
+    _tls.contained = contained
+    buffers: list = []
+    try:
+        if type(value) in _SIMPLE:
+            meta = pickle.dumps(value, 5)
+        else:
+            meta = cloudpickle.dumps(value, 5, buffer_callback=buffers.append)
+    finally:
+        _tls.contained = prev
+    if buffers:
+        buffers = [b.raw() for b in buffers]
+    return Serialized(meta, buffers, contained, is_error)
+
+
+def note_contained(ref: Any) -> None:
+    """Called by ObjectRef.__reduce__: remember a ref pickled inside a value."""
+    contained = getattr(_tls, "contained", None)
+    if contained is not None:
+        contained.append(ref)
+
+
+class DeserializeContext:
+    """Collects the refs created while unpickling (the borrows this read starts)."""
+
+    __slots__ = ("new_borrows", "_prev")
+
+    def __enter__(self) -> DeserializeContext:
+        self._prev = getattr(_tls, "deser", None)
+        self.new_borrows: list = []
+        _tls.deser = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _tls.deser = self._prev
+
+
+def current_deserialize_context() -> DeserializeContext | None:
+    return getattr(_tls, "deser", None)
+
+
+def deserialize(meta: Any, buffers: list) -> Any:
+    return pickle.loads(meta, buffers=buffers)
+
+
+def dumps_function(fn: Any) -> bytes:
+    return cloudpickle.dumps(fn, 5)

@@ -1,0 +1,165 @@
+"""Exceptions raised by meshcompute.
+
+Every error the runtime raises derives from :class:`MeshError`.  The names follow
+Ray Core's so that ``except ray.exceptions.X`` ports by changing the import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "MeshError",
+    "TaskError",
+    "GetTimeoutError",
+    "WorkerCrashedError",
+    "ActorError",
+    "ActorDiedError",
+    "ObjectLostError",
+    "OwnerDiedError",
+    "NodeDiedError",
+    "TaskCancelledError",
+    "ObjectStoreFullError",
+]
+
+
+class MeshError(Exception):
+    """Base class of every error raised by meshcompute."""
+
+
+class TaskError(MeshError):
+    """A remote task or actor method raised an exception.
+
+    ``get`` raises an instance that is *both* a ``TaskError`` and an instance of the
+    user's exception class, so ``except ValueError`` still catches a remote
+    ``ValueError``.  ``cause`` is the original exception and ``traceback_str`` the
+    remote traceback, which is also part of ``str(err)``.
+    """
+
+    def __init__(
+        self,
+        function_name: str = "",
+        traceback_str: str = "",
+        cause: BaseException | None = None,
+        pid: int | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.pid = pid
+        self.node_id = node_id
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        where = f" (pid={self.pid}, node={self.node_id})" if self.pid else ""
+        return f"{self.function_name} failed{where}:\n{self.traceback_str}".rstrip()
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self):
+        return (_rebuild_task_error, (self.function_name, self.traceback_str, self.cause, self.pid, self.node_id))
+
+    def as_instanceof_cause(self) -> TaskError:
+        """Return an error that is an instance of both TaskError and ``type(cause)``."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or issubclass(cause_cls, TaskError) or not _subclassable(cause_cls):
+            return self
+        cls = _dual_class(cause_cls)
+        err = cls.__new__(cls)
+        # Fill the state of both bases without running the user's __init__,
+        # whose signature we cannot know.
+        err.args = getattr(self.cause, "args", ())
+        try:
+            err.__dict__.update(getattr(self.cause, "__dict__", {}))
+        except Exception:  # pragma: no cover - exotic exception classes
+            pass
+        err.function_name = self.function_name
+        err.traceback_str = self.traceback_str
+        err.cause = self.cause
+        err.pid = self.pid
+        err.node_id = self.node_id
+        return err
+
+
+_DUAL_CLASSES: dict[type, type] = {}
+
+
+def _subclassable(cls: type) -> bool:
+    try:
+        type("_probe", (TaskError, cls), {})
+        return True
+    except TypeError:
+        return False
+
+
+def _dual_class(cause_cls: type) -> type:
+    cls = _DUAL_CLASSES.get(cause_cls)
+    if cls is None:
+        cls = type(
+            f"TaskError({cause_cls.__name__})",
+            (TaskError, cause_cls),
+            {
+                "__str__": TaskError.__str__,
+                "__reduce__": TaskError.__reduce__,
+                "__module__": __name__,
+            },
+        )
+        _DUAL_CLASSES[cause_cls] = cls
+    return cls
+
+
+def _rebuild_task_error(function_name, traceback_str, cause, pid, node_id) -> TaskError:
+    return TaskError(function_name, traceback_str, cause, pid, node_id)
+
+
+class GetTimeoutError(MeshError, TimeoutError):
+    """``get`` (or ``wait`` with a value fetch) did not finish within its ``timeout``."""
+
+
+class WorkerCrashedError(MeshError):
+    """The worker process running the task died (segfault, ``os._exit``, OOM kill)
+    and the task's ``max_retries`` were used up."""
+
+
+class ActorError(MeshError):
+    """Base class of actor failures."""
+
+
+class ActorDiedError(ActorError):
+    """The actor's process died, or the actor was killed, and it will not (or could
+    not yet) be restarted; the method call did not complete."""
+
+    def __init__(self, message: str = "The actor died.", actor_id: str | None = None) -> None:
+        self.actor_id = actor_id
+        super().__init__(message)
+
+
+class ObjectLostError(MeshError):
+    """The object's value is gone: every copy was lost and it cannot be rebuilt."""
+
+    def __init__(self, message: str = "", object_id: str | None = None) -> None:
+        self.object_id = object_id
+        super().__init__(message or f"Object {object_id} was lost.")
+
+
+class OwnerDiedError(ObjectLostError):
+    """The process that owned the object (the one that created the ref) died."""
+
+
+class NodeDiedError(MeshError):
+    """The node the task or object lived on died."""
+
+
+class TaskCancelledError(MeshError):
+    """The task was cancelled with ``cancel`` before it finished."""
+
+    def __init__(self, message: str = "The task was cancelled.", task_id: Any = None) -> None:
+        self.task_id = task_id
+        super().__init__(message)
+
+
+class ObjectStoreFullError(MeshError):
+    """The node's object store has no room for the object even after evicting and
+    spilling what it could; the message says what is using the space."""

@@ -1,0 +1,62 @@
+"""Byte layout of one object in the arena.
+
+::
+
+    u32 meta_len | u32 n_buffers | u8 is_error | 7 pad | u64 buffer_len * n_buffers
+    meta bytes (the pickle stream) | pad to 64
+    buffer 0 | pad to 64 | buffer 1 | ...
+
+Buffers (pickle protocol 5 out-of-band data, e.g. numpy arrays) start on 64-byte
+boundaries so a reader can hand out aligned, read-only views without copying.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_HEAD = struct.Struct("<IIB7x")
+_ALIGN = 64
+
+
+def _pad(n: int) -> int:
+    return -n % _ALIGN
+
+
+def encoded_size(meta_len: int, buffer_lens: list[int]) -> int:
+    size = _HEAD.size + 8 * len(buffer_lens) + meta_len
+    size += _pad(size)
+    for n in buffer_lens:
+        size += n + _pad(n)
+    return size
+
+
+def write_object(dest: memoryview, meta: bytes, buffers: list, is_error: bool = False) -> None:
+    """Copy ``meta`` and ``buffers`` (1-D byte views) into ``dest``: one memcpy each."""
+    lens = [b.nbytes for b in buffers]
+    _HEAD.pack_into(dest, 0, len(meta), len(buffers), 1 if is_error else 0)
+    pos = _HEAD.size
+    if lens:
+        struct.pack_into(f"<{len(lens)}Q", dest, pos, *lens)
+    pos += 8 * len(lens)
+    dest[pos : pos + len(meta)] = meta
+    pos += len(meta)
+    pos += _pad(pos)
+    for buf, n in zip(buffers, lens):
+        dest[pos : pos + n] = buf
+        pos += n + _pad(n)
+
+
+def read_object(src: memoryview) -> tuple[memoryview, list[memoryview], bool]:
+    """Return ``(meta, buffers, is_error)`` as views into ``src`` (no copy)."""
+    meta_len, nbuf, is_error = _HEAD.unpack_from(src, 0)
+    pos = _HEAD.size
+    lens = struct.unpack_from(f"<{nbuf}Q", src, pos) if nbuf else ()
+    pos += 8 * nbuf
+    meta = src[pos : pos + meta_len]
+    pos += meta_len
+    pos += _pad(pos)
+    buffers = []
+    for n in lens:
+        buffers.append(src[pos : pos + n])
+        pos += n + _pad(n)
+    return meta, buffers, bool(is_error)

@@ -1,0 +1,1 @@
+"""Utilities shaped like ``ray.util``."""
