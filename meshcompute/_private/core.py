@@ -28,7 +28,6 @@ import itertools
 import logging
 import mmap
 import os
-import sys
 import threading
 import time
 import traceback
@@ -55,8 +54,9 @@ log = logging.getLogger("meshcompute")
 
 PENDING, READY = 0, 1
 
-LEASE_IDLE_S = 0.05
-"""An idle lease is kept this long (s) so back-to-back tasks skip the daemon."""
+LEASE_IDLE_S = 0.01
+"""An idle lease is kept this long (s) so back-to-back tasks skip the daemon; it
+is returned at once when the daemon says others are waiting (LEASE_REVOKE)."""
 MAX_PIPELINE = 16
 """Most tasks in flight on one leased worker, for tasks known to be short."""
 SHORT_TASK_S = 0.002
@@ -201,6 +201,7 @@ class Core:
         self._done_out: dict[str, list] = {}  # owner -> [(result, frames)] to flush
         self._handoff: dict[bytes, list] = {}  # task id -> refs kept until the owner holds them
         self._blocked_depth = 0
+        self._revoke_until = 0.0
         self.executor: Any = None  # set in workers
         self.current_task_id: bytes | None = None
         self.current_actor_id: bytes | None = None
@@ -208,7 +209,7 @@ class Core:
         self._early: list = []
         # Register with the daemon before the I/O thread exists, on this thread.
         reply = self._register()
-        (_, self.node_id, self.store_path, self.store_capacity, _session, self.node_info) = reply
+        (_, self.node_id, self.store_path, self.store_capacity, _session, self.node_meta) = reply
         self._arena_fd = os.open(self.store_path, os.O_RDWR)
         self._arena = mmap.mmap(self._arena_fd, self.store_capacity)
         self._arena_mv = memoryview(self._arena)
@@ -594,6 +595,14 @@ class Core:
         if len(ready) >= num:
             return ready
         pending = [r for r in refs if r._id not in ready]
+        if self.kind == "worker" and self.executor is not None and self.executor.can_inline():
+            # Run our own children that are still queued here instead of waiting
+            # for a worker to take them (a fork-join pool's "help while waiting").
+            stolen = self._steal([r._id for r in pending])
+            if stolen:
+                for spec, frames in stolen:
+                    self.executor.run_inline(spec, frames)
+                return self.wait_ready(refs, num, timeout)
         w = _Waiter(num - len(ready))
         self.post(self._io_watch, pending, w)
         if not w.event.is_set():
@@ -605,6 +614,31 @@ class Core:
         self.post(self._io_unwatch, pending, w)
         ready.update(w.done_ids)
         return ready
+
+    def _steal(self, oids: list[bytes]) -> list:
+        w = _Waiter(1)
+        self.post(self._io_steal, oids, w)
+        w.event.wait()
+        return w.value
+
+    def _io_steal(self, oids: list[bytes], w: _Waiter) -> None:
+        out = []
+        for oid in oids:
+            t = self._tasks.get(ids.task_of(oid))
+            if (t is None or t.dispatched or t.deps or t.actor_id is not None or t.cancelled
+                    or any(k != "CPU" or v > 1 for k, v in t.shape)):
+                continue
+            q = self._queues.get(t.shape)
+            if not q or t not in q:
+                continue
+            q.remove(t)
+            frames: list = []
+            args = [self._arg_wire(item, frames) for item in t.args]
+            t.dispatched = True
+            out.append(((t.task_id, t.fn_id, t.fn_bytes, t.name, args, t.kw_names, t.num_returns,
+                         t.return_ids), frames))
+        w.value = out
+        w.event.set()
 
     def _block(self) -> None:
         if self.kind == "worker" and self.executor is not None:
@@ -903,6 +937,9 @@ class Core:
             self._lease_idle(lease)
 
     def _lease_idle(self, lease: Lease) -> None:
+        if self._revoke_until > time.monotonic():
+            self._return_lease(lease)
+            return
         lease.idle_since = time.monotonic()
         self._call_later(LEASE_IDLE_S, self._maybe_return_lease, lease, lease.idle_since)
 
@@ -918,6 +955,9 @@ class Core:
         self._send_daemon(Msg.RETURN_LEASE, lease.lease_id)
 
     def _on_lease_revoke(self, sender, msg, frames) -> None:
+        # Others wait for resources: hand back idle leases now, and busy ones as
+        # soon as they go idle during the next moment.
+        self._revoke_until = time.monotonic() + 0.05
         for lease in list(self._lease_by_id.values()):
             if not lease.inflight:
                 self._return_lease(lease)
@@ -1255,6 +1295,3 @@ class Core:
     def node_info(self, what: str = "node") -> Any:
         return self.request_daemon(Msg.NODE_INFO, what)
 
-
-def print_exc_to_stderr() -> None:  # pragma: no cover - debugging aid
-    traceback.print_exc(file=sys.stderr)

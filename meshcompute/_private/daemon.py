@@ -173,6 +173,7 @@ class Daemon:
         self.running = True
         self.started_at = time.time()
         self.tasks_started = 0
+        self._last_revoke = 0.0
 
     # ----------------------------------------------------------------- set-up
 
@@ -539,13 +540,13 @@ class Daemon:
         for _ in range(max(0, needs_worker - self.starting)):
             self.fork_worker()
         # Requests that fit the node but not what is free: idle leases may hold it.
-        if still and not needs_worker:
-            owners = {ls.owner for ls in self.leases.values()}
-            for req in still:
-                if not req.revoked and self.feasible(req.shape):
-                    req.revoked = True
-                    for owner in owners - {req.owner}:
-                        self.send(owner, Msg.LEASE_REVOKE, 1)
+        now = time.monotonic()
+        if len(still) > needs_worker and now - self._last_revoke > 0.005:
+            waiting = {req.owner for req in still if self.feasible(req.shape)}
+            if waiting:
+                self._last_revoke = now
+                for owner in {ls.owner for ls in self.leases.values()}:
+                    self.send(owner, Msg.LEASE_REVOKE, len(waiting))
 
     # ----------------------------------------------------------------- actors
 

@@ -46,6 +46,7 @@ class Executor:
         self._sem: asyncio.Semaphore | None = None
         self._main_ident = threading.get_ident()
         self._base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self._inline_depth = 0
         signal.signal(signal.SIGINT, self._on_sigint)
 
     # ---------------------------------------------------------------- control
@@ -88,6 +89,25 @@ class Executor:
     def on_unblock(self) -> None:
         if self.actor_id is None:
             self.core.post(self.core._send_daemon, Msg.UNBLOCKED)
+
+    MAX_INLINE_DEPTH = 64
+    """Deepest chain of children a blocked task runs itself before it waits."""
+
+    def can_inline(self) -> bool:
+        return self.actor_id is None and self._inline_depth < self.MAX_INLINE_DEPTH
+
+    def run_inline(self, spec: tuple, frames: list) -> None:
+        """Run one of this process's own queued child tasks on this thread."""
+        core = self.core
+        saved = (core.current_task_id, self._current, getattr(core, "gpu_ids", ()))
+        self._inline_depth += 1
+        try:
+            self._run_task(core.address, (), spec, frames)
+        finally:
+            self._inline_depth -= 1
+            core.current_task_id, core.gpu_ids = saved[0], saved[2]
+            with self._lock:
+                self._current = saved[1]
 
     # ------------------------------------------------------------------- loop
 
@@ -305,6 +325,7 @@ class Executor:
         if self._pool is None:
             with self._lock:
                 self._current = task_id
+            core.current_task_id = task_id
         start = time.perf_counter()
         result = error = None
         try:
@@ -328,6 +349,7 @@ class Executor:
                 with self._lock:
                     self._current = None
                     self._cancel_target = None
+                core.current_task_id = None
         self._finish(caller, task_id, return_ids, num_returns, result, error,
                      time.perf_counter() - start, "ok")
 

@@ -1,0 +1,54 @@
+"""The public surface is deliberate: adding or removing a name is a visible change."""
+
+from __future__ import annotations
+
+import pickle
+
+import meshcompute as mesh
+from meshcompute import exceptions
+
+EXPECTED = {
+    "ActorClass", "ActorHandle", "ObjectRef", "RemoteFunction", "RuntimeContext",
+    "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
+    "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
+    "put", "remote", "shutdown", "wait",
+}
+
+EXPECTED_EXCEPTIONS = {
+    "MeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "ActorError", "ActorDiedError",
+    "ObjectLostError", "OwnerDiedError", "NodeDiedError", "TaskCancelledError", "ObjectStoreFullError",
+}
+
+
+def test_exports_are_locked():
+    assert set(mesh.__all__) == EXPECTED
+    for name in EXPECTED:
+        assert hasattr(mesh, name), name
+    assert set(exceptions.__all__) == EXPECTED_EXCEPTIONS
+
+
+def test_exception_hierarchy():
+    for name in EXPECTED_EXCEPTIONS:
+        assert issubclass(getattr(exceptions, name), exceptions.MeshError)
+    assert issubclass(exceptions.OwnerDiedError, exceptions.ObjectLostError)
+    assert issubclass(exceptions.ActorDiedError, exceptions.ActorError)
+    assert issubclass(exceptions.GetTimeoutError, TimeoutError)
+
+
+def test_task_error_is_both_task_error_and_the_cause_class_and_pickles():
+    try:
+        raise ValueError("bad value")
+    except ValueError as cause:
+        err = exceptions.TaskError("f", "Traceback ...\nValueError: bad value", cause, 123, "node")
+    dual = err.as_instanceof_cause()
+    assert isinstance(dual, exceptions.TaskError) and isinstance(dual, ValueError)
+    assert dual.args == ("bad value",) and "bad value" in str(dual)
+    again = pickle.loads(pickle.dumps(err))
+    assert again.traceback_str == err.traceback_str and isinstance(again.cause, ValueError)
+
+
+def test_util_scheduling_strategies_importable_as_in_ray():
+    from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    s = NodeAffinitySchedulingStrategy(node_id="abc", soft=True)
+    assert s.node_id == "abc" and s.soft
