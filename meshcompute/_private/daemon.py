@@ -43,8 +43,8 @@ log = logging.getLogger("meshcompute.daemon")
 
 LIVENESS_PERIOD_S = 0.5
 """How often (s) the daemon checks that drivers (and its own parent) are alive."""
-IDLE_WORKER_TTL_S = 10.0
-"""Idle workers beyond the node's CPU count are stopped after this long (s)."""
+IDLE_WORKER_TTL_S = 1.0
+"""Idle workers beyond the node's CPU count are stopped after this long (s), as in Ray."""
 DEFAULT_STORE_FRACTION = 0.3
 """Default store capacity as a share of RAM: Ray's default, leaving 70% for the
 heaps of the driver and workers; also capped by /dev/shm's free space."""
@@ -522,14 +522,20 @@ class Daemon:
             if self.fits(a.shape):
                 self.pending_actors.remove(a)
                 self.place_actor(a, idle)
+        # What is left after the requests already waiting for a worker to start.
+        spare = dict(self.available)
         for req in self.pending:
-            if not self.fits(req.shape):
+            if not self.fits(req.shape, spare):
                 still.append(req)
                 continue
             if not idle:
                 needs_worker += 1
+                for k, v in req.shape:
+                    spare[k] = spare.get(k, 0.0) - v
                 still.append(req)
                 continue
+            for k, v in req.shape:
+                spare[k] = spare.get(k, 0.0) - v
             w = idle.pop()
             gpu_ids = self.acquire(req.shape)
             lease_id = os.urandom(8)

@@ -1,0 +1,270 @@
+"""Side-by-side benchmark: the same workloads through meshcompute and Ray.
+
+    python bench/bench.py              # both (Ray when installed: pip install .[bench])
+    python bench/bench.py --only mesh  # one framework
+    python bench/bench.py --json out.json
+
+Each framework runs in a fresh subprocess with its default settings, as a user
+would call it (``init()`` with no arguments).  The same code drives both: only
+the imported module differs.  Figures are medians over ``--repeat`` runs of each
+workload inside that process; "ratio" is how many times better meshcompute is
+(higher is better for us, whatever the unit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+WORKLOADS = [
+    # key, label, unit, higher_is_better
+    ("cold_start_s", "cold start: import + init + first result", "s", False),
+    ("task_sync_us", "task latency, sync (get after each)", "us", False),
+    ("task_async_per_s", "tasks, async: 10k no-op, submit then get", "tasks/s", True),
+    ("actor_sync_us", "actor call latency, sync", "us", False),
+    ("actor_async_per_s", "actor calls, async: 5k", "calls/s", True),
+    ("put_get_small_per_s", "small put + get", "ops/s", True),
+    ("put_100mib_gbps", "put of a 100 MiB numpy array", "GB/s", True),
+    ("get_100mib_us", "get of a 100 MiB numpy array", "us", False),
+    ("ref_arg_50mib_per_s", "tasks taking a 50 MiB ref argument", "tasks/s", True),
+    ("fib10_s", "nested tasks: recursive fib(10)", "s", False),
+    ("wait_2000_s", "wait loop over 2,000 task refs", "s", False),
+    ("rss_mib", "total RSS of all processes (idle, after the run)", "MiB", False),
+    ("pss_mib", "total PSS of all processes (shared pages split)", "MiB", False),
+    ("memcpy_gbps", "memcpy of 100 MiB in this process (reference)", "GB/s", True),
+]
+
+
+def _median(fn, repeat: int) -> float:
+    return statistics.median(fn() for _ in range(repeat))
+
+
+def run_suite(name: str, repeat: int, quick: bool) -> dict:
+    t0 = time.perf_counter()
+    if name == "ray":
+        import ray as fw
+    else:
+        import meshcompute as fw
+    import numpy as np
+    import psutil
+
+    fw.init()
+
+    @fw.remote
+    def noop(x=None):
+        return x
+
+    fw.get(noop.remote())
+    out: dict[str, float] = {"cold_start_s": time.perf_counter() - t0}
+
+    def task_sync():
+        n = 200 if quick else 1000
+        t = time.perf_counter()
+        for _ in range(n):
+            fw.get(noop.remote())
+        return (time.perf_counter() - t) / n * 1e6
+
+    out["task_sync_us"] = _median(task_sync, repeat)
+
+    def task_async():
+        n = 2000 if quick else 10_000
+        t = time.perf_counter()
+        fw.get([noop.remote() for _ in range(n)])
+        return n / (time.perf_counter() - t)
+
+    out["task_async_per_s"] = _median(task_async, repeat)
+
+    @fw.remote
+    class Actor:
+        def call(self, x=None):
+            return x
+
+    actor = Actor.remote()
+    fw.get(actor.call.remote())
+
+    def actor_sync():
+        n = 200 if quick else 1000
+        t = time.perf_counter()
+        for _ in range(n):
+            fw.get(actor.call.remote())
+        return (time.perf_counter() - t) / n * 1e6
+
+    out["actor_sync_us"] = _median(actor_sync, repeat)
+
+    def actor_async():
+        n = 1000 if quick else 5000
+        t = time.perf_counter()
+        fw.get([actor.call.remote() for _ in range(n)])
+        return n / (time.perf_counter() - t)
+
+    out["actor_async_per_s"] = _median(actor_async, repeat)
+
+    def put_get_small():
+        n = 500 if quick else 2000
+        t = time.perf_counter()
+        for i in range(n):
+            fw.get(fw.put(i))
+        return n / (time.perf_counter() - t)
+
+    out["put_get_small_per_s"] = _median(put_get_small, repeat)
+
+    big = np.random.default_rng(0).random(100 * 2**20 // 8)
+
+    def put_big():
+        t = time.perf_counter()
+        ref = fw.put(big)
+        dt = time.perf_counter() - t
+        del ref
+        return big.nbytes / dt / 1e9
+
+    out["put_100mib_gbps"] = _median(put_big, max(repeat, 5))
+    big_ref = fw.put(big)
+
+    def get_big():
+        t = time.perf_counter()
+        arr = fw.get(big_ref)
+        dt = time.perf_counter() - t
+        assert arr.shape == big.shape
+        return dt * 1e6
+
+    out["get_100mib_us"] = _median(get_big, max(repeat, 5))
+    big_ref = None
+
+    arg = fw.put(np.ones(50 * 2**20 // 8))
+
+    @fw.remote
+    def first(a):
+        return float(a[0])
+
+    fw.get(first.remote(arg))
+
+    def ref_arg():
+        n = 50 if quick else 200
+        t = time.perf_counter()
+        fw.get([first.remote(arg) for _ in range(n)])
+        return n / (time.perf_counter() - t)
+
+    out["ref_arg_50mib_per_s"] = _median(ref_arg, repeat)
+    arg = None
+
+    @fw.remote
+    def fib(n):
+        if n < 2:
+            return n
+        return sum(fw.get([fib.remote(n - 1), fib.remote(n - 2)]))
+
+    def fib10():
+        t = time.perf_counter()
+        assert fw.get(fib.remote(10)) == 55
+        return time.perf_counter() - t
+
+    out["fib10_s"] = _median(fib10, repeat)
+
+    def wait_loop():
+        refs = [noop.remote(i) for i in range(2000)]
+        t = time.perf_counter()
+        while refs:
+            _, refs = fw.wait(refs, num_returns=1)
+        return time.perf_counter() - t
+
+    out["wait_2000_s"] = _median(wait_loop, repeat)
+
+    dst = np.empty_like(big)
+    np.copyto(dst, big)
+
+    def memcpy():
+        t = time.perf_counter()
+        np.copyto(dst, big)
+        return big.nbytes / (time.perf_counter() - t) / 1e9
+
+    out["memcpy_gbps"] = _median(memcpy, 5)
+    big = dst = None  # the benchmark's own data is not the framework's memory
+    time.sleep(3)  # let idle workers settle (both frameworks stop extra idle workers)
+    me = psutil.Process()
+    procs = [me] + me.children(recursive=True)
+    rss = pss = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            rss += info.rss
+            pss += info.pss
+        except psutil.Error:
+            pass
+    out["rss_mib"] = rss / 2**20
+    out["pss_mib"] = pss / 2**20
+    out["processes"] = len(procs)
+    fw.shutdown()
+    return out
+
+
+def _run_child(name: str, repeat: int, quick: bool) -> dict | None:
+    cmd = [sys.executable, __file__, "--child", name, "--repeat", str(repeat)] + (["--quick"] if quick else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    sys.stderr.write(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n")
+    return None
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["mesh", "ray"])
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(run_suite(args.child, args.repeat, args.quick)), flush=True)
+        return
+    names = [args.only] if args.only else ["mesh", "ray"]
+    if "ray" in names:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            print("Ray is not installed (pip install .[bench]); running meshcompute alone.")
+            names = ["mesh"]
+    results = {n: _run_child(n, args.repeat, args.quick) for n in names}
+    ray_version = None
+    if "ray" in names:
+        import ray
+
+        ray_version = ray.__version__
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+          f"ray {ray_version or 'n/a'}; {time.strftime('%Y-%m-%d')}\n")
+    header = f"{'workload':52} {'unit':>8} {'meshcompute':>12} {'ray':>12} {'ratio':>8}"
+    print(header)
+    print("-" * len(header))
+    mesh_r, ray_r = results.get("mesh") or {}, results.get("ray") or {}
+    for key, label, unit, higher in WORKLOADS:
+        m, r = mesh_r.get(key), ray_r.get(key)
+        ratio = None
+        if m and r:
+            ratio = (m / r) if higher else (r / m)
+        print(f"{label:52} {unit:>8} {_fmt(m):>12} {_fmt(r):>12} {(_fmt(ratio) + 'x') if ratio else '-':>8}")
+    print(f"{'processes at the end':52} {'':>8} {_fmt(mesh_r.get('processes')):>12} {_fmt(ray_r.get('processes')):>12}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "ray_version": ray_version, "date": time.strftime("%Y-%m-%d"),
+                       "cpus": os.cpu_count()}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
