@@ -687,15 +687,12 @@ class Core:
         return value
 
     def _read_store(self, oid: bytes, e: Entry) -> Any:
-        offset, size = e.loc
-        if e.owned:
-            # Our own STORE_FREE travels the same pipe after this pin: no race.
-            self.post(self._send_daemon, Msg.STORE_PIN, None, oid)
-        else:
-            answer = self.request_daemon(Msg.STORE_PIN, oid)
-            if answer is None:
-                raise exc.ObjectLostError(object_id=oid.hex())
-            offset, size = answer
+        # The pin answers where the object is now (it may have moved through a
+        # spill and restore) and keeps that block from reuse while mapped.
+        answer = self.request_daemon(Msg.STORE_PIN, oid)
+        if answer is None:
+            raise exc.ObjectLostError(object_id=oid.hex())
+        offset, size = answer
         mm = mmap.mmap(self._arena_fd, size, access=mmap.ACCESS_READ, offset=offset)
         weakref.finalize(mm, _Unpinner(self, oid))
         meta, bufs, _ = read_object(memoryview(mm))
