@@ -26,11 +26,17 @@ class Endpoint:
     def outbox(self, peer: str) -> zmq.Socket:
         sock = self.out.get(peer)
         if sock is None:
+            if not peer.startswith(("ipc://", "tcp://")):
+                raise ValueError(f"not a peer address: {peer[:80]!r}")
             sock = self.ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 1000)
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.IDENTITY, self._identity)
-            sock.connect(peer)
+            try:
+                sock.connect(peer)
+            except zmq.ZMQError:
+                sock.close(linger=0)
+                raise
             self.out[peer] = sock
         return sock
 

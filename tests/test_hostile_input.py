@@ -1,0 +1,71 @@
+"""Hostile bytes on a node's sockets are dropped and logged; the node keeps serving."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+
+import pytest
+import zmq
+
+import meshcompute as mesh
+from meshcompute._private import context
+from meshcompute._private.protocol import Msg, describe, encode
+
+pytestmark = pytest.mark.usefixtures("node")
+
+
+@mesh.remote
+def ping(x):
+    return x
+
+
+def _garbage(rng: random.Random) -> list[list[bytes]]:
+    valid = encode(Msg.REQUEST_LEASE, 1, (("CPU", 1.0),), None)
+    return [
+        [b""],
+        [rng.randbytes(64)],
+        [valid[: len(valid) // 2]],  # a truncated pickle
+        [pickle.dumps("not a tuple")],
+        [pickle.dumps((9999, 1, 2))],  # unknown message type
+        [pickle.dumps((int(Msg.REQUEST_LEASE),))],  # missing fields
+        [pickle.dumps((int(Msg.STORE_PIN), 5, b"\x00" * 3))],
+        [pickle.dumps((int(Msg.TASKS_DONE), [("bad",)]))],
+        [pickle.dumps((int(Msg.RETURN_LEASE), b"no-such-lease"))],
+        [encode(Msg.KILL_ACTOR, b"nope", True), rng.randbytes(10)],
+        [rng.randbytes(2000), rng.randbytes(10), rng.randbytes(3)],
+    ]
+
+
+def test_garbage_to_the_daemon_and_to_a_driver_is_survived():
+    core = context.core
+    rng = random.Random(1234)
+    ctx = zmq.Context()
+    try:
+        for target in (core.daemon_addr, core.address):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.IDENTITY, b"\xff\xfe not utf8 " + os.urandom(4))
+            sock.connect(target)
+            for frames in _garbage(rng) * 3:
+                sock.send_multipart(frames)
+            sock2 = ctx.socket(zmq.DEALER)
+            sock2.setsockopt(zmq.LINGER, 0)
+            sock2.connect(target)
+            for _ in range(50):
+                sock2.send_multipart([rng.randbytes(rng.randrange(0, 300))])
+            sock.close()
+            sock2.close()
+        # Both still work: tasks run, the daemon answers.
+        assert mesh.get([ping.remote(i) for i in range(20)], timeout=20) == list(range(20))
+        assert mesh.cluster_resources()["CPU"] == 2
+    finally:
+        ctx.term()
+
+
+def test_every_message_type_has_a_one_line_description():
+    for kind in Msg:
+        text = describe((int(kind),) + (b"\x01" * 20,) * 8)
+        assert text.startswith(kind.name) and "\n" not in text
+    assert describe((424242,)).startswith("UNKNOWN")
