@@ -163,3 +163,11 @@ class TaskCancelledError(MeshError):
 class ObjectStoreFullError(MeshError):
     """The node's object store has no room for the object even after evicting and
     spilling what it could; the message says what is using the space."""
+
+
+# Ray's names, so ``except ray.exceptions.RayTaskError`` keeps working after
+# ``import meshcompute as ray``.
+RayError = MeshError
+RayTaskError = TaskError
+RayActorError = ActorError
+__all__ += ["RayError", "RayTaskError", "RayActorError"]

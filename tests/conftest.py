@@ -8,31 +8,36 @@ After the whole session no meshcompute process may be left running.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 
 import pytest
 
-import meshcompute as mesh
+# Every node this test session starts keeps its session dir under this root (the
+# variable is inherited by drivers the tests spawn), so the leak check below sees
+# only our processes, even when another suite runs beside this one.
+SESSIONS_ROOT = os.environ.setdefault("MESH_SESSIONS_ROOT", tempfile.mkdtemp(prefix="mesh-test-"))
+
+import meshcompute as mesh  # noqa: E402  (after the root is set)
 
 
 def _mesh_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "meshcompute._private.daemon"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", f"--session {SESSIONS_ROOT}/"], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_leaked_processes():
-    before = _mesh_pids()
     yield
     if mesh.is_initialized():
         mesh.shutdown()
-    deadline = time.time() + 10
-    leaked = _mesh_pids() - before
-    while leaked and time.time() < deadline:
-        time.sleep(0.1)
-        leaked = _mesh_pids() - before
-    assert not leaked, f"meshcompute processes outlived the test session: {sorted(leaked)}"
+    leaked = wait_for(lambda: not _mesh_pids(), timeout=10) or _mesh_pids()
+    leftovers = [n for n in os.listdir(SESSIONS_ROOT)] if os.path.isdir(SESSIONS_ROOT) else []
+    shutil.rmtree(SESSIONS_ROOT, ignore_errors=True)
+    assert leaked is True, f"meshcompute processes outlived the test session: {sorted(leaked)}"
+    assert not leftovers, f"session directories left behind: {leftovers}"
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,9 @@ def _start_driver(mode: str) -> tuple[subprocess.Popen, dict]:
 
 
 def _arena(session: str) -> str:
-    return "/dev/shm/meshcompute_" + os.path.basename(session)
+    from meshcompute._private.procutil import arena_path
+
+    return arena_path(session)
 
 
 def _all_gone(info: dict) -> bool:

@@ -17,6 +17,7 @@ EXPECTED = {
 EXPECTED_EXCEPTIONS = {
     "MeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "ActorError", "ActorDiedError",
     "ObjectLostError", "OwnerDiedError", "NodeDiedError", "TaskCancelledError", "ObjectStoreFullError",
+    "RayError", "RayTaskError", "RayActorError",
 }
 
 

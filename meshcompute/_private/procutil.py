@@ -14,7 +14,13 @@ _PR_SET_PDEATHSIG = 1
 SESSIONS_ROOT = os.environ.get("MESH_SESSIONS_ROOT", f"/tmp/meshcompute-{os.getuid()}")
 """Where session directories live (one per node daemon, mode 0700)."""
 SHM_PREFIX = "meshcompute_"
-"""Prefix of arena files in /dev/shm; the rest is the session name."""
+"""Prefix of arena files in /dev/shm."""
+
+
+def _root_tag() -> str:
+    import hashlib
+
+    return hashlib.blake2b(os.path.abspath(SESSIONS_ROOT).encode(), digest_size=4).hexdigest()
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
@@ -67,7 +73,9 @@ def new_session_dir() -> str:
 
 
 def arena_path(session_dir: str) -> str:
-    return f"/dev/shm/{SHM_PREFIX}{os.path.basename(session_dir)}"
+    """``/dev/shm/meshcompute_<root tag>_<session>``: the tag ties the arena to the
+    sessions root, so a cleanup under one root never touches another's arenas."""
+    return f"/dev/shm/{SHM_PREFIX}{_root_tag()}_{os.path.basename(session_dir)}"
 
 
 def remove_session(session_dir: str) -> None:
@@ -104,11 +112,12 @@ def clean_stale_sessions() -> list[str]:
         if not pid_alive(pid):
             remove_session(path)
             removed.append(path)
-    # Arenas whose session dir is gone.
+    # Arenas of this root whose session dir is gone.
+    prefix = f"{SHM_PREFIX}{_root_tag()}_"
     try:
         for name in os.listdir("/dev/shm"):
-            if name.startswith(SHM_PREFIX):
-                session = name[len(SHM_PREFIX):]
+            if name.startswith(prefix):
+                session = name[len(prefix):]
                 if not os.path.isdir(os.path.join(SESSIONS_ROOT, session)):
                     try:
                         os.unlink(os.path.join("/dev/shm", name))

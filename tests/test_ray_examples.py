@@ -1,0 +1,14 @@
+"""Ray Core documentation examples run unchanged after changing the import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def test_ray_core_doc_examples_run_after_changing_the_import():
+    script = os.path.join(os.path.dirname(__file__), "examples", "ray_core_docs.py")
+    proc = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("OK")
