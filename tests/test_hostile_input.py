@@ -47,12 +47,12 @@ def test_garbage_to_the_daemon_and_to_a_driver_is_survived():
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IDENTITY, b"\xff\xfe not utf8 " + os.urandom(4))
-            sock.connect(target)
+            sock.connect(core._ep.resolve(target))
             for frames in _garbage(rng) * 3:
                 sock.send_multipart(frames)
             sock2 = ctx.socket(zmq.DEALER)
             sock2.setsockopt(zmq.LINGER, 0)
-            sock2.connect(target)
+            sock2.connect(core._ep.resolve(target))
             for _ in range(50):
                 sock2.send_multipart([rng.randbytes(rng.randrange(0, 300))])
             sock.close()
@@ -61,7 +61,7 @@ def test_garbage_to_the_daemon_and_to_a_driver_is_survived():
         assert mesh.get([ping.remote(i) for i in range(20)], timeout=20) == list(range(20))
         assert mesh.cluster_resources()["CPU"] == 2
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 def test_every_message_type_has_a_one_line_description():

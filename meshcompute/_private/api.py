@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import atexit
-import glob
-import json
 import logging
 import os
-import select
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from .. import exceptions as exc
 from . import context
 from .core import Core
+from .launcher import find_node, start_node
 from .object_ref import ObjectRef
-from .procutil import SESSIONS_ROOT, new_session_dir, pid_alive, remove_session
+from .procutil import keys_for_session, remove_session
 from .protocol import Msg
 from .remote import ActorHandle, make_remote
 
@@ -41,70 +37,13 @@ def _ensure_log_handler() -> None:
 
 def _start_embedded(num_cpus, num_gpus, resources, object_store_memory) -> dict:
     global _daemon_proc, _session_dir
-    session = new_session_dir()
-    logs = os.path.join(session, "logs")
-    os.makedirs(logs, exist_ok=True)
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    # Workers import the driver's modules by name: give them the driver's path.
-    paths = [pkg_parent, os.getcwd()] + [p for p in sys.path if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    ready_r, ready_w = os.pipe()
-    cmd = [sys.executable, "-m", "meshcompute._private.daemon", "--session", session,
-           "--parent-pid", str(os.getpid()), "--ready-fd", str(ready_w)]
-    if num_cpus is not None:
-        cmd += ["--num-cpus", str(num_cpus)]
-    if num_gpus is not None:
-        cmd += ["--num-gpus", str(int(num_gpus))]
-    if resources:
-        cmd += ["--resources", json.dumps(resources)]
-    if object_store_memory:
-        cmd += ["--object-store-memory", str(int(object_store_memory))]
-    with open(os.path.join(logs, "daemon.log"), "ab") as out:
-        proc = subprocess.Popen(cmd, pass_fds=(ready_w,), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    os.close(ready_w)
-    line = b""
-    deadline = time.monotonic() + 60
-    try:
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or proc.poll() is not None:
-                break
-            r, _, _ = select.select([ready_r], [], [], min(left, 0.5))
-            if r:
-                chunk = os.read(ready_r, 65536)
-                if not chunk:
-                    break
-                line += chunk
-    finally:
-        os.close(ready_r)
-    if not line.endswith(b"\n"):
-        proc.kill()
-        proc.wait()
-        tail = ""
-        try:
-            with open(os.path.join(logs, "daemon.log")) as f:
-                tail = f.read()[-2000:]
-        except OSError:
-            pass
-        remove_session(session)
-        raise exc.MeshError(f"the node daemon failed to start. Its log ends with:\n{tail}")
+    # PDEATHSIG follows the thread that forked: only safe from the main thread.
+    parent = os.getpid()
+    proc, info = start_node(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                            object_store_memory=object_store_memory, parent_pid=parent)
     _daemon_proc = proc
-    _session_dir = session
-    return json.loads(line)
-
-
-def _find_local_daemon() -> dict | None:
-    for path in sorted(glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")), reverse=True):
-        try:
-            with open(path) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if info.get("standalone") and pid_alive(int(info.get("pid", 0))):
-            return info
-    return None
+    _session_dir = info["session_dir"]
+    return info
 
 
 def init(
@@ -144,20 +83,21 @@ def init(
         _ensure_log_handler()
         address = address or os.environ.get("MESH_ADDRESS")
         if address is None:
-            info = _find_local_daemon()
+            info = find_node(None)
             if info is None:
                 info = _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
         elif address == "local":
             info = _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
         elif address == "auto":
-            info = _find_local_daemon()
+            info = find_node(None)
             if info is None:
                 raise ConnectionError("No meshcompute node is running on this machine. Start one with "
                                       "`mesh start`, or call init() without an address for an embedded node.")
         else:
             info = _info_for_address(address)
         core = Core(session_dir=info["session_dir"], daemon_addr=info["address"], kind="driver",
-                    namespace=namespace)
+                    node_id=info["node_id"], host=info.get("host"),
+                    keys=keys_for_session(info["session_dir"]), namespace=namespace)
         core.start()
         context.core = core
         if not _atexit_registered:
@@ -167,18 +107,12 @@ def init(
 
 
 def _info_for_address(address: str) -> dict:
-    candidates = [address, os.path.join(address, "daemon.json")]
-    for path in candidates:
-        if path.endswith(".json") and os.path.isfile(path):
-            with open(path) as f:
-                return json.load(f)
-    for path in glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")):
-        with open(path) as f:
-            info = json.load(f)
-        if address in (info.get("address"), info.get("node_id"), info.get("tcp_address")):
-            return info
-    raise ConnectionError(f"No meshcompute node answers at {address!r}. Use the address printed by "
-                          f"`mesh start`, or init() without an address for an embedded node.")
+    info = find_node(address)
+    if info is None:
+        raise ConnectionError(
+            f"No meshcompute node of this host answers at {address!r}. Drivers run on a mesh "
+            f"node's machine: start one here with `mesh join {address}`, then call init() there.")
+    return info
 
 
 def _auto_init() -> Core:
@@ -314,27 +248,45 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     return ActorHandle(actor_id, meta)
 
 
+def _mesh_view() -> list[dict]:
+    return _core().node_info("mesh")["nodes"]
+
+
 def nodes() -> list[dict]:
-    """One dict per node: ``NodeID``, ``Alive``, ``Resources``, ``NodeManagerAddress``..."""
-    info = _core().node_info()
-    return [{
-        "NodeID": info["node_id"],
-        "Alive": info["alive"],
-        "NodeManagerAddress": "127.0.0.1",
-        "Resources": info["resources_total"],
-        "ObjectStore": info["store"],
-        "alive": info["alive"],
-    }]
+    """One dict per node: ``NodeID``, ``Alive``, ``State``, ``Resources``, ``NodeManagerAddress``..."""
+    out = []
+    for n in _mesh_view():
+        tcp = (n.get("address") or "").partition("@")[2].replace("tcp://", "")
+        out.append({
+            "NodeID": n["node_id"],
+            "Alive": n["alive"],
+            "State": n["state"],
+            "NodeManagerAddress": tcp.rpartition(":")[0] or "127.0.0.1",
+            "Resources": n["resources_total"],
+            "ObjectStore": n.get("store", {}),
+            "alive": n["alive"],
+        })
+    return out
+
+
+def _sum(kind: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for n in _mesh_view():
+        if not n["alive"]:
+            continue
+        for k, v in n[kind].items():
+            total[k] = total.get(k, 0.0) + v
+    return total
 
 
 def cluster_resources() -> dict[str, float]:
     """Total resources of all alive nodes."""
-    return dict(_core().node_info()["resources_total"])
+    return _sum("resources_total")
 
 
 def available_resources() -> dict[str, float]:
-    """Resources not currently held by tasks, actors or leases."""
-    return {k: v for k, v in _core().node_info()["resources_available"].items() if v > 0}
+    """Resources of all alive nodes not held by tasks, actors or leases."""
+    return {k: v for k, v in _sum("resources_available").items() if v > 0}
 
 
 class RuntimeContext:

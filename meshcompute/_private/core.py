@@ -48,7 +48,7 @@ from .serialization import (
     deserialize,
     serialize,
 )
-from .transport import Endpoint
+from .transport import Endpoint, node_of
 
 log = logging.getLogger("meshcompute")
 
@@ -70,7 +70,7 @@ class Entry:
     """What this process knows about one object."""
 
     __slots__ = (
-        "owned", "owner", "state", "value", "loc", "is_error", "borrowers",
+        "owned", "owner", "state", "value", "loc", "node", "is_error", "borrowers",
         "waiters", "dependents", "getters", "contained", "requested",
     )
 
@@ -79,7 +79,8 @@ class Entry:
         self.owner = owner
         self.state = PENDING
         self.value: Serialized | None = None  # inline value
-        self.loc: tuple[int, int] | None = None  # (offset, size) in this node's store
+        self.loc: tuple[int, int] | None = None  # (offset, size) in the store of `node`
+        self.node = ""  # node whose store holds the primary copy (when loc is set)
         self.is_error = False
         self.borrowers: set[str] = set()
         self.waiters: list[_Waiter] = []
@@ -108,9 +109,11 @@ class Task:
 
 
 class Lease:
-    __slots__ = ("lease_id", "shape", "worker_addr", "worker_id", "gpu_ids", "inflight", "idle_since", "blocked")
+    __slots__ = ("lease_id", "shape", "worker_addr", "worker_id", "gpu_ids", "inflight", "idle_since", "blocked",
+                 "daemon")
 
-    def __init__(self, lease_id, shape, worker_addr, worker_id, gpu_ids) -> None:
+    def __init__(self, lease_id, shape, worker_addr, worker_id, gpu_ids, daemon) -> None:
+        self.daemon = daemon  # the daemon that granted it: returns and kills go there
         self.lease_id = lease_id
         self.shape = shape
         self.worker_addr = worker_addr
@@ -165,19 +168,21 @@ class _Unpinner:
 class Core:
     """The runtime of one driver or worker process (see the module docstring)."""
 
-    def __init__(self, *, session_dir: str, daemon_addr: str, kind: str, worker_id: str = "",
+    def __init__(self, *, session_dir: str, daemon_addr: str, kind: str, node_id: str,
+                 host: str | None = None, keys: Any = None, worker_id: str = "",
                  namespace: str | None = None, job_id: str = "") -> None:
         self.kind = kind
         self.worker_id = worker_id or ids.random_id()
         self.session_dir = session_dir
         self.daemon_addr = daemon_addr
+        self.node_id = node_id
         self.namespace = namespace or ids.random_id()
         self.job_id = job_id
-        self.address = f"ipc://{session_dir}/p_{self.worker_id}.sock"
         self.pid = os.getpid()
         self._ctx = zmq.Context(io_threads=1)
         self._ctx.setsockopt(zmq.LINGER, 0)
-        self._ep = Endpoint(self._ctx, self.address)
+        self._ep = Endpoint(self._ctx, node_id, f"p_{self.worker_id}", session_dir, host=host, keys=keys)
+        self.address = self._ep.address
         self._closed = False
         self._cmds: collections.deque = collections.deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -209,7 +214,7 @@ class Core:
         self._early: list = []
         # Register with the daemon before the I/O thread exists, on this thread.
         reply = self._register()
-        (_, self.node_id, self.store_path, self.store_capacity, _session, self.node_meta) = reply
+        (_, _node_id, self.store_path, self.store_capacity, _session, self.node_meta) = reply
         self._arena_fd = os.open(self.store_path, os.O_RDWR)
         self._arena = mmap.mmap(self._arena_fd, self.store_capacity)
         self._arena_mv = memoryview(self._arena)
@@ -268,9 +273,10 @@ class Core:
         heapq.heappush(self._timers, (time.monotonic() + delay, id(fn), fn, args))
 
     def _io_main(self) -> None:
-        inbox = self._ep.inbox
+        inboxes = self._ep.inboxes
         poller = zmq.Poller()
-        poller.register(inbox, zmq.POLLIN)
+        for inbox in inboxes:
+            poller.register(inbox, zmq.POLLIN)
         poller.register(self._wake_fd, zmq.POLLIN)
         cmds = self._cmds
         handlers = self._handlers
@@ -282,15 +288,16 @@ class Core:
                 while cmds:
                     fn, args = cmds.popleft()
                     fn(*args)
-                for _ in range(2000):
-                    try:
-                        frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._dispatch(frames, handlers)
-                    while cmds:
-                        fn, args = cmds.popleft()
-                        fn(*args)
+                for inbox in inboxes:
+                    for _ in range(2000):
+                        try:
+                            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._dispatch(frames, handlers)
+                        while cmds:
+                            fn, args = cmds.popleft()
+                            fn(*args)
                 if self._done_out:
                     self._flush_done()
                 timeout = 1000
@@ -354,6 +361,8 @@ class Core:
             Msg.CANCEL_TASK: self._on_cancel_task,
             Msg.BECOME_ACTOR: self._on_become_actor,
             Msg.SHUTDOWN: self._on_shutdown,
+            Msg.LEASE_SPILLBACK: self._on_lease_spillback,
+            Msg.NODE_STATE: self._on_node_state,
         }
 
     def _on_reply(self, sender, msg, frames) -> None:
@@ -370,7 +379,7 @@ class Core:
         def _final():
             # Return every lease so the daemon can reuse the workers at once.
             for lease in list(self._lease_by_id.values()):
-                self._send_daemon(Msg.RETURN_LEASE, lease.lease_id)
+                self._ep.send(lease.daemon, [encode(Msg.RETURN_LEASE, lease.lease_id)])
             done.set()
 
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -445,7 +454,7 @@ class Core:
             return
         del self._objects[oid]
         if e.loc is not None:
-            self._send_daemon(Msg.STORE_FREE, (oid,))
+            self._send_daemon(Msg.STORE_FREE, (oid,), e.node)
         e.contained = []  # drops our holds on refs inside the value
         e.value = None
 
@@ -514,7 +523,7 @@ class Core:
 
     def _value_fields(self, e: Entry) -> tuple[tuple, list]:
         if e.loc is not None:
-            return ("s", e.loc[0], e.loc[1], e.is_error, self.node_id), []
+            return ("s", e.loc[0], e.loc[1], e.is_error, e.node), []
         v = e.value
         return ("v", v.meta, len(v.buffers), e.is_error), list(v.buffers)
 
@@ -549,8 +558,9 @@ class Core:
             e.is_error = is_error
             return nbuf
         if kind == "s":
-            _, offset, size, is_error, _node = fields[:5]
+            _, offset, size, is_error, node = fields[:5]
             e.loc = (offset, size)
+            e.node = node
             e.is_error = is_error
             return 0
         # "lost": the owner no longer has it
@@ -689,7 +699,9 @@ class Core:
     def _read_store(self, oid: bytes, e: Entry) -> Any:
         # The pin answers where the object is now (it may have moved through a
         # spill and restore) and keeps that block from reuse while mapped.
-        answer = self.request_daemon(Msg.STORE_PIN, oid)
+        # A copy on another node is pulled into ours first (the daemon does it).
+        source = (e.node, e.loc[1]) if e.node and e.node != self.node_id else None
+        answer = self.request_daemon(Msg.STORE_PIN, oid, source, timeout=None if source else 60.0)
         if answer is None:
             raise exc.ObjectLostError(object_id=oid.hex())
         offset, size = answer
@@ -750,6 +762,7 @@ class Core:
             e.value = where[1]
         else:
             e.loc = (where[1], where[2])
+            e.node = self.node_id
         e.contained = contained
         self._objects[oid] = e
         self._set_ready(oid, e)
@@ -883,11 +896,51 @@ class Core:
                 self._push(lease, batch)
         if q:
             want = min(len(q), MAX_LEASE_REQUESTS) - self._lease_reqs_out[shape]
+            if want > 0:
+                hints = {"locality": self._locality(q[0])}
             for _ in range(want):
                 req_id = next(self._req_ids)
-                self._lease_reqs[req_id] = shape
+                self._lease_reqs[req_id] = (shape, self.daemon_addr, q[0].strategy)
                 self._lease_reqs_out[shape] += 1
-                self._send_daemon(Msg.REQUEST_LEASE, req_id, shape, q[0].strategy)
+                self._send_daemon(Msg.REQUEST_LEASE, req_id, shape, q[0].strategy, hints)
+
+    def _locality(self, t: Task) -> dict:
+        """Bytes of the task's arguments held by each node's store."""
+        where: dict[str, int] = {}
+        for item in t.args:
+            if item[0] == "r":
+                e = self._objects.get(item[1]._id)
+                if e is not None and e.loc is not None:
+                    where[e.node] = where.get(e.node, 0) + e.loc[1]
+        return where
+
+    def _on_lease_spillback(self, sender, msg, frames) -> None:
+        _, req_id, daemon_addr, node_id = msg
+        rec = self._lease_reqs.get(req_id)
+        if rec is None:
+            return
+        shape, _, strategy = rec
+        self._lease_reqs[req_id] = (shape, daemon_addr, strategy)
+        q = self._queues.get(shape)
+        hints = {"spilled": True, "locality": self._locality(q[0]) if q else {}}
+        self._ep.send(daemon_addr, [encode(Msg.REQUEST_LEASE, req_id, shape, strategy, hints)])
+
+    def _on_node_state(self, sender, msg, frames) -> None:
+        """A node died or left: what ran or waited there fails over."""
+        _, node_id, state = msg
+        reason = f"node {node_id} {'died' if state == 'dead' else 'left'}"
+        for lease in list(self._lease_by_id.values()):
+            if node_of(lease.worker_addr) == node_id:
+                self._on_worker_died(sender, (Msg.WORKER_DIED, lease.lease_id, lease.worker_id, reason), [])
+        for req_id, (shape, daemon, strategy) in list(self._lease_reqs.items()):
+            if node_of(daemon) == node_id:
+                self._lease_reqs[req_id] = (shape, self.daemon_addr, strategy)
+                self._send_daemon(Msg.REQUEST_LEASE, req_id, shape, strategy, {})
+        for a in self._actors.values():
+            if a.addr and node_of(a.addr) == node_id:
+                self._on_actor_state(sender, (Msg.ACTOR_STATE, a.actor_id, "DEAD", None, 0, reason), [])
+        for peer in [p for p in self._ep.out if node_of(p) == node_id]:
+            self._ep.forget(peer)
 
     def _arg_wire(self, item: tuple, frames: list) -> tuple:
         if item[0] == "v":
@@ -897,7 +950,7 @@ class Core:
         ref = item[1]
         e = self._objects[ref._id]
         if e.loc is not None:
-            return ("s", ref._id, e.loc[0], e.loc[1], e.owner)
+            return ("s", ref._id, e.loc[0], e.loc[1], e.owner, e.node)
         v = e.value
         frames.extend(v.buffers)
         return ("v", v.meta, len(v.buffers))
@@ -920,12 +973,13 @@ class Core:
 
     def _on_lease_granted(self, sender, msg, frames) -> None:
         _, req_id, lease_id, worker_addr, worker_id, gpu_ids = msg
-        shape = self._lease_reqs.pop(req_id, None)
-        if shape is None:
-            self._send_daemon(Msg.RETURN_LEASE, lease_id)
+        rec = self._lease_reqs.pop(req_id, None)
+        if rec is None:
+            self._ep.send(sender, [encode(Msg.RETURN_LEASE, lease_id)])
             return
+        shape = rec[0]
         self._lease_reqs_out[shape] -= 1
-        lease = Lease(lease_id, shape, worker_addr, worker_id, tuple(gpu_ids))
+        lease = Lease(lease_id, shape, worker_addr, worker_id, tuple(gpu_ids), sender)
         self._lease_by_id[lease_id] = lease
         self._leases.setdefault(shape, []).append(lease)
         if self._queues.get(shape):
@@ -949,7 +1003,7 @@ class Core:
         leases = self._leases.get(lease.shape)
         if leases and lease in leases:
             leases.remove(lease)
-        self._send_daemon(Msg.RETURN_LEASE, lease.lease_id)
+        self._ep.send(lease.daemon, [encode(Msg.RETURN_LEASE, lease.lease_id)])
 
     def _on_lease_revoke(self, sender, msg, frames) -> None:
         # Others wait for resources: hand back idle leases now, and busy ones as
@@ -1064,7 +1118,7 @@ class Core:
                     if r[0] == "v":
                         pos += r[2]
                     if r[0] == "s":
-                        self._send_daemon(Msg.STORE_FREE, (oid,))
+                        self._send_daemon(Msg.STORE_FREE, (oid,), r[4])
                     continue
                 pos += self._fill(e, r, frames[pos:])
                 contained = r[-1]
@@ -1127,7 +1181,7 @@ class Core:
             return
         lease = t.lease
         if force:
-            self._send_daemon(Msg.KILL_WORKER, lease.worker_id)
+            self._ep.send(lease.daemon, [encode(Msg.KILL_WORKER, lease.worker_id)])
         else:
             self._ep.send(lease.worker_addr, [encode(Msg.CANCEL_TASK, task_id, False)])
 

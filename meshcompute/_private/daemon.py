@@ -15,7 +15,9 @@ import argparse
 import collections
 import json
 import logging
+import mmap
 import os
+import random
 import signal
 import sys
 import time
@@ -23,6 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+import lz4.block
 import psutil
 import zmq
 
@@ -32,12 +35,13 @@ from .procutil import (
     arena_path,
     clean_stale_sessions,
     describe_exit,
+    keys_for_session,
     pid_alive,
     remove_session,
     set_parent_death_signal,
 )
 from .protocol import Msg, decode, describe, encode
-from .transport import Endpoint
+from .transport import Endpoint, make_address, node_of, parse_address
 
 log = logging.getLogger("meshcompute.daemon")
 
@@ -45,6 +49,13 @@ LIVENESS_PERIOD_S = 0.5
 """How often (s) the daemon checks that drivers (and its own parent) are alive."""
 IDLE_WORKER_TTL_S = 1.0
 """Idle workers beyond the node's CPU count are stopped after this long (s), as in Ray."""
+PULL_CHUNK_BYTES = 4 << 20
+"""Bytes per chunk of an object pull: large enough to amortise a message, small
+enough that a window of them stays modest."""
+PULL_WINDOW = 8
+"""Chunk requests a pull keeps in flight (the credit window)."""
+VIEW_PERIOD_S = 0.2
+"""How often (s) the daemon checks whether its gossiped resource view changed."""
 DEFAULT_STORE_FRACTION = 0.3
 """Default store capacity as a share of RAM: Ray's default, leaving 70% for the
 heaps of the driver and workers; also capped by /dev/shm's free space."""
@@ -99,6 +110,8 @@ class LeaseRequest:
     owner: str
     req_id: int
     shape: tuple
+    strategy: Any = None
+    hints: dict = field(default_factory=dict)
     warned: bool = False
     revoked: bool = False
 
@@ -113,6 +126,23 @@ class StoreObject:
     freed: bool = False
     pins: collections.Counter = field(default_factory=collections.Counter)
     waiting_pins: list = field(default_factory=list)
+    secondary: bool = False  # a copy pulled from another node (the primary is there)
+    copies: set = field(default_factory=set)  # daemons that pulled a copy of our primary
+    compress: bool = False
+
+
+@dataclass
+class Pull:
+    """An object being copied into this node's store from another node."""
+
+    oid: bytes
+    source: str  # the daemon that holds it
+    offset: int  # where it goes in our arena
+    size: int
+    next_offset: int = 0
+    inflight: int = 0
+    received: int = 0
+    waiters: list = field(default_factory=list)  # (reader, req_id) to answer when done
 
 
 @dataclass
@@ -137,11 +167,16 @@ class Actor:
 
 class Daemon:
     def __init__(self, session_dir: str, num_cpus: float, num_gpus: int, resources: dict,
-                 store_capacity: int, parent_pid: int, node_id: str) -> None:
+                 store_capacity: int, parent_pid: int, node_id: str, host: str | None = None,
+                 port: int = 0, keys: Any = None) -> None:
         self.session_dir = session_dir
         self.node_id = node_id
         self.parent_pid = parent_pid
-        self.address = f"ipc://{session_dir}/daemon.sock"
+        self.host = host
+        self.port = port
+        self.keys = keys
+        # The canonical address is known once the TCP port is bound (serve()).
+        self.address = make_address(node_id, "daemon")
         self.total: dict[str, float] = {"CPU": float(num_cpus)}
         if num_gpus:
             self.total["GPU"] = float(num_gpus)
@@ -174,6 +209,9 @@ class Daemon:
         self.started_at = time.time()
         self.tasks_started = 0
         self._last_revoke = 0.0
+        self.membership: Any = None
+        self.standalone = False
+        self.pulls: dict[bytes, Pull] = {}
 
     # ----------------------------------------------------------------- set-up
 
@@ -193,7 +231,7 @@ class Daemon:
             os.close(cmd_w)
             os.close(evt_r)
             try:
-                run_zygote(cmd_r, evt_w, self.session_dir, self.address)
+                run_zygote(cmd_r, evt_w, self.session_dir, self.node_id, self.host)
             finally:
                 os._exit(0)
         os.close(cmd_r)
@@ -205,11 +243,23 @@ class Daemon:
         self._evt_buf = b""
 
     def serve(self, ready_fd: int | None) -> None:
+        fd = os.open(self.store_path, os.O_RDWR)
+        self.arena = mmap.mmap(fd, self.store_capacity)
+        os.close(fd)
+        self.arena_mv = memoryview(self.arena)
         self.ctx = zmq.Context(io_threads=1)
-        self.ep = Endpoint(self.ctx, self.address)
+        self.ep = Endpoint(self.ctx, self.node_id, "daemon", self.session_dir, host=self.host,
+                           port=self.port, keys=self.keys)
+        self.address = self.ep.address
+        # Workers learn the daemon's address from a file: it exists only now.
+        with open(os.path.join(self.session_dir, "daemon.addr"), "w") as f:
+            f.write(self.address)
         for _ in range(int(self.num_cpus)):
             self.fork_worker()
+        if self.host is not None:
+            self.start_membership(getattr(self, "seeds", []))
         info = {"pid": os.getpid(), "address": self.address, "node_id": self.node_id,
+                "host": self.host, "tcp": parse_address(self.address)[2], "standalone": self.standalone,
                 "session_dir": self.session_dir, "store_path": self.store_path,
                 "store_capacity": self.store_capacity, "resources": self.total}
         with open(os.path.join(self.session_dir, "daemon.json"), "w") as f:
@@ -231,25 +281,95 @@ class Daemon:
 
     def loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.ep.inbox, zmq.POLLIN)
+        for inbox in self.ep.inboxes:
+            poller.register(inbox, zmq.POLLIN)
         poller.register(self.zygote_evt, zmq.POLLIN)
         handlers = self._handlers()
         next_check = time.monotonic() + LIVENESS_PERIOD_S
+        next_view = 0.0
         while self.running:
-            events = dict(poller.poll(100))
-            if self.ep.inbox in events:
-                for _ in range(1000):
-                    try:
-                        frames = self.ep.inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._dispatch(frames, handlers)
+            timeout = 100
+            if self.membership is not None:
+                timeout = min(timeout, int(self.membership.seconds_to_deadline() * 1000) + 1)
+            events = dict(poller.poll(timeout))
+            for inbox in self.ep.inboxes:
+                if inbox in events:
+                    for _ in range(1000):
+                        try:
+                            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._dispatch(frames, handlers)
             if self.zygote_evt in events:
                 self._read_zygote()
             now = time.monotonic()
+            if self.membership is not None:
+                self.on_member_events(self.membership.tick())
+                if now >= next_view:
+                    next_view = now + VIEW_PERIOD_S
+                    self.on_member_events(self.membership.maybe_update_view())
             if now >= next_check:
                 next_check = now + LIVENESS_PERIOD_S
                 self._check_liveness()
+
+    # ------------------------------------------------------------ membership
+
+    def start_membership(self, seeds: list[str]) -> None:
+        from .membership import Membership
+
+        tcp = parse_address(self.address)[2]
+        self.swim_addr = tcp[len("tcp://"):]
+        self.membership = Membership(self.node_id, self.swim_addr, self.local_view, self.send_gossip)
+        self.on_member_events(self.membership.join(seeds))
+
+    def send_gossip(self, dest: str, data: bytes) -> None:
+        try:
+            self.ep.send(make_address("peer", "daemon", f"tcp://{dest}"), [encode(Msg.GOSSIP, data)])
+        except (ValueError, zmq.ZMQError) as e:
+            log.warning("cannot send gossip to %s: %s", dest, e)
+
+    def local_view(self) -> dict:
+        """Our resource view, as gossiped (kept small: SWIM meta is at most 1 KiB)."""
+        return {
+            "a": self.address,
+            "t": {k: v for k, v in self.total.items() if not k.startswith("node:")},
+            "v": {k: round(max(0.0, v), 3) for k, v in self.available.items() if not k.startswith("node:")},
+            "s": [self.allocator.used, self.store_capacity],
+            "q": len(self.pending),
+        }
+
+    def on_gossip(self, sender: str, msg: tuple, frames: list) -> None:
+        tcp = parse_address(sender)[2]
+        if self.membership is None or not tcp:
+            return
+        self.on_member_events(self.membership.on_packet(tcp[len("tcp://"):], msg[1]))
+
+    def on_member_events(self, events: list) -> None:
+        if not events:
+            return
+        from ..gossip import EventKind
+
+        changed = False
+        for ev in events:
+            log.info("membership: %s %s at %s", ev.kind.value, ev.node, ev.addr)
+            if ev.kind in (EventKind.DEAD, EventKind.LEFT):
+                self.node_gone(ev.node, ev.kind.value)
+            changed = True
+        if changed:
+            self.schedule()
+
+    def node_gone(self, node_id: str, state: str) -> None:
+        """A peer died or left: its processes are gone for us, and ours must know."""
+        for addr in [a for a in list(self.processes) + list(self.ep.out) if node_of(a) == node_id]:
+            self.process_gone(addr)
+        for a in self.actors.values():
+            a.subscribers = {s for s in a.subscribers if node_of(s) != node_id}
+        for addr in list(self.processes):
+            if node_of(addr) == self.node_id:
+                self.send(addr, Msg.NODE_STATE, node_id, state)
+
+    def peer_views(self) -> dict:
+        return self.membership.peers() if self.membership is not None else {}
 
     def _dispatch(self, frames: list, handlers: dict) -> None:
         sender = frames[0].bytes.decode(errors="replace")
@@ -285,6 +405,10 @@ class Daemon:
             Msg.KILL_WORKER: self.on_kill_worker,
             Msg.NODE_INFO: self.on_node_info,
             Msg.SHUTDOWN: self.on_shutdown,
+            Msg.GOSSIP: self.on_gossip,
+            Msg.PULL_CHUNK: self.on_pull_chunk,
+            Msg.CHUNK_DATA: self.on_chunk_data,
+            Msg.PULL_DONE: self.on_pull_done,
         }
 
     def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
@@ -465,13 +589,96 @@ class Daemon:
     # ----------------------------------------------------------------- leases
 
     def on_request_lease(self, sender: str, msg: tuple, frames: list) -> None:
-        _, req_id, shape, strategy = msg
-        req = LeaseRequest(sender, req_id, tuple(shape))
-        if not self.feasible(req.shape):
+        _, req_id, shape, strategy, hints = msg
+        req = LeaseRequest(sender, req_id, tuple(shape), strategy=strategy, hints=hints or {})
+        target = self.place_elsewhere(req, first=True)
+        if target is not None:
+            self.spillback(req, target)
+            return
+        if not self.feasible(req.shape) and not self.feasible_somewhere(req.shape):
             req.warned = True
             self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.largest_node())
         self.pending.append(req)
         self.schedule()
+
+    def feasible_somewhere(self, shape: tuple) -> bool:
+        return any(p.state == "alive" and all(p.total.get(k, 0.0) + 1e-9 >= v for k, v in shape
+                                              if not k.startswith("node:"))
+                   and all(k[5:] == p.node_id for k, _ in shape if k.startswith("node:"))
+                   for p in self.peer_views().values())
+
+    def place_elsewhere(self, req: LeaseRequest, first: bool = False):
+        """Choose another node for this request, or None to keep it here.
+
+        Run here when it fits now.  Otherwise prefer a peer whose gossiped view
+        has room: the one holding the most argument bytes, then the less loaded
+        of two random picks.  A request that already spilled here stays (unless
+        it can never run here), so views that are stale cannot bounce it around.
+        """
+        peers = [p for p in self.peer_views().values() if p.state == "alive" and p.address]
+        if not peers:
+            return None
+        shape = req.shape
+        strategy = req.strategy
+        if isinstance(strategy, (tuple, list)) and strategy and strategy[0] == "node":
+            # Soft affinity: that node when it is alive, else anywhere. Hard
+            # affinity is a "node:<id>" resource in the shape (below).
+            node_id = strategy[1]
+            if node_id == self.node_id:
+                return None
+            for p in peers:
+                if p.node_id == node_id:
+                    return p
+            return None
+        pinned = [k[5:] for k, _ in shape if k.startswith("node:")]
+        if pinned:
+            if pinned[0] == self.node_id:
+                return None
+            return next((p for p in peers if p.node_id == pinned[0]), None)
+
+        def total_fits(p) -> bool:
+            return all(p.total.get(k, 0.0) + 1e-9 >= v for k, v in shape)
+
+        def free_fits(p) -> bool:
+            return all(p.available.get(k, 0.0) + 1e-9 >= v for k, v in shape)
+
+        def load(p) -> float:
+            cpu = p.total.get("CPU", 0.0) or 1.0
+            return (cpu - p.available.get("CPU", 0.0)) / cpu + p.queue
+
+        if strategy == "SPREAD":
+            my_cpu = self.total.get("CPU", 0.0) or 1.0
+            my_load = (my_cpu - self.available.get("CPU", 0.0)) / my_cpu + len(self.pending)
+            cands = [p for p in peers if total_fits(p)]
+            best = min(cands, key=load, default=None)
+            if best is not None and self.feasible(shape) and my_load <= load(best):
+                return None
+            return best if best is not None else None
+        here_now = self.fits(shape)
+        if here_now and not req.hints.get("locality"):
+            return None
+        if req.hints.get("spilled") and self.feasible(shape):
+            return None
+        locality = req.hints.get("locality") or {}
+        cands = [p for p in peers if free_fits(p)]
+        if here_now:
+            # Fits here: move only toward clearly more of the argument bytes.
+            mine = locality.get(self.node_id, 0)
+            better = [p for p in cands if locality.get(p.node_id, 0) > mine]
+            return max(better, key=lambda p: locality.get(p.node_id, 0), default=None)
+        if not cands:
+            if self.feasible(shape):
+                return None
+            cands = [p for p in peers if total_fits(p)]
+            if not cands:
+                return None
+        most = max(locality.get(p.node_id, 0) for p in cands)
+        cands = [p for p in cands if locality.get(p.node_id, 0) == most]
+        two = random.sample(cands, min(2, len(cands)))
+        return min(two, key=load)
+
+    def spillback(self, req: LeaseRequest, peer) -> None:
+        self.send(req.owner, Msg.LEASE_SPILLBACK, req.req_id, peer.address, peer.node_id)
 
     def on_cancel_lease_request(self, sender: str, msg: tuple, frames: list) -> None:
         self.pending = collections.deque(r for r in self.pending if not (r.owner == sender and r.req_id == msg[1]))
@@ -526,6 +733,10 @@ class Daemon:
         spare = dict(self.available)
         for req in self.pending:
             if not self.fits(req.shape, spare):
+                target = self.place_elsewhere(req) if self.membership is not None else None
+                if target is not None:
+                    self.spillback(req, target)
+                    continue
                 still.append(req)
                 continue
             if not idle:
@@ -717,8 +928,11 @@ class Daemon:
         obj.waiting_pins.clear()
 
     def on_store_pin(self, sender: str, msg: tuple, frames: list) -> None:
-        _, req_id, oid = msg
+        _, req_id, oid, source = msg
         obj = self.objects.get(oid)
+        if (obj is None or obj.freed) and source and source[0] != self.node_id:
+            self.pull(oid, source[0], int(source[1]), sender, req_id)
+            return
         if obj is None or obj.freed:
             if req_id is not None:
                 self.reply(sender, req_id, None)
@@ -741,11 +955,127 @@ class Daemon:
         self._maybe_release(oid, obj)
 
     def on_store_free(self, sender: str, msg: tuple, frames: list) -> None:
-        for oid in msg[1]:
+        _, oids, node_id = msg
+        if node_id and node_id != self.node_id:
+            peer = self.peer_views().get(node_id)
+            if peer is not None and peer.address:
+                self.send(peer.address, Msg.STORE_FREE, oids, node_id)
+            return
+        for oid in oids:
             obj = self.objects.get(oid)
             if obj is not None:
+                # Copies pulled from ours go with the primary.
+                for holder in obj.copies:
+                    self.send(holder, Msg.STORE_FREE, (oid,), None)
+                obj.copies.clear()
                 obj.freed = True
                 self._maybe_release(oid, obj)
+
+    # ---------------------------------------------------------- object pulls
+
+    def pull(self, oid: bytes, node_id: str, size: int, reader: str, req_id: int | None) -> None:
+        """Copy an object from another node's store into ours, then answer the pin.
+
+        One pull per object however many readers wait; chunks travel with a
+        credit window of PULL_WINDOW requests in flight (the ZeroMQ guide's
+        file-transfer pattern), so a large object neither stalls the link nor
+        floods memory.
+        """
+        p = self.pulls.get(oid)
+        if p is not None:
+            p.waiters.append((reader, req_id))
+            return
+        peer = self.peer_views().get(node_id)
+        if peer is None or peer.state not in ("alive", "suspect") or not peer.address:
+            if req_id is not None:
+                self.reply(reader, req_id, None)
+            return
+        try:
+            offset = self.allocator.allocate(size)
+        except OutOfSpace:
+            if req_id is not None:
+                self.reply(reader, req_id, None)
+            log.warning("no room to pull an object of %d bytes: %s", size, self.full_message(size))
+            return
+        obj = StoreObject(offset, self.allocator.round_up(size), peer.address, self.address)
+        obj.secondary = True
+        self.objects[oid] = obj
+        p = Pull(oid, peer.address, offset, size, waiters=[(reader, req_id)])
+        self.pulls[oid] = p
+        self._request_chunks(p)
+
+    def _request_chunks(self, p: Pull) -> None:
+        while p.inflight < PULL_WINDOW and p.next_offset < p.size:
+            length = min(PULL_CHUNK_BYTES, p.size - p.next_offset)
+            self.send(p.source, Msg.PULL_CHUNK, p.oid, p.next_offset, length)
+            p.next_offset += length
+            p.inflight += 1
+
+    def on_pull_chunk(self, sender: str, msg: tuple, frames: list) -> None:
+        _, oid, offset, length = msg
+        obj = self.objects.get(oid)
+        if obj is None or obj.freed or not obj.sealed or offset + length > obj.size:
+            self.send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
+            return
+        if offset == 0:
+            obj.pins[sender] += 1  # held until PULL_DONE (or the puller's node goes)
+            obj.copies.add(sender)
+            sample = bytes(self.arena_mv[obj.offset: obj.offset + min(65536, length)])
+            obj.compress = len(lz4.block.compress(sample)) < 0.8 * len(sample)
+        data = self.arena_mv[obj.offset + offset: obj.offset + offset + length]
+        if obj.compress:
+            self.send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[lz4.block.compress(data)])
+        else:
+            self.send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data])
+
+    def on_chunk_data(self, sender: str, msg: tuple, frames: list) -> None:
+        _, oid, offset, compressed, error = msg
+        p = self.pulls.get(oid)
+        if p is None:
+            return
+        obj = self.objects.get(oid)
+        if error is not None or obj is None or not frames:
+            self._finish_pull(p, ok=False)
+            return
+        data = memoryview(frames[0])
+        if compressed:
+            data = memoryview(lz4.block.decompress(data))
+        n = data.nbytes
+        if offset + n > p.size:
+            self._finish_pull(p, ok=False)
+            return
+        self.arena_mv[p.offset + offset: p.offset + offset + n] = data
+        p.received += n
+        p.inflight -= 1
+        if p.received >= p.size:
+            obj.sealed = True
+            self.send(p.source, Msg.PULL_DONE, oid)
+            self._finish_pull(p, ok=True)
+        else:
+            self._request_chunks(p)
+
+    def _finish_pull(self, p: Pull, ok: bool) -> None:
+        self.pulls.pop(p.oid, None)
+        obj = self.objects.get(p.oid)
+        if not ok and obj is not None:
+            obj.freed = True
+            self._maybe_release(p.oid, obj)
+            obj = None
+        for reader, req_id in p.waiters:
+            if obj is not None:
+                obj.pins[reader] += 1
+                if req_id is not None:
+                    self.reply(reader, req_id, (obj.offset, obj.size))
+            elif req_id is not None:
+                self.reply(reader, req_id, None)
+
+    def on_pull_done(self, sender: str, msg: tuple, frames: list) -> None:
+        obj = self.objects.get(msg[1])
+        if obj is not None and obj.pins.get(sender):
+            obj.pins[sender] -= 1
+            if obj.pins[sender] <= 0:
+                del obj.pins[sender]
+            self._maybe_release(msg[1], obj)
 
     def _maybe_release(self, oid: bytes, obj: StoreObject) -> None:
         # Invariant: a block is reused only when its owner freed it and no reader
@@ -784,6 +1114,7 @@ class Daemon:
         info = {
             "node_id": self.node_id,
             "address": self.address,
+            "state": "alive",
             "alive": True,
             "resources_total": {k: v for k, v in self.total.items()},
             "resources_available": {k: max(0.0, v) for k, v in self.available.items()},
@@ -791,14 +1122,36 @@ class Daemon:
             "workers": len(self.workers),
             "pid": os.getpid(),
             "session_dir": self.session_dir,
+            "queued": len(self.pending),
         }
+        if what == "mesh":
+            nodes = [info]
+            for p in self.peer_views().values():
+                nodes.append({
+                    "node_id": p.node_id, "address": p.address, "state": p.state,
+                    "alive": p.state in ("alive", "suspect"),
+                    "resources_total": p.total, "resources_available": p.available,
+                    "store": {"used": p.store[0], "capacity": p.store[1]} if p.store else {},
+                    "queued": p.queue,
+                })
+            self.reply(sender, req_id, {"nodes": nodes, "leader": None, "self": self.node_id})
+            return
         self.reply(sender, req_id, info)
 
     def on_shutdown(self, sender: str, msg: tuple, frames: list) -> None:
         self.running = False
 
     def stop(self) -> None:
-        """Stop every worker and remove the node's shared memory and session dir."""
+        """Leave the mesh, stop every worker, remove the node's shared memory and session dir."""
+        if self.membership is not None:
+            try:
+                self.membership.leave()
+                deadline = time.monotonic() + 1.0
+                while not self.membership.leave_done() and time.monotonic() < deadline:
+                    self.membership.tick()
+                    time.sleep(0.02)
+            except Exception:
+                log.warning("could not announce leaving:\n%s", traceback.format_exc())
         for w in list(self.workers.values()):
             if w.pid:
                 self.kill_pid(w.pid)
@@ -828,6 +1181,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--object-store-memory", type=int, default=None)
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--ready-fd", type=int, default=None)
+    p.add_argument("--host", default=None, help="IP to serve the mesh on (no TCP without it)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
+    p.add_argument("--join", default="", help="comma-separated host:port of live members")
+    p.add_argument("--standalone", action="store_true", help="started by `mesh start`/`mesh join`")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.parent_pid:
@@ -839,8 +1196,13 @@ def main(argv: list[str] | None = None) -> None:
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     num_gpus = args.num_gpus if args.num_gpus is not None else detect_gpus()
     capacity = args.object_store_memory or default_store_capacity()
+    keys = keys_for_session(args.session)
+    if args.host and keys is None:
+        sys.exit("refusing to serve TCP without the mesh token in the session dir")
     d = Daemon(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
-               args.parent_pid, ids.random_id())
+               args.parent_pid, ids.random_id(), host=args.host, port=args.port, keys=keys)
+    d.standalone = args.standalone
+    d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
     d.create_arena()
     d.start_zygote()
 

@@ -141,18 +141,19 @@ class Executor:
                 if ctx.new_borrows:
                     core.register_borrows(ctx.new_borrows, carrier)
             elif kind == "s":
-                out.append(self._read_arg(a[1], a[4]))
+                out.append(self._read_arg(a[1], a[4], a[5], a[3]))
             else:  # "r": an actor call's argument, fetched from its owner
                 ref = ObjectRef(a[1], a[2])
                 out.append(core.get([ref])[0])
         return out
 
-    def _read_arg(self, oid: bytes, owner: str) -> Any:
+    def _read_arg(self, oid: bytes, owner: str, node: str, size: int) -> Any:
         from .core import READY, Entry
 
         e = Entry(False, owner)
         e.state = READY
-        e.loc = (0, 0)  # the real place comes with the pin
+        e.loc = (0, size)  # the real place comes with the pin
+        e.node = node
         return self.core._read_store(oid, e)
 
     def _load_fn(self, fn_id: bytes, fn_bytes: bytes | None) -> Any:

@@ -127,3 +127,14 @@ def clean_stale_sessions() -> list[str]:
     except FileNotFoundError:
         pass
     return removed
+
+
+def keys_for_session(session_dir: str):
+    """The mesh's CURVE keys for processes of this node (None when not in a mesh)."""
+    path = os.path.join(session_dir, "token")
+    if not os.path.exists(path):
+        return None
+    from .auth import MeshKeys
+
+    with open(path) as f:
+        return MeshKeys.from_token(f.read().strip())

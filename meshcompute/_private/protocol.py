@@ -64,12 +64,19 @@ class Msg(IntEnum):
     ADD_BORROWER = 47
     REMOVE_BORROWER = 48
     RELEASE_HANDOFF = 49  # owner of a result took its own hold on the refs inside
+    # daemon <-> daemon, daemon -> process
+    GOSSIP = 50  # one SWIM packet (its own safe encoding, see gossip/messages.py)
+    NODE_STATE = 51  # daemon tells its processes a node died or left
+    LEASE_SPILLBACK = 52  # "ask that daemon instead": the shape runs better elsewhere
+    PULL_CHUNK = 53  # a daemon asks the holder of an object for one chunk of it
+    CHUNK_DATA = 54  # the chunk (one data frame), or an error
+    PULL_DONE = 55  # the puller has every chunk: the holder drops its transfer pin
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.REGISTER: ("kind", "pid", "worker_id", "namespace"),
     Msg.REGISTERED: ("node_id", "store_path", "store_capacity", "session_dir", "info"),
-    Msg.REQUEST_LEASE: ("req_id", "shape", "strategy"),
+    Msg.REQUEST_LEASE: ("req_id", "shape", "strategy", "hints"),
     Msg.LEASE_GRANTED: ("req_id", "lease_id", "worker_addr", "worker_id", "gpu_ids"),
     Msg.LEASE_INFEASIBLE: ("req_id", "shape", "largest_node"),
     Msg.RETURN_LEASE: ("lease_id",),
@@ -84,9 +91,9 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.LOOKUP_ACTOR: ("req_id", "name", "namespace"),
     Msg.STORE_CREATE: ("req_id", "object_id", "size"),
     Msg.STORE_SEAL: ("object_id",),
-    Msg.STORE_PIN: ("req_id", "object_id"),
+    Msg.STORE_PIN: ("req_id", "object_id", "source"),
     Msg.STORE_UNPIN: ("object_id",),
-    Msg.STORE_FREE: ("object_ids",),
+    Msg.STORE_FREE: ("object_ids", "node_id"),
     Msg.KILL_WORKER: ("worker_id",),
     Msg.NODE_INFO: ("req_id", "what"),
     Msg.BECOME_ACTOR: ("actor_id", "spec", "restarts"),
@@ -104,6 +111,12 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.ADD_BORROWER: ("object_ids", "req_id"),
     Msg.REMOVE_BORROWER: ("object_ids",),
     Msg.RELEASE_HANDOFF: ("task_id",),
+    Msg.GOSSIP: ("packet",),
+    Msg.NODE_STATE: ("node_id", "state"),
+    Msg.LEASE_SPILLBACK: ("req_id", "daemon_addr", "node_id"),
+    Msg.PULL_CHUNK: ("object_id", "offset", "length"),
+    Msg.CHUNK_DATA: ("object_id", "offset", "compressed", "error"),
+    Msg.PULL_DONE: ("object_id",),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"

@@ -8,10 +8,10 @@ import signal
 import sys
 
 from . import context, ids
-from .procutil import set_parent_death_signal
+from .procutil import keys_for_session, set_parent_death_signal
 
 
-def main(session_dir: str, daemon_addr: str, worker_id: str) -> None:
+def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> None:
     set_parent_death_signal(signal.SIGKILL)
     ids.reset_after_fork()
     random.seed()
@@ -30,7 +30,10 @@ def main(session_dir: str, daemon_addr: str, worker_id: str) -> None:
     from .core import Core
     from .executor import Executor
 
-    core = Core(session_dir=session_dir, daemon_addr=daemon_addr, kind="worker", worker_id=worker_id)
+    with open(os.path.join(session_dir, "daemon.addr")) as f:
+        daemon_addr = f.read().strip()
+    core = Core(session_dir=session_dir, daemon_addr=daemon_addr, kind="worker", node_id=node_id,
+                host=host, keys=keys_for_session(session_dir), worker_id=worker_id)
     context.core = core
     executor = Executor(core)
     core.executor = executor

@@ -23,7 +23,7 @@ import sys
 from .procutil import set_parent_death_signal
 
 
-def run_zygote(cmd_r: int, evt_w: int, session_dir: str, daemon_addr: str) -> None:
+def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str | None) -> None:
     set_parent_death_signal(signal.SIGKILL)
     os.setpgid(0, 0)
     try:
@@ -87,7 +87,7 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, daemon_addr: str) -> No
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     code = 1
                     try:
-                        worker_main.main(session_dir, daemon_addr, worker_id)
+                        worker_main.main(session_dir, node_id, host, worker_id)
                         code = 0
                     except BaseException:  # noqa: BLE001
                         import traceback

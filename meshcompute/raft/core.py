@@ -69,6 +69,7 @@ from .messages import (
     Snapshot,
     decode_conf_entry,
     encode_conf_entry,
+    type_name,
     vote_response_type,
 )
 from .progress import Progress, ProgressState, ProgressTracker, VoteResult
@@ -109,7 +110,7 @@ class SoftState:
         return f"Lead:{self.lead} State:{self.role.describe()}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Ready:
     """What the core asks the application to do; see the module doc for the order."""
 
@@ -552,7 +553,7 @@ class Raft:
                 if in_lease and not force:
                     self._info(
                         f"[logterm: {self.log.last_term()}, index: {self.log.last_index()}, vote: {self.vote}] "
-                        f"ignored {m.type.name} from {m.frm} [logterm: {m.log_term}, index: {m.index}] "
+                        f"ignored {type_name(m.type)} from {m.frm} [logterm: {m.log_term}, index: {m.index}] "
                         f"at term {self.term}: lease is not expired (remaining ticks: "
                         f"{self.cfg.election_tick - self.election_elapsed})"
                     )
@@ -564,7 +565,7 @@ class Raft:
                 # there only if we win the pre-vote round.
                 pass
             else:
-                self._info(f"received {m.type.name} with higher term {m.term} from {m.frm}")
+                self._info(f"received {type_name(m.type)} with higher term {m.term} from {m.frm}")
                 # §5.1: "If one server's current term is smaller than the other's,
                 # then it updates its current term to the larger value. If a
                 # candidate or leader discovers that its term is out of date, it
@@ -613,7 +614,7 @@ class Raft:
         if can_vote and self.log.is_up_to_date(m.index, m.log_term):
             self._info(
                 f"[logterm: {self.log.last_term()}, index: {self.log.last_index()}, vote: {self.vote}] "
-                f"cast {m.type.name} for {m.frm} [logterm: {m.log_term}, index: {m.index}] at term {self.term}"
+                f"cast {type_name(m.type)} for {m.frm} [logterm: {m.log_term}, index: {m.index}] at term {self.term}"
             )
             # A grant carries the candidate's term (for a pre-vote it is ahead of ours).
             self._send(Message(vote_response_type(m.type), to=m.frm, frm=self.id, term=m.term))
@@ -623,7 +624,7 @@ class Raft:
         else:
             self._info(
                 f"[logterm: {self.log.last_term()}, index: {self.log.last_index()}, vote: {self.vote}] "
-                f"rejected {m.type.name} from {m.frm} [logterm: {m.log_term}, index: {m.index}] at term {self.term}"
+                f"rejected {type_name(m.type)} from {m.frm} [logterm: {m.log_term}, index: {m.index}] at term {self.term}"
             )
             self._send(Message(vote_response_type(m.type), to=m.frm, frm=self.id, term=self.term, reject=True))
 
@@ -765,13 +766,13 @@ class Raft:
             pending, self._pending_reads = self._pending_reads, []
             for ctx, frm in pending:
                 self._leader_read_index(ctx, frm)
+        self._bcast_append()
         # Thesis §4.2.2: a leader removed from the configuration keeps managing
-        # the cluster until the removal commits, then steps down.
+        # the cluster until the removal commits, then steps down (after telling
+        # the followers, in the appends above, that it is committed).
         if self.id not in self.conf_state_at(self.log.committed).voters:
             self._info("stepped down: removal from the voters is committed")
             self.become_follower(self.term, NONE)
-            return True
-        self._bcast_append()
         return True
 
     def _bcast_append(self) -> None:
@@ -860,7 +861,7 @@ class Raft:
             res = self._poll(m.frm, not m.reject)
             granted, rejected, _ = self.trk.tally_votes()
             self._info(
-                f"has received {granted} {t.name} votes and {rejected} vote rejections"
+                f"has received {granted} {type_name(t)} votes and {rejected} vote rejections"
             )
             if res == VoteResult.WON:
                 if self.role == StateType.PRE_CANDIDATE:

@@ -36,6 +36,7 @@ __all__ = [
     "Snapshot",
     "Message",
     "ReadState",
+    "type_name",
     "is_local_message",
     "is_response_message",
     "vote_response_type",
@@ -141,6 +142,11 @@ _RESPONSE_TYPES = frozenset(
         MessageType.READ_INDEX_RESP,
     }
 )
+
+
+def type_name(t: MessageType) -> str:
+    """etcd-style name of a message type ("MsgApp"), used in describe() and logs."""
+    return _MSG_NAMES[t]
 
 
 def is_local_message(t: MessageType) -> bool:

@@ -1,0 +1,154 @@
+"""Starting node daemons, finding them, and talking to them from outside a driver."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .. import exceptions as exc
+from .procutil import SESSIONS_ROOT, new_session_dir, pid_alive, remove_session
+
+
+def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tuple = (),
+               num_cpus: float | None = None, num_gpus: int | None = None,
+               resources: dict | None = None, object_store_memory: int | None = None,
+               token: str | None = None, parent_pid: int = 0, standalone: bool = False,
+               extra_env: dict | None = None) -> tuple[subprocess.Popen, dict]:
+    """Start a node daemon and wait until it serves; returns (process, info)."""
+    session = new_session_dir()
+    logs = os.path.join(session, "logs")
+    os.makedirs(logs, exist_ok=True)
+    if host is not None:
+        from .auth import generate_token, write_token
+
+        write_token(session, token or generate_token())
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    # Workers import the driver's modules by name: give them the driver's path.
+    paths = [pkg_parent, os.getcwd()] + [p for p in sys.path if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(extra_env or {})
+    ready_r, ready_w = os.pipe()
+    cmd = [sys.executable, "-m", "meshcompute._private.daemon", "--session", session,
+           "--ready-fd", str(ready_w)]
+    if parent_pid:
+        cmd += ["--parent-pid", str(parent_pid)]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(int(num_gpus))]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    if object_store_memory:
+        cmd += ["--object-store-memory", str(int(object_store_memory))]
+    if host is not None:
+        cmd += ["--host", host, "--port", str(port)]
+        if join:
+            cmd += ["--join", ",".join(join)]
+    if standalone:
+        cmd += ["--standalone"]
+    with open(os.path.join(logs, "daemon.log"), "ab") as out:
+        proc = subprocess.Popen(cmd, pass_fds=(ready_w,), stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    os.close(ready_w)
+    line = b""
+    deadline = time.monotonic() + 60
+    try:
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or proc.poll() is not None:
+                break
+            r, _, _ = select.select([ready_r], [], [], min(left, 0.5))
+            if r:
+                chunk = os.read(ready_r, 65536)
+                if not chunk:
+                    break
+                line += chunk
+    finally:
+        os.close(ready_r)
+    if not line.endswith(b"\n"):
+        proc.kill()
+        proc.wait()
+        tail = ""
+        try:
+            with open(os.path.join(logs, "daemon.log")) as f:
+                tail = f.read()[-2000:]
+        except OSError:
+            pass
+        remove_session(session)
+        raise exc.MeshError(f"the node daemon failed to start. Its log ends with:\n{tail}")
+    return proc, json.loads(line)
+
+
+def local_nodes() -> list[dict]:
+    """Standing nodes (``mesh start``/``join``) running on this host, newest first."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")), reverse=True):
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if info.get("standalone") and pid_alive(int(info.get("pid", 0))):
+            out.append(info)
+    return out
+
+
+def find_node(address: str | None) -> dict | None:
+    """The local node whose TCP address, host:port, node id or session matches."""
+    nodes = local_nodes()
+    if address in (None, "auto"):
+        return nodes[0] if nodes else None
+    for info in nodes:
+        tcp = info.get("tcp") or ""
+        if address in (tcp, tcp.replace("tcp://", ""), info.get("node_id"), info.get("address"),
+                       info.get("session_dir")):
+            return info
+    return None
+
+
+def stop_node(info: dict, timeout: float = 10.0) -> bool:
+    """Stop a node (SIGTERM, then SIGKILL); its shared memory and session dir go too."""
+    pid = int(info["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    # A daemon that was killed could not clean up after itself.
+    remove_session(info["session_dir"])
+    return True
+
+
+def query(info: dict, what: str = "mesh", timeout: float = 5.0) -> Any:
+    """Ask a node on this host for NODE_INFO without becoming a driver."""
+    import zmq
+
+    from .ids import random_id
+    from .protocol import Msg, decode, encode
+    from .transport import Endpoint
+
+    ctx = zmq.Context()
+    ep = Endpoint(ctx, info["node_id"], f"cli_{random_id()}", info["session_dir"])
+    try:
+        ep.send(info["address"], [encode(Msg.NODE_INFO, 1, what)])
+        if ep.inbox.poll(int(timeout * 1000)):
+            frames = ep.inbox.recv_multipart()
+            msg = decode(frames[1])
+            if msg[0] == Msg.REPLY:
+                return msg[2]
+        raise exc.MeshError(f"the node at {info.get('tcp') or info['address']} did not answer in {timeout} s")
+    finally:
+        ep.close()
+        ctx.term()

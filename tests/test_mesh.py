@@ -1,0 +1,154 @@
+"""A mesh of three nodes on loopback: gossip, scheduling, object pulls, failures, auth."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+import meshcompute as mesh
+from meshcompute._private.auth import generate_token
+from meshcompute._private.launcher import start_node, stop_node
+from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from .conftest import pid_alive, wait_for
+
+MiB = 1 << 20
+
+
+def _alive_view(info) -> dict:
+    from meshcompute._private.launcher import query
+
+    return {n["node_id"]: n["state"] for n in query(info, "mesh")["nodes"]}
+
+
+@pytest.fixture(scope="module")
+def mesh3():
+    if mesh.is_initialized():
+        mesh.shutdown()
+    token = generate_token()
+    nodes = []
+    try:
+        proc, first = start_node(host="127.0.0.1", port=0, num_cpus=2, token=token, standalone=True,
+                                 object_store_memory=768 * MiB)
+        nodes.append((proc, first))
+        seed = first["tcp"].replace("tcp://", "")
+        for _ in range(2):
+            nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=2, token=token, join=[seed],
+                                    standalone=True, object_store_memory=768 * MiB))
+        ids = {info["node_id"] for _, info in nodes}
+        assert wait_for(lambda: all(set(_alive_view(info)) == ids and set(_alive_view(info).values()) == {"alive"}
+                                    for _, info in nodes), timeout=15)
+        mesh.init(address=seed)
+        yield {"token": token, "nodes": nodes, "ids": [info["node_id"] for _, info in nodes]}
+    finally:
+        if mesh.is_initialized():
+            mesh.shutdown()
+        for proc, info in nodes:
+            stop_node(info)
+            proc.wait(10)
+
+
+@mesh.remote
+def where(i):
+    time.sleep(0.005)
+    return mesh.get_runtime_context().get_node_id()
+
+
+@mesh.remote
+def digest(arr):
+    return hashlib.sha256(arr.tobytes()).hexdigest(), mesh.get_runtime_context().get_node_id()
+
+
+def test_status_lists_three_alive_nodes_with_resources(mesh3):
+    _, first = mesh3["nodes"][0]
+    out = subprocess.run([sys.executable, "-m", "meshcompute.cli", "status", "--json", "--address",
+                          first["tcp"].replace("tcp://", "")], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    view = json.loads(out.stdout)
+    assert sorted(n["node_id"] for n in view["nodes"]) == sorted(mesh3["ids"])
+    assert all(n["state"] == "alive" and n["resources_total"]["CPU"] == 2 for n in view["nodes"])
+    assert mesh.cluster_resources()["CPU"] == 6
+    assert len(mesh.nodes()) == 3
+
+
+def test_tasks_run_on_every_node(mesh3):
+    counts = collections.Counter(mesh.get([where.remote(i) for i in range(300)], timeout=60))
+    assert set(counts) == set(mesh3["ids"]), counts
+    assert sum(counts.values()) == 300
+
+
+def test_large_array_from_node_a_is_consumed_bit_exact_on_node_c(mesh3):
+    a, c = mesh3["ids"][0], mesh3["ids"][2]
+    assert mesh.get_runtime_context().get_node_id() == a
+    arr = np.random.default_rng(7).integers(0, 2**63, size=200 * MiB // 8, dtype=np.int64)
+    expected = hashlib.sha256(arr.tobytes()).hexdigest()
+    ref = mesh.put(arr)  # lives in node A's store
+    pinned = NodeAffinitySchedulingStrategy(node_id=c, soft=False)
+    got, ran_on = mesh.get(digest.options(scheduling_strategy=pinned).remote(ref), timeout=120)
+    assert ran_on == c and got == expected
+    # A result made on C comes back to the driver on A.
+    @mesh.remote
+    def make(n):
+        return np.arange(n, dtype=np.int64)
+
+    back = mesh.get(make.options(scheduling_strategy=pinned).remote(30 * MiB // 8), timeout=60)
+    assert back[-1] == 30 * MiB // 8 - 1 and back.sum() == (30 * MiB // 8) * (30 * MiB // 8 - 1) // 2
+
+
+def test_connection_without_the_token_is_refused_and_the_node_keeps_serving(mesh3):
+    _, first = mesh3["nodes"][0]
+    ctx = zmq.Context()
+    try:
+        # No CURVE at all, then CURVE with the wrong token.
+        plain = ctx.socket(zmq.DEALER)
+        plain.setsockopt(zmq.LINGER, 0)
+        plain.connect(first["tcp"])
+        from meshcompute._private.auth import MeshKeys
+
+        wrong = ctx.socket(zmq.DEALER)
+        wrong.setsockopt(zmq.LINGER, 0)
+        MeshKeys.from_token("not the token").secure_client(wrong)
+        wrong.connect(first["tcp"])
+        from meshcompute._private.protocol import Msg, encode
+
+        for sock in (plain, wrong):
+            for _ in range(5):
+                sock.send_multipart([encode(Msg.NODE_INFO, 1, "mesh")], zmq.NOBLOCK)
+        assert not plain.poll(500) and not wrong.poll(500)  # no answer ever comes
+        plain.close()
+        wrong.close()
+    finally:
+        ctx.term()
+    assert len(mesh.get([where.remote(i) for i in range(20)], timeout=30)) == 20
+
+
+def test_sigkill_of_a_node_is_seen_and_its_work_runs_elsewhere(mesh3):
+    victim_proc, victim = mesh3["nodes"][2]
+    survivors = [info for _, info in mesh3["nodes"][:2]]
+
+    @mesh.remote(max_retries=3)
+    def long_task(i):
+        time.sleep(1.0)
+        return i
+
+    refs = [long_task.remote(i) for i in range(12)]
+    time.sleep(0.5)  # spread over the three nodes by now
+    killed_at = time.time()
+    os.kill(victim["pid"], signal.SIGKILL)
+    assert wait_for(lambda: all(_alive_view(s).get(victim["node_id"]) == "dead" for s in survivors), timeout=5)
+    detected = time.time() - killed_at
+    assert detected < 2.5, f"took {detected:.2f} s to declare the node dead"
+    assert mesh.get(refs, timeout=60) == list(range(12))
+    assert wait_for(lambda: mesh.cluster_resources().get("CPU") == 4, timeout=5)
+    victim_proc.wait(5)
+    assert wait_for(lambda: not pid_alive(victim["pid"]), timeout=5)
