@@ -105,10 +105,12 @@ def test_create_and_drop_far_more_than_capacity():
 
 
 def test_store_full_raises_with_an_explanation():
-    held = [mesh.put(np.zeros(100 * MiB // 8)) for _ in range(4)]
-    with pytest.raises(ObjectStoreFullError, match="in use"):
+    # Refs alone would be spilled to make room; values being read (pinned) cannot move.
+    refs = [mesh.put(np.zeros(100 * MiB // 8)) for _ in range(4)]
+    views = mesh.get(refs)
+    with pytest.raises(ObjectStoreFullError, match=r"in use.*pinned by readers \(4 objects"):
         mesh.put(np.zeros(200 * MiB // 8))
-    del held
+    del views, refs
 
 
 def test_refs_inside_put_values_keep_their_objects_alive():

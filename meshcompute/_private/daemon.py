@@ -20,13 +20,14 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
 import zmq
 
-from ..store.allocator import Allocator, OutOfSpace
+from ..store.shm import ArenaWarmer
+from ..store.table import StoreFull, StoreTable, spill_dir_for
 from . import ids
 from .procutil import (
     arena_path,
@@ -48,6 +49,16 @@ IDLE_WORKER_TTL_S = 1.0
 DEFAULT_STORE_FRACTION = 0.3
 """Default store capacity as a share of RAM: Ray's default, leaving 70% for the
 heaps of the driver and workers; also capped by /dev/shm's free space."""
+PREFAULT_MAX = 512 << 20
+"""At most this much of the arena is pre-allocated in the background (a quarter
+of the capacity below 2 GiB); ``MESH_STORE_PREFAULT`` (bytes, 0 = off) overrides."""
+
+
+def default_prefault(capacity: int) -> int:
+    env = os.environ.get("MESH_STORE_PREFAULT")
+    if env is not None:
+        return max(0, min(int(env), capacity))
+    return min(capacity // 4, PREFAULT_MAX)
 
 
 def default_store_capacity() -> int:
@@ -104,18 +115,6 @@ class LeaseRequest:
 
 
 @dataclass
-class StoreObject:
-    offset: int
-    size: int
-    owner: str
-    creator: str
-    sealed: bool = False
-    freed: bool = False
-    pins: collections.Counter = field(default_factory=collections.Counter)
-    waiting_pins: list = field(default_factory=list)
-
-
-@dataclass
 class Actor:
     actor_id: bytes
     spec: dict
@@ -137,7 +136,7 @@ class Actor:
 
 class Daemon:
     def __init__(self, session_dir: str, num_cpus: float, num_gpus: int, resources: dict,
-                 store_capacity: int, parent_pid: int, node_id: str) -> None:
+                 store_capacity: int, parent_pid: int, node_id: str, spill_dir: str | None = None) -> None:
         self.session_dir = session_dir
         self.node_id = node_id
         self.parent_pid = parent_pid
@@ -155,9 +154,9 @@ class Daemon:
         self.gpu_free = {i: 1.0 for i in range(int(num_gpus))}
         self.store_capacity = store_capacity
         self.store_path = arena_path(session_dir)
-        self.allocator = Allocator(store_capacity)
-        self.objects: dict[bytes, StoreObject] = {}
-        self.store_stats = collections.Counter()
+        self.spill_dir = spill_dir if spill_dir is not None else spill_dir_for(session_dir)
+        self.store = StoreTable(store_capacity, -1, self.spill_dir, node_id)
+        self.warmer: ArenaWarmer | None = None
         self.workers: dict[str, Worker] = {}
         self.worker_by_addr: dict[str, Worker] = {}
         self.worker_by_pid: dict[int, Worker] = {}
@@ -178,7 +177,7 @@ class Daemon:
     # ----------------------------------------------------------------- set-up
 
     def create_arena(self) -> None:
-        fd = os.open(self.store_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(self.store_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, self.store_capacity)
         os.close(fd)
 
@@ -205,18 +204,25 @@ class Daemon:
         self._evt_buf = b""
 
     def serve(self, ready_fd: int | None) -> None:
+        # Opened after the zygote's fork, so workers do not inherit it.  Spill and
+        # restore copy through it with pread/pwrite: the daemon maps no object.
+        self.store.arena_fd = os.open(self.store_path, os.O_RDWR | os.O_CLOEXEC)
         self.ctx = zmq.Context(io_threads=1)
         self.ep = Endpoint(self.ctx, self.address)
         for _ in range(int(self.num_cpus)):
             self.fork_worker()
         info = {"pid": os.getpid(), "address": self.address, "node_id": self.node_id,
                 "session_dir": self.session_dir, "store_path": self.store_path,
-                "store_capacity": self.store_capacity, "resources": self.total}
+                "store_capacity": self.store_capacity, "resources": self.total,
+                "spill_dir": self.spill_dir}
         with open(os.path.join(self.session_dir, "daemon.json"), "w") as f:
             json.dump(info, f)
         if ready_fd is not None:
             os.write(ready_fd, (json.dumps(info) + "\n").encode())
             os.close(ready_fd)
+        # Started only now: the daemon must not have threads when it forks the zygote.
+        self.warmer = ArenaWarmer(self.store_path, default_prefault(self.store_capacity))
+        self.warmer.start()
         self.loop()
 
     def fork_worker(self) -> Worker:
@@ -366,12 +372,7 @@ class Daemon:
         self.processes.pop(addr, None)
         self.drivers.pop(addr, None)
         self.ep.forget(addr)
-        for oid, obj in list(self.objects.items()):
-            if addr in obj.pins:
-                del obj.pins[addr]
-            if obj.owner == addr or (obj.creator == addr and not obj.sealed):
-                obj.freed = True
-            self._maybe_release(oid, obj)
+        self.send_replies(self.store.process_gone(addr))
         for lease in [ls for ls in self.leases.values() if ls.owner == addr]:
             w = self.workers.get(lease.worker_id)
             # The owner is gone: its tasks' results have nowhere to go.
@@ -682,95 +683,36 @@ class Daemon:
 
     # ------------------------------------------------------------------ store
 
+    # The table (meshcompute/store/table.py) holds the logic; these only talk.
+
     def on_store_create(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, oid, size, owner = msg
-        old = self.objects.pop(oid, None)
-        if old is not None:  # a retried task writes its result again
-            old.freed = True
-            self.objects[oid + b"~old" + os.urandom(4)] = old
-            self._maybe_release_all()
         try:
-            offset = self.allocator.allocate(size)
-        except OutOfSpace:
-            self.reply(sender, req_id, ("full", self.full_message(size)))
+            offset = self.store.create(oid, size, owner, sender)
+        except StoreFull as err:
+            self.reply(sender, req_id, ("full", str(err)))
             return
-        self.objects[oid] = StoreObject(offset, self.allocator.round_up(size), owner, sender)
-        self.store_stats["created"] += 1
         self.reply(sender, req_id, ("ok", offset))
 
-    def full_message(self, size: int) -> str:
-        pinned = sum(o.size for o in self.objects.values() if o.pins)
-        return (f"The object store of node {self.node_id} cannot fit an object of {size} bytes: "
-                f"{self.allocator.used} of {self.store_capacity} bytes are in use by {len(self.objects)} "
-                f"objects ({pinned} bytes held by readers). Free references you no longer need, "
-                f"or start with a larger object_store_memory.")
-
     def on_store_seal(self, sender: str, msg: tuple, frames: list) -> None:
-        obj = self.objects.get(msg[1])
-        if obj is None:
-            return
-        obj.sealed = True
-        for peer, req_id in obj.waiting_pins:
-            obj.pins[peer] += 1
-            if req_id is not None:
-                self.reply(peer, req_id, (obj.offset, obj.size))
-        obj.waiting_pins.clear()
+        self.send_replies(self.store.seal(msg[1]))
 
     def on_store_pin(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, oid = msg
-        obj = self.objects.get(oid)
-        if obj is None or obj.freed:
-            if req_id is not None:
-                self.reply(sender, req_id, None)
-            return
-        if not obj.sealed:
-            obj.waiting_pins.append((sender, req_id))
-            return
-        obj.pins[sender] += 1
-        if req_id is not None:
-            self.reply(sender, req_id, (obj.offset, obj.size))
+        self.send_replies(self.store.pin(oid, sender, req_id))
 
     def on_store_unpin(self, sender: str, msg: tuple, frames: list) -> None:
-        oid = msg[1]
-        obj = self.objects.get(oid)
-        if obj is None:
-            return
-        obj.pins[sender] -= 1
-        if obj.pins[sender] <= 0:
-            del obj.pins[sender]
-        self._maybe_release(oid, obj)
+        self.send_replies(self.store.unpin(msg[1], sender))
 
     def on_store_free(self, sender: str, msg: tuple, frames: list) -> None:
-        for oid in msg[1]:
-            obj = self.objects.get(oid)
-            if obj is not None:
-                obj.freed = True
-                self._maybe_release(oid, obj)
+        self.send_replies(self.store.free(msg[1]))
 
-    def _maybe_release(self, oid: bytes, obj: StoreObject) -> None:
-        # Invariant: a block is reused only when its owner freed it and no reader
-        # holds a mapping of it.
-        if obj.freed and not obj.pins and self.objects.get(oid) is obj:
-            del self.objects[oid]
-            self.allocator.free(obj.offset)
-            self.store_stats["freed"] += 1
-            for peer, req_id in obj.waiting_pins:
-                if req_id is not None:
-                    self.reply(peer, req_id, None)
-
-    def _maybe_release_all(self) -> None:
-        for oid, obj in list(self.objects.items()):
-            self._maybe_release(oid, obj)
+    def send_replies(self, replies: list) -> None:
+        for peer, req_id, value in replies:
+            self.reply(peer, req_id, value)
 
     def store_statistics(self) -> dict:
-        return {
-            "capacity": self.store_capacity,
-            "used": self.allocator.used,
-            "objects": len(self.objects),
-            "pinned": sum(1 for o in self.objects.values() if o.pins),
-            "created": self.store_stats["created"],
-            "freed": self.store_stats["freed"],
-        }
+        return asdict(self.store.statistics())
 
     # ------------------------------------------------------------------- misc
 
@@ -798,7 +740,9 @@ class Daemon:
         self.running = False
 
     def stop(self) -> None:
-        """Stop every worker and remove the node's shared memory and session dir."""
+        """Stop every worker and remove the node's shared memory, spill files and session dir."""
+        if self.warmer is not None:
+            self.warmer.stop()
         for w in list(self.workers.values()):
             if w.pid:
                 self.kill_pid(w.pid)
@@ -816,7 +760,9 @@ class Daemon:
             self.ctx.term()
         except Exception:
             pass
-        remove_session(self.session_dir)
+        if self.store.arena_fd >= 0:
+            os.close(self.store.arena_fd)
+        remove_session(self.session_dir, self.spill_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -826,6 +772,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-gpus", type=int, default=None)
     p.add_argument("--resources", default="{}")
     p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--spill-dir", default=None,
+                   help="directory for spill files (a per-node subdirectory is made in it); "
+                        "default $MESH_SPILL_DIR, else <session dir>/spill")
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--ready-fd", type=int, default=None)
     args = p.parse_args(argv)
@@ -839,8 +788,9 @@ def main(argv: list[str] | None = None) -> None:
     num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
     num_gpus = args.num_gpus if args.num_gpus is not None else detect_gpus()
     capacity = args.object_store_memory or default_store_capacity()
+    spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
     d = Daemon(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
-               args.parent_pid, ids.random_id())
+               args.parent_pid, ids.random_id(), spill_dir)
     d.create_arena()
     d.start_zygote()
 
