@@ -435,3 +435,28 @@ def test_sigkill_of_the_daemon_leaves_no_arena_and_no_spill_files(tmp_path, monk
     finally:
         proc.kill()
         proc.wait(5)
+
+
+def test_clean_stale_sessions_leaves_arenas_of_live_daemons_alone():
+    import fcntl
+
+    from meshcompute._private.procutil import clean_stale_sessions
+
+    arena = f"/dev/shm/meshcompute_s20260101000000_{os.getpid()}_abcdef"  # no session dir
+    foreign = f"/dev/shm/meshcompute_x{os.getpid()}_not_a_session"
+    fd = os.open(arena, os.O_RDWR | os.O_CREAT, 0o600)
+    open(foreign, "w").close()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a live daemon holds
+        clean_stale_sessions()
+        assert os.path.exists(arena)
+        os.close(fd)
+        fd = -1
+        clean_stale_sessions()
+        assert not os.path.exists(arena) and os.path.exists(foreign)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        for path in (arena, foreign):
+            if os.path.exists(path):
+                os.unlink(path)

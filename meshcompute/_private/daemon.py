@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import fcntl
 import json
 import logging
 import os
@@ -179,7 +180,10 @@ class Daemon:
     def create_arena(self) -> None:
         fd = os.open(self.store_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, self.store_capacity)
-        os.close(fd)
+        # Held for the daemon's life: clean_stale_sessions() leaves locked arenas alone.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Spill and restore copy through it with pread/pwrite: the daemon maps no object.
+        self.store.arena_fd = fd
 
     def start_zygote(self) -> None:
         """Fork the zygote now, while this process has no threads or sockets."""
@@ -191,6 +195,8 @@ class Daemon:
         if pid == 0:
             os.close(cmd_w)
             os.close(evt_r)
+            if self.store.arena_fd >= 0:
+                os.close(self.store.arena_fd)  # the daemon's alone (the lock stays the daemon's)
             try:
                 run_zygote(cmd_r, evt_w, self.session_dir, self.address)
             finally:
@@ -204,9 +210,6 @@ class Daemon:
         self._evt_buf = b""
 
     def serve(self, ready_fd: int | None) -> None:
-        # Opened after the zygote's fork, so workers do not inherit it.  Spill and
-        # restore copy through it with pread/pwrite: the daemon maps no object.
-        self.store.arena_fd = os.open(self.store_path, os.O_RDWR | os.O_CLOEXEC)
         self.ctx = zmq.Context(io_threads=1)
         self.ep = Endpoint(self.ctx, self.address)
         for _ in range(int(self.num_cpus)):
@@ -712,7 +715,10 @@ class Daemon:
             self.reply(peer, req_id, value)
 
     def store_statistics(self) -> dict:
-        return asdict(self.store.statistics())
+        stats = asdict(self.store.statistics())
+        # How much of the arena's warm region is pre-allocated so far.
+        stats["prefaulted_bytes"] = self.warmer.done if self.warmer is not None else 0
+        return stats
 
     # ------------------------------------------------------------------- misc
 

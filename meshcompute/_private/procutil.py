@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -139,17 +141,42 @@ def clean_stale_sessions() -> list[str]:
     # Spill dirs kept outside session dirs (MESH_SPILL_DIR) whose session is gone.
     if os.environ.get("MESH_SPILL_DIR"):
         _clean_spill_root(os.environ["MESH_SPILL_DIR"], removed)
-    # Arenas whose session dir is gone.
+    # Arenas whose session dir is gone, and that no live daemon holds (a daemon
+    # keeps a lock on its arena; one started with another MESH_SESSIONS_ROOT has
+    # its session dir elsewhere).
     try:
-        for name in os.listdir("/dev/shm"):
-            if name.startswith(SHM_PREFIX):
-                session = name[len(SHM_PREFIX):]
-                if not os.path.isdir(os.path.join(SESSIONS_ROOT, session)):
-                    try:
-                        os.unlink(os.path.join("/dev/shm", name))
-                        removed.append(name)
-                    except OSError:
-                        pass
+        names = os.listdir("/dev/shm")
     except FileNotFoundError:
-        pass
+        names = []
+    for name in names:
+        session = name[len(SHM_PREFIX):]
+        if not name.startswith(SHM_PREFIX) or not _SESSION_NAME.fullmatch(session):
+            continue
+        if os.path.isdir(os.path.join(SESSIONS_ROOT, session)) or _arena_in_use(os.path.join("/dev/shm", name)):
+            continue
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+            removed.append(name)
+        except OSError:
+            pass
     return removed
+
+
+_SESSION_NAME = re.compile(r"s\d{14}_\d+_[0-9a-f]{6}")
+"""What :func:`new_session_dir` names a session (arenas are named after it)."""
+
+
+def _arena_in_use(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also drops the lock just taken
+    return False
