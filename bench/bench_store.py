@@ -2,7 +2,7 @@
 
     python bench/bench_store.py             # everything (Ray too when `import ray` works)
     python bench/bench_store.py --no-ray
-    python bench/bench_store.py --only put  # or: scale, spill
+    python bench/bench_store.py --only put  # or: physics, scale, spill
     python bench/bench_store.py --json out.json
 
 Each part runs in a fresh subprocess.  Every bandwidth is printed next to a
@@ -98,6 +98,68 @@ def part_put_mesh(quick: bool) -> dict:
     mesh.shutdown()
     return {"memcpy": _med(memcpy), "fresh_prealloc": _med(warm), "fresh_untouched": _med(cold),
             "reused": _med(reused), "reused_all": [round(x, 2) for x in reused]}
+
+
+# ------------------------------------------------------------------ physics
+
+
+def part_physics(quick: bool) -> dict:
+    """What writing 100 MiB into a tmpfs file costs, by method and page state.
+
+    Ratios to a memcpy measured right before each case (medians of 5 rounds), in
+    CPU time of the thread (user + system), so that other load on the machine
+    does not count; this is the cost, not the wall time a put takes.
+    """
+    import mmap
+
+    import numpy as np
+
+    from meshcompute.store.shm import mapping_address, populate_write
+
+    n = 100 * MiB
+    src = np.random.default_rng(0).integers(0, 255, n, dtype=np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    path = f"/dev/shm/meshcompute_bench_{os.getpid()}"
+
+    def case(pages: str, how: str) -> float:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, n)
+            if pages in ("allocated", "mapped"):
+                os.posix_fallocate(fd, 0, n)
+            mm = mmap.mmap(fd, n)
+            arr = np.frombuffer(mm, np.uint8)
+            if pages == "mapped":
+                arr[:] = 0
+            t = time.thread_time()
+            if how == "mmap":
+                arr[:] = src
+            elif how == "populate+mmap":
+                populate_write(mapping_address(mm), 0, n)
+                arr[:] = src
+            else:
+                os.pwritev(fd, [memoryview(src)], 0)
+            dt = time.thread_time() - t
+            del arr
+            mm.close()
+            return dt
+        finally:
+            os.close(fd)
+            os.unlink(path)
+
+    cases = [("untouched", "mmap"), ("untouched", "pwritev"), ("allocated", "mmap"),
+             ("allocated", "populate+mmap"), ("allocated", "pwritev"), ("mapped", "mmap"), ("mapped", "pwritev")]
+    ratios: dict = {c: [] for c in cases}
+    memcpy = []
+    for _ in range(3 if quick else 5):
+        for c in cases:
+            t = time.thread_time()
+            np.copyto(dst, src)
+            m = time.thread_time() - t
+            memcpy.append(n / m / 1e9)
+            ratios[c].append(m / case(*c))
+    return {"memcpy": _med(memcpy), **{f"{p} pages, {h}": _med(r) for (p, h), r in ratios.items()}}
 
 
 # ---------------------------------------------------------------- put (Ray)
@@ -236,7 +298,8 @@ def part_spill(quick: bool) -> dict:
     return out
 
 
-PARTS = {"put": part_put_mesh, "ray": part_put_ray, "scale": part_scale, "spill": part_spill}
+PARTS = {"put": part_put_mesh, "ray": part_put_ray, "scale": part_scale, "spill": part_spill,
+         "physics": part_physics}
 
 
 def _run_part(name: str, quick: bool) -> dict:
@@ -256,7 +319,7 @@ def _ray_available() -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["put", "scale", "spill"], default=None)
+    ap.add_argument("--only", choices=["physics", "put", "scale", "spill"], default=None)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
@@ -267,6 +330,13 @@ def main() -> None:
         return
     results: dict = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
                      "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)}
+    if args.only in (None, "physics"):
+        results["physics"] = r = _run_part("physics", args.quick)
+        print(f"writing 100 MiB into /dev/shm: speed as a fraction of memcpy's, in CPU time "
+              f"(memcpy: {r.get('memcpy')} GB/s)")
+        for k, v in r.items():
+            if k != "memcpy":
+                print(f"  {k:<36} {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
     if args.only in (None, "put"):
         results["put"] = r = _run_part("put", args.quick)
         print(f"put of a 100 MiB numpy array, GB/s (memcpy in the same process: {r.get('memcpy')} GB/s)")
