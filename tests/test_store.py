@@ -460,3 +460,41 @@ def test_clean_stale_sessions_leaves_arenas_of_live_daemons_alone():
         for path in (arena, foreign):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_ranges_merge_and_cover():
+    from meshcompute.store.shm import Ranges
+
+    r = Ranges()
+    r.add(100, 200)
+    r.add(300, 400)
+    assert r.covers(120, 200) and not r.covers(150, 350) and not r.covers(0, 50)
+    r.add(200, 300)  # touching ranges merge
+    assert r.covers(100, 400) and len(r) == 1 and r.total() == 300
+    r.add(50, 60)
+    r.add(0, 1000)
+    assert len(r) == 1 and r.covers(0, 1000)
+
+
+def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_mapping(fresh_node, monkeypatch):
+    from meshcompute._private import context
+    from meshcompute._private import core as core_mod
+
+    core = context.core
+    calls = []
+    real = core_mod.pwrite_object
+    monkeypatch.setattr(core_mod, "pwrite_object", lambda *a: calls.append(a[1]) or real(*a))
+    first = np.arange(8 * MiB // 8, dtype=np.float64)
+    ref = mesh.put(first)
+    assert len(calls) == 1  # a block this process never mapped
+    offset = calls[0]
+    assert np.array_equal(mesh.get(ref), first)
+    # The writer maps the block in the background; once it has, a put there is a memcpy.
+    assert wait_for(lambda: core._touched.covers(offset, offset + 8 * MiB), timeout=10)
+    del ref
+    gc.collect()
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)
+    second = first[::-1].copy()
+    ref = mesh.put(second)
+    assert len(calls) == 1 and mesh.get(ref)[0] == second[0]
+    assert np.array_equal(mesh.get(ref), second)

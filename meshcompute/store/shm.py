@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import errno
 import logging
 import mmap
 import os
@@ -48,16 +49,17 @@ def mapping_address(mm: mmap.mmap) -> int:
         del buf
 
 
-def populate_write(base: int, offset: int, length: int) -> bool:
+def populate_write(base: int, offset: int, length: int) -> int:
     """Install pages ``[offset, offset+length)`` of the mapping at ``base`` writable.
 
-    Returns False where the kernel lacks MADV_POPULATE_WRITE (before 5.14).
+    Returns 0, or the errno: EINVAL where the kernel lacks MADV_POPULATE_WRITE
+    (before 5.14), ENOMEM/EFAULT when tmpfs has no room for the pages.
     """
     if length <= 0:
-        return True
+        return 0
     start = offset - offset % mmap.PAGESIZE
     rc = _madvise()(base + start, offset + length - start, MADV_POPULATE_WRITE)
-    return rc == 0
+    return 0 if rc == 0 else ctypes.get_errno()
 
 
 def lower_thread_priority(nice: int = 10) -> None:
@@ -151,10 +153,12 @@ class Prefaulter:
                 with self._map_lock:
                     if self._closed:
                         return
-                    ok = populate_write(self.base, pos, n)
-                if not ok:
+                    err = populate_write(self.base, pos, n)
+                if err == errno.EINVAL:  # an old kernel: writers use their mapping
                     self.supported = False
                     return
+                if err:  # no room in /dev/shm: leave the rest to pwritev
+                    break
                 self.touched.add(pos, pos + n)
                 pos += n
 
