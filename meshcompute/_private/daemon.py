@@ -1,7 +1,8 @@
 """The node daemon: resources, leases, the worker pool, actors and the store table.
 
 One per node, single-threaded: one loop polls the inbox, the zygote's event pipe
-and a timer.  It is *not* on the per-task path: owners lease a worker for a
+and a timer (besides, one low-priority thread pre-allocates the arena's warm
+region at start: meshcompute/store/shm.py).  It is *not* on the per-task path: owners lease a worker for a
 resource shape and push tasks to it directly; the daemon only grants leases,
 takes them back, and tells a lease holder when its worker dies.
 
