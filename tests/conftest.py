@@ -17,7 +17,11 @@ import meshcompute as mesh
 
 
 def _mesh_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "meshcompute._private.daemon"], capture_output=True, text=True)
+    from meshcompute._private.procutil import SESSIONS_ROOT
+
+    # Only nodes of this sessions root: others on the host are not ours to count.
+    pattern = f"meshcompute._private.daemon --session {SESSIONS_ROOT}/"
+    out = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
