@@ -37,7 +37,8 @@ from typing import Any
 import zmq
 
 from .. import exceptions as exc
-from ..store.layout import encoded_size, read_object, write_object
+from ..store.layout import encoded_size, pwrite_object, read_object, write_object
+from ..store.shm import Prefaulter, Ranges, mapping_address
 from . import ids
 from .object_ref import ObjectRef
 from .protocol import Msg, decode, describe, encode
@@ -218,6 +219,9 @@ class Core:
         self._arena_fd = os.open(self.store_path, os.O_RDWR)
         self._arena = mmap.mmap(self._arena_fd, self.store_capacity)
         self._arena_mv = memoryview(self._arena)
+        # Pages of our mapping that are populated: puts there are a plain memcpy.
+        self._touched = Ranges()
+        self._prefaulter = Prefaulter(mapping_address(self._arena), self._touched)
         self._thread = threading.Thread(target=self._io_main, name="meshcompute-io", daemon=True)
 
     def start(self) -> None:
@@ -397,6 +401,7 @@ class Core:
             self._ctx.term()
         except Exception:
             pass
+        self._prefaulter.close()
         try:
             self._arena_mv.release()
             self._arena.close()
@@ -704,6 +709,8 @@ class Core:
         answer = self.request_daemon(Msg.STORE_PIN, oid, source, timeout=None if source else 60.0)
         if answer is None:
             raise exc.ObjectLostError(object_id=oid.hex())
+        if isinstance(answer[0], str):  # ("full", why): spilled, and no room to read it back
+            raise exc.ObjectStoreFullError(answer[1])
         offset, size = answer
         mm = mmap.mmap(self._arena_fd, size, access=mmap.ACCESS_READ, offset=offset)
         weakref.finalize(mm, _Unpinner(self, oid))
@@ -742,7 +749,16 @@ class Core:
         if answer[0] != "ok":
             raise exc.ObjectStoreFullError(answer[1])
         offset = answer[1]
-        write_object(self._arena_mv[offset: offset + size], ser.meta, ser.buffers, ser.is_error)
+        if self._touched.covers(offset, offset + size) or not self._prefaulter.supported:
+            # Pages already in our page table: one memcpy per buffer.
+            write_object(self._arena_mv[offset: offset + size], ser.meta, ser.buffers, ser.is_error)
+            self._touched.add(offset, offset + size)
+        else:
+            # Pages we never mapped: faulting them in one by one costs several
+            # times the copy; pwritev fills them without faults (docs/store.md).
+            # Map them in the background so the next put reusing them is a memcpy.
+            pwrite_object(self._arena_fd, offset, ser.meta, ser.buffers, ser.is_error)
+            self._prefaulter.request(offset, size)
         self.post(self._send_daemon, Msg.STORE_SEAL, oid)
         return ("s", offset, size)
 

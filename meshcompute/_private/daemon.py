@@ -1,7 +1,8 @@
 """The node daemon: resources, leases, the worker pool, actors and the store table.
 
 One per node, single-threaded: one loop polls the inbox, the zygote's event pipe
-and a timer.  It is *not* on the per-task path: owners lease a worker for a
+and a timer (besides, one low-priority thread pre-allocates the arena's warm
+region at start: meshcompute/store/shm.py).  It is *not* on the per-task path: owners lease a worker for a
 resource shape and push tasks to it directly; the daemon only grants leases,
 takes them back, and tells a lease holder when its worker dies.
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import fcntl
 import json
 import logging
 import mmap
@@ -22,14 +24,15 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import lz4.block
 import psutil
 import zmq
 
-from ..store.allocator import Allocator, OutOfSpace
+from ..store.shm import ArenaWarmer
+from ..store.table import StoreFull, StoreTable, spill_dir_for
 from . import ids
 from .procutil import (
     arena_path,
@@ -59,6 +62,16 @@ VIEW_PERIOD_S = 0.2
 DEFAULT_STORE_FRACTION = 0.3
 """Default store capacity as a share of RAM: Ray's default, leaving 70% for the
 heaps of the driver and workers; also capped by /dev/shm's free space."""
+PREFAULT_MAX = 512 << 20
+"""At most this much of the arena is pre-allocated in the background (a quarter
+of the capacity below 2 GiB); ``MESH_STORE_PREFAULT`` (bytes, 0 = off) overrides."""
+
+
+def default_prefault(capacity: int) -> int:
+    env = os.environ.get("MESH_STORE_PREFAULT")
+    if env is not None:
+        return max(0, min(int(env), capacity))
+    return min(capacity // 4, PREFAULT_MAX)
 
 
 def default_store_capacity() -> int:
@@ -117,21 +130,6 @@ class LeaseRequest:
 
 
 @dataclass
-class StoreObject:
-    offset: int
-    size: int
-    owner: str
-    creator: str
-    sealed: bool = False
-    freed: bool = False
-    pins: collections.Counter = field(default_factory=collections.Counter)
-    waiting_pins: list = field(default_factory=list)
-    secondary: bool = False  # a copy pulled from another node (the primary is there)
-    copies: set = field(default_factory=set)  # daemons that pulled a copy of our primary
-    compress: bool = False
-
-
-@dataclass
 class Pull:
     """An object being copied into this node's store from another node."""
 
@@ -167,8 +165,8 @@ class Actor:
 
 class Daemon:
     def __init__(self, session_dir: str, num_cpus: float, num_gpus: int, resources: dict,
-                 store_capacity: int, parent_pid: int, node_id: str, host: str | None = None,
-                 port: int = 0, keys: Any = None) -> None:
+                 store_capacity: int, parent_pid: int, node_id: str, spill_dir: str | None = None,
+                 host: str | None = None, port: int = 0, keys: Any = None) -> None:
         self.session_dir = session_dir
         self.node_id = node_id
         self.parent_pid = parent_pid
@@ -190,9 +188,9 @@ class Daemon:
         self.gpu_free = {i: 1.0 for i in range(int(num_gpus))}
         self.store_capacity = store_capacity
         self.store_path = arena_path(session_dir)
-        self.allocator = Allocator(store_capacity)
-        self.objects: dict[bytes, StoreObject] = {}
-        self.store_stats = collections.Counter()
+        self.spill_dir = spill_dir if spill_dir is not None else spill_dir_for(session_dir)
+        self.store = StoreTable(store_capacity, -1, self.spill_dir, node_id)
+        self.warmer: ArenaWarmer | None = None
         self.workers: dict[str, Worker] = {}
         self.worker_by_addr: dict[str, Worker] = {}
         self.worker_by_pid: dict[int, Worker] = {}
@@ -212,13 +210,18 @@ class Daemon:
         self.membership: Any = None
         self.standalone = False
         self.pulls: dict[bytes, Pull] = {}
+        self.copy_holders: dict[bytes, set[str]] = {}  # daemons that pulled our primaries
+        self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
 
     # ----------------------------------------------------------------- set-up
 
     def create_arena(self) -> None:
-        fd = os.open(self.store_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(self.store_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, self.store_capacity)
-        os.close(fd)
+        # Held for the daemon's life: clean_stale_sessions() leaves locked arenas alone.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Spill and restore copy through it with pread/pwrite (object pulls use a mapping).
+        self.store.arena_fd = fd
 
     def start_zygote(self) -> None:
         """Fork the zygote now, while this process has no threads or sockets."""
@@ -230,6 +233,8 @@ class Daemon:
         if pid == 0:
             os.close(cmd_w)
             os.close(evt_r)
+            if self.store.arena_fd >= 0:
+                os.close(self.store.arena_fd)  # the daemon's alone (the lock stays the daemon's)
             try:
                 run_zygote(cmd_r, evt_w, self.session_dir, self.node_id, self.host)
             finally:
@@ -261,12 +266,16 @@ class Daemon:
         info = {"pid": os.getpid(), "address": self.address, "node_id": self.node_id,
                 "host": self.host, "tcp": parse_address(self.address)[2], "standalone": self.standalone,
                 "session_dir": self.session_dir, "store_path": self.store_path,
-                "store_capacity": self.store_capacity, "resources": self.total}
+                "store_capacity": self.store_capacity, "resources": self.total,
+                "spill_dir": self.spill_dir}
         with open(os.path.join(self.session_dir, "daemon.json"), "w") as f:
             json.dump(info, f)
         if ready_fd is not None:
             os.write(ready_fd, (json.dumps(info) + "\n").encode())
             os.close(ready_fd)
+        # Started only now: the daemon must not have threads when it forks the zygote.
+        self.warmer = ArenaWarmer(self.store_path, default_prefault(self.store_capacity))
+        self.warmer.start()
         self.loop()
 
     def fork_worker(self) -> Worker:
@@ -334,7 +343,7 @@ class Daemon:
             "a": self.address,
             "t": {k: v for k, v in self.total.items() if not k.startswith("node:")},
             "v": {k: round(max(0.0, v), 3) for k, v in self.available.items() if not k.startswith("node:")},
-            "s": [self.allocator.used, self.store_capacity],
+            "s": [self.store.allocator.used, self.store_capacity],
             "q": len(self.pending),
         }
 
@@ -490,12 +499,7 @@ class Daemon:
         self.processes.pop(addr, None)
         self.drivers.pop(addr, None)
         self.ep.forget(addr)
-        for oid, obj in list(self.objects.items()):
-            if addr in obj.pins:
-                del obj.pins[addr]
-            if obj.owner == addr or (obj.creator == addr and not obj.sealed):
-                obj.freed = True
-            self._maybe_release(oid, obj)
+        self.send_replies(self.store.process_gone(addr))
         for lease in [ls for ls in self.leases.values() if ls.owner == addr]:
             w = self.workers.get(lease.worker_id)
             # The owner is gone: its tasks' results have nowhere to go.
@@ -893,66 +897,30 @@ class Daemon:
 
     # ------------------------------------------------------------------ store
 
+    # The table (meshcompute/store/table.py) holds the logic; these only talk.
+
     def on_store_create(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, oid, size, owner = msg
-        old = self.objects.pop(oid, None)
-        if old is not None:  # a retried task writes its result again
-            old.freed = True
-            self.objects[oid + b"~old" + os.urandom(4)] = old
-            self._maybe_release_all()
         try:
-            offset = self.allocator.allocate(size)
-        except OutOfSpace:
-            self.reply(sender, req_id, ("full", self.full_message(size)))
+            offset = self.store.create(oid, size, owner, sender)
+        except StoreFull as err:
+            self.reply(sender, req_id, ("full", str(err)))
             return
-        self.objects[oid] = StoreObject(offset, self.allocator.round_up(size), owner, sender)
-        self.store_stats["created"] += 1
         self.reply(sender, req_id, ("ok", offset))
 
-    def full_message(self, size: int) -> str:
-        pinned = sum(o.size for o in self.objects.values() if o.pins)
-        return (f"The object store of node {self.node_id} cannot fit an object of {size} bytes: "
-                f"{self.allocator.used} of {self.store_capacity} bytes are in use by {len(self.objects)} "
-                f"objects ({pinned} bytes held by readers). Free references you no longer need, "
-                f"or start with a larger object_store_memory.")
-
     def on_store_seal(self, sender: str, msg: tuple, frames: list) -> None:
-        obj = self.objects.get(msg[1])
-        if obj is None:
-            return
-        obj.sealed = True
-        for peer, req_id in obj.waiting_pins:
-            obj.pins[peer] += 1
-            if req_id is not None:
-                self.reply(peer, req_id, (obj.offset, obj.size))
-        obj.waiting_pins.clear()
+        self.send_replies(self.store.seal(msg[1]))
 
     def on_store_pin(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, oid, source = msg
-        obj = self.objects.get(oid)
+        obj = self.store.objects.get(oid)
         if (obj is None or obj.freed) and source and source[0] != self.node_id:
             self.pull(oid, source[0], int(source[1]), sender, req_id)
             return
-        if obj is None or obj.freed:
-            if req_id is not None:
-                self.reply(sender, req_id, None)
-            return
-        if not obj.sealed:
-            obj.waiting_pins.append((sender, req_id))
-            return
-        obj.pins[sender] += 1
-        if req_id is not None:
-            self.reply(sender, req_id, (obj.offset, obj.size))
+        self.send_replies(self.store.pin(oid, sender, req_id))
 
     def on_store_unpin(self, sender: str, msg: tuple, frames: list) -> None:
-        oid = msg[1]
-        obj = self.objects.get(oid)
-        if obj is None:
-            return
-        obj.pins[sender] -= 1
-        if obj.pins[sender] <= 0:
-            del obj.pins[sender]
-        self._maybe_release(oid, obj)
+        self.send_replies(self.store.unpin(msg[1], sender))
 
     def on_store_free(self, sender: str, msg: tuple, frames: list) -> None:
         _, oids, node_id = msg
@@ -962,14 +930,14 @@ class Daemon:
                 self.send(peer.address, Msg.STORE_FREE, oids, node_id)
             return
         for oid in oids:
-            obj = self.objects.get(oid)
-            if obj is not None:
-                # Copies pulled from ours go with the primary.
-                for holder in obj.copies:
-                    self.send(holder, Msg.STORE_FREE, (oid,), None)
-                obj.copies.clear()
-                obj.freed = True
-                self._maybe_release(oid, obj)
+            # Copies pulled from ours go with the primary.
+            for holder in self.copy_holders.pop(oid, ()):
+                self.send(holder, Msg.STORE_FREE, (oid,), None)
+        self.send_replies(self.store.free(oids))
+
+    def send_replies(self, replies: list) -> None:
+        for peer, req_id, value in replies:
+            self.reply(peer, req_id, value)
 
     # ---------------------------------------------------------- object pulls
 
@@ -979,7 +947,8 @@ class Daemon:
         One pull per object however many readers wait; chunks travel with a
         credit window of PULL_WINDOW requests in flight (the ZeroMQ guide's
         file-transfer pattern), so a large object neither stalls the link nor
-        floods memory.
+        floods memory.  The copy is *secondary*: evicted first when room is
+        needed, and freed when its primary is.
         """
         p = self.pulls.get(oid)
         if p is not None:
@@ -991,15 +960,11 @@ class Daemon:
                 self.reply(reader, req_id, None)
             return
         try:
-            offset = self.allocator.allocate(size)
-        except OutOfSpace:
+            offset = self.store.create(oid, size, peer.address, self.address, primary=False)
+        except StoreFull as err:
             if req_id is not None:
-                self.reply(reader, req_id, None)
-            log.warning("no room to pull an object of %d bytes: %s", size, self.full_message(size))
+                self.reply(reader, req_id, ("full", str(err)))
             return
-        obj = StoreObject(offset, self.allocator.round_up(size), peer.address, self.address)
-        obj.secondary = True
-        self.objects[oid] = obj
         p = Pull(oid, peer.address, offset, size, waiters=[(reader, req_id)])
         self.pulls[oid] = p
         self._request_chunks(p)
@@ -1013,17 +978,22 @@ class Daemon:
 
     def on_pull_chunk(self, sender: str, msg: tuple, frames: list) -> None:
         _, oid, offset, length = msg
-        obj = self.objects.get(oid)
-        if obj is None or obj.freed or not obj.sealed or offset + length > obj.size:
+        if offset == 0:
+            # The transfer holds a pin (restoring a spilled object) until PULL_DONE.
+            replies = self.store.pin(oid, sender, -1)
+            if not replies or not isinstance(replies[0][2], tuple) or replies[0][2][0] == "full":
+                self.send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
+                return
+            self.copy_holders.setdefault(oid, set()).add(sender)
+        obj = self.store.objects.get(oid)
+        if obj is None or obj.offset is None or sender not in obj.pins or offset + length > obj.size:
             self.send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
             return
         if offset == 0:
-            obj.pins[sender] += 1  # held until PULL_DONE (or the puller's node goes)
-            obj.copies.add(sender)
             sample = bytes(self.arena_mv[obj.offset: obj.offset + min(65536, length)])
-            obj.compress = len(lz4.block.compress(sample)) < 0.8 * len(sample)
+            self.compressed[oid] = len(lz4.block.compress(sample)) < 0.8 * len(sample)
         data = self.arena_mv[obj.offset + offset: obj.offset + offset + length]
-        if obj.compress:
+        if self.compressed.get(oid):
             self.send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[lz4.block.compress(data)])
         else:
             self.send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data])
@@ -1033,13 +1003,12 @@ class Daemon:
         p = self.pulls.get(oid)
         if p is None:
             return
-        obj = self.objects.get(oid)
-        if error is not None or obj is None or not frames:
+        if error is not None or not frames:
             self._finish_pull(p, ok=False)
             return
         data = memoryview(frames[0])
         if compressed:
-            data = memoryview(lz4.block.decompress(data))
+            data = memoryview(lz4.block.decompress(data, uncompressed_size=min(PULL_CHUNK_BYTES, p.size - offset)))
         n = data.nbytes
         if offset + n > p.size:
             self._finish_pull(p, ok=False)
@@ -1048,7 +1017,6 @@ class Daemon:
         p.received += n
         p.inflight -= 1
         if p.received >= p.size:
-            obj.sealed = True
             self.send(p.source, Msg.PULL_DONE, oid)
             self._finish_pull(p, ok=True)
         else:
@@ -1056,51 +1024,25 @@ class Daemon:
 
     def _finish_pull(self, p: Pull, ok: bool) -> None:
         self.pulls.pop(p.oid, None)
-        obj = self.objects.get(p.oid)
-        if not ok and obj is not None:
-            obj.freed = True
-            self._maybe_release(p.oid, obj)
-            obj = None
-        for reader, req_id in p.waiters:
-            if obj is not None:
-                obj.pins[reader] += 1
+        if not ok:
+            self.send_replies(self.store.free([p.oid]))
+            for reader, req_id in p.waiters:
                 if req_id is not None:
-                    self.reply(reader, req_id, (obj.offset, obj.size))
-            elif req_id is not None:
-                self.reply(reader, req_id, None)
+                    self.reply(reader, req_id, None)
+            return
+        self.send_replies(self.store.seal(p.oid))
+        for reader, req_id in p.waiters:
+            self.send_replies(self.store.pin(p.oid, reader, req_id))
 
     def on_pull_done(self, sender: str, msg: tuple, frames: list) -> None:
-        obj = self.objects.get(msg[1])
-        if obj is not None and obj.pins.get(sender):
-            obj.pins[sender] -= 1
-            if obj.pins[sender] <= 0:
-                del obj.pins[sender]
-            self._maybe_release(msg[1], obj)
-
-    def _maybe_release(self, oid: bytes, obj: StoreObject) -> None:
-        # Invariant: a block is reused only when its owner freed it and no reader
-        # holds a mapping of it.
-        if obj.freed and not obj.pins and self.objects.get(oid) is obj:
-            del self.objects[oid]
-            self.allocator.free(obj.offset)
-            self.store_stats["freed"] += 1
-            for peer, req_id in obj.waiting_pins:
-                if req_id is not None:
-                    self.reply(peer, req_id, None)
-
-    def _maybe_release_all(self) -> None:
-        for oid, obj in list(self.objects.items()):
-            self._maybe_release(oid, obj)
+        self.compressed.pop(msg[1], None)
+        self.send_replies(self.store.unpin(msg[1], sender))
 
     def store_statistics(self) -> dict:
-        return {
-            "capacity": self.store_capacity,
-            "used": self.allocator.used,
-            "objects": len(self.objects),
-            "pinned": sum(1 for o in self.objects.values() if o.pins),
-            "created": self.store_stats["created"],
-            "freed": self.store_stats["freed"],
-        }
+        stats = asdict(self.store.statistics())
+        # How much of the arena's warm region is pre-allocated so far.
+        stats["prefaulted_bytes"] = self.warmer.done if self.warmer is not None else 0
+        return stats
 
     # ------------------------------------------------------------------- misc
 
@@ -1142,7 +1084,10 @@ class Daemon:
         self.running = False
 
     def stop(self) -> None:
-        """Leave the mesh, stop every worker, remove the node's shared memory and session dir."""
+        """Leave the mesh, stop every worker, remove the node's shared memory, spill files
+        and session dir."""
+        if self.warmer is not None:
+            self.warmer.stop()
         if self.membership is not None:
             try:
                 self.membership.leave()
@@ -1169,7 +1114,9 @@ class Daemon:
             self.ctx.term()
         except Exception:
             pass
-        remove_session(self.session_dir)
+        if self.store.arena_fd >= 0:
+            os.close(self.store.arena_fd)
+        remove_session(self.session_dir, self.spill_dir)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -1179,6 +1126,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-gpus", type=int, default=None)
     p.add_argument("--resources", default="{}")
     p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--spill-dir", default=None,
+                   help="directory for spill files (a per-node subdirectory is made in it); "
+                        "default $MESH_SPILL_DIR, else <session dir>/spill")
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--ready-fd", type=int, default=None)
     p.add_argument("--host", default=None, help="IP to serve the mesh on (no TCP without it)")
@@ -1199,8 +1149,9 @@ def main(argv: list[str] | None = None) -> None:
     keys = keys_for_session(args.session)
     if args.host and keys is None:
         sys.exit("refusing to serve TCP without the mesh token in the session dir")
+    spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
     d = Daemon(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
-               args.parent_pid, ids.random_id(), host=args.host, port=args.port, keys=keys)
+               args.parent_pid, ids.random_id(), spill_dir, host=args.host, port=args.port, keys=keys)
     d.standalone = args.standalone
     d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
     d.create_arena()

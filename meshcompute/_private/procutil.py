@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import time
+
+from ..store.spill import MARKER as SPILL_MARKER
 
 _PR_SET_PDEATHSIG = 1
 
@@ -78,16 +82,46 @@ def arena_path(session_dir: str) -> str:
     return f"/dev/shm/{SHM_PREFIX}{_root_tag()}_{os.path.basename(session_dir)}"
 
 
-def remove_session(session_dir: str) -> None:
+
+
+def spill_dir_of(session_dir: str) -> str | None:
+    """The spill directory a session's daemon recorded in its daemon.json."""
+    try:
+        with open(os.path.join(session_dir, "daemon.json")) as f:
+            return json.load(f).get("spill_dir")
+    except (OSError, ValueError):
+        return None
+
+
+def remove_session(session_dir: str, spill_dir: str | None = None) -> None:
+    """Remove a node's arena, its spill files (wherever they are) and its session dir."""
+    spill_dir = spill_dir or spill_dir_of(session_dir)
     try:
         os.unlink(arena_path(session_dir))
     except FileNotFoundError:
         pass
+    if spill_dir and os.path.basename(os.path.normpath(session_dir)) in spill_dir:
+        shutil.rmtree(spill_dir, ignore_errors=True)
     shutil.rmtree(session_dir, ignore_errors=True)
 
 
+def _clean_spill_root(root: str, removed: list[str]) -> None:
+    """Remove ``root/meshcompute_<session>`` spill dirs whose session dir is gone."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        if not name.startswith(SHM_PREFIX) or not os.path.exists(os.path.join(path, SPILL_MARKER)):
+            continue
+        if not os.path.isdir(os.path.join(SESSIONS_ROOT, name[len(SHM_PREFIX):])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+
+
 def clean_stale_sessions() -> list[str]:
-    """Remove session dirs and arenas of daemons that are gone (e.g. SIGKILLed)."""
+    """Remove session dirs, arenas and spill files of daemons that are gone (e.g. SIGKILLed)."""
     removed = []
     try:
         names = os.listdir(SESSIONS_ROOT)
@@ -112,21 +146,48 @@ def clean_stale_sessions() -> list[str]:
         if not pid_alive(pid):
             remove_session(path)
             removed.append(path)
-    # Arenas of this root whose session dir is gone.
+    # Spill dirs kept outside session dirs (MESH_SPILL_DIR) whose session is gone.
+    if os.environ.get("MESH_SPILL_DIR"):
+        _clean_spill_root(os.environ["MESH_SPILL_DIR"], removed)
+    # Arenas of this root whose session dir is gone and that no live daemon holds
+    # (a daemon keeps a lock on its arena).
     prefix = f"{SHM_PREFIX}{_root_tag()}_"
     try:
-        for name in os.listdir("/dev/shm"):
-            if name.startswith(prefix):
-                session = name[len(prefix):]
-                if not os.path.isdir(os.path.join(SESSIONS_ROOT, session)):
-                    try:
-                        os.unlink(os.path.join("/dev/shm", name))
-                        removed.append(name)
-                    except OSError:
-                        pass
+        names = os.listdir("/dev/shm")
     except FileNotFoundError:
-        pass
+        names = []
+    for name in names:
+        session = name[len(prefix):]
+        if not name.startswith(prefix) or not _SESSION_NAME.fullmatch(session):
+            continue
+        if os.path.isdir(os.path.join(SESSIONS_ROOT, session)) or _arena_in_use(os.path.join("/dev/shm", name)):
+            continue
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+            removed.append(name)
+        except OSError:
+            pass
     return removed
+
+
+_SESSION_NAME = re.compile(r"s\d{14}_\d+_[0-9a-f]{6}")
+"""What :func:`new_session_dir` names a session (arenas are named after it)."""
+
+
+def _arena_in_use(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also drops the lock just taken
+    return False
 
 
 def keys_for_session(session_dir: str):

@@ -89,7 +89,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.SUBSCRIBE_ACTOR: ("actor_id",),
     Msg.KILL_ACTOR: ("actor_id", "no_restart"),
     Msg.LOOKUP_ACTOR: ("req_id", "name", "namespace"),
-    Msg.STORE_CREATE: ("req_id", "object_id", "size"),
+    Msg.STORE_CREATE: ("req_id", "object_id", "size", "owner"),
     Msg.STORE_SEAL: ("object_id",),
     Msg.STORE_PIN: ("req_id", "object_id", "source"),
     Msg.STORE_UNPIN: ("object_id",),

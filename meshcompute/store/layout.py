@@ -12,6 +12,7 @@ boundaries so a reader can hand out aligned, read-only views without copying.
 
 from __future__ import annotations
 
+import os
 import struct
 
 _HEAD = struct.Struct("<IIB7x")
@@ -44,6 +45,54 @@ def write_object(dest: memoryview, meta: bytes, buffers: list, is_error: bool = 
     for buf, n in zip(buffers, lens):
         dest[pos : pos + n] = buf
         pos += n + _pad(n)
+
+
+_ZEROS = bytes(_ALIGN)
+_IOV_MAX = 1024
+
+
+def object_chunks(meta: bytes, buffers: list, is_error: bool = False) -> list:
+    """The object's bytes as a list of pieces, in order (what :func:`write_object` writes)."""
+    lens = [memoryview(b).nbytes for b in buffers]
+    head = _HEAD.pack(len(meta), len(buffers), 1 if is_error else 0)
+    if lens:
+        head += struct.pack(f"<{len(lens)}Q", *lens)
+    pieces = [head + bytes(meta)] if len(meta) < 65536 else [head, meta]
+    pos = len(head) + len(meta)
+    if _pad(pos):
+        pieces.append(_ZEROS[: _pad(pos)])
+    for buf, n in zip(buffers, lens):
+        if n:
+            pieces.append(buf)
+        if _pad(n):
+            pieces.append(_ZEROS[: _pad(n)])
+    return pieces
+
+
+def pwrite_object(fd: int, offset: int, meta: bytes, buffers: list, is_error: bool = False) -> None:
+    """Write the object at ``offset`` of file ``fd`` with ``pwritev`` (no mapping needed).
+
+    On tmpfs this copies straight into the file's pages: no page faults in the
+    writer, and pages the write fills completely are not zeroed first.
+    """
+    pieces = object_chunks(meta, buffers, is_error)
+    while pieces:
+        batch = pieces[:_IOV_MAX]
+        want = sum(memoryview(p).nbytes for p in batch)
+        done = os.pwritev(fd, batch, offset)
+        offset += done
+        if done == want:
+            del pieces[:_IOV_MAX]
+            continue
+        # A short write (signals, or the 2 GiB cap of one call): skip what was written.
+        while done:
+            n = memoryview(pieces[0]).nbytes
+            if done >= n:
+                done -= n
+                pieces.pop(0)
+            else:
+                pieces[0] = memoryview(pieces[0])[done:]
+                done = 0
 
 
 def read_object(src: memoryview) -> tuple[memoryview, list[memoryview], bool]:

@@ -1,0 +1,207 @@
+"""Keeping arena pages ready to write: page-table population and pre-allocation.
+
+On tmpfs the cost of a put into memory no process has touched yet is not the
+copy: it is the kernel allocating and zeroing each 4 KiB page, then installing
+it in the writer's page table one fault at a time (docs/store.md has the
+figures).  Three things here take that off the put's path:
+
+* :class:`ArenaWarmer` (daemon side) allocates the tmpfs pages of the low part
+  of the arena with ``fallocate`` in the background, at low priority;
+* :func:`populate_write` installs a range of a writer's mapping in one system
+  call (``MADV_POPULATE_WRITE``, Linux 5.14+) instead of a fault per page;
+* :class:`Prefaulter` (writer side) does that in the background for blocks the
+  writer wrote with ``pwritev``, so the next put reusing them is a plain memcpy;
+  :class:`Ranges` remembers which pages of the writer's mapping are populated.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import logging
+import mmap
+import os
+import threading
+
+log = logging.getLogger("meshcompute.store")
+
+MADV_POPULATE_WRITE = 23
+CHUNK = 8 << 20
+"""Background work is done in chunks of this many bytes, so it yields often."""
+
+_libc = None
+
+
+def _madvise():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    return _libc.madvise
+
+
+def mapping_address(mm: mmap.mmap) -> int:
+    buf = (ctypes.c_char * 1).from_buffer(mm)
+    try:
+        return ctypes.addressof(buf)
+    finally:
+        del buf
+
+
+def populate_write(base: int, offset: int, length: int) -> int:
+    """Install pages ``[offset, offset+length)`` of the mapping at ``base`` writable.
+
+    Returns 0, or the errno: EINVAL where the kernel lacks MADV_POPULATE_WRITE
+    (before 5.14), ENOMEM/EFAULT when tmpfs has no room for the pages.
+    """
+    if length <= 0:
+        return 0
+    start = offset - offset % mmap.PAGESIZE
+    rc = _madvise()(base + start, offset + length - start, MADV_POPULATE_WRITE)
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
+def lower_thread_priority(nice: int = 10) -> None:
+    """Make the calling thread yield the CPU to everything else (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError):
+        pass
+
+
+class Ranges:
+    """A set of byte ranges ``[start, end)`` kept merged and sorted (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        self._lock = threading.Lock()
+
+    def add(self, start: int, end: int) -> None:
+        with self._lock:
+            i = bisect.bisect_left(self._ends, start)  # first range ending at or after start
+            j = bisect.bisect_right(self._starts, end)  # ranges starting after end stay
+            if i < j:
+                start = min(start, self._starts[i])
+                end = max(end, self._ends[j - 1])
+            self._starts[i:j] = [start]
+            self._ends[i:j] = [end]
+
+    def covers(self, start: int, end: int) -> bool:
+        with self._lock:
+            i = bisect.bisect_right(self._starts, start) - 1
+            return i >= 0 and self._ends[i] >= end
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(e - s for s, e in zip(self._starts, self._ends))
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
+class Prefaulter:
+    """Populates ranges of a writer's arena mapping in a background thread.
+
+    ``touched`` records what is populated; a put into a covered block copies
+    through the mapping at memcpy speed.  The thread starts at the first request
+    and is a daemon thread; ``close`` stops it between chunks.
+    """
+
+    def __init__(self, base: int, touched: Ranges) -> None:
+        self.base = base
+        self.touched = touched
+        self._queue: list[tuple[int, int]] = []
+        self._cv = threading.Condition()
+        self._map_lock = threading.Lock()  # held while touching the mapping
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.supported = True
+
+    def request(self, offset: int, length: int) -> None:
+        with self._cv:
+            if self._closed or not self.supported:
+                return
+            self._queue.append((offset, length))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._queue.clear()
+            self._cv.notify()
+        with self._map_lock:  # the mapping may be closed once this returns
+            pass
+
+    def _run(self) -> None:
+        lower_thread_priority()
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                offset, length = self._queue.pop(0)
+            end = offset + length
+            pos = offset
+            while pos < end:
+                n = min(CHUNK, end - pos)
+                with self._map_lock:
+                    if self._closed:
+                        return
+                    err = populate_write(self.base, pos, n)
+                if err == errno.EINVAL:  # an old kernel: writers use their mapping
+                    self.supported = False
+                    return
+                if err:  # no room in /dev/shm: leave the rest to pwritev
+                    break
+                self.touched.add(pos, pos + n)
+                pos += n
+
+
+class ArenaWarmer:
+    """Allocates the tmpfs pages of ``[0, length)`` of the arena in the background.
+
+    ``fallocate`` on pages that hold data already changes nothing, so it runs
+    regardless of what is allocated.  The pages stay for the life of the node:
+    freed blocks are never punched out, so they stay warm for reuse.
+    """
+
+    def __init__(self, path: str, length: int, delay: float = 0.5) -> None:
+        self.path = path
+        self.length = length
+        self.delay = delay
+        self.done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meshcompute-warm", daemon=True)
+
+    def start(self) -> None:
+        if self.length > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        lower_thread_priority(19)
+        if self._stop.wait(self.delay):  # let the node's own start-up go first
+            return
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except OSError:
+            return
+        try:
+            while self.done < self.length and not self._stop.is_set():
+                n = min(CHUNK, self.length - self.done)
+                os.posix_fallocate(fd, self.done, n)
+                self.done += n
+        except OSError as err:  # /dev/shm full: not fatal, puts fault pages in themselves
+            log.info("stopped pre-allocating the arena at %d bytes: %s", self.done, err)
+        finally:
+            os.close(fd)

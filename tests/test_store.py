@@ -1,0 +1,500 @@
+"""The object store: allocator, store table (eviction, spilling, restore), crash safety.
+
+The first half tests the pure logic (``Allocator``, ``StoreTable``) on a temporary
+arena file; the second half runs real nodes, drivers and workers.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import meshcompute as mesh
+from meshcompute.exceptions import WorkerCrashedError
+from meshcompute.store import spill as spill_mod
+from meshcompute.store.allocator import Allocator, OutOfSpace
+from meshcompute.store.table import StoreFull, StoreTable
+
+from .conftest import pid_alive, wait_for
+
+KiB, MiB = 1 << 10, 1 << 20
+PAGE = 4096
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ allocator
+
+
+def _naive_first_fit(blocks, need):
+    return next((off for off, size in blocks if size >= need), None)
+
+
+def test_allocator_is_exact_first_fit_and_coalesces():
+    rng = random.Random(7)
+    a = Allocator(32 * MiB)
+    live = []
+    for step in range(6000):
+        if live and rng.random() < 0.45:
+            a.free(live.pop(rng.randrange(len(live))))
+        else:
+            size = rng.choice([rng.randint(1, 20 * KiB), rng.randint(1, 2 * MiB)])
+            expected = _naive_first_fit(a.free_blocks(), a.round_up(size))
+            try:
+                got = a.allocate(size)
+            except OutOfSpace:
+                got = None
+            assert got == expected, step
+            if got is not None:
+                live.append(got)
+        if step % 100 == 0:
+            blocks = a.free_blocks()
+            assert a.used + sum(s for _, s in blocks) == a.capacity
+            # Never overlapping, never touching (touching neighbours are merged).
+            assert all(o1 + s1 < o2 for (o1, s1), (o2, _) in zip(blocks, blocks[1:]))
+    for off in live:
+        a.free(off)
+    assert a.free_blocks() == [(0, a.capacity)] and a.used == 0
+
+
+def _alloc_cost(n_holes: int) -> float:
+    """Seconds per allocation that must skip ``n_holes`` free blocks too small for it."""
+    a = Allocator((3 * n_holes + 4000) * MiB)
+    offs = [a.allocate(MiB) for _ in range(2 * n_holes)]
+    for off in offs[::2]:
+        a.free(off)
+    t = time.perf_counter()
+    for _ in range(1000):
+        a.allocate(2 * MiB)
+    return (time.perf_counter() - t) / 1000
+
+
+def test_allocation_cost_does_not_grow_with_fragmentation():
+    few, many = min(_alloc_cost(10) for _ in range(3)), min(_alloc_cost(20000) for _ in range(3))
+    # A first-fit scan over the free list would be ~2000x slower with 20k holes.
+    assert many < 10 * few + 20e-6, (few, many)
+
+
+# ---------------------------------------------------------------- store table
+
+CAP = 64 * PAGE
+
+
+@pytest.fixture
+def table(tmp_path):
+    fd = os.open(tmp_path / "arena", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, CAP)
+    t = StoreTable(CAP, fd, str(tmp_path / "spill"), "test-node")
+    yield t
+    os.close(fd)
+
+
+def _put(t: StoreTable, oid: bytes, data: bytes, primary: bool = True, owner: str = "owner") -> int:
+    off = t.create(oid, len(data), owner, "writer", primary)
+    os.pwrite(t.arena_fd, data, off)
+    assert t.seal(oid) == []
+    return off
+
+
+def _pin(t: StoreTable, oid: bytes, peer: str = "reader"):
+    [(p, req_id, value)] = t.pin(oid, peer, 1)
+    assert (p, req_id) == (peer, 1)
+    return value
+
+
+def _read(t: StoreTable, oid: bytes) -> bytes | None:
+    where = _pin(t, oid)
+    if where is None:
+        return None
+    data = os.pread(t.arena_fd, where[1], where[0])
+    t.unpin(oid, "reader")
+    return data
+
+
+def _data(i: int, n: int = 16 * PAGE, compressible: bool = False) -> bytes:
+    if compressible:
+        return bytes([i % 251]) * n
+    return random.Random(i).randbytes(n)
+
+
+def _spill_files(t: StoreTable) -> list[str]:
+    try:
+        return sorted(f for f in os.listdir(t.spill.path) if not f.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def test_table_pin_waits_for_the_seal_and_a_dead_writer_leaves_nothing(table):
+    off = table.create(b"a", 3 * PAGE, "owner", "writer")
+    assert table.pin(b"a", "reader", 5) == []  # not visible before the seal
+    assert table.seal(b"a") == [("reader", 5, (off, 3 * PAGE))]
+    # A writer that dies before sealing: its block returns, waiting readers hear "gone".
+    table.create(b"b", 5 * PAGE, "owner", "writer2")
+    assert table.pin(b"b", "reader", 6) == []
+    assert table.statistics().unsealed_objects == 1
+    assert table.process_gone("writer2") == [("reader", 6, None)]
+    s = table.statistics()
+    assert s.objects == 1 and s.unsealed_objects == 0 and s.used == 3 * PAGE
+    # The owner dies: its sealed object goes once the last reader unpins it.
+    table.process_gone("owner")
+    assert table.statistics().used == 3 * PAGE
+    table.unpin(b"a", "reader")
+    assert table.statistics().used == 0 and table.statistics().objects == 0
+
+
+def test_table_evicts_secondary_copies_least_recently_pinned_first(table):
+    for oid in (b"s1", b"s2", b"s3"):
+        _put(table, oid, _data(oid[1], 16 * PAGE), primary=False)
+    _put(table, b"p1", _data(9, 16 * PAGE))  # a primary copy: the store is full now
+    assert _read(table, b"s1") is not None  # s1 is now the most recently used
+    _pin(table, b"s3", "holder")  # pinned copies are never evicted
+    _put(table, b"p2", _data(10, 16 * PAGE))
+    s = table.statistics()
+    assert s.evictions == 1 and s.spills == 0  # secondaries go before any primary spills
+    assert _read(table, b"s2") is None  # the least recently used copy went
+    _put(table, b"p3", _data(11, 16 * PAGE))
+    s = table.statistics()
+    assert s.evictions == 2 and s.spills == 0
+    assert _read(table, b"s1") is None and table.objects[b"s3"].offset is not None
+    # Only pinned s3 is left among the secondaries: the next room comes from a primary.
+    _put(table, b"p4", _data(12, 16 * PAGE))
+    assert table.statistics().spills == 1 and table.statistics().evictions == 2
+
+
+def test_table_spills_lru_skipping_pinned_and_restores_bit_exact(table):
+    datas = {}
+    for i in range(4):  # fills the store; raw and lz4 spill files both appear below
+        datas[i] = _data(i, 16 * PAGE, compressible=i % 2 == 1)
+        _put(table, bytes([i]), datas[i])
+    _pin(table, bytes([0]), "holder")
+    assert _read(table, bytes([2])) == datas[2]  # 2 is recently used: 1 and 3 go first
+    for i in range(4, 8):
+        datas[i] = _data(i, 16 * PAGE, compressible=i % 2 == 1)
+        _put(table, bytes([i]), datas[i])
+    s = table.statistics()
+    assert s.spills == 4 and s.spilled_objects == 4 and len(_spill_files(table)) == 4
+    assert table.objects[bytes([0])].offset is not None  # pinned: never moved
+    assert {i for i in range(8) if table.objects[bytes([i])].spill_path} == {1, 2, 3, 4}
+    # lz4 for the compressible ones, raw for random data.
+    sizes = {i: table.objects[bytes([i])].spill_bytes for i in (1, 2, 3, 4)}
+    assert sizes[1] < 1000 and sizes[3] < 1000 and sizes[2] > 16 * PAGE and sizes[4] > 16 * PAGE
+    # Every object reads back bit-exact, restored (and others spilled) on demand.
+    for _ in range(2):
+        for i in range(1, 8):
+            assert _read(table, bytes([i])) == datas[i], i
+    assert table.statistics().restores >= 8
+    table.unpin(bytes([0]), "holder")
+    assert table.free([bytes([i]) for i in range(8)]) == []
+    s = table.statistics()
+    assert (s.used, s.objects, s.spilled_objects, s.spilled_bytes) == (0, 0, 0, 0)
+    assert _spill_files(table) == []
+
+
+def test_table_full_only_when_nothing_can_move(table):
+    for i in range(3):
+        _put(table, bytes([i]), _data(i, 16 * PAGE))
+    _pin(table, bytes([0]))
+    _pin(table, bytes([1]))
+    _put(table, b"x", _data(5, 20 * PAGE))  # spills 2, the only unpinned object
+    with pytest.raises(StoreFull) as err:
+        table.create(b"y", 40 * PAGE, "owner", "writer")
+    msg = str(err.value)
+    assert "cannot fit an object of 163840 bytes" in msg
+    assert "pinned by readers (2 objects" in msg and "of 1 objects are spilled" in msg
+    with pytest.raises(StoreFull, match="larger than the whole store"):
+        table.create(b"z", CAP + 1, "owner", "writer")
+    # Nothing pinned was moved or dropped, and the failed creates left no record.
+    assert table.objects[bytes([0])].offset is not None and table.objects[bytes([1])].offset is not None
+    assert set(table.objects) == {bytes([0]), bytes([1]), bytes([2]), b"x"}
+
+
+def test_table_failed_spill_keeps_the_object_and_leaves_no_file(table, monkeypatch):
+    data = _data(1, 40 * PAGE)
+    _put(table, b"a", data)
+    real_pwrite = os.pwrite
+    calls = []
+
+    def failing_pwrite(fd, buf, offset):
+        if fd != table.arena_fd and len(calls) >= 1:
+            raise OSError(28, "No space left on device")
+        calls.append(1)
+        return real_pwrite(fd, buf, offset)
+
+    monkeypatch.setattr(spill_mod.os, "pwrite", failing_pwrite)
+    with pytest.raises(StoreFull, match="No space left on device"):
+        table.create(b"b", 40 * PAGE, "owner", "writer")
+    monkeypatch.undo()
+    assert calls and os.listdir(table.spill.path) == [spill_mod.MARKER]  # no .tmp, no .spill
+    assert table.statistics().spilled_objects == 0
+    assert _read(table, b"a") == data  # never silently dropped
+
+
+def test_table_retry_replaces_the_object_and_free_of_a_spilled_object(table):
+    _put(table, b"a", _data(1))
+    _pin(table, b"a", "old-reader")
+    off2 = table.create(b"a", 8 * PAGE, "owner", "writer")  # a retried task writes again
+    assert table.pin(b"a", "reader", 3) == []  # the new copy is not sealed yet
+    assert table.seal(b"a") == [("reader", 3, (off2, 8 * PAGE))]
+    assert table.statistics().objects == 2  # the old copy stays while mapped
+    table.unpin(b"a", "old-reader")
+    assert table.statistics().objects == 1
+    table.unpin(b"a", "reader")
+    # Spilled and never read back: freeing removes the file at once.
+    _put(table, b"big", _data(2, 60 * PAGE))
+    assert table.objects[b"a"].offset is None and len(_spill_files(table)) == 1
+    table.free([b"a", b"big"])
+    s = table.statistics()
+    assert (s.objects, s.used, s.spilled_bytes) == (0, 0, 0) and _spill_files(table) == []
+
+
+def test_clean_stale_sessions_removes_orphaned_spill_dirs(tmp_path, monkeypatch):
+    from meshcompute._private import procutil
+
+    orphan = tmp_path / "meshcompute_s20260101000000_1_abcdef"
+    orphan.mkdir()
+    (orphan / spill_mod.MARKER).touch()
+    (orphan / "x_1.spill").write_bytes(b"data")
+    unmarked = tmp_path / "meshcompute_s20260101000000_2_abcdef"  # not ours: kept
+    unmarked.mkdir()
+    monkeypatch.setenv("MESH_SPILL_DIR", str(tmp_path))
+    removed = procutil.clean_stale_sessions()
+    assert str(orphan) in removed and not orphan.exists() and unmarked.exists()
+
+
+# -------------------------------------------------------------- real processes
+
+
+def _stats() -> dict:
+    from meshcompute._private import context
+
+    return context.core.node_info()["store"]
+
+
+def _payload(i: int, base: dict) -> np.ndarray:
+    """50 MiB: incompressible for even i, compressible for odd i; distinct for every i."""
+    return base[i % 2] ^ np.int64(i * 0x9E3779B97F4A7C15 % (1 << 62))
+
+
+@pytest.mark.node_options(object_store_memory=200 * MiB)
+def test_three_times_capacity_spills_and_restores_bit_exact(fresh_node):
+    n = 50 * MiB // 8
+    base = {0: np.random.default_rng(0).integers(0, 1 << 62, n, dtype=np.int64),
+            1: np.arange(n, dtype=np.int64) % 4096}
+    refs = [mesh.put(_payload(i, base)) for i in range(12)]  # 600 MiB through a 200 MiB store
+    s = _stats()
+    assert s["capacity"] == 200 * MiB and s["used"] <= s["capacity"]
+    assert s["spilled_objects"] >= 9 and s["objects"] == 12
+    # The compressible half is stored lz4: spill files hold less than the data.
+    assert 0 < s["spilled_bytes"] < s["spilled_objects"] * 50 * MiB * 0.8
+    spill_dir = s["spill_dir"]
+    assert spill_dir.startswith(fresh_node["session_dir"]) and len(
+        [f for f in os.listdir(spill_dir) if f.endswith(".spill")]) == s["spilled_objects"]
+    for i, ref in enumerate(refs):
+        arr = mesh.get(ref)
+        assert np.array_equal(arr, _payload(i, base)), i
+        del arr  # unpins: the next restore may spill this one
+    assert _stats()["restores"] >= 9
+    del refs, ref
+    gc.collect()
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=10), _stats()
+    s = _stats()
+    assert (s["used"], s["spilled_bytes"], s["spilled_objects"]) == (0, 0, 0)
+    assert [f for f in os.listdir(spill_dir) if not f.startswith(".")] == []
+    arena = "/dev/shm/meshcompute_" + os.path.basename(fresh_node["session_dir"])
+    mesh.shutdown()
+    assert not os.path.exists(spill_dir) and not os.path.exists(arena)
+
+
+def test_a_pin_waits_for_the_seal(fresh_node):
+    from meshcompute._private import context
+    from meshcompute._private.protocol import Msg
+
+    core = context.core
+    answer = core.request_daemon(Msg.STORE_CREATE, b"o" * 28, 2 * MiB, core.address)
+    assert answer[0] == "ok"
+    got = []
+    reader = threading.Thread(target=lambda: got.append(core.request_daemon(Msg.STORE_PIN, b"o" * 28)))
+    reader.start()
+    reader.join(0.5)
+    assert reader.is_alive() and not got  # invisible until sealed
+    core.post(core._send_daemon, Msg.STORE_SEAL, b"o" * 28)
+    reader.join(5)
+    assert got == [(answer[1], 2 * MiB)]
+    core.post(core._send_daemon, Msg.STORE_UNPIN, b"o" * 28)
+    core.post(core._send_daemon, Msg.STORE_FREE, (b"o" * 28,))
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)
+
+
+def _kill_when_writing(pid_of, timeout: float = 20.0) -> int:
+    """SIGKILL the writer as soon as the store shows an object being written."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pid = pid_of()
+        if pid and _stats()["unsealed_objects"] > 0:
+            os.kill(pid, signal.SIGKILL)
+            return pid
+        time.sleep(0.002)
+    raise AssertionError(f"no write seen: {_stats()}")
+
+
+@pytest.mark.node_options(num_cpus=1, object_store_memory=512 * MiB)
+def test_worker_killed_mid_put_leaves_no_partial_object(fresh_node, tmp_path):
+    @mesh.remote(max_retries=0)
+    def big_result(path):
+        arr = np.ones(400 * MiB // 8)
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        return arr
+
+    path = str(tmp_path / "pid")
+    ref = big_result.remote(path)
+    victim = _kill_when_writing(lambda: os.path.exists(path) and int(open(path).read() or 0))
+    with pytest.raises(WorkerCrashedError):
+        mesh.get(ref, timeout=20)
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=5), _stats()
+    assert _stats()["used"] == 0 and not pid_alive(victim)
+    spill_dir, arena = _stats()["spill_dir"], "/dev/shm/meshcompute_" + os.path.basename(fresh_node["session_dir"])
+    mesh.shutdown()
+    assert not os.path.exists(arena) and not os.path.exists(spill_dir)
+
+
+PUTTER = textwrap.dedent("""
+    import sys, numpy as np
+    import meshcompute as mesh
+    mesh.init(address=sys.argv[1])
+    print("joined", flush=True)
+    sys.stdin.readline()
+    mesh.put(np.ones(400 * 2**20 // 8))
+    print("done", flush=True)
+""")
+
+
+@pytest.mark.node_options(num_cpus=1, object_store_memory=512 * MiB)
+def test_driver_killed_mid_put_leaves_no_partial_object(fresh_node):
+    proc = subprocess.Popen([sys.executable, "-c", PUTTER, fresh_node["session_dir"]], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "joined"
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        _kill_when_writing(lambda: proc.pid)
+        proc.wait(5)
+        # The daemon notices the dead driver within its liveness period.
+        assert wait_for(lambda: _stats()["objects"] == 0, timeout=5), _stats()
+        assert _stats()["used"] == 0
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+SPILLER = textwrap.dedent("""
+    import json, os, sys, time, psutil, numpy as np
+    import meshcompute as mesh
+    info = mesh.init(num_cpus=1, object_store_memory=64 << 20)
+    refs = [mesh.put(np.random.default_rng(i).random(16 << 17)) for i in range(8)]  # 128 MiB
+    store = mesh.nodes()[0]["ObjectStore"]
+    daemon = [p for p in psutil.Process().children() if "meshcompute._private.daemon" in " ".join(p.cmdline())][0]
+    tree = [daemon.pid] + [c.pid for c in daemon.children(recursive=True)]
+    print(json.dumps({"session": info["session_dir"], "daemon": daemon.pid, "tree": tree,
+                      "spill_dir": store["spill_dir"], "spilled": store["spilled_objects"]}), flush=True)
+    time.sleep(60)
+""")
+
+
+def test_sigkill_of_the_daemon_leaves_no_arena_and_no_spill_files(tmp_path, monkeypatch):
+    root = tmp_path / "spill-root"
+    env = dict(os.environ, MESH_SPILL_DIR=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", SPILLER], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, "driver failed to start"
+        info = json.loads(line)
+        arena = "/dev/shm/meshcompute_" + os.path.basename(info["session"])
+        # Spill files live in a per-node subdirectory of MESH_SPILL_DIR.
+        assert info["spill_dir"] == str(root / ("meshcompute_" + os.path.basename(info["session"])))
+        assert info["spilled"] >= 4 and len(os.listdir(info["spill_dir"])) >= 5
+        os.kill(info["daemon"], signal.SIGKILL)
+        assert wait_for(lambda: not any(pid_alive(p) for p in info["tree"]), timeout=5)
+        assert os.path.exists(arena) and os.path.exists(info["spill_dir"])  # nobody cleaned up yet
+        from meshcompute._private.procutil import clean_stale_sessions
+
+        monkeypatch.setenv("MESH_SPILL_DIR", str(root))
+        clean_stale_sessions()  # what the next node started on this host does
+        assert not os.path.exists(arena) and not os.path.exists(info["spill_dir"])
+        assert not os.path.exists(info["session"])
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_clean_stale_sessions_leaves_arenas_of_live_daemons_alone():
+    import fcntl
+
+    from meshcompute._private.procutil import clean_stale_sessions
+
+    arena = f"/dev/shm/meshcompute_s20260101000000_{os.getpid()}_abcdef"  # no session dir
+    foreign = f"/dev/shm/meshcompute_x{os.getpid()}_not_a_session"
+    fd = os.open(arena, os.O_RDWR | os.O_CREAT, 0o600)
+    open(foreign, "w").close()
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a live daemon holds
+        clean_stale_sessions()
+        assert os.path.exists(arena)
+        os.close(fd)
+        fd = -1
+        clean_stale_sessions()
+        assert not os.path.exists(arena) and os.path.exists(foreign)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        for path in (arena, foreign):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def test_ranges_merge_and_cover():
+    from meshcompute.store.shm import Ranges
+
+    r = Ranges()
+    r.add(100, 200)
+    r.add(300, 400)
+    assert r.covers(120, 200) and not r.covers(150, 350) and not r.covers(0, 50)
+    r.add(200, 300)  # touching ranges merge
+    assert r.covers(100, 400) and len(r) == 1 and r.total() == 300
+    r.add(50, 60)
+    r.add(0, 1000)
+    assert len(r) == 1 and r.covers(0, 1000)
+
+
+def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_mapping(fresh_node, monkeypatch):
+    from meshcompute._private import context
+    from meshcompute._private import core as core_mod
+
+    core = context.core
+    calls = []
+    real = core_mod.pwrite_object
+    monkeypatch.setattr(core_mod, "pwrite_object", lambda *a: calls.append(a[1]) or real(*a))
+    first = np.arange(8 * MiB // 8, dtype=np.float64)
+    ref = mesh.put(first)
+    assert len(calls) == 1  # a block this process never mapped
+    offset = calls[0]
+    assert np.array_equal(mesh.get(ref), first)
+    # The writer maps the block in the background; once it has, a put there is a memcpy.
+    assert wait_for(lambda: core._touched.covers(offset, offset + 8 * MiB), timeout=10)
+    del ref
+    gc.collect()
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)
+    second = first[::-1].copy()
+    ref = mesh.put(second)
+    assert len(calls) == 1 and mesh.get(ref)[0] == second[0]
+    assert np.array_equal(mesh.get(ref), second)
