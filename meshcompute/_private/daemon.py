@@ -1007,8 +1007,13 @@ class Daemon:
             self._finish_pull(p, ok=False)
             return
         data = memoryview(frames[0])
-        if compressed:
-            data = memoryview(lz4.block.decompress(data, uncompressed_size=min(PULL_CHUNK_BYTES, p.size - offset)))
+        try:
+            if compressed:
+                data = memoryview(lz4.block.decompress(data))
+        except lz4.block.LZ4BlockError:
+            log.warning("a corrupt chunk of object %s came from %s", oid.hex(), sender)
+            self._finish_pull(p, ok=False)
+            return
         n = data.nbytes
         if offset + n > p.size:
             self._finish_pull(p, ok=False)
