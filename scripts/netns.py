@@ -50,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("up", parents=[common], help="create N hosts")
     p.add_argument("n", type=int)
     p.add_argument("--replace", action="store_true", help="tear down an existing bed with this prefix first")
-    p = sub.add_parser("exec", parents=[common], help="run a command in host I: exec I -- CMD...")
+    p = sub.add_parser("exec", parents=[common], help="run a command in host I: exec I [--prefix P] -- CMD...")
     p.add_argument("host", type=int)
-    p.add_argument("argv", nargs=argparse.REMAINDER)
     for name, text in (("cut", "take host I off the network"), ("heal", "put host I back")):
         sub.add_parser(name, parents=[common], help=text).add_argument("host", type=int)
     p = sub.add_parser("throughput", parents=[common], help="TCP throughput from host A to host B")
@@ -61,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bytes", type=_size, default=512 << 20, help="how much to move (default 512M)")
     sub.add_parser("status", parents=[common], help="list the bed's namespaces and links")
     sub.add_parser("down", parents=[common], help="kill its processes, delete everything")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command: list[str] = []
+    if "--" in argv:  # everything after the first -- is the command for `exec`
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if command and args.cmd != "exec":
+        parser.error("only exec takes a command after --")
 
     if args.cmd != "status":
         reason = netns_unavailable_reason()
@@ -83,10 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             bed = TestBed.attach(args.prefix, args.subnet)
             if args.cmd == "exec":
-                cmd = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-                if not cmd:
+                if not command:
                     parser.error("exec: give a command after --")
-                return bed.exec(args.host, cmd, timeout=None, capture=False).returncode
+                rc = bed.exec(args.host, command, timeout=None, capture=False).returncode
+                return 128 - rc if rc < 0 else rc  # killed by a signal: the shell's convention
             if args.cmd == "cut":
                 bed.cut(args.host)
             elif args.cmd == "heal":
