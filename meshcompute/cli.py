@@ -32,6 +32,13 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         res = json.loads(resources) if resources else None
     except ValueError as e:
         raise typer.BadParameter(f"--resources must be JSON, e.g. '{{\"accel\": 2}}': {e}") from None
+    if token:
+        from ._private.auth import MeshKeys
+
+        try:
+            MeshKeys.from_token(token)
+        except (TypeError, ValueError) as e:
+            raise typer.BadParameter(str(e)) from None
     if join and not token:
         console.print("[red]Joining needs the mesh's token:[/] pass --token or set MESH_TOKEN "
                       "(`mesh start` printed it).")

@@ -113,11 +113,11 @@ def test_connection_without_the_token_is_refused_and_the_node_keeps_serving(mesh
         plain = ctx.socket(zmq.DEALER)
         plain.setsockopt(zmq.LINGER, 0)
         plain.connect(first["tcp"])
-        from meshcompute._private.auth import MeshKeys
+        from meshcompute._private.auth import MeshKeys, secure_client
 
         wrong = ctx.socket(zmq.DEALER)
         wrong.setsockopt(zmq.LINGER, 0)
-        MeshKeys.from_token("not the token").secure_client(wrong)
+        secure_client(wrong, MeshKeys.from_token("this is not the mesh token"))
         wrong.connect(first["tcp"])
         from meshcompute._private.protocol import Msg, encode
 
@@ -128,8 +128,10 @@ def test_connection_without_the_token_is_refused_and_the_node_keeps_serving(mesh
         plain.close()
         wrong.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     assert len(mesh.get([where.remote(i) for i in range(20)], timeout=30)) == 20
+    log_path = os.path.join(first["session_dir"], "logs", "daemon.log")
+    assert wait_for(lambda: "refused" in open(log_path).read().lower(), timeout=5)
 
 
 def test_sigkill_of_a_node_is_seen_and_its_work_runs_elsewhere(mesh3):

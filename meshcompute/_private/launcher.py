@@ -26,9 +26,11 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
     logs = os.path.join(session, "logs")
     os.makedirs(logs, exist_ok=True)
     if host is not None:
-        from .auth import generate_token, write_token
+        from .auth import generate_token
 
-        write_token(session, token or generate_token())
+        fd = os.open(os.path.join(session, "token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token or generate_token())
     pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     # Workers import the driver's modules by name: give them the driver's path.

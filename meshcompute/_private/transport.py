@@ -53,6 +53,7 @@ class Endpoint:
         self.inbox.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.inbox.bind(f"ipc://{session_dir}/{name}.sock")
         self.tcp_inbox: zmq.Socket | None = None
+        self.auth: Any = None
         tcp = ""
         if host is not None:
             sock = ctx.socket(zmq.ROUTER)
@@ -62,7 +63,12 @@ class Endpoint:
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if keys is not None:
-                keys.secure_server(sock)
+                from .auth import MeshAuthenticator, secure_server
+
+                # Only holders of the mesh key get through; refusals are logged.
+                self.auth = MeshAuthenticator(ctx, keys).start()
+                self.auth.watch(sock)  # failed handshakes never reach ZAP: log them too
+                secure_server(sock, keys)
             if port:
                 sock.bind(f"tcp://{host}:{port}")
             else:
@@ -101,7 +107,9 @@ class Endpoint:
             sock.setsockopt(zmq.SNDHWM, 0)
             sock.setsockopt(zmq.IDENTITY, self._identity)
             if endpoint.startswith("tcp://") and self.keys is not None:
-                self.keys.secure_client(sock)
+                from .auth import secure_client
+
+                secure_client(sock, self.keys)
             try:
                 sock.connect(endpoint)
             except zmq.ZMQError:
@@ -130,3 +138,6 @@ class Endpoint:
         self._by_endpoint.clear()
         for sock in self.inboxes:
             sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None

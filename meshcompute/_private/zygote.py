@@ -31,6 +31,10 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
     except ImportError:
         pass
     from . import executor, worker_main  # noqa: F401
+    from .procutil import keys_for_session
+
+    # Derive the mesh keys once (scrypt is deliberately slow); workers inherit them.
+    keys_for_session(session_dir)
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)

@@ -273,7 +273,6 @@ class Raft:
         # in its log, regardless of whether the entry is committed". We keep the
         # configuration as of the snapshot plus one record per conf entry after it,
         # so that truncating the log can revert to the right configuration.
-        self._conf_base_index = self.log.first_index() - 1
         self._conf_base = cs
         self._conf_history: list[tuple[int, ConfState]] = []
         first, last = storage.first_index(), storage.last_index()
@@ -711,9 +710,9 @@ class Raft:
             pr.become_replicate()
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
-        if self._maybe_commit_and_bcast():
-            pass
-        elif old_paused:
+        # A new commit index goes to everyone; otherwise make sure a follower we
+        # had paused hears from us again.
+        if not self._maybe_commit_and_bcast() and old_paused:
             self._send_append(m.frm)
         if self.role != StateType.LEADER or m.frm not in self.trk.progress:
             return
@@ -977,7 +976,6 @@ class Raft:
             self.log.commit_to(s.index)
             return False
         self.log.restore(s)
-        self._conf_base_index = s.index
         self._conf_base = s.metadata.conf_state
         self._conf_history = []
         self._apply_conf_to_tracker()
@@ -1158,7 +1156,6 @@ class Raft:
         snap = storage.create_snapshot(index, cs, data)  # type: ignore[attr-defined]
         storage.compact(index)  # type: ignore[attr-defined]
         # Fold configurations at or before the snapshot into the base.
-        self._conf_base_index = index
         self._conf_base = cs
         self._conf_history = [(i, c) for i, c in self._conf_history if i > index]
         return snap

@@ -41,7 +41,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshcompute.raft import ConfChange, ConfChangeType, Message, RaftError, Ready
+from meshcompute.raft import ConfChange, ConfChangeType, Message, Raft, RaftError, Ready
 from meshcompute.raft.sim import FaultProfile, SimNetwork, encode_command
 
 __all__ = ["Case", "parse_file", "render_file", "ScenarioEnv"]
@@ -155,7 +155,7 @@ class ScenarioEnv:
             self.out.append(f"error: {type(e).__name__}: {e}")
         return "\n".join(self.out) if self.out else "ok"
 
-    def _raft(self, node_id: str | int):  # -> Raft
+    def _raft(self, node_id: str | int) -> Raft:
         node = self.net.nodes[int(node_id)]
         if node.raft is None:
             raise ValueError(f"node {node_id} is down")

@@ -155,3 +155,28 @@ def test_file_storage_interrupted_install_drops_conflicting_log(tmp_path) -> Non
     _atomic_write(d, _SNAPSHOT, _encode_snapshot(Snapshot(SnapshotMetadata(2, 5, CS), b"x")))
     st2 = FileStorage(d)
     assert (st2.first_index(), st2.last_index(), st2.term(2)) == (3, 2, 5)
+
+
+def test_raft_node_restarts_from_file_storage(tmp_path) -> None:
+    """A node on FileStorage keeps term, vote, log, commit and membership across a restart."""
+    import random
+
+    from meshcompute.raft import ConfChange, ConfChangeType, Config, Raft, StateType
+
+    from .helpers import Network, new_raft
+
+    d = str(tmp_path / "n1")
+    fs = FileStorage(d, CS)
+    net = Network(new_raft(1, storage=fs), new_raft(2), new_raft(3))
+    net.campaign(1)
+    net.propose(1, b"a")
+    net[1].propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    net.send()
+    net.propose(1, b"b")
+    before = net[1]
+    r = Raft(Config(id=1, pre_vote=False, check_quorum=False), FileStorage(d), random.Random(1))
+    assert (r.term, r.vote, r.log.committed, r.log.last_index()) == (
+        before.term, before.vote, before.log.committed, before.log.last_index())
+    assert r.conf_state == ConfState(voters=frozenset({1, 2, 3}), learners=frozenset({4}))
+    assert [e.data for e in r.log.all_entries()] == [e.data for e in before.log.all_entries()]
+    assert r.role == StateType.FOLLOWER
