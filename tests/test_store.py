@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import meshcompute as mesh
+from meshcompute._private.procutil import arena_path
 from meshcompute.exceptions import WorkerCrashedError
 from meshcompute.store import spill as spill_mod
 from meshcompute.store.allocator import Allocator, OutOfSpace
@@ -310,7 +311,7 @@ def test_three_times_capacity_spills_and_restores_bit_exact(fresh_node):
     s = _stats()
     assert (s["used"], s["spilled_bytes"], s["spilled_objects"]) == (0, 0, 0)
     assert [f for f in os.listdir(spill_dir) if not f.startswith(".")] == []
-    arena = "/dev/shm/meshcompute_" + os.path.basename(fresh_node["session_dir"])
+    arena = arena_path(fresh_node["session_dir"])
     mesh.shutdown()
     assert not os.path.exists(spill_dir) and not os.path.exists(arena)
 
@@ -323,7 +324,7 @@ def test_a_pin_waits_for_the_seal(fresh_node):
     answer = core.request_daemon(Msg.STORE_CREATE, b"o" * 28, 2 * MiB, core.address)
     assert answer[0] == "ok"
     got = []
-    reader = threading.Thread(target=lambda: got.append(core.request_daemon(Msg.STORE_PIN, b"o" * 28)))
+    reader = threading.Thread(target=lambda: got.append(core.request_daemon(Msg.STORE_PIN, b"o" * 28, None)))
     reader.start()
     reader.join(0.5)
     assert reader.is_alive() and not got  # invisible until sealed
@@ -331,7 +332,7 @@ def test_a_pin_waits_for_the_seal(fresh_node):
     reader.join(5)
     assert got == [(answer[1], 2 * MiB)]
     core.post(core._send_daemon, Msg.STORE_UNPIN, b"o" * 28)
-    core.post(core._send_daemon, Msg.STORE_FREE, (b"o" * 28,))
+    core.post(core._send_daemon, Msg.STORE_FREE, (b"o" * 28,), None)
     assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)
 
 
@@ -363,7 +364,7 @@ def test_worker_killed_mid_put_leaves_no_partial_object(fresh_node, tmp_path):
         mesh.get(ref, timeout=20)
     assert wait_for(lambda: _stats()["objects"] == 0, timeout=5), _stats()
     assert _stats()["used"] == 0 and not pid_alive(victim)
-    spill_dir, arena = _stats()["spill_dir"], "/dev/shm/meshcompute_" + os.path.basename(fresh_node["session_dir"])
+    spill_dir, arena = _stats()["spill_dir"], arena_path(fresh_node["session_dir"])
     mesh.shutdown()
     assert not os.path.exists(arena) and not os.path.exists(spill_dir)
 
@@ -419,7 +420,7 @@ def test_sigkill_of_the_daemon_leaves_no_arena_and_no_spill_files(tmp_path, monk
         line = proc.stdout.readline()
         assert line, "driver failed to start"
         info = json.loads(line)
-        arena = "/dev/shm/meshcompute_" + os.path.basename(info["session"])
+        arena = arena_path(info["session"])
         # Spill files live in a per-node subdirectory of MESH_SPILL_DIR.
         assert info["spill_dir"] == str(root / ("meshcompute_" + os.path.basename(info["session"])))
         assert info["spilled"] >= 4 and len(os.listdir(info["spill_dir"])) >= 5
@@ -442,7 +443,7 @@ def test_clean_stale_sessions_leaves_arenas_of_live_daemons_alone():
 
     from meshcompute._private.procutil import clean_stale_sessions
 
-    arena = f"/dev/shm/meshcompute_s20260101000000_{os.getpid()}_abcdef"  # no session dir
+    arena = arena_path(f"/nowhere/s20260101000000_{os.getpid()}_abcdef")  # no session dir
     foreign = f"/dev/shm/meshcompute_x{os.getpid()}_not_a_session"
     fd = os.open(arena, os.O_RDWR | os.O_CREAT, 0o600)
     open(foreign, "w").close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import subprocess
@@ -107,6 +108,10 @@ def init(
 
 
 def _info_for_address(address: str) -> dict:
+    for path in (os.path.join(address, "daemon.json"), address):
+        if path.endswith(".json") and os.path.isfile(path):  # a node's session dir (or its file)
+            with open(path) as f:
+                return json.load(f)
     info = find_node(address)
     if info is None:
         raise ConnectionError(
