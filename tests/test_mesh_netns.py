@@ -1,0 +1,146 @@
+"""The mesh across hosts with their own IPs: network namespaces on a bridge.
+
+`mesh start` in one namespace, `mesh join` from two others, a driver in the first.
+Needs root and `ip netns`; skipped otherwise.  Marked `netns`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from meshcompute._private.auth import generate_token
+from meshcompute._private.netns import TestBed, netns_unavailable_reason
+
+from .conftest import wait_for
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())),
+    pytest.mark.timeout(240),
+]
+
+PORT = 7777
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DRIVER = textwrap.dedent("""
+    import collections, hashlib, json, sys, time
+    import numpy as np
+    import meshcompute as mesh
+    from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    mesh.init(address=sys.argv[1])
+
+    @mesh.remote
+    def where(i):
+        time.sleep(0.01)
+        return mesh.get_runtime_context().get_node_id()
+
+    @mesh.remote
+    def digest(arr):
+        return hashlib.sha256(arr.tobytes()).hexdigest(), mesh.get_runtime_context().get_node_id()
+
+    counts = collections.Counter(mesh.get([where.remote(i) for i in range(300)], timeout=120))
+    me = mesh.get_runtime_context().get_node_id()
+    target = sys.argv[2]
+    arr = np.random.default_rng(3).integers(0, 2**62, size=200 * 2**20 // 8, dtype=np.int64)
+    ref = mesh.put(arr)
+    t = time.time()
+    got, ran_on = mesh.get(digest.options(scheduling_strategy=NodeAffinitySchedulingStrategy(target)).remote(ref),
+                           timeout=120)
+    print(json.dumps({"counts": counts, "me": me, "ran_on": ran_on, "pull_s": time.time() - t,
+                      "ok": got == hashlib.sha256(arr.tobytes()).hexdigest(),
+                      "cpus": mesh.cluster_resources().get("CPU")}), flush=True)
+    mesh.shutdown()
+""")
+
+
+def _mesh(bed, i, *args, timeout=60):
+    return bed.exec(i, [sys.executable, "-m", "meshcompute.cli", *args], timeout=timeout, cwd=REPO)
+
+
+def _node_infos() -> list[dict]:
+    from meshcompute._private.launcher import local_nodes
+
+    return local_nodes()
+
+
+def _status(bed, i: int, addr: str) -> dict:
+    out = _mesh(bed, i, "status", "--json", "--address", addr)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return {n["node_id"]: n for n in json.loads(out.stdout)["nodes"]}
+
+
+def test_three_hosts_form_a_mesh_run_tasks_move_data_and_survive_a_kill():
+    token = generate_token()
+    with TestBed(3, prefix="mtmesh") as bed:
+        try:
+            addrs = {i: f"{bed.address(i)}:{PORT}" for i in bed.hosts}
+            out = _mesh(bed, 1, "start", "--host", bed.address(1), "--port", str(PORT), "--num-cpus", "2",
+                        "--token", token, "--object-store-memory", str(768 << 20))
+            assert out.returncode == 0, out.stdout + out.stderr
+            for i in (2, 3):
+                out = _mesh(bed, i, "join", addrs[1], "--host", bed.address(i), "--port", str(PORT),
+                            "--num-cpus", "2", "--token", token, "--object-store-memory", str(768 << 20))
+                assert out.returncode == 0, out.stdout + out.stderr
+            infos = {n["host"]: n for n in _node_infos()}
+            ids = {i: infos[bed.address(i)]["node_id"] for i in bed.hosts}
+            assert wait_for(lambda: len([n for n in _status(bed, 1, addrs[1]).values() if n["state"] == "alive"]) == 3,
+                            timeout=15)
+            view = _status(bed, 1, addrs[1])
+            assert all(view[ids[i]]["resources_total"]["CPU"] == 2 for i in bed.hosts)
+
+            # A driver on host 1: 300 tasks over all three hosts; 200 MiB from host 1 read on host 3.
+            drv = bed.exec(1, [sys.executable, "-c", DRIVER, addrs[1], ids[3]], timeout=180, cwd=REPO)
+            assert drv.returncode == 0, drv.stdout[-2000:] + drv.stderr[-3000:]
+            result = json.loads(drv.stdout.strip().splitlines()[-1])
+            assert set(result["counts"]) == set(ids.values()), result["counts"]
+            assert result["ok"] and result["ran_on"] == ids[3] and result["cpus"] == 6
+            print(f"200 MiB pulled from host 1 to host 3 in {result['pull_s']:.2f} s")
+
+            # SIGKILL host 3's daemon: the others see it dead within 2 s, its CPUs leave the totals.
+            victim = infos[bed.address(3)]
+            killed = time.time()
+            os.kill(victim["pid"], signal.SIGKILL)
+            assert wait_for(lambda: all(_status(bed, i, addrs[i])[ids[3]]["state"] == "dead" for i in (1, 2)),
+                            timeout=10, interval=0.1)
+            # When each survivor declared it dead, from its own log (the CLI polls are too coarse).
+            for i in (1, 2):
+                took = _declared_dead_at(infos[bed.address(i)], ids[3]) - killed
+                print(f"host {i} declared host 3 dead {took:.2f} s after the SIGKILL")
+                assert 0 < took < 2.0, took
+            assert _status(bed, 1, addrs[1])[ids[3]]["alive"] is False
+
+            # Cut host 2's link: host 1 declares it dead; heal: it comes back alive.
+            bed.cut(2)
+            assert wait_for(lambda: _status(bed, 1, addrs[1])[ids[2]]["state"] == "dead", timeout=10)
+            bed.heal(2)
+            assert wait_for(lambda: _status(bed, 1, addrs[1])[ids[2]]["state"] == "alive", timeout=30)
+        finally:
+            from meshcompute._private.launcher import stop_node
+            from meshcompute._private.procutil import SESSIONS_ROOT
+
+            for name in os.listdir(SESSIONS_ROOT):
+                path = os.path.join(SESSIONS_ROOT, name, "daemon.json")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        info = json.load(f)
+                    if (info.get("host") or "").startswith("10.77."):
+                        stop_node(info)  # also cleans up after the one we killed
+
+
+def _declared_dead_at(info: dict, node_id: str) -> float:
+    import datetime
+
+    with open(os.path.join(info["session_dir"], "logs", "daemon.log")) as f:
+        for line in f:
+            if f"membership: dead {node_id}" in line:
+                stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                return stamp.timestamp()
+    return float("inf")
