@@ -52,10 +52,10 @@ LIVENESS_PERIOD_S = 0.5
 """How often (s) the daemon checks that drivers (and its own parent) are alive."""
 IDLE_WORKER_TTL_S = 1.0
 """Idle workers beyond the node's CPU count are stopped after this long (s), as in Ray."""
-PULL_CHUNK_BYTES = 4 << 20
+PULL_CHUNK_BYTES = 8 << 20
 """Bytes per chunk of an object pull: large enough to amortise a message, small
 enough that a window of them stays modest."""
-PULL_WINDOW = 8
+PULL_WINDOW = 4
 """Chunk requests a pull keeps in flight (the credit window)."""
 VIEW_PERIOD_S = 0.2
 """How often (s) the daemon checks whether its gossiped resource view changed."""

@@ -18,4 +18,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def rewrite(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--rewrite")) or os.environ.get("RAFT_REWRITE") == "1"
+    # default=False: the option is only registered when tests/raft is named on the
+    # command line (pytest_addoption runs for initial conftests only).
+    return bool(request.config.getoption("--rewrite", default=False)) or os.environ.get("RAFT_REWRITE") == "1"

@@ -1,0 +1,136 @@
+"""Object pulls between two hosts against raw TCP over the same link.
+
+    sudo python bench/bench_mesh.py [--mib 256] [--runs 3]
+
+Builds two hosts in network namespaces on a bridge (scripts/netns.py's test bed),
+starts `mesh start` in host 1 and `mesh join` in host 2, and in the same run
+measures: raw TCP (Python sockets) host 1 -> host 2; ZeroMQ without and with
+CURVE (the mesh's encryption) over the same veth; and the time for a task on
+host 2 to read an object that lives in host 1's store (the pull, end to end).
+Prints MB/s (10^6 bytes/s) and the pull's share of raw TCP.  Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import textwrap
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from meshcompute._private.auth import generate_token  # noqa: E402
+from meshcompute._private.netns import TestBed, measure_tcp_throughput, netns_unavailable_reason  # noqa: E402
+
+ZMQ_SINK = textwrap.dedent("""
+    import sys, zmq
+    from meshcompute._private.auth import MeshKeys, MeshAuthenticator, secure_server
+    ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER)
+    if sys.argv[3] == "curve":
+        keys = MeshKeys.from_token(sys.argv[4]); auth = MeshAuthenticator(ctx, keys).start(); secure_server(s, keys)
+    s.bind(f"tcp://{sys.argv[1]}:{sys.argv[2]}")
+    print("ready", flush=True)
+    n = 0
+    while True:
+        f = s.recv_multipart(copy=False)
+        if len(f[1]) == 1:
+            s.send_multipart([f[0], b"done"]); break
+""")
+
+ZMQ_SOURCE = textwrap.dedent("""
+    import sys, time, zmq
+    from meshcompute._private.auth import MeshKeys, secure_client
+    ctx = zmq.Context(); d = ctx.socket(zmq.DEALER)
+    if sys.argv[3] == "curve":
+        secure_client(d, MeshKeys.from_token(sys.argv[4]))
+    d.connect(f"tcp://{sys.argv[1]}:{sys.argv[2]}")
+    chunk = b"x" * (4 << 20); n = int(sys.argv[5]) // len(chunk)
+    d.send(b"x" * 10); time.sleep(0.5)
+    t = time.perf_counter()
+    for _ in range(n):
+        d.send(chunk, copy=False)
+    d.send(b"!"); d.recv()
+    print(n * len(chunk) / (time.perf_counter() - t) / 1e6, flush=True)
+""")
+
+DRIVER = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import meshcompute as mesh
+    from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    mesh.init(address=sys.argv[1])
+    other = [n["NodeID"] for n in mesh.nodes() if n["NodeID"] != mesh.get_runtime_context().get_node_id()][0]
+
+    @mesh.remote
+    def touch(arr):
+        return int(arr[0]) + int(arr[-1])
+
+    pinned = touch.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other))
+    mesh.get(pinned.remote(mesh.put(np.zeros(8))))  # warm up a worker on host 2
+    out = []
+    for _ in range(int(sys.argv[3])):
+        arr = np.random.default_rng().integers(0, 2**62, size=int(sys.argv[2]) // 8, dtype=np.int64)
+        ref = mesh.put(arr)
+        t = time.perf_counter()
+        mesh.get(pinned.remote(ref))
+        out.append(arr.nbytes / (time.perf_counter() - t) / 1e6)
+        del ref
+    print(json.dumps(out), flush=True)
+    mesh.shutdown()
+""")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--mib", type=int, default=256, help="object size (MiB)")
+    p.add_argument("--runs", type=int, default=3)
+    args = p.parse_args()
+    reason = netns_unavailable_reason()
+    if reason:
+        sys.exit(f"network namespaces are not available: {reason}")
+    nbytes = args.mib << 20
+    token = generate_token()
+    py = sys.executable
+    with TestBed(2, prefix="mbench") as bed:
+        raw = [measure_tcp_throughput(bed, 1, 2, nbytes) for _ in range(args.runs)]
+        zmq_rates = {}
+        for mode in ("plain", "curve"):
+            rates = []
+            for run in range(args.runs):
+                port = str(6100 + run + (10 if mode == "curve" else 0))
+                sink = bed.spawn(2, [py, "-c", ZMQ_SINK, bed.address(2), port, mode, token],
+                                 stdout=__import__("subprocess").PIPE, text=True, cwd=REPO)
+                sink.stdout.readline()
+                out = bed.exec(1, [py, "-c", ZMQ_SOURCE, bed.address(2), port, mode, token, str(nbytes)],
+                               timeout=300, cwd=REPO)
+                sink.wait(30)
+                rates.append(float(out.stdout.strip().splitlines()[-1]))
+            zmq_rates[mode] = rates
+        mesh = [py, "-m", "meshcompute.cli"]
+        common = ["--port", "7777", "--num-cpus", "2", "--token", token, "--object-store-memory", str(3 * nbytes)]
+        assert bed.exec(1, mesh + ["start", "--host", bed.address(1)] + common, cwd=REPO).returncode == 0
+        assert bed.exec(2, mesh + ["join", f"{bed.address(1)}:7777", "--host", bed.address(2)] + common,
+                        cwd=REPO).returncode == 0
+        import time
+
+        time.sleep(2)
+        out = bed.exec(1, [py, "-c", DRIVER, f"{bed.address(1)}:7777", str(nbytes), str(args.runs)],
+                       timeout=600, cwd=REPO)
+        if out.returncode != 0:
+            sys.exit(out.stdout + out.stderr)
+        pulls = json.loads(out.stdout.strip().splitlines()[-1])
+        bed.exec(1, mesh + ["stop"], cwd=REPO)
+    med = statistics.median
+    print(f"\nobject of {args.mib} MiB, host 1 -> host 2 over a veth pair; medians of {args.runs} runs, MB/s")
+    print(f"  raw TCP (Python sockets)          {med(raw):8.0f}")
+    print(f"  ZeroMQ, plain                     {med(zmq_rates['plain']):8.0f}")
+    print(f"  ZeroMQ, CURVE                     {med(zmq_rates['curve']):8.0f}")
+    print(f"  meshcompute pull (task end to end){med(pulls):8.0f}   = {med(pulls) / med(raw):.0%} of raw TCP, "
+          f"{med(pulls) / med(zmq_rates['curve']):.0%} of CURVE ZeroMQ")
+
+
+if __name__ == "__main__":
+    main()
