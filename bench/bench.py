@@ -41,6 +41,14 @@ WORKLOADS = [
 ]
 
 
+class _Streamed(dict):
+    """Prints each figure as it is measured, so a run cut short still reports."""
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        print("FIGURE " + json.dumps({key: value}), flush=True)
+
+
 def _median(fn, repeat: int) -> float:
     return statistics.median(fn() for _ in range(repeat))
 
@@ -61,7 +69,8 @@ def run_suite(name: str, repeat: int, quick: bool) -> dict:
         return x
 
     fw.get(noop.remote())
-    out: dict[str, float] = {"cold_start_s": time.perf_counter() - t0}
+    out = _Streamed()
+    out["cold_start_s"] = time.perf_counter() - t0
 
     def task_sync():
         n = 200 if quick else 1000
@@ -164,7 +173,7 @@ def run_suite(name: str, repeat: int, quick: bool) -> dict:
         assert fw.get(fib.remote(10)) == 55
         return time.perf_counter() - t
 
-    out["fib10_s"] = _median(fib10, repeat)
+    out["fib10_s"] = fib10()  # once: Ray takes minutes here on a small machine
 
     def wait_loop():
         refs = [noop.remote(i) for i in range(2000)]
@@ -200,17 +209,28 @@ def run_suite(name: str, repeat: int, quick: bool) -> dict:
     out["pss_mib"] = pss / 2**20
     out["processes"] = len(procs)
     fw.shutdown()
-    return out
+    return dict(out)
 
 
-def _run_child(name: str, repeat: int, quick: bool) -> dict | None:
+def _run_child(name: str, repeat: int, quick: bool, timeout: float) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--repeat", str(repeat)] + (["--quick"] if quick else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    sys.stderr.write(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}\n")
-    return None
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stderr = f"stopped after {timeout:.0f} s"
+        if name == "ray":
+            subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    figures: dict = {}
+    for line in stdout.splitlines():
+        if line.startswith("FIGURE "):
+            figures.update(json.loads(line[7:]))
+        elif line.startswith("RESULT "):
+            figures.update(json.loads(line[7:]))
+    if "rss_mib" not in figures:
+        sys.stderr.write(f"{name} did not finish ({stderr.strip()[-500:]}); partial figures kept\n")
+    return figures
 
 
 def _fmt(v: float | None) -> str:
@@ -229,6 +249,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--timeout", type=float, default=1200, help="seconds allowed to each framework")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -241,7 +262,7 @@ def main() -> None:
         except ImportError:
             print("Ray is not installed (pip install .[bench]); running meshcompute alone.")
             names = ["mesh"]
-    results = {n: _run_child(n, args.repeat, args.quick) for n in names}
+    results = {n: _run_child(n, args.repeat, args.quick, args.timeout) for n in names}
     ray_version = None
     if "ray" in names:
         import ray

@@ -105,6 +105,36 @@ def test_large_array_from_node_a_is_consumed_bit_exact_on_node_c(mesh3):
     assert back[-1] == 30 * MiB // 8 - 1 and back.sum() == (30 * MiB // 8) * (30 * MiB // 8 - 1) // 2
 
 
+def test_actors_are_placed_across_nodes_and_keep_their_order(mesh3):
+    c = mesh3["ids"][2]
+
+    @mesh.remote
+    class Recorder:
+        def __init__(self):
+            self.seen = []
+
+        def add(self, x):
+            self.seen.append(x)
+            return mesh.get_runtime_context().get_node_id()
+
+        def seen_list(self):
+            return self.seen
+
+    rec = Recorder.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=c, soft=False)).remote()
+    nodes = mesh.get([rec.add.remote(i) for i in range(50)], timeout=30)
+    assert set(nodes) == {c}
+    assert mesh.get(rec.seen_list.remote()) == list(range(50))
+
+    @mesh.remote
+    def use(handle):
+        return mesh.get(handle.add.remote(-1))
+
+    assert mesh.get(use.remote(rec), timeout=30) == c
+    mesh.kill(rec)
+    with pytest.raises(mesh.exceptions.ActorDiedError):
+        mesh.get(rec.add.remote(0), timeout=10)
+
+
 def test_connection_without_the_token_is_refused_and_the_node_keeps_serving(mesh3):
     _, first = mesh3["nodes"][0]
     ctx = zmq.Context()

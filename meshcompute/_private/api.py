@@ -238,8 +238,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     """
     if not isinstance(actor, ActorHandle):
         raise TypeError("kill() expects an actor handle")
-    core = _core()
-    core.post(core._send_daemon, Msg.KILL_ACTOR, actor._actor_id, no_restart)
+    _core().kill_actor(actor._actor_id, no_restart, actor._meta.get("daemon"))
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

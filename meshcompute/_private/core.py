@@ -128,7 +128,8 @@ class Lease:
 class ActorClient:
     """A caller's view of one actor: where it is and the calls in flight."""
 
-    __slots__ = ("actor_id", "addr", "state", "queue", "inflight", "reason", "subscribed", "release_when_idle")
+    __slots__ = ("actor_id", "addr", "state", "queue", "inflight", "reason", "subscribed", "release_when_idle",
+                 "daemon")
 
     def __init__(self, actor_id: bytes) -> None:
         self.actor_id = actor_id
@@ -139,6 +140,7 @@ class ActorClient:
         self.reason = ""
         self.subscribed = False
         self.release_when_idle = False
+        self.daemon = ""  # the daemon of the node hosting the actor
 
 
 class _Waiter:
@@ -1110,7 +1112,7 @@ class Core:
                     a.inflight.pop(task_id, None)
                     if a.release_when_idle and not a.inflight and not a.queue:
                         a.release_when_idle = False
-                        self._send_daemon(Msg.KILL_ACTOR, a.actor_id, True)
+                        self._ep.send(a.daemon, [encode(Msg.KILL_ACTOR, a.actor_id, True)])
             if t.retry_exceptions and t.retries_left != 0 and returns and returns[0][3]:
                 status = self._retryable(t, returns[0], frames[pos:])
             if status == "retry" and t.retries_left != 0:
@@ -1203,17 +1205,22 @@ class Core:
 
     # ------------------------------------------------------------------ actors
 
-    def _actor_client(self, actor_id: bytes) -> ActorClient:
+    def _actor_client(self, actor_id: bytes, daemon: str | None = None) -> ActorClient:
         a = self._actors.get(actor_id)
         if a is None:
             a = self._actors[actor_id] = ActorClient(actor_id)
+            a.daemon = daemon or self.daemon_addr
         if not a.subscribed:
             a.subscribed = True
-            self._send_daemon(Msg.SUBSCRIBE_ACTOR, actor_id)
+            self._ep.send(a.daemon, [encode(Msg.SUBSCRIBE_ACTOR, actor_id)])
         return a
 
+    def actor_daemon(self, actor_id: bytes, hint: str | None) -> str:
+        a = self._actors.get(actor_id)
+        return a.daemon if a is not None else (hint or self.daemon_addr)
+
     def _actor_enqueue(self, t: Task, front: bool = False) -> None:
-        a = self._actor_client(t.actor_id)
+        a = self._actor_client(t.actor_id, t.strategy)
         if a.state == "DEAD":
             self._fail_task(t, exc.ActorDiedError(a.reason or "The actor is dead.", t.actor_id.hex()))
             return
@@ -1274,21 +1281,33 @@ class Core:
                     f"The actor is dead: {reason or 'killed'}", actor_id.hex()))
 
     def request_actor_create(self, actor_id: bytes, spec: dict, frames: list) -> tuple:
-        req_id = next(self._req_ids)
-        spec["req_id"] = req_id
-        w = _Waiter(1)
-        self._replies[req_id] = w
-        self.post(self._io_create_actor, actor_id, spec, frames)
-        if not w.event.wait(60):
-            raise exc.MeshError("the node daemon did not answer the actor creation within 60 s")
+        """Create an actor through our daemon, or the peer it sends us to."""
+        daemon = self.daemon_addr
+        for _ in range(3):
+            req_id = next(self._req_ids)
+            spec["req_id"] = req_id
+            w = _Waiter(1)
+            self._replies[req_id] = w
+            self.post(self._io_create_actor, actor_id, spec, frames, daemon)
+            if not w.event.wait(60):
+                raise exc.MeshError("the node daemon did not answer the actor creation within 60 s")
+            if w.value[0] != "spill":
+                return w.value
+            daemon = w.value[1]
+            spec["spilled"] = True
         return w.value
 
-    def _io_create_actor(self, actor_id: bytes, spec: dict, frames: list) -> None:
+    def _io_create_actor(self, actor_id: bytes, spec: dict, frames: list, daemon: str) -> None:
         a = self._actors.get(actor_id)
         if a is None:
             a = self._actors[actor_id] = ActorClient(actor_id)
         a.subscribed = True  # the daemon subscribes the creator
-        self._ep.send(self.daemon_addr, [encode(Msg.CREATE_ACTOR, actor_id, spec), *frames])
+        a.daemon = daemon
+        self._ep.send(daemon, [encode(Msg.CREATE_ACTOR, actor_id, spec), *frames])
+
+    def kill_actor(self, actor_id: bytes, no_restart: bool, hint: str | None) -> None:
+        self.post(lambda: self._ep.send(self.actor_daemon(actor_id, hint),
+                                        [encode(Msg.KILL_ACTOR, actor_id, no_restart)]))
 
     def release_actor(self, actor_id: bytes) -> None:
         """The creator's last handle is gone: stop the actor once its calls finish."""
@@ -1299,7 +1318,7 @@ class Core:
         if a is not None and (a.inflight or a.queue):
             a.release_when_idle = True
             return
-        self._send_daemon(Msg.KILL_ACTOR, actor_id, True)
+        self._ep.send(a.daemon if a is not None else self.daemon_addr, [encode(Msg.KILL_ACTOR, actor_id, True)])
 
     # ------------------------------------------------------------ worker side
 

@@ -57,6 +57,9 @@ PULL_CHUNK_BYTES = 8 << 20
 enough that a window of them stays modest."""
 PULL_WINDOW = 4
 """Chunk requests a pull keeps in flight (the credit window)."""
+NODE_CLEANUP_GRACE_S = 10.0
+"""How long (s) after a peer is declared dead what its processes hold here is kept,
+in case the declaration was wrong (a loaded machine) and the peer refutes it."""
 VIEW_PERIOD_S = 0.2
 """How often (s) the daemon checks whether its gossiped resource view changed."""
 DEFAULT_STORE_FRACTION = 0.3
@@ -210,6 +213,7 @@ class Daemon:
         self.membership: Any = None
         self.standalone = False
         self.pulls: dict[bytes, Pull] = {}
+        self.gone_nodes: dict[str, float] = {}  # dead/left peers -> when to release what they hold here
         self.copy_holders: dict[bytes, set[str]] = {}  # daemons that pulled our primaries
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
 
@@ -368,14 +372,35 @@ class Daemon:
             self.schedule()
 
     def node_gone(self, node_id: str, state: str) -> None:
-        """A peer died or left: its processes are gone for us, and ours must know."""
-        for addr in [a for a in list(self.processes) + list(self.ep.out) if node_of(a) == node_id]:
-            self.process_gone(addr)
-        for a in self.actors.values():
-            a.subscribers = {s for s in a.subscribers if node_of(s) != node_id}
+        """A peer died or left.
+
+        Scheduling reacts at once: its resources leave our view, our processes
+        hear of it (their work there fails over), pulls from it fail.  What its
+        processes hold *here* (pins, leases, actors they own) is released only
+        after NODE_CLEANUP_GRACE_S, and not at all if it comes back: on a loaded
+        machine gossip can suspect a live node, and destroying its work for that
+        would turn a slow moment into lost work.
+        """
         for addr in list(self.processes):
             if node_of(addr) == self.node_id:
                 self.send(addr, Msg.NODE_STATE, node_id, state)
+        for p in [p for p in self.pulls.values() if node_of(p.source) == node_id]:
+            self._finish_pull(p, ok=False)
+        self.gone_nodes[node_id] = time.monotonic() + NODE_CLEANUP_GRACE_S
+
+    def _cleanup_gone_nodes(self) -> None:
+        now = time.monotonic()
+        peers = self.peer_views()
+        for node_id, when in list(self.gone_nodes.items()):
+            peer = peers.get(node_id)
+            if peer is not None and peer.state in ("alive", "suspect"):
+                del self.gone_nodes[node_id]  # it came back
+            elif now >= when:
+                del self.gone_nodes[node_id]
+                for addr in [a for a in list(self.processes) + list(self.ep.out) if node_of(a) == node_id]:
+                    self.process_gone(addr)
+                for a in self.actors.values():
+                    a.subscribers = {s for s in a.subscribers if node_of(s) != node_id}
 
     def peer_views(self) -> dict:
         return self.membership.peers() if self.membership is not None else {}
@@ -521,6 +546,8 @@ class Daemon:
             pass
 
     def _check_liveness(self) -> None:
+        if self.gone_nodes:
+            self._cleanup_gone_nodes()
         if self.parent_pid and not pid_alive(self.parent_pid):
             log.info("parent %d is gone; stopping", self.parent_pid)
             self.running = False
@@ -779,18 +806,26 @@ class Daemon:
             existing = self.named.get((ns, name))
             if existing is not None and self.actors[existing].state != "DEAD":
                 if spec.get("get_if_exists"):
-                    self.reply(sender, req_id, ("exists", existing, self.actors[existing].spec["handle_meta"]))
+                    meta = dict(self.actors[existing].spec["handle_meta"], daemon=self.address)
+                    self.reply(sender, req_id, ("exists", existing, meta))
                     return
                 self.reply(sender, req_id, ("error", f"The actor name {name!r} is already taken in namespace {ns!r}."))
                 return
         shape = tuple(spec["shape"])
+        if not spec.get("spilled") and self.membership is not None:
+            # Actors are placed like tasks: here when they fit, else on a peer with room.
+            probe = LeaseRequest(sender, req_id, shape, strategy=spec.get("strategy"))
+            target = self.place_elsewhere(probe)
+            if target is not None:
+                self.reply(sender, req_id, ("spill", target.address, None))
+                return
         a = Actor(actor_id, spec, list(frames), sender, name, ns, shape, spec.get("max_restarts", 0),
                   spec.get("lifetime") == "detached")
         a.subscribers.add(sender)
         self.actors[actor_id] = a
         if name:
             self.named[(ns, name)] = actor_id
-        self.reply(sender, req_id, ("ok", actor_id, None))
+        self.reply(sender, req_id, ("ok", actor_id, self.address))
         if not self.feasible(shape):
             a.reason = (f"Actor {spec.get('class_name')} needs {dict(shape)}, but no node of this mesh has that "
                         f"much (the largest offers {self.largest_node()}); it stays pending until such a node joins.")
@@ -893,7 +928,7 @@ class Daemon:
         if a is None or a.state == "DEAD":
             self.reply(sender, req_id, None)
         else:
-            self.reply(sender, req_id, (actor_id, a.spec["handle_meta"]))
+            self.reply(sender, req_id, (actor_id, dict(a.spec["handle_meta"], daemon=self.address)))
 
     # ------------------------------------------------------------------ store
 
@@ -1018,7 +1053,12 @@ class Daemon:
         if offset + n > p.size:
             self._finish_pull(p, ok=False)
             return
-        self.arena_mv[p.offset + offset: p.offset + offset + n] = data
+        # pwrite, not the mapping: no page faults on fresh tmpfs pages, which would
+        # also queue behind the arena warmer's fallocate.
+        written = os.pwrite(self.store.arena_fd, data, p.offset + offset)
+        if written != n:
+            self._finish_pull(p, ok=False)
+            return
         p.received += n
         p.inflight -= 1
         if p.received >= p.size:

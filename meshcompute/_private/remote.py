@@ -204,12 +204,14 @@ class ActorClass:
             "max_restarts": opts.get("max_restarts", 0), "max_concurrency": opts.get("max_concurrency"),
             "name": opts.get("name"), "namespace": namespace, "lifetime": lifetime,
             "get_if_exists": opts.get("get_if_exists", False), "handle_meta": handle_meta,
+            "strategy": _strategy_wire(opts.get("scheduling_strategy")),
         }
         answer = core.request_actor_create(actor_id, spec, frames)
         if answer[0] == "error":
             raise ValueError(answer[1])
         if answer[0] == "exists":
             return ActorHandle(answer[1], answer[2], owned=False)
+        handle_meta["daemon"] = answer[2]  # where the actor lives: its state comes from there
         handle = ActorHandle(actor_id, handle_meta, owned=True, named=bool(opts.get("name")) or lifetime == "detached")
         handle._arg_holds = [item[1] for item in items if item[0] == "r"]
         return handle
@@ -266,7 +268,7 @@ class ActorHandle:
         t.shape = ()
         t.retries_left = self._meta.get("max_task_retries", 0)
         t.retry_exceptions = False
-        t.strategy = None
+        t.strategy = self._meta.get("daemon")  # for actor calls: the actor's daemon
         refs = core.submit(t)
         if num_returns == 1:
             return refs[0]

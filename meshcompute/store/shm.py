@@ -201,6 +201,10 @@ class ArenaWarmer:
                 n = min(CHUNK, self.length - self.done)
                 os.posix_fallocate(fd, self.done, n)
                 self.done += n
+                # Yield between chunks: on a small machine a tight loop of
+                # fallocate starves the node's own loop (gossip answers late).
+                if self._stop.wait(0.02):
+                    break
         except OSError as err:  # /dev/shm full: not fatal, puts fault pages in themselves
             log.info("stopped pre-allocating the arena at %d bytes: %s", self.done, err)
         finally:
