@@ -21,6 +21,7 @@ import pytest
 SESSIONS_ROOT = os.environ.setdefault("MESH_SESSIONS_ROOT", tempfile.mkdtemp(prefix="mesh-test-"))
 
 import meshcompute as mesh  # noqa: E402  (after the root is set)
+from meshcompute._private.procutil import pid_alive  # noqa: E402,F401  (re-exported to tests)
 
 
 def _mesh_pids() -> set[int]:
@@ -78,15 +79,3 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     return predicate()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

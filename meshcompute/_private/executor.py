@@ -183,11 +183,7 @@ class Executor:
         try:
             fn = self._load_fn(fn_id, fn_bytes)
             args = self._resolve_args(args_wire, frames, owner)
-            if kw_names:
-                k = len(kw_names)
-                result = fn(*args[:-k], **dict(zip(kw_names, args[-k:])))
-            else:
-                result = fn(*args)
+            result = _call(fn, args, kw_names)
             error = None
         except _Cancelled:
             error = exc.TaskCancelledError(task_id=task_id.hex())
@@ -270,12 +266,7 @@ class Executor:
         try:
             cls = deserialize(spec["class_bytes"], [])
             args = self._resolve_args(spec["args"], frames, spec["owner"])
-            kw_names = spec["kw_names"]
-            if kw_names:
-                k = len(kw_names)
-                self.actor = cls(*args[:-k], **dict(zip(kw_names, args[-k:])))
-            else:
-                self.actor = cls(*args)
+            self.actor = _call(cls, args, spec["kw_names"])
             is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction))
             concurrency = spec.get("max_concurrency") or (1000 if is_async else 1)
             if is_async:
@@ -334,11 +325,7 @@ class Executor:
                 raise exc.ActorDiedError("the actor's constructor failed")
             args = self._resolve_args(args_wire, frames, caller)
             fn = getattr(self.actor, method)
-            if kw_names:
-                k = len(kw_names)
-                result = fn(*args[:-k], **dict(zip(kw_names, args[-k:])))
-            else:
-                result = fn(*args)
+            result = _call(fn, args, kw_names)
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
         except _Cancelled:
@@ -366,11 +353,7 @@ class Executor:
                 else:
                     args = self._resolve_args(args_wire, frames, caller)
                 fn = getattr(self.actor, method)
-                if kw_names:
-                    k = len(kw_names)
-                    result = fn(*args[:-k], **dict(zip(kw_names, args[-k:])))
-                else:
-                    result = fn(*args)
+                result = _call(fn, args, kw_names)
                 if inspect.isawaitable(result):
                     result = await result
             except BaseException as e:  # noqa: BLE001
@@ -378,3 +361,10 @@ class Executor:
         self._finish(caller, task_id, return_ids, num_returns, result, error,
                      time.perf_counter() - start, "ok")
 
+
+def _call(fn: Any, args: list, kw_names: tuple) -> Any:
+    """Call with positional args, the last ``len(kw_names)`` of them by keyword."""
+    if not kw_names:
+        return fn(*args)
+    k = len(kw_names)
+    return fn(*args[:-k], **dict(zip(kw_names, args[-k:])))

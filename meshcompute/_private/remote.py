@@ -121,12 +121,16 @@ class RemoteFunction:
         t.retry_exceptions = retry_exc
         t.strategy = _strategy_wire(strategy)
         t.method = None
-        refs = core.submit(t)
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return _unwrap(core.submit(t), num_returns)
+
+
+def _unwrap(refs: list, num_returns: int) -> Any:
+    """One ref, None, or the list, as Ray returns them for num_returns 1, 0, n."""
+    if num_returns == 1:
+        return refs[0]
+    if num_returns == 0:
+        return None
+    return refs
 
 
 def _strategy_wire(strategy: Any) -> Any:
@@ -269,12 +273,7 @@ class ActorHandle:
         t.retries_left = self._meta.get("max_task_retries", 0)
         t.retry_exceptions = False
         t.strategy = self._meta.get("daemon")  # for actor calls: the actor's daemon
-        refs = core.submit(t)
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return _unwrap(core.submit(t), num_returns)
 
     def __reduce__(self):
         # A handle that leaves this process keeps the actor alive until its creator
