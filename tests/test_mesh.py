@@ -135,6 +135,28 @@ def test_actors_are_placed_across_nodes_and_keep_their_order(mesh3):
         mesh.get(rec.add.remote(0), timeout=10)
 
 
+def test_spread_uses_every_node_and_infeasible_work_waits_for_a_node_that_can_run_it(mesh3):
+    spread = collections.Counter(mesh.get([where.options(scheduling_strategy="SPREAD").remote(i)
+                                           for i in range(30)], timeout=60))
+    assert set(spread) == set(mesh3["ids"]), spread
+
+    @mesh.remote(resources={"special": 1})
+    def needs_special():
+        return mesh.get_runtime_context().get_node_id()
+
+    ref = needs_special.remote()
+    ready, _ = mesh.wait([ref], timeout=1.0)
+    assert ready == []  # no node offers "special" yet
+    seed = mesh3["nodes"][0][1]["tcp"].replace("tcp://", "")
+    proc, info = start_node(host="127.0.0.1", port=0, num_cpus=1, token=mesh3["token"], join=[seed],
+                            standalone=True, resources={"special": 1}, object_store_memory=128 * MiB)
+    try:
+        assert mesh.get(ref, timeout=30) == info["node_id"]
+    finally:
+        stop_node(info)
+        proc.wait(10)
+
+
 def test_connection_without_the_token_is_refused_and_the_node_keeps_serving(mesh3):
     _, first = mesh3["nodes"][0]
     ctx = zmq.Context()
