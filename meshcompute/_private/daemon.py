@@ -213,6 +213,8 @@ class Daemon:
         self.membership: Any = None
         self.standalone = False
         self.pulls: dict[bytes, Pull] = {}
+        self.spilled_to: dict[str, tuple[float, int]] = {}  # peer -> (last time, recent count)
+        self.spread_counts: dict[str, int] = {}  # SPREAD placements per node
         self.gone_nodes: dict[str, float] = {}  # dead/left peers -> when to release what they hold here
         self.copy_holders: dict[bytes, set[str]] = {}  # daemons that pulled our primaries
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
@@ -673,18 +675,30 @@ class Daemon:
         def free_fits(p) -> bool:
             return all(p.available.get(k, 0.0) + 1e-9 >= v for k, v in shape)
 
+        now = time.monotonic()
+
+        def recent(node_id: str) -> int:
+            # Requests we sent there lately: gossiped views lag, so without this
+            # every request would go to the same "idle" peer.
+            sent = self.spilled_to.get(node_id)
+            return sent[1] if sent and now - sent[0] < 1.0 else 0
+
         def load(p) -> float:
             cpu = p.total.get("CPU", 0.0) or 1.0
-            return (cpu - p.available.get("CPU", 0.0)) / cpu + p.queue
+            return (cpu - p.available.get("CPU", 0.0)) / cpu + p.queue + recent(p.node_id) / cpu
 
         if strategy == "SPREAD":
-            my_cpu = self.total.get("CPU", 0.0) or 1.0
-            my_load = (my_cpu - self.available.get("CPU", 0.0)) / my_cpu + len(self.pending)
+            # Round-robin over every node that can hold it, this one included.
             cands = [p for p in peers if total_fits(p)]
-            best = min(cands, key=load, default=None)
-            if best is not None and self.feasible(shape) and my_load <= load(best):
+            if self.feasible(shape):
+                cands.append(None)
+            if not cands:
                 return None
-            return best if best is not None else None
+            random.shuffle(cands)
+            pick = min(cands, key=lambda p: self.spread_counts.get(p.node_id if p else self.node_id, 0))
+            key = pick.node_id if pick else self.node_id
+            self.spread_counts[key] = self.spread_counts.get(key, 0) + 1
+            return pick
         here_now = self.fits(shape)
         if here_now and not req.hints.get("locality"):
             return None
@@ -709,6 +723,9 @@ class Daemon:
         return min(two, key=load)
 
     def spillback(self, req: LeaseRequest, peer) -> None:
+        now = time.monotonic()
+        at, count = self.spilled_to.get(peer.node_id, (now, 0))
+        self.spilled_to[peer.node_id] = (now, count + 1 if now - at < 1.0 else 1)
         self.send(req.owner, Msg.LEASE_SPILLBACK, req.req_id, peer.address, peer.node_id)
 
     def on_cancel_lease_request(self, sender: str, msg: tuple, frames: list) -> None:
