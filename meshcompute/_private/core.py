@@ -1306,8 +1306,15 @@ class Core:
         self._ep.send(daemon, [encode(Msg.CREATE_ACTOR, actor_id, spec), *frames])
 
     def kill_actor(self, actor_id: bytes, no_restart: bool, hint: str | None) -> None:
-        self.post(lambda: self._ep.send(self.actor_daemon(actor_id, hint),
-                                        [encode(Msg.KILL_ACTOR, actor_id, no_restart)]))
+        """Kill an actor; with no_restart, calls made after this fail at once here."""
+        self.post(self._io_kill_actor, actor_id, no_restart, hint)
+
+    def _io_kill_actor(self, actor_id: bytes, no_restart: bool, hint: str | None) -> None:
+        self._ep.send(self.actor_daemon(actor_id, hint), [encode(Msg.KILL_ACTOR, actor_id, no_restart)])
+        a = self._actors.get(actor_id)
+        if no_restart and a is not None and a.state != "DEAD":
+            self._on_actor_state(self.daemon_addr, (Msg.ACTOR_STATE, actor_id, "DEAD", None, 0,
+                                                    "it was killed with kill()"), [])
 
     def release_actor(self, actor_id: bytes) -> None:
         """The creator's last handle is gone: stop the actor once its calls finish."""
