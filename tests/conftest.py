@@ -36,9 +36,16 @@ def no_leaked_processes():
         mesh.shutdown()
     leaked = wait_for(lambda: not _mesh_pids(), timeout=10) or _mesh_pids()
     leftovers = [n for n in os.listdir(SESSIONS_ROOT)] if os.path.isdir(SESSIONS_ROOT) else []
+    from meshcompute._private.procutil import arena_path
+
+    tag = os.path.basename(arena_path(os.path.join(SESSIONS_ROOT, "x")))[:-1]
+    arenas = [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
+    for name in arenas:
+        os.unlink(os.path.join("/dev/shm", name))
     shutil.rmtree(SESSIONS_ROOT, ignore_errors=True)
     assert leaked is True, f"meshcompute processes outlived the test session: {sorted(leaked)}"
     assert not leftovers, f"session directories left behind: {leftovers}"
+    assert not arenas, f"shared memory left behind: {arenas}"
 
 
 @pytest.fixture(scope="module")
