@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import time
 from typing import Optional
 
 import typer
@@ -190,4 +189,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    time.sleep(0)

@@ -451,10 +451,9 @@ class Core:
         if e.owned:
             self._maybe_free(oid, e)
         else:
+            # Our read mappings of it unpin themselves when they are unmapped.
             del self._objects[oid]
             self._ep.send(e.owner, [encode(Msg.REMOVE_BORROWER, (oid,))])
-            if e.loc is not None:
-                pass  # our own read mappings unpin themselves
 
     def _maybe_free(self, oid: bytes, e: Entry) -> None:
         if e.state == PENDING or e.borrowers or oid in self._ref_counts or e.getters:

@@ -208,7 +208,6 @@ class Daemon:
         self.num_cpus = num_cpus
         self.running = True
         self.started_at = time.time()
-        self.tasks_started = 0
         self._last_revoke = 0.0
         self.membership: Any = None
         self.standalone = False

@@ -59,8 +59,6 @@ class Endpoint:
             sock = ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.RCVHWM, 0)
-            # Unknown peers and full queues must be errors, never silent drops.
-            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
             if keys is not None:
                 from .auth import MeshAuthenticator, secure_server
