@@ -91,6 +91,7 @@ class MonitorFeed:
         self._last_flush = 0.0
         self._next_expire = 0.0
         self._procs: dict[int, psutil.Process] = {}
+        self._fed_last: dict[str, dict] = {}  # the last record each peer sent
         self._req_ids = 0
         self._gpu: Any = None
         self._gpu_checked = False
@@ -199,6 +200,7 @@ class MonitorFeed:
         self.state.clear()
         self.pending.clear()
         self._procs.clear()
+        self._fed_last.clear()
         self._stop_peer_feeds()
 
     # ---------------------------------------------------------------- records
@@ -306,6 +308,9 @@ class MonitorFeed:
         feed = self.peers.get(p.node_id)
         if feed is not None and feed.record:
             rec.update({k: v for k, v in feed.record.items() if k != "state"})
+        elif p.node_id in self._fed_last:
+            # Gone (or not heard yet): what it measured goes stale, what it did stays.
+            rec["tasks"] = self._fed_last[p.node_id].get("tasks", {})
         rec["state"] = p.state  # membership decides, not the peer
         return rec
 
@@ -376,6 +381,7 @@ class MonitorFeed:
         for key, value in changes:
             if key == f"node/{feed.node_id}":
                 feed.record = value or {}
+                self._fed_last[feed.node_id] = feed.record
                 p = self.d.peer_views().get(feed.node_id)
                 if p is not None:
                     self._set(key, self._peer_record(p))

@@ -19,7 +19,6 @@ from typing import Any
 import zmq
 from rich import box
 from rich.console import Console, Group
-from rich.layout import Layout
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -27,12 +26,13 @@ from rich.text import Text
 from .monitor import MonitorClient
 
 SPARK = "▁▂▃▄▅▆▇█"
-RENDER_MIN_S = 0.25
-"""Shortest interval (s) between two redraws."""
-RENDER_MAX_S = 1.0
-"""Longest interval (s) between two redraws (the clock, the rate)."""
-RATE_SAMPLE_S = 1.0
-"""The tasks-finished rate is sampled this often (s)."""
+RENDER_EVERY_S = 1.0
+"""The screen is redrawn (and the tasks-finished rate sampled) this often (s); a redraw
+costs ~10 ms of CPU, so this is what keeps ``mesh top`` cheap."""
+RENDER_MIN_S = 0.1
+"""Shortest interval (s) between two redraws triggered by keys or state changes."""
+POLL_S = 0.5
+"""Longest wait (s) for the feed or a key between two checks."""
 
 STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "bold red", "left": "dim",
                "ALIVE": "green", "PENDING": "yellow", "RESTARTING": "yellow", "DEAD": "red"}
@@ -249,14 +249,33 @@ def render(client: Any, rates: Rates, view: str, width: int, height: int, now_wa
                          _actors_table(client, width, left))
         else:
             body = _nodes_table(client, width, rows)
-    layout = Layout()
-    layout.split_column(
-        Layout(Group(*head, Text("")), size=len(head) + 1),
-        Layout(body, name="body"),
-        Layout(_rate_line(rates, client.state.finished_total(), width), size=1),
-        Layout(_footer(view, width), size=1),
-    )
-    return layout
+    return _Screen([*head, Text("")], body,
+                   [_rate_line(rates, client.state.finished_total(), width), _footer(view, width)], height)
+
+
+class _Screen:
+    """Header lines at the top, the body below, the rate and the keys on the last lines."""
+
+    def __init__(self, top: list, body: Any, bottom: list, height: int) -> None:
+        self.top, self.body, self.bottom, self.height = top, body, bottom, height
+
+    def __rich_console__(self, console: Console, options: Any):
+        from rich.segment import Segment
+
+        opts = options.update(height=None)
+        lines = []
+        for part in (*self.top, self.body):
+            lines.extend(console.render_lines(part, opts, pad=False))
+        room = self.height - len(self.bottom)
+        lines = lines[:room]
+        lines.extend([] for _ in range(room - len(lines)))
+        for part in self.bottom:
+            lines.extend(console.render_lines(part, opts, pad=False)[:1])
+        new_line = Segment.line()
+        for i, line in enumerate(lines):
+            yield from line
+            if i < len(lines) - 1:
+                yield new_line
 
 
 def render_text(client: Any, rates: Rates, view: str = "nodes", width: int = 80, height: int = 24) -> str:
@@ -303,7 +322,14 @@ class _Keys:
             self.fd = None
 
 
+def _signature(client: Any, view: str) -> tuple:
+    """What must show at once when it changes: the connection, node states, the view."""
+    return (client.status, view, tuple(sorted((n.get("node_id"), n.get("state")) for n in client.state.nodes())))
+
+
 def run(client: MonitorClient, console: Console | None = None) -> None:
+    """The live screen: redraws once a second (new figures, the rate), and at once for a key,
+    a node changing state or the feed moving to another daemon."""
     console = console or Console()
     rates = Rates()
     view = "nodes"
@@ -315,39 +341,43 @@ def run(client: MonitorClient, console: Console | None = None) -> None:
 
     old_winch = signal.signal(signal.SIGWINCH, _winch)
     last_render = 0.0
-    next_rate = time.monotonic()
-    dirty = True
+    next_tick = time.monotonic()
+    shown: tuple = ()
     try:
         with Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
             while True:
                 fds = (keys.fd,) if keys.fd is not None else ()
+                timeout = max(0.0, min(POLL_S, next_tick - time.monotonic()))
                 try:
-                    changed, ready = client.poll(RENDER_MIN_S, fds)
+                    changed, ready = client.poll(timeout, fds)
                 except (InterruptedError, zmq.ZMQError):
                     changed, ready = False, []
-                dirty |= changed
+                urgent = False
                 if ready:
                     for ch in keys.read():
                         if ch in ("q", "Q", "\x03"):
                             return
                         if ch in ("n", "N"):
-                            view, dirty = "nodes", True
+                            view, urgent = "nodes", True
                         elif ch in ("a", "A"):
-                            view, dirty = "actors", True
+                            view, urgent = "actors", True
                 now = time.monotonic()
-                if now >= next_rate:
-                    next_rate = now + RATE_SAMPLE_S
+                due = now >= next_tick
+                if due:
+                    next_tick = now + RENDER_EVERY_S
                     if client.connected:
                         rates.sample(now, client.state.finished_total(), client.state.generation)
-                    dirty = True
                 if resized[0]:
                     resized[0] = False
-                    dirty = True
-                if (dirty and now - last_render >= RENDER_MIN_S) or now - last_render >= RENDER_MAX_S:
+                    urgent = True
+                if changed or urgent:
+                    sig = _signature(client, view)
+                    urgent = urgent or sig != shown
+                if due or (urgent and now - last_render >= RENDER_MIN_S):
+                    shown = _signature(client, view)
                     width, height = console.size
                     live.update(render(client, rates, view, width, height), refresh=True)
                     last_render = now
-                    dirty = False
     except KeyboardInterrupt:
         pass
     finally:
