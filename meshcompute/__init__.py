@@ -28,6 +28,7 @@ from ._private.api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
 from ._private.object_ref import ObjectRef
@@ -57,5 +58,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "wait",
 ]

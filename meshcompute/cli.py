@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Optional
 
 import typer
@@ -143,15 +144,218 @@ def stop() -> None:
 
     Example: mesh stop
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from ._private.launcher import local_nodes, stop_node
 
     nodes = local_nodes()
     if not nodes:
         console.print("No node is running on this machine.")
         return
-    for info in nodes:
-        stop_node(info)
-        console.print(f"stopped node {info['node_id']} ({info.get('tcp', '')})")
+    columns = (SpinnerColumn(), TextColumn("stopping nodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("stop", total=len(nodes))
+
+        def _stop(info: dict) -> dict:
+            stop_node(info)
+            progress.advance(task)
+            return info
+
+        # In parallel: each waits up to 10 s for its daemon to leave the mesh and exit.
+        with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
+            for info in pool.map(_stop, nodes):
+                progress.console.print(f"stopped node {info['node_id']} ({info.get('tcp', '')})")
+
+
+def _node_or_exit(address: Optional[str]) -> dict:
+    from ._private.launcher import find_any_node
+
+    info = find_any_node(address)
+    if info is None:
+        if address:
+            console.print(f"No meshcompute node of this machine matches {address!r}. "
+                          "[bold]mesh status[/] lists them.")
+        else:
+            console.print("No meshcompute node runs on this machine. Start one with [bold]mesh start[/].")
+        raise typer.Exit(1)
+    return info
+
+
+@app.command()
+def top(
+    address: Optional[str] = typer.Option(None, help="host:port or node id of a member (default: the newest "
+                                          "node on this machine)."),
+    token: Optional[str] = typer.Option(None, help="The mesh's secret, to watch a member on another machine "
+                                        "(default: $MESH_TOKEN)."),
+    once: bool = typer.Option(False, help="Print one screen as text and exit (for scripts and logs)."),
+    width: int = typer.Option(80, help="Width of the --once screen."),
+    height: int = typer.Option(24, help="Height of the --once screen."),
+) -> None:
+    """A live view of the mesh: nodes, their CPU/memory/GPU/store use and tasks, actors.
+
+    Keys: n nodes, a actors, q quit.  The view follows the mesh when the node it
+    watches dies.
+
+    Example: mesh top --address 10.0.0.5:7777
+    """
+    from ._private.launcher import find_any_node
+    from ._private.monitor import connect, wait_for_snapshot
+    from ._private.top import Rates, render_text, run
+
+    info = find_any_node(address)
+    tok = _token(token)
+    if info is None and not (address and tok):
+        _node_or_exit(address)
+    try:
+        client = connect(info, address=address, token=tok)
+    except ValueError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2) from None
+    try:
+        if once:
+            if not wait_for_snapshot(client, timeout=10):
+                console.print("[red]The node did not answer the monitor subscription.[/]")
+                raise typer.Exit(1)
+            rates = Rates()
+            for _ in range(3):  # two samples make a rate
+                rates.sample(time.monotonic(), client.state.finished_total(), client.state.generation)
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end:
+                    client.poll(0.1)
+            sys.stdout.write(render_text(client, rates, "nodes", width, height))
+            return
+        run(client)
+    finally:
+        client.close()
+
+
+@app.command()
+def timeline(
+    output: str = typer.Option("timeline.json", "--output", "-o", help="Where to write the trace."),
+    address: Optional[str] = typer.Option(None, help="host:port or node id of a node on this machine."),
+) -> None:
+    """Write a Chrome/Perfetto trace of the mesh's recent tasks (one lane per worker).
+
+    Open the file in https://ui.perfetto.dev or chrome://tracing.
+
+    Example: mesh timeline --output trace.json
+    """
+    from ._private.launcher import request
+    from ._private.protocol import Msg
+    from ._private.timeline import build_trace, task_events, write_trace
+
+    info = _node_or_exit(address)
+    with console.status("collecting task spans from the mesh's workers"):
+        lanes = request(info, Msg.TIMELINE, "mesh", timeout=15)
+    events = build_trace(lanes if isinstance(lanes, list) else [])
+    write_trace(events, output)
+    spans = task_events(events)
+    console.print(f"{len(spans)} tasks from {len({(e['pid'], e['tid']) for e in spans})} workers on "
+                  f"{len({e['pid'] for e in spans})} nodes written to [bold]{output}[/]; open it in "
+                  "https://ui.perfetto.dev or chrome://tracing")
+
+
+@app.command()
+def memory(
+    address: Optional[str] = typer.Option(None, help="host:port or node id of a node on this machine."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    limit: int = typer.Option(100, help="Show at most this many objects (largest first)."),
+) -> None:
+    """List the objects in the mesh's object stores: size, owner, copies, pins, spilling.
+
+    Values of at most 100 KiB travel inline and live in their owner's memory; they
+    are not in any store and not listed.
+
+    Example: mesh memory --json
+    """
+    from ._private.launcher import request
+    from ._private.protocol import Msg
+
+    info = _node_or_exit(address)
+    records = request(info, Msg.LIST_OBJECTS, "mesh", timeout=15)
+    objects = _group_objects(records if isinstance(records, list) else [])
+    if as_json:
+        sys.stdout.write(json.dumps(objects, indent=2, sort_keys=True) + "\n")
+        return
+    shown = objects[:limit]
+    from rich import box
+
+    from ._private.top import human_bytes
+
+    table = Table(title=f"objects in the mesh's stores (seen from {info['node_id']})", box=box.SIMPLE_HEAD)
+    table.add_column("object id", no_wrap=True, min_width=20, overflow="ellipsis")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("owner", no_wrap=True)
+    table.add_column("copies (* primary)")
+    table.add_column("pins", justify="right", no_wrap=True)
+    table.add_column("state")
+    for o in shown:
+        copies = " ".join(f"{c['node_id'][:8]}{'*' if c['primary'] else ''}"
+                          f"{'(spilled)' if c['spilled'] and not c['in_memory'] else ''}" for c in o["copies"])
+        owner_node = o["owner"].partition("/")[0][:8]
+        owner_text = f"pid {o['owner_pid']}@{owner_node}" if o.get("owner_pid") else o["owner"].partition("@")[0]
+        table.add_row(o["object_id"], human_bytes(o["size"]), owner_text, copies, str(o["pins"]), o["state"])
+    console.print(table)
+    in_mem = sum(o["size"] for o in objects if any(c["in_memory"] for c in o["copies"]))
+    spilled = sum(o["size"] for o in objects if o["spilled"])
+    more = f" ({len(objects) - len(shown)} more not shown)" if len(objects) > len(shown) else ""
+    console.print(f"{len(objects)} objects{more}: {human_bytes(in_mem)} in memory, {human_bytes(spilled)} spilled")
+
+
+def _group_objects(records: list[dict]) -> list[dict]:
+    """Store records of every node, one entry per object with where its copies are."""
+    by_id: dict[str, dict] = {}
+    for r in records:
+        o = by_id.get(r["object_id"])
+        if o is None:
+            o = by_id[r["object_id"]] = {"object_id": r["object_id"], "size": r["size"], "owner": r["owner"],
+                                         "owner_pid": None, "copies": [], "pins": 0, "spilled": False,
+                                         "state": "sealed"}
+        o["copies"].append({"node_id": r["node_id"], "primary": r["primary"], "in_memory": r["in_memory"],
+                            "spilled": r["spilled"], "pins": r["pins"]})
+        o["pins"] += r["pins"]
+        o["spilled"] = o["spilled"] or r["spilled"]
+        if r["primary"]:
+            o["owner_pid"] = r.get("owner_pid")
+            if not r["sealed"]:
+                o["state"] = "being written"
+            elif r["freed"]:
+                o["state"] = "freed, still mapped"
+    for o in by_id.values():
+        o["copies"].sort(key=lambda c: (not c["primary"], c["node_id"]))
+    return sorted(by_id.values(), key=lambda o: (-o["size"], o["object_id"]))
+
+
+@app.command()
+def logs(
+    node: Optional[str] = typer.Argument(None, help="Node id (or a prefix of it), host:port or session dir "
+                                         "of a node on this machine (default: the newest)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing what is appended."),
+    lines: int = typer.Option(50, "--lines", "-n", help="Print the last N lines of each log first."),
+) -> None:
+    """Print the daemon and worker logs of a node (its session dir's logs/*.log).
+
+    Example: mesh logs 3f9a --follow
+    """
+    from ._private.logs import follow_logs, print_logs
+
+    info = _node_or_exit(node)
+    logs_dir = os.path.join(info["session_dir"], "logs")
+    offsets = print_logs(logs_dir, lines, sys.stdout)
+    if follow:
+        try:
+            follow_logs(logs_dir, offsets, sys.stdout)
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command()

@@ -11,7 +11,7 @@ EXPECTED = {
     "ActorClass", "ActorHandle", "ObjectRef", "RemoteFunction", "RuntimeContext",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "put", "remote", "shutdown", "wait",
+    "put", "remote", "shutdown", "timeline", "wait",
 }
 
 EXPECTED_EXCEPTIONS = {

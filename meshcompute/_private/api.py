@@ -56,6 +56,7 @@ def init(
     object_store_memory: int | None = None,
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
     **_ray_compat: Any,
 ) -> dict:
     """Connect this process to a mesh, starting an embedded local node if needed.
@@ -71,6 +72,8 @@ def init(
             of RAM).
         namespace: the namespace for named actors (default: a fresh one).
         ignore_reinit_error: return quietly if already initialized.
+        log_to_driver: print what tasks and actors print (their stdout and stderr
+            lines, prefixed ``(name pid=..., node=...)``) on this process's stderr.
 
     Returns a dict describing the node (``node_id``, ``session_dir``, ...).
     """
@@ -99,6 +102,7 @@ def init(
         core = Core(session_dir=info["session_dir"], daemon_addr=info["address"], kind="driver",
                     node_id=info["node_id"], host=info.get("host"),
                     keys=keys_for_session(info["session_dir"]), namespace=namespace)
+        core.log_to_driver = bool(log_to_driver)
         core.start()
         context.core = core
         if not _atexit_registered:
@@ -170,22 +174,92 @@ def remote(*args: Any, **options: Any) -> Any:
     return lambda target: make_remote(target, options)
 
 
-def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None) -> Any:
+def get(refs: ObjectRef | Sequence[ObjectRef], *, timeout: float | None = None, progress: bool = False) -> Any:
     """Wait for and return the value(s) of one ref or a list of refs.
 
     Raises the task's exception (as a ``TaskError`` that is also an instance of the
     original class), ``GetTimeoutError`` after ``timeout`` seconds, or
     ``WorkerCrashedError`` / ``ActorDiedError`` / ``TaskCancelledError``.
+
+    ``progress=True`` shows a progress bar on stderr while waiting (objects ready
+    out of the total, rate, time left); it only applies in a driver.
     """
     core = _core()
     if isinstance(refs, ObjectRef):
+        if progress:
+            _wait_with_progress(core, [refs], timeout)
         return core.get([refs], timeout)[0]
     if isinstance(refs, (list, tuple)):
         for r in refs:
             if not isinstance(r, ObjectRef):
                 raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got an item of type {type(r).__name__}")
+        if progress:
+            timeout = _wait_with_progress(core, list(refs), timeout)
         return core.get(list(refs), timeout)
     raise TypeError(f"get() expects an ObjectRef or a list of ObjectRefs, got {type(refs).__name__}")
+
+
+PROGRESS_POLL_S = 0.1
+"""How often get(progress=True) looks at how many objects are ready."""
+
+
+def _wait_with_progress(core: Core, refs: list, timeout: float | None) -> float | None:
+    """Wait for refs under a rich progress bar; returns what is left of the timeout."""
+    import time
+
+    from .. import exceptions as exc
+
+    if core.kind != "driver" or not refs:
+        return timeout
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    unique = list({r._id: r for r in refs}.values())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    columns = (TextColumn("[bold]get[/]"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("get", total=len(unique), rate="")
+        started = time.monotonic()
+
+        def report(n: int) -> None:
+            elapsed = max(1e-9, time.monotonic() - started)
+            bar.update(task, completed=n, rate=f"{n / elapsed:,.1f}/s")
+
+        if not core.wait_all_reporting(unique, timeout, PROGRESS_POLL_S, report):
+            ready = int(bar.tasks[0].completed)
+            raise exc.GetTimeoutError(
+                f"get() timed out after {timeout} s with {len(unique) - ready} of "
+                f"{len(unique)} objects not ready")
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def timeline(filename: str | None = None) -> list[dict] | None:
+    """A Chrome/Perfetto trace of the mesh's recent tasks, like ``ray.timeline``.
+
+    One complete event per task (``"ph": "X"``, ``ts``/``dur`` in microseconds),
+    one ``pid`` per node and one ``tid`` per worker.  With ``filename`` the JSON
+    array is written there (open it in https://ui.perfetto.dev or
+    chrome://tracing) and None is returned; without, the events are returned.
+    """
+    from .timeline import build_trace, write_trace
+
+    core = _core()
+    lanes = core.request_daemon(Msg.TIMELINE, "mesh", timeout=30)
+    events = build_trace(lanes if isinstance(lanes, list) else [])
+    if filename is None:
+        return events
+    write_trace(events, filename)
+    return None
 
 
 def put(value: Any) -> ObjectRef:

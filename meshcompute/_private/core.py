@@ -40,6 +40,7 @@ from .. import exceptions as exc
 from ..store.layout import encoded_size, pwrite_object, read_object, write_object
 from ..store.shm import Prefaulter, Ranges, mapping_address
 from . import ids
+from .log_stream import OUTPUT_FLUSH_S, print_output
 from .object_ref import ObjectRef
 from .protocol import Msg, decode, describe, encode
 from .serialization import (
@@ -65,6 +66,9 @@ SHORT_TASK_S = 0.002
 at a time per worker so a second worker can take the next one."""
 MAX_LEASE_REQUESTS = 16
 """Most lease requests one owner keeps outstanding per resource shape."""
+STATS_PERIOD_S = 0.5
+"""A process reports its task counters (TASK_STATS) at most this often, and only
+while they change: a timer armed by task activity, never a message per task."""
 
 
 class Entry:
@@ -211,6 +215,11 @@ class Core:
         self._blocked_depth = 0
         self._revoke_until = 0.0
         self.executor: Any = None  # set in workers
+        self.output: Any = None  # a worker's OutputShipper (log_stream.py)
+        self.log_to_driver = True  # a driver prints the lines its tasks' workers ship
+        self._out_last = 0.0
+        self._stats_armed = False
+        self._stats_sent: Any = None
         self.current_task_id: bytes | None = None
         self.current_actor_id: bytes | None = None
         self._handlers = self._make_handlers()
@@ -369,6 +378,8 @@ class Core:
             Msg.SHUTDOWN: self._on_shutdown,
             Msg.LEASE_SPILLBACK: self._on_lease_spillback,
             Msg.NODE_STATE: self._on_node_state,
+            Msg.TIMELINE: self._on_timeline,
+            Msg.WORKER_OUTPUT: self._on_worker_output,
         }
 
     def _on_reply(self, sender, msg, frames) -> None:
@@ -631,6 +642,31 @@ class Core:
         ready.update(w.done_ids)
         return ready
 
+    def wait_all_reporting(self, refs: list, timeout: float | None, tick: float, report) -> bool:
+        """Wait until every ref is ready, calling ``report(n_ready)`` every ``tick`` s
+        (a driver's get(progress=True)); False if the timeout passed first."""
+        objects = self._objects
+        ready = sum(1 for r in refs if (e := objects.get(r._id)) is not None and e.state == READY)
+        pending = [r for r in refs if (e := objects.get(r._id)) is None or e.state != READY]
+        report(ready)
+        if not pending:
+            return True
+        w = _Waiter(len(pending))
+        self.post(self._io_watch, pending, w)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                step = tick if left is None else max(0.0, min(tick, left))
+                done = w.event.wait(step)
+                report(ready + len(w.done_ids))
+                if done:
+                    return True
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+        finally:
+            self.post(self._io_unwatch, pending, w)
+
     def _steal(self, oids: list[bytes]) -> list:
         w = _Waiter(1)
         self.post(self._io_steal, oids, w)
@@ -817,6 +853,8 @@ class Core:
         return refs
 
     def _io_submit(self, t: Task) -> None:
+        if not self._stats_armed:
+            self._arm_stats()
         self._tasks[t.task_id] = t
         owner = self.address
         for oid in t.return_ids:
@@ -1333,6 +1371,8 @@ class Core:
         ex = self.executor
         if ex is None:
             return
+        if not self._stats_armed:
+            self._arm_stats()
         if self._blocked_depth and ex.bounce_enabled:
             self._ep.send(sender, [encode(Msg.TASKS_BOUNCED, [s[0] for s in specs])])
             return
@@ -1343,6 +1383,8 @@ class Core:
             pos += n
 
     def _on_actor_call(self, sender, msg, frames) -> None:
+        if not self._stats_armed:
+            self._arm_stats()
         if self.executor is not None:
             self.executor.submit_call(sender, msg[1], frames)
 
@@ -1372,6 +1414,11 @@ class Core:
             batch.append((result, frames))
 
     def _flush_done(self) -> None:
+        output = self.output
+        if output is not None and output.ready and time.monotonic() - self._out_last >= OUTPUT_FLUSH_S:
+            self._flush_output()  # what the tasks printed arrives before their results
+        if not self._stats_armed:
+            self._arm_stats()
         out, self._done_out = self._done_out, {}
         for owner, items in out.items():
             results = [r for r, _ in items]
@@ -1381,6 +1428,63 @@ class Core:
     def bounce(self, owner_tasks: dict[str, list[bytes]]) -> None:
         for owner, tids in owner_tasks.items():
             self.post(self._send, owner, [encode(Msg.TASKS_BOUNCED, tids)])
+
+    # ---------------------------------------------------------- observability
+
+    def _arm_stats(self) -> None:
+        self._stats_armed = True
+        self._call_later(STATS_PERIOD_S, self._send_stats)
+
+    def task_stats(self) -> dict:
+        """Tasks this process runs (a worker) and holds queued (any owner)."""
+        ex = self.executor
+        queued = sum(len(q) for q in self._queues.values()) + sum(len(a.queue) for a in self._actors.values())
+        if ex is None:
+            return {"running": 0, "queued": queued, "finished": 0}
+        finished = ex.tasks_finished
+        return {"running": max(0, ex.tasks_started - finished), "queued": queued + ex.queue.qsize(),
+                "finished": finished}
+
+    def _send_stats(self) -> None:
+        self._stats_armed = False
+        stats = self.task_stats()
+        if stats != self._stats_sent:
+            self._stats_sent = stats
+            self._send_daemon(Msg.TASK_STATS, stats)
+            self._arm_stats()  # look once more: the counters are still moving
+
+    def _arm_output(self) -> None:
+        """The first line of a batch is waiting: ship it within OUTPUT_FLUSH_S."""
+        delay = max(0.0, self._out_last + OUTPUT_FLUSH_S - time.monotonic())
+        self._call_later(delay, self._flush_output)
+
+    def _flush_output(self) -> None:
+        if self.output is None:
+            return
+        self._out_last = time.monotonic()
+        for sink, lines in self.output.take().items():
+            if sink == self.address:
+                self._on_worker_output(sink, (Msg.WORKER_OUTPUT, lines), [])
+            else:
+                self._ep.send(sink, [encode(Msg.WORKER_OUTPUT, lines)])
+
+    def _on_worker_output(self, sender, msg, frames) -> None:
+        lines = msg[1]
+        if not isinstance(lines, list):
+            return
+        if self.kind == "driver":
+            if self.log_to_driver:
+                print_output(lines)
+            return
+        sink = self.executor.log_sink() if self.executor is not None else None
+        if sink and sink != self.address:
+            self._ep.send(sink, [encode(Msg.WORKER_OUTPUT, lines)])
+
+    def _on_timeline(self, sender, msg, frames) -> None:
+        ex = self.executor
+        lane = ex.timeline_lane() if ex is not None else {"node_id": self.node_id, "pid": self.pid,
+                                                          "worker_id": self.worker_id, "events": []}
+        self._ep.send(sender, [encode(Msg.REPLY, msg[1], lane)])
 
     # ------------------------------------------------------------------- info
 

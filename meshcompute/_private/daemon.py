@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import fcntl
+import itertools
 import json
 import logging
 import mmap
@@ -34,6 +35,7 @@ import zmq
 from ..store.shm import ArenaWarmer
 from ..store.table import StoreFull, StoreTable, spill_dir_for
 from . import ids
+from .monitor_feed import MonitorFeed
 from .procutil import (
     arena_path,
     clean_stale_sessions,
@@ -147,6 +149,18 @@ class Pull:
 
 
 @dataclass
+class Gather:
+    """A request answered from several processes (workers, peer daemons) at once."""
+
+    requester: str
+    req_id: int
+    parts: list
+    waiting: set
+    deadline: float
+    combine: Any  # parts -> the value of the REPLY
+
+
+@dataclass
 class Actor:
     actor_id: bytes
     spec: dict
@@ -217,6 +231,11 @@ class Daemon:
         self.gone_nodes: dict[str, float] = {}  # dead/left peers -> when to release what they hold here
         self.copy_holders: dict[bytes, set[str]] = {}  # daemons that pulled our primaries
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
+        self.monitor = MonitorFeed(self)
+        self.proc_stats: dict[str, dict] = {}  # addr -> the process's last TASK_STATS
+        self.finished_base = 0  # tasks finished by processes that are gone
+        self.gathers: dict[int, Gather] = {}  # sub-request id -> its gather
+        self._sub_req_ids = itertools.count(1)
 
     # ----------------------------------------------------------------- set-up
 
@@ -325,6 +344,10 @@ class Daemon:
             if now >= next_check:
                 next_check = now + LIVENESS_PERIOD_S
                 self._check_liveness()
+            if self.monitor.active:
+                self.monitor.tick(now)
+            if self.gathers:
+                self._expire_gathers(now)
 
     # ------------------------------------------------------------ membership
 
@@ -369,6 +392,7 @@ class Daemon:
             if ev.kind in (EventKind.DEAD, EventKind.LEFT):
                 self.node_gone(ev.node, ev.kind.value)
             changed = True
+        self.monitor.on_member_events(events)
         if changed:
             self.schedule()
 
@@ -382,6 +406,7 @@ class Daemon:
         machine gossip can suspect a live node, and destroying its work for that
         would turn a slow moment into lost work.
         """
+        self.monitor.node_gone(node_id, state)
         for addr in list(self.processes):
             if node_of(addr) == self.node_id:
                 self.send(addr, Msg.NODE_STATE, node_id, state)
@@ -444,6 +469,15 @@ class Daemon:
             Msg.PULL_CHUNK: self.on_pull_chunk,
             Msg.CHUNK_DATA: self.on_chunk_data,
             Msg.PULL_DONE: self.on_pull_done,
+            Msg.REPLY: self.on_reply,
+            Msg.MONITOR_SUBSCRIBE: lambda sender, msg, frames: self.monitor.on_subscribe(sender, msg),
+            Msg.MONITOR_UNSUBSCRIBE: lambda sender, msg, frames: self.monitor.on_unsubscribe(sender),
+            Msg.MONITOR_SNAPSHOT: lambda sender, msg, frames: self.monitor.on_snapshot(sender, msg),
+            Msg.MONITOR_UPDATE: lambda sender, msg, frames: self.monitor.on_update(sender, msg),
+            Msg.MONITOR_HEARTBEAT: lambda sender, msg, frames: self.monitor.on_heartbeat(sender, msg),
+            Msg.TASK_STATS: self.on_task_stats,
+            Msg.TIMELINE: self.on_timeline,
+            Msg.LIST_OBJECTS: self.on_list_objects,
         }
 
     def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
@@ -539,6 +573,10 @@ class Daemon:
         self.pending = collections.deque(r for r in self.pending if r.owner != addr)
         for a in self.actors.values():
             a.subscribers.discard(addr)
+        stats = self.proc_stats.pop(addr, None)
+        if stats:
+            self.finished_base += int(stats.get("finished", 0))
+        self.monitor.drop(addr)
 
     def kill_pid(self, pid: int, sig: int = signal.SIGKILL) -> None:
         try:
@@ -842,6 +880,7 @@ class Daemon:
         if name:
             self.named[(ns, name)] = actor_id
         self.reply(sender, req_id, ("ok", actor_id, self.address))
+        self.monitor.actor_changed(a)
         if not self.feasible(shape):
             a.reason = (f"Actor {spec.get('class_name')} needs {dict(shape)}, but no node of this mesh has that "
                         f"much (the largest offers {self.largest_node()}); it stays pending until such a node joins.")
@@ -887,6 +926,7 @@ class Daemon:
         reason = a.reason
         for sub in list(a.subscribers):
             self.send(sub, Msg.ACTOR_STATE, a.actor_id, a.state, addr, a.restarts, reason)
+        self.monitor.actor_changed(a)
 
     def on_subscribe_actor(self, sender: str, msg: tuple, frames: list) -> None:
         a = self.actors.get(msg[1])
@@ -1126,6 +1166,7 @@ class Daemon:
             "pid": os.getpid(),
             "session_dir": self.session_dir,
             "queued": len(self.pending),
+            "tasks": self.task_totals(),
         }
         if what == "mesh":
             nodes = [info]
@@ -1137,9 +1178,106 @@ class Daemon:
                     "store": {"used": p.store[0], "capacity": p.store[1]} if p.store else {},
                     "queued": p.queue,
                 })
-            self.reply(sender, req_id, {"nodes": nodes, "leader": None, "self": self.node_id})
+            self.reply(sender, req_id, {"nodes": nodes, "leader": self.control_status()["leader"],
+                                        "self": self.node_id})
             return
         self.reply(sender, req_id, info)
+
+    def control_status(self) -> dict:
+        """The control store's leader, term and commit index (None until it is replicated)."""
+        return {"leader": None, "term": None, "commit_index": None}
+
+    # ---------------------------------------------------------- observability
+
+    def on_task_stats(self, sender: str, msg: tuple, frames: list) -> None:
+        if isinstance(msg[1], dict) and sender in self.processes:
+            self.proc_stats[sender] = msg[1]
+
+    def task_totals(self) -> dict:
+        """Tasks running, queued and finished on this node, from the processes' TASK_STATS."""
+        running = queued = 0
+        finished = self.finished_base
+        for s in self.proc_stats.values():
+            running += int(s.get("running", 0))
+            queued += int(s.get("queued", 0))
+            finished += int(s.get("finished", 0))
+        return {"running": running, "queued": queued, "finished": finished}
+
+    def gather(self, requester: str, req_id: int, requests: list, local: list, timeout: float,
+               combine) -> None:
+        """Send each ``(addr, msg_type, *fields)`` with a fresh req_id; REPLY to the requester
+        with ``combine(local + answers)`` once all answered or ``timeout`` passed."""
+        g = Gather(requester, req_id, list(local), set(), time.monotonic() + timeout, combine)
+        for addr, msg_type, *fields in requests:
+            sub_id = next(self._sub_req_ids)
+            try:
+                self.send(addr, msg_type, sub_id, *fields)
+            except (ValueError, zmq.ZMQError) as e:
+                log.warning("cannot ask %s: %s", addr, e)
+                continue
+            g.waiting.add(sub_id)
+            self.gathers[sub_id] = g
+        if not g.waiting:
+            self._finish_gather(g)
+
+    def on_reply(self, sender: str, msg: tuple, frames: list) -> None:
+        g = self.gathers.pop(msg[1], None)
+        if g is None:
+            return
+        g.waiting.discard(msg[1])
+        g.parts.append(msg[2])
+        if not g.waiting:
+            self._finish_gather(g)
+
+    def _expire_gathers(self, now: float) -> None:
+        for g in {id(g): g for g in self.gathers.values()}.values():
+            if now >= g.deadline:
+                for sub_id in g.waiting:
+                    self.gathers.pop(sub_id, None)
+                g.waiting.clear()
+                self._finish_gather(g)
+
+    def _finish_gather(self, g: Gather) -> None:
+        try:
+            value = g.combine(g.parts)
+        except Exception:  # noqa: BLE001 - a bad answer must not lose the reply
+            log.error("combining answers for %s failed:\n%s", g.requester, traceback.format_exc())
+            value = []
+        self.reply(g.requester, g.req_id, value)
+
+    def _peer_requests(self, msg_type: Msg, *fields) -> list:
+        return [(p.address, msg_type, *fields) for p in self.peer_views().values()
+                if p.state in ("alive", "suspect") and p.address]
+
+    def on_timeline(self, sender: str, msg: tuple, frames: list) -> None:
+        """Collect the recent task spans of our workers (and, for "mesh", of every node's)."""
+        _, req_id, scope = msg
+        requests = [(w.addr, Msg.TIMELINE, "worker") for w in self.workers.values()
+                    if w.addr and w.state not in ("starting", "dead")]
+        if scope == "mesh":
+            requests += self._peer_requests(Msg.TIMELINE, "node")
+        self.gather(sender, req_id, requests, [], 2.5 if scope == "mesh" else 1.5, _flatten_lanes)
+
+    def on_list_objects(self, sender: str, msg: tuple, frames: list) -> None:
+        """The store table's records (and, for "mesh", every node's)."""
+        _, req_id, scope = msg
+        local = [self.object_records()]
+        requests = self._peer_requests(Msg.LIST_OBJECTS, "node") if scope == "mesh" else []
+        self.gather(sender, req_id, requests, local, 2.5, _flatten)
+
+    def object_records(self) -> list[dict]:
+        out = []
+        table = self.store
+        for obj in list(table.objects.values()) + list(table.retired):
+            out.append({
+                "object_id": obj.object_id.hex(), "size": obj.size, "owner": obj.owner,
+                "owner_pid": self.processes.get(obj.owner), "node_id": self.node_id,
+                "primary": obj.primary, "sealed": obj.sealed, "freed": obj.freed,
+                "pins": sum(obj.pins.values()), "readers": len(obj.pins),
+                "in_memory": obj.offset is not None, "spilled": obj.spill_path is not None,
+                "spill_bytes": obj.spill_bytes,
+            })
+        return out
 
     def on_shutdown(self, sender: str, msg: tuple, frames: list) -> None:
         self.running = False
@@ -1178,6 +1316,21 @@ class Daemon:
         if self.store.arena_fd >= 0:
             os.close(self.store.arena_fd)
         remove_session(self.session_dir, self.spill_dir)
+
+
+def _flatten(parts: list) -> list:
+    return [item for part in parts if isinstance(part, list) for item in part]
+
+
+def _flatten_lanes(parts: list) -> list:
+    """Worker answers are dicts, peer daemons' answers lists of them."""
+    out = []
+    for part in parts:
+        if isinstance(part, dict):
+            out.append(part)
+        elif isinstance(part, list):
+            out.extend(p for p in part if isinstance(p, dict))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

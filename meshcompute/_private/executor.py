@@ -9,6 +9,7 @@ task waiting on its children never sits on work those children need.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
 import queue
@@ -23,6 +24,9 @@ from .. import exceptions as exc
 from .object_ref import ObjectRef
 from .protocol import Msg
 from .serialization import DeserializeContext, deserialize, serialize
+
+TIMELINE_SPANS = 10000
+"""Recent task spans a worker keeps for ``mesh timeline`` (a ring buffer)."""
 
 
 class _Cancelled(BaseException):
@@ -47,6 +51,15 @@ class Executor:
         self._main_ident = threading.get_ident()
         self._base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self._inline_depth = 0
+        # Observability, kept off the messages: counters read by the I/O thread's
+        # periodic TASK_STATS, spans read on a TIMELINE request.
+        self.tasks_started = 0
+        self.tasks_finished = 0
+        self.timeline: collections.deque = collections.deque(maxlen=TIMELINE_SPANS)
+        self._wall_offset = time.time() - time.perf_counter()
+        self.log_ctx: tuple | None = None  # (owner to ship printed lines to, label)
+        self.last_sink: str | None = None
+        self.actor_label: str | None = None
         signal.signal(signal.SIGINT, self._on_sigint)
 
     # ---------------------------------------------------------------- control
@@ -177,6 +190,14 @@ class Executor:
         core.current_task_id = task_id
         core.gpu_ids = gpu_ids
         self._current = task_id
+        saved_ctx = self.log_ctx
+        sink = owner
+        if self.actor_id is None:
+            if owner == core.address and saved_ctx is not None:
+                sink = saved_ctx[0]  # our own child, run inline: its lines go where ours go
+            self.log_ctx = (sink, name)
+            self.last_sink = sink
+        self.tasks_started += 1
         start = time.perf_counter()
         status = "ok"
         fn = None
@@ -204,6 +225,12 @@ class Executor:
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self._base_cuda
         duration = time.perf_counter() - start
+        self.tasks_finished += 1
+        self.timeline.append((name, start, duration, task_id))
+        if self.actor_id is None:
+            self.log_ctx = saved_ctx
+            if core.output is not None:
+                core.output.end_of_task(sink)
         self._finish(owner, task_id, return_ids, num_returns, result, error, duration, status)
 
     def _wrap(self, name: str, e: BaseException) -> exc.TaskError:
@@ -255,6 +282,31 @@ class Executor:
         task_id, return_ids, num_returns = spec[0], spec[-1], spec[-2]
         self._finish(owner, task_id, return_ids, num_returns, None, error, 0.0, "ok")
 
+    # ---------------------------------------------------------- observability
+
+    def timeline_lane(self) -> dict:
+        """This worker's recent task spans, wall-clock seconds (I/O thread)."""
+        for _ in range(3):
+            try:
+                spans = list(self.timeline)
+                break
+            except RuntimeError:  # appended to meanwhile
+                continue
+        else:
+            spans = []
+        off = self._wall_offset
+        core = self.core
+        return {
+            "node_id": core.node_id, "pid": core.pid, "worker_id": core.worker_id,
+            "actor": self.actor_label,
+            "events": [(name, start + off, dur, tid.hex()) for name, start, dur, tid in spans],
+        }
+
+    def log_sink(self) -> str | None:
+        """Where lines this process receives from its own children go next."""
+        ctx = self.log_ctx
+        return ctx[0] if ctx is not None else self.last_sink
+
     # ----------------------------------------------------------------- actors
 
     def _become_actor(self, actor_id: bytes, spec: dict, restarts: int, frames: list) -> None:
@@ -262,6 +314,9 @@ class Executor:
         self.actor_id = actor_id
         core.current_actor_id = actor_id
         self.bounce_enabled = False
+        self.actor_label = spec.get("class_name", "actor")
+        self.log_ctx = (spec["owner"], self.actor_label)
+        self.last_sink = spec["owner"]
         error = None
         try:
             cls = deserialize(spec["class_bytes"], [])
@@ -318,6 +373,7 @@ class Executor:
             with self._lock:
                 self._current = task_id
             core.current_task_id = task_id
+        self.tasks_started += 1
         start = time.perf_counter()
         result = error = None
         try:
@@ -338,14 +394,17 @@ class Executor:
                     self._current = None
                     self._cancel_target = None
                 core.current_task_id = None
-        self._finish(caller, task_id, return_ids, num_returns, result, error,
-                     time.perf_counter() - start, "ok")
+        duration = time.perf_counter() - start
+        self.tasks_finished += 1
+        self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
+        self._finish(caller, task_id, return_ids, num_returns, result, error, duration, "ok")
 
     async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
-        start = time.perf_counter()
         result = error = None
         async with self._sem:
+            self.tasks_started += 1
+            start = time.perf_counter()
             try:
                 if any(a[0] == "r" for a in args_wire):
                     args = await asyncio.get_running_loop().run_in_executor(
@@ -358,8 +417,10 @@ class Executor:
                     result = await result
             except BaseException as e:  # noqa: BLE001
                 error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
-        self._finish(caller, task_id, return_ids, num_returns, result, error,
-                     time.perf_counter() - start, "ok")
+            duration = time.perf_counter() - start
+            self.tasks_finished += 1
+            self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
+        self._finish(caller, task_id, return_ids, num_returns, result, error, duration, "ok")
 
 
 def _call(fn: Any, args: list, kw_names: tuple) -> Any:

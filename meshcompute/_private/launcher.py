@@ -135,6 +135,13 @@ def stop_node(info: dict, timeout: float = 10.0) -> bool:
 
 def query(info: dict, what: str = "mesh", timeout: float = 5.0) -> Any:
     """Ask a node on this host for NODE_INFO without becoming a driver."""
+    from .protocol import Msg
+
+    return request(info, Msg.NODE_INFO, what, timeout=timeout)
+
+
+def request(info: dict, msg_type: Any, *fields: Any, timeout: float = 5.0) -> Any:
+    """Send one request (its req_id goes first) to a node on this host; return the REPLY's value."""
     import zmq
 
     from .ids import random_id
@@ -144,13 +151,42 @@ def query(info: dict, what: str = "mesh", timeout: float = 5.0) -> Any:
     ctx = zmq.Context()
     ep = Endpoint(ctx, info["node_id"], f"cli_{random_id()}", info["session_dir"])
     try:
-        ep.send(info["address"], [encode(Msg.NODE_INFO, 1, what)])
-        if ep.inbox.poll(int(timeout * 1000)):
+        ep.send(info["address"], [encode(msg_type, 1, *fields)])
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not ep.inbox.poll(int(left * 1000) + 1):
+                break
             frames = ep.inbox.recv_multipart()
             msg = decode(frames[1])
-            if msg[0] == Msg.REPLY:
+            if msg[0] == Msg.REPLY and msg[1] == 1:
                 return msg[2]
         raise exc.MeshError(f"the node at {info.get('tcp') or info['address']} did not answer in {timeout} s")
     finally:
         ep.close()
         ctx.term()
+
+
+def all_sessions() -> list[dict]:
+    """Every node on this host whose daemon runs (embedded ones too), newest first."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")), reverse=True):
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if pid_alive(int(info.get("pid", 0))):
+            out.append(info)
+    return out
+
+
+def find_any_node(ref: str | None) -> dict | None:
+    """Like find_node, but also embedded nodes, and a node id prefix of at least 4 characters."""
+    info = find_node(ref)
+    if info is not None or ref in (None, "auto"):
+        return info
+    matches = [i for i in all_sessions()
+               if ref in ((i.get("tcp") or "").replace("tcp://", ""), i.get("session_dir"), i.get("address"))
+               or (len(ref) >= 4 and i.get("node_id", "").startswith(ref))]
+    return matches[0] if len(matches) == 1 else None

@@ -71,6 +71,16 @@ class Msg(IntEnum):
     PULL_CHUNK = 53  # a daemon asks the holder of an object for one chunk of it
     CHUNK_DATA = 54  # the chunk (one data frame), or an error
     PULL_DONE = 55  # the puller has every chunk: the holder drops its transfer pin
+    # observability (docs/observability.md)
+    MONITOR_SUBSCRIBE = 56  # start a monitor feed: answered by MONITOR_SNAPSHOT, then updates
+    MONITOR_SNAPSHOT = 57  # the whole monitored state at one sequence number
+    MONITOR_UPDATE = 58  # changed keys since the previous sequence number
+    MONITOR_HEARTBEAT = 59  # daemon -> subscriber when idle; subscriber -> daemon renews the feed
+    MONITOR_UNSUBSCRIBE = 60
+    TASK_STATS = 61  # a process's task counters, at most every 0.5 s while they change
+    TIMELINE = 62  # collect the recent task spans of workers (of this node or the mesh)
+    WORKER_OUTPUT = 63  # a batch of lines a worker printed, for the owner's driver
+    LIST_OBJECTS = 64  # the store table's records (of this node or the mesh)
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -117,6 +127,15 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.PULL_CHUNK: ("object_id", "offset", "length"),
     Msg.CHUNK_DATA: ("object_id", "offset", "compressed", "error"),
     Msg.PULL_DONE: ("object_id",),
+    Msg.MONITOR_SUBSCRIBE: ("req_id", "scope", "ttl"),
+    Msg.MONITOR_SNAPSHOT: ("req_id", "seq", "snapshot"),
+    Msg.MONITOR_UPDATE: ("seq", "changes"),
+    Msg.MONITOR_HEARTBEAT: ("seq",),
+    Msg.MONITOR_UNSUBSCRIBE: (),
+    Msg.TASK_STATS: ("stats",),
+    Msg.TIMELINE: ("req_id", "scope"),
+    Msg.WORKER_OUTPUT: ("lines",),
+    Msg.LIST_OBJECTS: ("req_id", "scope"),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"

@@ -17,14 +17,18 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
     random.seed()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     log_path = os.path.join(session_dir, "logs", f"worker-{worker_id}.log")
-    # Worker output goes to its log file; the driver's terminal is not ours.
+    from .log_stream import OutputShipper, OutputTee
+
+    # Worker output goes to its log file (the driver's terminal is not ours); what
+    # tasks print is also shipped to their owner's driver (log_stream.py).
+    shipper = OutputShipper()
     try:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         os.close(fd)
-        sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-        sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        sys.stdout = OutputTee(os.fdopen(1, "w", buffering=1, closefd=False), shipper, 1)
+        sys.stderr = OutputTee(os.fdopen(2, "w", buffering=1, closefd=False), shipper, 2)
     except OSError:
         pass
     from .core import Core
@@ -37,6 +41,8 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
     context.core = core
     executor = Executor(core)
     core.executor = executor
+    shipper.attach(core, executor)
+    core.output = shipper
     core.start()
     executor.run()
     core.close()

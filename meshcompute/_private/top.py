@@ -1,0 +1,385 @@
+"""``mesh top``: a live full-screen view of the mesh from one daemon's monitor feed.
+
+Rendering is a pure function of the feed's state (:func:`render`), so the screen
+can be tested and captured without a terminal; :func:`run` is the loop: it
+polls the feed's sockets and the keyboard (cbreak mode) together, redraws at
+most a few times a second and only when something changed, and moves to another
+member when the daemon it watches stops talking.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .monitor import MonitorClient
+
+SPARK = "▁▂▃▄▅▆▇█"
+RENDER_EVERY_S = 1.0
+"""The screen is redrawn (and the tasks-finished rate sampled) this often (s); a redraw
+costs ~10 ms of CPU, so this is what keeps ``mesh top`` cheap."""
+RENDER_MIN_S = 0.1
+"""Shortest interval (s) between two redraws triggered by keys or state changes."""
+POLL_S = 0.5
+"""Longest wait (s) for the feed or a key between two checks."""
+
+STATE_STYLE = {"alive": "green", "suspect": "yellow", "dead": "bold red", "left": "dim",
+               "ALIVE": "green", "PENDING": "yellow", "RESTARTING": "yellow", "DEAD": "red"}
+DASH = "—"
+
+
+def human_bytes(n: Any) -> str:
+    if n is None:
+        return DASH
+    n = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            if unit == "B":
+                return f"{int(n)}B"
+            return f"{n:.0f}{unit}" if abs(n) >= 10 else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.0f}T"
+
+
+def _num(x: Any) -> str:
+    if x is None:
+        return DASH
+    x = float(x)
+    return f"{x:g}" if x == int(x) else f"{x:.1f}"
+
+
+def sparkline(values: list[float], width: int) -> str:
+    values = list(values)[-width:] if width > 0 else []
+    if not values:
+        return ""
+    top = max(values)
+    if top <= 0:
+        return SPARK[0] * len(values)
+    return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+class Rates:
+    """Tasks finished per second, from the feed's cumulative counters."""
+
+    def __init__(self, keep: int = 240) -> None:
+        self.values: collections.deque[float] = collections.deque(maxlen=keep)
+        self._last: tuple[float, int, int] | None = None  # (time, total, state generation)
+        self.peak = 0.0
+
+    def sample(self, now: float, total: int, generation: int) -> None:
+        last = self._last
+        self._last = (now, total, generation)
+        if last is None or last[2] != generation or now <= last[0]:
+            return  # a new snapshot (another daemon) is a new baseline
+        rate = max(0.0, (total - last[1]) / (now - last[0]))
+        self.values.append(rate)
+        self.peak = max(self.peak, rate)
+
+    @property
+    def current(self) -> float:
+        return self.values[-1] if self.values else 0.0
+
+
+def _sorted_nodes(nodes: list[dict], watched: str | None) -> list[dict]:
+    order = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
+    return sorted(nodes, key=lambda n: (n.get("node_id") != watched, order.get(n.get("state"), 4),
+                                        n.get("node_id", "")))
+
+
+def _header(client: Any, width: int, now_wall: float) -> list[Text]:
+    st = client.state
+    nodes = st.nodes()
+    alive = sum(1 for n in nodes if n.get("state") == "alive")
+    ctl = st.control()
+    line1 = Text(no_wrap=True, overflow="ellipsis")
+    line1.append(" mesh top ", style="bold reverse")
+    line1.append(f" {client.status}", style="bold" if client.connected else "bold yellow")
+    clock = time.strftime("%H:%M:%S", time.localtime(now_wall))
+    right = f"seq {st.seq}  {clock}"
+    pad = width - line1.cell_len - len(right) - 1
+    line1.append(" " * max(1, pad) + right)
+    line2 = Text(no_wrap=True, overflow="ellipsis")
+    line2.append(" control store ", style="dim")
+    line2.append(f"leader {ctl.get('leader') or DASH}  term {_num(ctl.get('term'))}  "
+                 f"commit {_num(ctl.get('commit_index'))}")
+    actors = st.actors()
+    line2.append(f"   nodes {alive}/{len(nodes)} alive   actors "
+                 f"{sum(1 for a in actors if a.get('state') == 'ALIVE')}/{len(actors)}")
+    return [line1, line2]
+
+
+def _nodes_table(client: Any, width: int, rows: int) -> Table:
+    wide = width >= 110
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), expand=False,
+                  header_style="bold")
+    table.add_column("NODE", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    if wide:
+        table.add_column("ADDRESS", no_wrap=True)
+    table.add_column("CPU", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("HOST%", justify="right", no_wrap=True)
+    table.add_column("MEM", justify="right", no_wrap=True)
+    table.add_column("GPU", justify="right", no_wrap=True)
+    table.add_column("RUN", justify="right", no_wrap=True)
+    table.add_column("QUEUE", justify="right", no_wrap=True)
+    table.add_column("DONE", justify="right", no_wrap=True)
+    table.add_column("STORE", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("SPILLED", justify="right", no_wrap=True)
+        table.add_column("WORKERS", justify="right", no_wrap=True)
+    nodes = _sorted_nodes(client.state.nodes(), client.watched)
+    shown = nodes if len(nodes) <= rows else nodes[:max(0, rows - 1)]
+    for n in shown:
+        state = n.get("state", "?")
+        cpu = n.get("cpu") or {}
+        mem = n.get("mem") or {}
+        gpu = n.get("gpu") or {}
+        tasks = n.get("tasks") or {}
+        store = n.get("store") or {}
+        total_cpu = cpu.get("total", (n.get("resources_total") or {}).get("CPU"))
+        node_label = n.get("node_id", "?")[:8] + ("*" if n.get("node_id") == client.watched else "")
+        cpu_text = f"{_num(cpu.get('node_cores'))}/{_num(total_cpu)}" if cpu else f"{DASH}/{_num(total_cpu)}"
+        mem_total = mem.get("total", (n.get("resources_total") or {}).get("memory"))
+        mem_text = f"{human_bytes(mem.get('node_rss'))}/{human_bytes(mem_total)}"
+        gpu_total = gpu.get("total", (n.get("resources_total") or {}).get("GPU", 0))
+        gpu_text = f"{_num(gpu.get('allocated', 0))}/{_num(gpu_total)}"
+        if gpu.get("util") is not None:
+            gpu_text += f" {gpu['util']:.0f}%"
+        store_text = f"{human_bytes(store.get('used'))}/{human_bytes(store.get('capacity'))}"
+        row = [Text(node_label), Text(state, style=STATE_STYLE.get(state, ""))]
+        if wide:
+            row.append(Text((n.get("address") or "").partition("@")[2].replace("tcp://", "")))
+        row.append(Text(cpu_text))
+        if wide:
+            hp = cpu.get("host_percent")
+            row.append(Text(DASH if hp is None else f"{hp:.0f}%"))
+        row += [Text(mem_text), Text(gpu_text), Text(str(tasks.get("running", DASH))),
+                Text(str(tasks.get("queued", DASH))), Text(str(tasks.get("finished", DASH))),
+                Text(store_text)]
+        if wide:
+            row += [Text(human_bytes(store.get("spilled_bytes")) if "spilled_bytes" in store else DASH),
+                    Text(str(n.get("workers", DASH)))]
+        if state in ("dead", "left"):
+            for cell in row[2:]:
+                cell.stylize("dim")
+        table.add_row(*row)
+    if len(shown) < len(nodes):
+        table.add_row(Text(f"… {len(nodes) - len(shown)} more", style="dim"))
+    return table
+
+
+def _actors_table(client: Any, width: int, rows: int) -> Table:
+    wide = width >= 110
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
+    table.add_column("NAME", no_wrap=True, overflow="ellipsis", max_width=24 if not wide else 40)
+    table.add_column("CLASS", no_wrap=True, overflow="ellipsis", max_width=20 if not wide else 40)
+    table.add_column("NODE", no_wrap=True)
+    table.add_column("STATE", no_wrap=True)
+    table.add_column("RESTARTS", justify="right", no_wrap=True)
+    table.add_column("PID", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("ACTOR ID", no_wrap=True)
+        table.add_column("REASON", no_wrap=True, overflow="ellipsis", max_width=max(10, width - 120))
+    order = {"ALIVE": 0, "RESTARTING": 1, "PENDING": 2, "DEAD": 3}
+    actors = sorted(client.state.actors(), key=lambda a: (order.get(a.get("state"), 4), a.get("class", ""),
+                                                          a.get("name", ""), a.get("actor_id", "")))
+    shown = actors if len(actors) <= rows else actors[:max(0, rows - 1)]
+    for a in shown:
+        state = a.get("state", "?")
+        row = [Text(a.get("name") or DASH), Text(a.get("class", "?")), Text((a.get("node") or "?")[:8]),
+               Text(state, style=STATE_STYLE.get(state, "")), Text(str(a.get("restarts", 0))),
+               Text(str(a.get("pid") or DASH))]
+        if wide:
+            row += [Text(a.get("actor_id", "")[:16]), Text(a.get("reason") or "", style="dim")]
+        table.add_row(*row)
+    if not actors:
+        table.add_row(Text("no actors", style="dim"))
+    elif len(shown) < len(actors):
+        table.add_row(Text(f"… {len(actors) - len(shown)} more", style="dim"))
+    return table
+
+
+def _rate_line(rates: Rates, total: int, width: int) -> Text:
+    label = "tasks/s "
+    tail = f" {rates.current:,.0f}/s  peak {rates.peak:,.0f}  done {total:,}"
+    room = max(0, width - len(label) - len(tail) - 2)
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(" " + label, style="bold")
+    line.append(sparkline(list(rates.values), room), style="cyan")
+    line.append(tail)
+    return line
+
+
+def _footer(view: str, width: int) -> Text:
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for key, name in (("n", "nodes"), ("a", "actors"), ("q", "quit")):
+        line.append(f" {key} ", style="bold reverse")
+        line.append(f" {name} ", style="bold" if name == view else "")
+        line.append(" ")
+    return line
+
+
+def render(client: Any, rates: Rates, view: str, width: int, height: int, now_wall: float | None = None):
+    """One screen of ``width`` x ``height`` cells: header, the view, the rate, the keys."""
+    now_wall = time.time() if now_wall is None else now_wall
+    head = _header(client, width, now_wall)
+    body_height = max(3, height - len(head) - 3)
+    rows = max(1, body_height - 2)  # the table's header and rule
+    if view == "actors":
+        body = _actors_table(client, width, rows)
+    else:
+        n_nodes = len(client.state.nodes())
+        node_rows = min(rows, n_nodes + (1 if n_nodes > rows else 0))
+        left = rows - node_rows - 3  # a gap, then the actors table's header and rule
+        if left >= 2 and client.state.actors():
+            # Room to spare: the actors too (the full list is the `a` view).
+            body = Group(_nodes_table(client, width, node_rows), Text(""),
+                         _actors_table(client, width, left))
+        else:
+            body = _nodes_table(client, width, rows)
+    return _Screen([*head, Text("")], body,
+                   [_rate_line(rates, client.state.finished_total(), width), _footer(view, width)], height)
+
+
+class _Screen:
+    """Header lines at the top, the body below, the rate and the keys on the last lines."""
+
+    def __init__(self, top: list, body: Any, bottom: list, height: int) -> None:
+        self.top, self.body, self.bottom, self.height = top, body, bottom, height
+
+    def __rich_console__(self, console: Console, options: Any):
+        from rich.segment import Segment
+
+        opts = options.update(height=None)
+        lines = []
+        for part in (*self.top, self.body):
+            lines.extend(console.render_lines(part, opts, pad=False))
+        room = self.height - len(self.bottom)
+        lines = lines[:room]
+        lines.extend([] for _ in range(room - len(lines)))
+        for part in self.bottom:
+            lines.extend(console.render_lines(part, opts, pad=False)[:1])
+        new_line = Segment.line()
+        for i, line in enumerate(lines):
+            yield from line
+            if i < len(lines) - 1:
+                yield new_line
+
+
+def render_text(client: Any, rates: Rates, view: str = "nodes", width: int = 80, height: int = 24) -> str:
+    """The screen as plain text (``mesh top --once``, docs, tests)."""
+    console = Console(width=width, height=height, record=True, file=open(os.devnull, "w"),
+                      color_system=None, legacy_windows=False)
+    console.print(render(client, rates, view, width, height))
+    text = console.export_text()
+    console.file.close()
+    return text
+
+
+class _Keys:
+    """The keyboard in cbreak mode (no echo, no line buffering); restored on exit."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+        self._saved = None
+        try:
+            fd = sys.stdin.fileno()
+            if os.isatty(fd):
+                import termios
+                import tty
+
+                self._saved = termios.tcgetattr(fd)
+                tty.setcbreak(fd)
+                self.fd = fd
+        except (OSError, ValueError, AttributeError):
+            self.fd = None
+
+    def read(self) -> str:
+        if self.fd is None:
+            return ""
+        try:
+            return os.read(self.fd, 64).decode(errors="ignore")
+        except OSError:
+            return ""
+
+    def restore(self) -> None:
+        if self.fd is not None and self._saved is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+            self.fd = None
+
+
+def _signature(client: Any, view: str) -> tuple:
+    """What must show at once when it changes: the connection, node states, the view."""
+    return (client.status, view, tuple(sorted((n.get("node_id"), n.get("state")) for n in client.state.nodes())))
+
+
+def run(client: MonitorClient, console: Console | None = None) -> None:
+    """The live screen: redraws once a second (new figures, the rate), and at once for a key,
+    a node changing state or the feed moving to another daemon."""
+    console = console or Console()
+    rates = Rates()
+    view = "nodes"
+    keys = _Keys()
+    resized = [False]
+
+    def _winch(signum, frame) -> None:
+        resized[0] = True
+
+    old_winch = signal.signal(signal.SIGWINCH, _winch)
+    last_render = 0.0
+    next_tick = time.monotonic()
+    shown: tuple = ()
+    try:
+        with Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+            while True:
+                fds = (keys.fd,) if keys.fd is not None else ()
+                timeout = max(0.0, min(POLL_S, next_tick - time.monotonic()))
+                try:
+                    changed, ready = client.poll(timeout, fds)
+                except (InterruptedError, zmq.ZMQError):
+                    changed, ready = False, []
+                urgent = False
+                if ready:
+                    for ch in keys.read():
+                        if ch in ("q", "Q", "\x03"):
+                            return
+                        if ch in ("n", "N"):
+                            view, urgent = "nodes", True
+                        elif ch in ("a", "A"):
+                            view, urgent = "actors", True
+                now = time.monotonic()
+                due = now >= next_tick
+                if due:
+                    next_tick = now + RENDER_EVERY_S
+                    if client.connected:
+                        rates.sample(now, client.state.finished_total(), client.state.generation)
+                if resized[0]:
+                    resized[0] = False
+                    urgent = True
+                if changed or urgent:
+                    sig = _signature(client, view)
+                    urgent = urgent or sig != shown
+                if due or (urgent and now - last_render >= RENDER_MIN_S):
+                    shown = _signature(client, view)
+                    width, height = console.size
+                    live.update(render(client, rates, view, width, height), refresh=True)
+                    last_render = now
+    except KeyboardInterrupt:
+        pass
+    finally:
+        keys.restore()
+        signal.signal(signal.SIGWINCH, old_winch)
