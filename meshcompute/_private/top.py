@@ -151,7 +151,7 @@ def _grid(columns: list[tuple[str, str]], rows: list[list], limit: int, gap: int
 
 # Columns shown beyond the 80-column set when the terminal is wider, in order,
 # with the room each needs.
-EXTRA_NODE_COLUMNS = (("HOST%", 7), ("WORKERS", 9), ("SPILLED", 9), ("ADDRESS", 23))
+EXTRA_NODE_COLUMNS = (("HOST%", 7), ("WORKERS", 9), ("ADDRESS", 23))
 
 
 def _nodes_lines(client: Any, width: int, rows: int) -> list[Text]:
@@ -167,9 +167,8 @@ def _nodes_lines(client: Any, width: int, rows: int) -> list[Text]:
     columns.append(("CPU", ">"))
     if "HOST%" in extras:
         columns.append(("HOST%", ">"))
-    columns += [("MEM", ">"), ("GPU", ">"), ("RUN", ">"), ("QUEUE", ">"), ("DONE", ">"), ("STORE", ">")]
-    if "SPILLED" in extras:
-        columns.append(("SPILLED", ">"))
+    columns += [("MEM", ">"), ("GPU", ">"), ("RUN", ">"), ("QUEUE", ">"), ("DONE", ">"), ("STORE", ">"),
+                ("SPILLED", ">")]
     if "WORKERS" in extras:
         columns.append(("WORKERS", ">"))
     table = []
@@ -200,8 +199,7 @@ def _nodes_lines(client: Any, width: int, rows: int) -> list[Text]:
                 (str(tasks.get("running", DASH)), dim), (str(tasks.get("queued", DASH)), dim),
                 (str(tasks.get("finished", DASH)), dim),
                 (f"{human_bytes(store.get('used'))}/{human_bytes(store.get('capacity'))}", dim)]
-        if "SPILLED" in extras:
-            row.append((human_bytes(store.get("spilled_bytes")) if "spilled_bytes" in store else DASH, dim))
+        row.append((human_bytes(store.get("spilled_bytes")) if "spilled_bytes" in store else DASH, dim))
         if "WORKERS" in extras:
             row.append((str(n.get("workers", DASH)), dim))
         table.append(row)
