@@ -61,8 +61,11 @@ def daemon_tree(pid: int) -> list[psutil.Process]:
     return [psutil.Process(pid)]
 
 
+SCREEN = [b""]
+
+
 def measure(procs: list[psutil.Process], seconds: float, drain_fd: int | None = None) -> float:
-    """CPU share of one core used by ``procs`` over ``seconds``."""
+    """CPU share of one core used by ``procs`` over ``seconds`` (reading the terminal meanwhile)."""
     before = cpu_of(procs)
     start = time.monotonic()
     while time.monotonic() - start < seconds:
@@ -70,7 +73,7 @@ def measure(procs: list[psutil.Process], seconds: float, drain_fd: int | None = 
             r, _, _ = select.select([drain_fd], [], [], 0.1)
             if r:
                 try:
-                    os.read(drain_fd, 1 << 16)
+                    SCREEN[0] = (SCREEN[0] + os.read(drain_fd, 1 << 16))[-(1 << 16):]
                 except OSError:
                     pass
         else:
@@ -78,10 +81,19 @@ def measure(procs: list[psutil.Process], seconds: float, drain_fd: int | None = 
     return (cpu_of(procs) - before) / (time.monotonic() - start)
 
 
+def last_screen() -> str:
+    import re
+
+    frame = SCREEN[0].split(b"\x1b[H")[-1]
+    return re.sub(rb"\x1b\[[0-9;?]*[ -/]*[@-~]", b"", frame).decode(errors="replace")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--cpus", type=float, default=1)
+    ap.add_argument("--show", action="store_true", help="print mesh top's last screen")
+    ap.add_argument("--no-load", action="store_true", help="an idle mesh (what watching alone costs)")
     args = ap.parse_args()
     token = generate_token()
     nodes = []
@@ -98,8 +110,8 @@ def main() -> None:
         time.sleep(2)
         mesh.init(address=seed)
         done = [0]
-        loader = threading.Thread(target=load, args=(stop, done), daemon=True)
-        loader.start()
+        if not args.no_load:
+            threading.Thread(target=load, args=(stop, done), daemon=True).start()
         daemons = [psutil.Process(info["pid"]) for _, info in nodes]
         time.sleep(2)
 
@@ -110,7 +122,12 @@ def main() -> None:
         term = subprocess.Popen([sys.executable, "-m", "meshcompute.cli", "top", "--address", seed],
                                 stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
         os.close(slave)
-        measure([], 3.0, drain_fd=master)  # start-up (imports, first snapshot) is not the steady state
+        # Start-up (imports, the token's key derivation, the first snapshot) is not the
+        # steady state: wait for the first screen, then a little more.
+        deadline = time.monotonic() + 60
+        while b"watching" not in SCREEN[0] and time.monotonic() < deadline:
+            measure([], 0.2, drain_fd=master)
+        measure([], 2.0, drain_fd=master)
         top = psutil.Process(term.pid)
         n0 = done[0]
         t0 = time.monotonic()
@@ -126,6 +143,8 @@ def main() -> None:
         for i, (b, w) in enumerate(zip(base, watched)):
             role = "watched" if i == 0 else "peer"
             print(f"daemon {i} ({role}): {100 * b:.2f}% unwatched -> {100 * w:.2f}% watched")
+        if args.show:
+            print(last_screen())
         os.kill(term.pid, signal.SIGTERM)
         os.close(master)
     finally:

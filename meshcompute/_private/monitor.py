@@ -14,6 +14,7 @@ has the protocol as a specification.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -95,20 +96,25 @@ class MonitorClient:
     """Subscribes to a daemon's monitor feed and keeps it alive (or moves elsewhere)."""
 
     def __init__(self, daemon_addr: str, keys: Any = None, ttl: float = DEFAULT_TTL_S,
-                 scope: str = "mesh") -> None:
+                 scope: str = "mesh", session_dir: str | None = None) -> None:
         self.ttl = ttl
         self.scope = scope
         self.state = MonitorState()
         self.ctx = zmq.Context(io_threads=1)
-        self._dir = tempfile.mkdtemp(prefix="mesh-top-")
         tcp = parse_address(daemon_addr)[2]
         host = None
+        self._dir: str | None = None
         if tcp:
             host = _local_ip_towards(tcp[len("tcp://"):].rpartition(":")[0])
             node = "mon" + random_id()[:13]  # not a mesh node: every daemon answers over TCP
+            self._dir = sock_dir = tempfile.mkdtemp(prefix="mesh-top-")
         else:
-            node = node_of(daemon_addr)  # a node without TCP: same node, over ipc
-        self.ep = Endpoint(self.ctx, node, f"top_{random_id()}", self._dir, host=host, port=0, keys=keys)
+            # A node without TCP: we are a process of that node, reached over ipc
+            # in its session dir.
+            if session_dir is None:
+                raise ValueError("a node without a TCP address is watched through its session dir")
+            node, sock_dir = node_of(daemon_addr), session_dir
+        self.ep = Endpoint(self.ctx, node, f"top_{random_id()}", sock_dir, host=host, port=0, keys=keys)
         self.target = daemon_addr
         self.watched: str | None = None  # node id of the daemon we hear from
         self.connected = False
@@ -169,9 +175,21 @@ class MonitorClient:
                 self.ep.send(self.target, [encode(Msg.MONITOR_UNSUBSCRIBE)])
         except (ValueError, zmq.ZMQError):
             pass
+        ipc_path = None
+        if self._dir is None:  # our socket file in the node's session dir
+            try:
+                ipc_path = self.ep.inbox.getsockopt_string(zmq.LAST_ENDPOINT)[len("ipc://"):]
+            except zmq.ZMQError:
+                pass
         self.ep.close(linger=100)
         self.ctx.term()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        elif ipc_path:
+            try:
+                os.unlink(ipc_path)
+            except OSError:
+                pass
 
     # ------------------------------------------------------------------ I/O
 
@@ -265,7 +283,7 @@ def connect(info: dict | None, address: str | None = None, token: str | None = N
 
     if info is not None:
         keys = keys_for_session(info["session_dir"])
-        return MonitorClient(info["address"], keys=keys, ttl=ttl)
+        return MonitorClient(info["address"], keys=keys, ttl=ttl, session_dir=info["session_dir"])
     if not address or not token:
         raise ValueError("a node of another host needs its host:port and the mesh token")
     hostport = address.replace("tcp://", "")

@@ -17,10 +17,8 @@ import time
 from typing import Any
 
 import zmq
-from rich import box
-from rich.console import Console, Group
+from rich.console import Console
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from .monitor import MonitorClient
@@ -29,7 +27,7 @@ SPARK = "▁▂▃▄▅▆▇█"
 RENDER_EVERY_S = 1.0
 """The screen is redrawn (and the tasks-finished rate sampled) this often (s); a redraw
 costs ~10 ms of CPU, so this is what keeps ``mesh top`` cheap."""
-RENDER_MIN_S = 0.1
+RENDER_MIN_S = 0.25
 """Shortest interval (s) between two redraws triggered by keys or state changes."""
 POLL_S = 0.5
 """Longest wait (s) for the feed or a key between two checks."""
@@ -106,7 +104,8 @@ def _header(client: Any, width: int, now_wall: float) -> list[Text]:
     line1.append(" mesh top ", style="bold reverse")
     line1.append(f" {client.status}", style="bold" if client.connected else "bold yellow")
     clock = time.strftime("%H:%M:%S", time.localtime(now_wall))
-    right = f"seq {st.seq}  {clock}"
+    moved = f"moved {client.failovers}×  " if getattr(client, "failovers", 0) else ""
+    right = f"{moved}seq {st.seq}  {clock}"
     pad = width - line1.cell_len - len(right) - 1
     line1.append(" " * max(1, pad) + right)
     line2 = Text(no_wrap=True, overflow="ellipsis")
@@ -119,96 +118,118 @@ def _header(client: Any, width: int, now_wall: float) -> list[Text]:
     return [line1, line2]
 
 
-def _nodes_table(client: Any, width: int, rows: int) -> Table:
-    wide = width >= 110
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), expand=False,
-                  header_style="bold")
-    table.add_column("NODE", no_wrap=True)
-    table.add_column("STATE", no_wrap=True)
-    if wide:
-        table.add_column("ADDRESS", no_wrap=True)
-    table.add_column("CPU", justify="right", no_wrap=True)
-    if wide:
-        table.add_column("HOST%", justify="right", no_wrap=True)
-    table.add_column("MEM", justify="right", no_wrap=True)
-    table.add_column("GPU", justify="right", no_wrap=True)
-    table.add_column("RUN", justify="right", no_wrap=True)
-    table.add_column("QUEUE", justify="right", no_wrap=True)
-    table.add_column("DONE", justify="right", no_wrap=True)
-    table.add_column("STORE", justify="right", no_wrap=True)
-    if wide:
-        table.add_column("SPILLED", justify="right", no_wrap=True)
-        table.add_column("WORKERS", justify="right", no_wrap=True)
-    nodes = _sorted_nodes(client.state.nodes(), client.watched)
-    shown = nodes if len(nodes) <= rows else nodes[:max(0, rows - 1)]
-    for n in shown:
+def _grid(columns: list[tuple[str, str]], rows: list[list], limit: int, gap: int = 2) -> list[Text]:
+    """A plain table: a bold header, a rule, then at most ``limit`` rows.
+
+    ``columns`` is ``[(title, "<" or ">")]``; each cell is a string or ``(string, style)``.
+    (Hand-made rather than rich's Table: a redraw is the main cost of ``mesh top``.)
+    """
+    cells = [[c if isinstance(c, tuple) else (str(c), "") for c in row] for row in rows]
+    widths = [len(title) for title, _ in columns]
+    for row in cells:
+        for i, (text, _) in enumerate(row[:len(columns)]):
+            widths[i] = max(widths[i], len(text))
+    sep = " " * gap
+
+    def line(row: list, header: bool = False) -> Text:
+        out = Text(no_wrap=True, overflow="crop")
+        for i, ((text, style), (_, align)) in enumerate(zip(row, columns)):
+            if i:
+                out.append(sep)
+            out.append(text.rjust(widths[i]) if align == ">" else text.ljust(widths[i]),
+                       style="bold" if header else style)
+        return out
+
+    total = sum(widths) + gap * (len(widths) - 1)
+    lines = [line([(title, "") for title, _ in columns], header=True), Text("─" * total, style="dim")]
+    shown = cells if len(cells) <= limit else cells[:max(0, limit - 1)]
+    lines.extend(line(row) for row in shown)
+    if len(shown) < len(cells):
+        lines.append(Text(f"… {len(cells) - len(shown)} more", style="dim"))
+    return lines
+
+
+# Columns shown beyond the 80-column set when the terminal is wider, in order,
+# with the room each needs.
+EXTRA_NODE_COLUMNS = (("HOST%", 7), ("WORKERS", 9), ("ADDRESS", 23))
+
+
+def _nodes_lines(client: Any, width: int, rows: int) -> list[Text]:
+    extras = set()
+    room = width - 80
+    for name, need in EXTRA_NODE_COLUMNS:
+        if room >= need:
+            extras.add(name)
+            room -= need
+    columns = [("NODE", "<"), ("STATE", "<")]
+    if "ADDRESS" in extras:
+        columns.append(("ADDRESS", "<"))
+    columns.append(("CPU", ">"))
+    if "HOST%" in extras:
+        columns.append(("HOST%", ">"))
+    columns += [("MEM", ">"), ("GPU", ">"), ("RUN", ">"), ("QUEUE", ">"), ("DONE", ">"), ("STORE", ">"),
+                ("SPILLED", ">")]
+    if "WORKERS" in extras:
+        columns.append(("WORKERS", ">"))
+    table = []
+    for n in _sorted_nodes(client.state.nodes(), client.watched):
         state = n.get("state", "?")
+        gone = state in ("dead", "left")
+        dim = "dim" if gone else ""
         cpu = n.get("cpu") or {}
         mem = n.get("mem") or {}
         gpu = n.get("gpu") or {}
         tasks = n.get("tasks") or {}
         store = n.get("store") or {}
-        total_cpu = cpu.get("total", (n.get("resources_total") or {}).get("CPU"))
-        node_label = n.get("node_id", "?")[:8] + ("*" if n.get("node_id") == client.watched else "")
-        cpu_text = f"{_num(cpu.get('node_cores'))}/{_num(total_cpu)}" if cpu else f"{DASH}/{_num(total_cpu)}"
-        mem_total = mem.get("total", (n.get("resources_total") or {}).get("memory"))
-        mem_text = f"{human_bytes(mem.get('node_rss'))}/{human_bytes(mem_total)}"
-        gpu_total = gpu.get("total", (n.get("resources_total") or {}).get("GPU", 0))
-        gpu_text = f"{_num(gpu.get('allocated', 0))}/{_num(gpu_total)}"
+        res = n.get("resources_total") or {}
+        total_cpu = cpu.get("total", res.get("CPU"))
+        gpu_text = f"{_num(gpu.get('allocated', 0))}/{_num(gpu.get('total', res.get('GPU', 0)))}"
         if gpu.get("util") is not None:
             gpu_text += f" {gpu['util']:.0f}%"
-        store_text = f"{human_bytes(store.get('used'))}/{human_bytes(store.get('capacity'))}"
-        row = [Text(node_label), Text(state, style=STATE_STYLE.get(state, ""))]
-        if wide:
-            row.append(Text((n.get("address") or "").partition("@")[2].replace("tcp://", "")))
-        row.append(Text(cpu_text))
-        if wide:
+        row = [n.get("node_id", "?")[:8] + ("*" if n.get("node_id") == client.watched else ""),
+               (state, STATE_STYLE.get(state, ""))]
+        if "ADDRESS" in extras:
+            row.append(((n.get("address") or "").partition("@")[2].replace("tcp://", ""), dim))
+        row.append((f"{_num(cpu.get('node_cores'))}/{_num(total_cpu)}", dim))
+        if "HOST%" in extras:
             hp = cpu.get("host_percent")
-            row.append(Text(DASH if hp is None else f"{hp:.0f}%"))
-        row += [Text(mem_text), Text(gpu_text), Text(str(tasks.get("running", DASH))),
-                Text(str(tasks.get("queued", DASH))), Text(str(tasks.get("finished", DASH))),
-                Text(store_text)]
-        if wide:
-            row += [Text(human_bytes(store.get("spilled_bytes")) if "spilled_bytes" in store else DASH),
-                    Text(str(n.get("workers", DASH)))]
-        if state in ("dead", "left"):
-            for cell in row[2:]:
-                cell.stylize("dim")
-        table.add_row(*row)
-    if len(shown) < len(nodes):
-        table.add_row(Text(f"… {len(nodes) - len(shown)} more", style="dim"))
-    return table
+            row.append((DASH if hp is None else f"{hp:.0f}%", dim))
+        row += [(f"{human_bytes(mem.get('node_rss'))}/{human_bytes(mem.get('total', res.get('memory')))}", dim),
+                (gpu_text, dim),
+                (str(tasks.get("running", DASH)), dim), (str(tasks.get("queued", DASH)), dim),
+                (str(tasks.get("finished", DASH)), dim),
+                (f"{human_bytes(store.get('used'))}/{human_bytes(store.get('capacity'))}", dim)]
+        row.append((human_bytes(store.get("spilled_bytes")) if "spilled_bytes" in store else DASH, dim))
+        if "WORKERS" in extras:
+            row.append((str(n.get("workers", DASH)), dim))
+        table.append(row)
+    return _grid(columns, table, rows)
 
 
-def _actors_table(client: Any, width: int, rows: int) -> Table:
-    wide = width >= 110
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
-    table.add_column("NAME", no_wrap=True, overflow="ellipsis", max_width=24 if not wide else 40)
-    table.add_column("CLASS", no_wrap=True, overflow="ellipsis", max_width=20 if not wide else 40)
-    table.add_column("NODE", no_wrap=True)
-    table.add_column("STATE", no_wrap=True)
-    table.add_column("RESTARTS", justify="right", no_wrap=True)
-    table.add_column("PID", justify="right", no_wrap=True)
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _actors_lines(client: Any, width: int, rows: int) -> list[Text]:
+    wide = width >= 120
+    columns = [("NAME", "<"), ("CLASS", "<"), ("NODE", "<"), ("STATE", "<"), ("RESTARTS", ">"), ("PID", ">")]
     if wide:
-        table.add_column("ACTOR ID", no_wrap=True)
-        table.add_column("REASON", no_wrap=True, overflow="ellipsis", max_width=max(10, width - 120))
+        columns += [("ACTOR ID", "<"), ("REASON", "<")]
     order = {"ALIVE": 0, "RESTARTING": 1, "PENDING": 2, "DEAD": 3}
     actors = sorted(client.state.actors(), key=lambda a: (order.get(a.get("state"), 4), a.get("class", ""),
                                                           a.get("name", ""), a.get("actor_id", "")))
-    shown = actors if len(actors) <= rows else actors[:max(0, rows - 1)]
-    for a in shown:
+    table = []
+    for a in actors:
         state = a.get("state", "?")
-        row = [Text(a.get("name") or DASH), Text(a.get("class", "?")), Text((a.get("node") or "?")[:8]),
-               Text(state, style=STATE_STYLE.get(state, "")), Text(str(a.get("restarts", 0))),
-               Text(str(a.get("pid") or DASH))]
+        row = [_short(a.get("name") or DASH, 40 if wide else 22), _short(a.get("class", "?"), 40 if wide else 20),
+               (a.get("node") or "?")[:8], (state, STATE_STYLE.get(state, "")), str(a.get("restarts", 0)),
+               str(a.get("pid") or DASH)]
         if wide:
-            row += [Text(a.get("actor_id", "")[:16]), Text(a.get("reason") or "", style="dim")]
-        table.add_row(*row)
-    if not actors:
-        table.add_row(Text("no actors", style="dim"))
-    elif len(shown) < len(actors):
-        table.add_row(Text(f"… {len(actors) - len(shown)} more", style="dim"))
-    return table
+            row += [a.get("actor_id", ""), (a.get("reason") or "", "dim")]
+        table.append(row)
+    if not table:
+        return _grid(columns, [], rows) + [Text("no actors", style="dim")]
+    return _grid(columns, table, rows)
 
 
 def _rate_line(rates: Rates, total: int, width: int) -> Text:
@@ -231,51 +252,25 @@ def _footer(view: str, width: int) -> Text:
     return line
 
 
-def render(client: Any, rates: Rates, view: str, width: int, height: int, now_wall: float | None = None):
-    """One screen of ``width`` x ``height`` cells: header, the view, the rate, the keys."""
+def render(client: Any, rates: Rates, view: str, width: int, height: int, now_wall: float | None = None) -> Text:
+    """One screen of ``width`` x ``height`` cells: header, the view, the rate and the keys at the bottom."""
     now_wall = time.time() if now_wall is None else now_wall
-    head = _header(client, width, now_wall)
-    body_height = max(3, height - len(head) - 3)
-    rows = max(1, body_height - 2)  # the table's header and rule
+    lines = [*_header(client, width, now_wall), Text("")]
+    room = max(3, height - len(lines) - 2)  # the rate and the keys take the last two lines
     if view == "actors":
-        body = _actors_table(client, width, rows)
+        body = _actors_lines(client, width, room - 2)
     else:
-        n_nodes = len(client.state.nodes())
-        node_rows = min(rows, n_nodes + (1 if n_nodes > rows else 0))
-        left = rows - node_rows - 3  # a gap, then the actors table's header and rule
+        body = _nodes_lines(client, width, room - 2)
+        left = room - len(body) - 3  # a gap, then the actors' header and rule
         if left >= 2 and client.state.actors():
-            # Room to spare: the actors too (the full list is the `a` view).
-            body = Group(_nodes_table(client, width, node_rows), Text(""),
-                         _actors_table(client, width, left))
-        else:
-            body = _nodes_table(client, width, rows)
-    return _Screen([*head, Text("")], body,
-                   [_rate_line(rates, client.state.finished_total(), width), _footer(view, width)], height)
-
-
-class _Screen:
-    """Header lines at the top, the body below, the rate and the keys on the last lines."""
-
-    def __init__(self, top: list, body: Any, bottom: list, height: int) -> None:
-        self.top, self.body, self.bottom, self.height = top, body, bottom, height
-
-    def __rich_console__(self, console: Console, options: Any):
-        from rich.segment import Segment
-
-        opts = options.update(height=None)
-        lines = []
-        for part in (*self.top, self.body):
-            lines.extend(console.render_lines(part, opts, pad=False))
-        room = self.height - len(self.bottom)
-        lines = lines[:room]
-        lines.extend([] for _ in range(room - len(lines)))
-        for part in self.bottom:
-            lines.extend(console.render_lines(part, opts, pad=False)[:1])
-        new_line = Segment.line()
-        for i, line in enumerate(lines):
-            yield from line
-            if i < len(lines) - 1:
-                yield new_line
+            # Room to spare: the actors too (all of them are in the `a` view).
+            body += [Text("")] + _actors_lines(client, width, left)
+    body = body[:room]
+    lines += body + [Text("")] * (room - len(body))
+    lines += [_rate_line(rates, client.state.finished_total(), width), _footer(view, width)]
+    screen = Text("\n", no_wrap=True, overflow="crop").join(lines)
+    screen.no_wrap, screen.overflow = True, "crop"
+    return screen
 
 
 def render_text(client: Any, rates: Rates, view: str = "nodes", width: int = 80, height: int = 24) -> str:
