@@ -330,7 +330,10 @@ def test_mesh_logs_prints_and_follows_a_nodes_logs(obs3):
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout], daemon=True).start()
     try:
-        time.sleep(1.0)
+        # Wait until the follower runs (its first header line), then write.
+        first = lines.get(timeout=30)
+        assert first, first
+        time.sleep(0.3)
         marker2 = f"follow-marker-{uuid.uuid4().hex[:8]}"
         mesh.get(shout.options(scheduling_strategy=_pinned(a)).remote(marker2), timeout=30)
         deadline = time.monotonic() + 15
