@@ -327,12 +327,12 @@ def test_mesh_logs_prints_and_follows_a_nodes_logs(obs3):
     assert "==> daemon (" in r.stdout and "==> worker " in r.stdout and marker in r.stdout
     missing = _cli("logs", "ffffffffdeadbeef")
     assert missing.returncode == 1
-    follower = subprocess.Popen([sys.executable, "-m", "meshcompute.cli", "logs", a[:8], "--follow", "-n", "0"],
+    follower = subprocess.Popen([sys.executable, "-m", "meshcompute.cli", "logs", a[:8], "--follow", "-n", "1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in follower.stdout], daemon=True).start()
     try:
-        # Wait until the follower runs (its first header line), then write.
+        # Wait until the follower runs (it prints the last line of a log), then write.
         first = lines.get(timeout=30)
         assert first, first
         time.sleep(0.3)
