@@ -111,7 +111,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.REPLY: ("req_id", "value"),
     Msg.SHUTDOWN: ("reason",),
     Msg.CANCEL_LEASE_REQUEST: ("req_id",),
-    Msg.PUSH_TASKS: ("lease_id", "tasks"),
+    Msg.PUSH_TASKS: ("lease_id", "gpu_ids", "tasks"),
     Msg.TASKS_DONE: ("results",),
     Msg.TASKS_BOUNCED: ("task_ids",),
     Msg.CANCEL_TASK: ("task_id", "force"),
