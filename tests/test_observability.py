@@ -401,3 +401,17 @@ def test_worker_output_reaches_the_driver_with_a_prefix(obs3, tmp_path):
                            timeout=90, cwd=tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert "hello from" not in quiet.stderr and "to stderr" not in quiet.stderr
+
+
+def test_mesh_top_once_prints_one_screen_of_the_mesh(obs3):
+    r = _cli("top", "--once", "--address", obs3["seed"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.rstrip("\n").split("\n")
+    assert len(lines) == 24 and all(len(line) <= 80 for line in lines), r.stdout
+    assert f"watching {obs3['ids'][0][:8]}" in lines[0]
+    for node in obs3["ids"]:
+        assert re.search(rf"^{node[:8]}\*?\s+(alive|suspect)\s", r.stdout, re.M), r.stdout
+    assert "tasks/s" in lines[-2] and "quit" in lines[-1]
+    wide = _cli("top", "--once", "--address", obs3["seed"], "--width", "140", "--height", "12")
+    assert wide.returncode == 0 and "ADDRESS" in wide.stdout and "WORKERS" in wide.stdout
+    assert len(wide.stdout.rstrip("\n").split("\n")) == 12
