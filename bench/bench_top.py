@@ -25,7 +25,9 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("MESH_SESSIONS_ROOT", tempfile.mkdtemp(prefix="mesh-bench-top-"))
+OWN_ROOT = None if "MESH_SESSIONS_ROOT" in os.environ else tempfile.mkdtemp(prefix="mesh-bench-top-")
+if OWN_ROOT:
+    os.environ["MESH_SESSIONS_ROOT"] = OWN_ROOT
 
 import psutil  # noqa: E402
 
@@ -157,6 +159,10 @@ def main() -> None:
         for proc, info in nodes:
             stop_node(info)
             proc.wait(10)
+        if OWN_ROOT:
+            import shutil
+
+            shutil.rmtree(OWN_ROOT, ignore_errors=True)
 
 
 if __name__ == "__main__":

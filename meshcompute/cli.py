@@ -44,9 +44,10 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
                       "(`mesh start` printed it).")
         raise typer.Exit(2)
     try:
-        proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
-                                resources=res, object_store_memory=object_store_memory, token=token,
-                                standalone=True)
+        with console.status("starting the node" + (f" and joining {join[0]}" if join else "")):
+            proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
+                                    resources=res, object_store_memory=object_store_memory, token=token,
+                                    standalone=True)
     except Exception as e:  # noqa: BLE001 - shown to the user
         console.print(f"[red]The node did not start:[/] {e}")
         raise typer.Exit(1) from None
@@ -226,7 +227,7 @@ def top(
                 console.print("[red]The node did not answer the monitor subscription.[/]")
                 raise typer.Exit(1)
             rates = Rates()
-            for _ in range(3):  # two samples make a rate
+            for _ in range(3):  # a rate needs two samples; three show a little history
                 rates.sample(time.monotonic(), client.state.finished_total(), client.state.generation)
                 end = time.monotonic() + 1.0
                 while time.monotonic() < end:

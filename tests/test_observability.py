@@ -25,7 +25,7 @@ from meshcompute._private import context
 from meshcompute._private.auth import generate_token
 from meshcompute._private.ids import random_id
 from meshcompute._private.launcher import request, start_node, stop_node
-from meshcompute._private.monitor import MonitorState
+from meshcompute._private.monitor import MonitorState, connect, wait_for_snapshot
 from meshcompute._private.procutil import keys_for_session
 from meshcompute._private.protocol import Msg, decode, encode
 from meshcompute._private.transport import Endpoint
@@ -190,6 +190,28 @@ def test_monitor_feed_snapshot_then_sequenced_updates_across_the_mesh(obs3):
         sub.send(Msg.MONITOR_UNSUBSCRIBE)
     finally:
         sub.close()
+
+
+def test_monitor_client_drops_stale_updates_and_resyncs_after_a_gap(obs3):
+    client = connect(obs3["nodes"][0])
+    try:
+        assert wait_for_snapshot(client, timeout=10)
+        seq = client.state.seq
+        target = client.target
+        fake = ("node/feedbeef00000000", {"node_id": "feedbeef00000000", "state": "alive"})
+        assert client.handle(target, (Msg.MONITOR_UPDATE, seq, [fake])) is False  # at the snapshot's seq
+        assert client.handle(target, (Msg.MONITOR_UPDATE, seq - 1, [fake])) is False
+        assert "node/feedbeef00000000" not in client.state.data and client.state.stale >= 2
+        assert client.handle("elsewhere/daemon@tcp://127.0.0.1:9", (Msg.MONITOR_UPDATE, seq + 1, [fake])) is False
+        assert "node/feedbeef00000000" not in client.state.data  # not from the daemon we watch
+        generation = client.state.generation
+        client.handle(target, (Msg.MONITOR_UPDATE, client.state.seq + 5, [fake]))  # a gap
+        assert not client.connected  # subscribed again, waiting for a fresh snapshot
+        assert wait_for_snapshot(client, timeout=10) and client.state.generation == generation + 1
+        assert "node/feedbeef00000000" not in client.state.data
+        assert {n["node_id"] for n in client.state.nodes()} == set(obs3["ids"])
+    finally:
+        client.close()
 
 
 def test_monitor_heartbeats_when_idle_and_drops_a_subscriber_that_stops_renewing():
@@ -406,3 +428,17 @@ def test_worker_output_reaches_the_driver_with_a_prefix(obs3, tmp_path):
                            timeout=90, cwd=tmp_path)
     assert quiet.returncode == 0, quiet.stderr
     assert "hello from" not in quiet.stderr and "to stderr" not in quiet.stderr
+
+
+def test_mesh_top_once_prints_one_screen_of_the_mesh(obs3):
+    r = _cli("top", "--once", "--address", obs3["seed"])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.rstrip("\n").split("\n")
+    assert len(lines) == 24 and all(len(line) <= 80 for line in lines), r.stdout
+    assert f"watching {obs3['ids'][0][:8]}" in lines[0]
+    for node in obs3["ids"]:
+        assert re.search(rf"^{node[:8]}\*?\s+(alive|suspect)\s", r.stdout, re.M), r.stdout
+    assert "tasks/s" in lines[-2] and "quit" in lines[-1]
+    wide = _cli("top", "--once", "--address", obs3["seed"], "--width", "140", "--height", "12")
+    assert wide.returncode == 0 and "ADDRESS" in wide.stdout and "WORKERS" in wide.stdout
+    assert len(wide.stdout.rstrip("\n").split("\n")) == 12

@@ -1253,7 +1253,7 @@ class Daemon:
         """Collect the recent task spans of our workers (and, for "mesh", of every node's)."""
         _, req_id, scope = msg
         requests = [(w.addr, Msg.TIMELINE, "worker") for w in self.workers.values()
-                    if w.addr and w.state not in ("starting", "dead")]
+                    if w.addr and w.state in ("idle", "leased", "actor")]
         if scope == "mesh":
             requests += self._peer_requests(Msg.TIMELINE, "node")
         self.gather(sender, req_id, requests, [], 2.5 if scope == "mesh" else 1.5, _flatten_lanes)

@@ -334,7 +334,11 @@ def run(client: MonitorClient, console: Console | None = None) -> None:
     def _winch(signum, frame) -> None:
         resized[0] = True
 
+    def _term(signum, frame) -> None:
+        raise SystemExit(0)  # leave the alternate screen and restore the terminal on the way out
+
     old_winch = signal.signal(signal.SIGWINCH, _winch)
+    old_term = signal.signal(signal.SIGTERM, _term)
     last_render = 0.0
     next_tick = time.monotonic()
     shown: tuple = ()
@@ -378,3 +382,4 @@ def run(client: MonitorClient, console: Console | None = None) -> None:
     finally:
         keys.restore()
         signal.signal(signal.SIGWINCH, old_winch)
+        signal.signal(signal.SIGTERM, old_term)
