@@ -7,6 +7,7 @@ After the whole session no meshcompute process may be left running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -86,3 +87,28 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     return predicate()
+
+
+@contextlib.contextmanager
+def loopback_mesh(n: int = 3, *, num_cpus: float, object_store_memory: int):
+    """Start ``n`` standing nodes on loopback, each joining through the first.
+
+    Yields ``(token, [(process, info), ...])``; every node is stopped afterwards.
+    """
+    from meshcompute._private.auth import generate_token
+    from meshcompute._private.launcher import start_node, stop_node
+
+    token = generate_token()
+    nodes: list = []
+    try:
+        nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=num_cpus, token=token, standalone=True,
+                                object_store_memory=object_store_memory))
+        seed = nodes[0][1]["tcp"].replace("tcp://", "")
+        for _ in range(n - 1):
+            nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=num_cpus, token=token, join=[seed],
+                                    standalone=True, object_store_memory=object_store_memory))
+        yield token, nodes
+    finally:
+        for proc, info in nodes:
+            stop_node(info)
+            proc.wait(10)

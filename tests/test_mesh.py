@@ -16,11 +16,10 @@ import pytest
 import zmq
 
 import meshcompute as mesh
-from meshcompute._private.auth import generate_token
 from meshcompute._private.launcher import start_node, stop_node
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .conftest import pid_alive, wait_for
+from .conftest import loopback_mesh, pid_alive, wait_for
 
 MiB = 1 << 20
 
@@ -35,27 +34,17 @@ def _alive_view(info) -> dict:
 def mesh3():
     if mesh.is_initialized():
         mesh.shutdown()
-    token = generate_token()
-    nodes = []
-    try:
-        proc, first = start_node(host="127.0.0.1", port=0, num_cpus=2, token=token, standalone=True,
-                                 object_store_memory=768 * MiB)
-        nodes.append((proc, first))
-        seed = first["tcp"].replace("tcp://", "")
-        for _ in range(2):
-            nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=2, token=token, join=[seed],
-                                    standalone=True, object_store_memory=768 * MiB))
-        ids = {info["node_id"] for _, info in nodes}
-        assert wait_for(lambda: all(set(_alive_view(info)) == ids and set(_alive_view(info).values()) == {"alive"}
-                                    for _, info in nodes), timeout=15)
-        mesh.init(address=seed)
-        yield {"token": token, "nodes": nodes, "ids": [info["node_id"] for _, info in nodes]}
-    finally:
-        if mesh.is_initialized():
-            mesh.shutdown()
-        for proc, info in nodes:
-            stop_node(info)
-            proc.wait(10)
+    with loopback_mesh(3, num_cpus=2, object_store_memory=768 * MiB) as (token, nodes):
+        try:
+            seed = nodes[0][1]["tcp"].replace("tcp://", "")
+            ids = {info["node_id"] for _, info in nodes}
+            assert wait_for(lambda: all(set(_alive_view(info)) == ids and set(_alive_view(info).values()) == {"alive"}
+                                        for _, info in nodes), timeout=15)
+            mesh.init(address=seed)
+            yield {"token": token, "nodes": nodes, "ids": [info["node_id"] for _, info in nodes]}
+        finally:
+            if mesh.is_initialized():
+                mesh.shutdown()
 
 
 @mesh.remote

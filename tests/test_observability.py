@@ -22,7 +22,6 @@ import zmq
 import meshcompute as mesh
 from meshcompute import exceptions
 from meshcompute._private import context
-from meshcompute._private.auth import generate_token
 from meshcompute._private.ids import random_id
 from meshcompute._private.launcher import request, start_node, stop_node
 from meshcompute._private.monitor import MonitorState, connect, wait_for_snapshot
@@ -32,7 +31,7 @@ from meshcompute._private.transport import Endpoint
 from meshcompute.cli import _group_objects
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .conftest import wait_for
+from .conftest import loopback_mesh, wait_for
 
 MiB = 1 << 20
 
@@ -47,26 +46,16 @@ def _states(info) -> dict:
 def obs3():
     if mesh.is_initialized():
         mesh.shutdown()
-    token = generate_token()
-    nodes = []
-    try:
-        proc, first = start_node(host="127.0.0.1", port=0, num_cpus=1, token=token, standalone=True,
-                                 object_store_memory=128 * MiB)
-        nodes.append((proc, first))
-        seed = first["tcp"].replace("tcp://", "")
-        for _ in range(2):
-            nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=1, token=token, join=[seed],
-                                    standalone=True, object_store_memory=128 * MiB))
-        ids = {info["node_id"] for _, info in nodes}
-        assert wait_for(lambda: all(set(_states(info)) == ids for _, info in nodes), timeout=15)
-        mesh.init(address=seed)
-        yield {"seed": seed, "nodes": [info for _, info in nodes], "ids": [info["node_id"] for _, info in nodes]}
-    finally:
-        if mesh.is_initialized():
-            mesh.shutdown()
-        for proc, info in nodes:
-            stop_node(info)
-            proc.wait(10)
+    with loopback_mesh(3, num_cpus=1, object_store_memory=128 * MiB) as (_token, nodes):
+        try:
+            seed = nodes[0][1]["tcp"].replace("tcp://", "")
+            ids = {info["node_id"] for _, info in nodes}
+            assert wait_for(lambda: all(set(_states(info)) == ids for _, info in nodes), timeout=15)
+            mesh.init(address=seed)
+            yield {"seed": seed, "nodes": [info for _, info in nodes], "ids": [info["node_id"] for _, info in nodes]}
+        finally:
+            if mesh.is_initialized():
+                mesh.shutdown()
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

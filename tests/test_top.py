@@ -19,7 +19,7 @@ import meshcompute as mesh
 from meshcompute._private.auth import generate_token
 from meshcompute._private.launcher import local_nodes, start_node, stop_node
 
-from .conftest import pid_alive, wait_for
+from .conftest import loopback_mesh, pid_alive, wait_for
 
 MiB = 1 << 20
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>78]")
@@ -92,21 +92,8 @@ def rows(text: str) -> dict[str, str]:
 def three_nodes():
     if mesh.is_initialized():
         mesh.shutdown()
-    token = generate_token()
-    nodes = []
-    try:
-        proc, first = start_node(host="127.0.0.1", port=0, num_cpus=1, token=token, standalone=True,
-                                 object_store_memory=64 * MiB)
-        nodes.append((proc, first))
-        seed = first["tcp"].replace("tcp://", "")
-        for _ in range(2):
-            nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=1, token=token, join=[seed],
-                                    standalone=True, object_store_memory=64 * MiB))
+    with loopback_mesh(3, num_cpus=1, object_store_memory=64 * MiB) as (_token, nodes):
         yield [info for _, info in nodes]
-    finally:
-        for proc, info in nodes:
-            stop_node(info)
-            proc.wait(10)
 
 
 @pytest.mark.timeout(120)
