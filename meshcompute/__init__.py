@@ -11,7 +11,7 @@ The API mirrors Ray Core, so ``import meshcompute as ray`` ports most programs::
     print(mesh.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 """
 
-from . import exceptions
+from . import exceptions, kv, util
 from ._private.api import (
     RuntimeContext,
     available_resources,
@@ -53,11 +53,13 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "kv",
     "method",
     "nodes",
     "put",
     "remote",
     "shutdown",
     "timeline",
+    "util",
     "wait",
 ]

@@ -25,7 +25,7 @@ def _token(token: Optional[str]) -> Optional[str]:
 
 
 def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
-           token, block: bool) -> None:
+           token, block: bool, voters: int | None = None) -> None:
     from ._private.launcher import start_node
 
     try:
@@ -47,7 +47,7 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         with console.status("starting the node" + (f" and joining {join[0]}" if join else "")):
             proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=res, object_store_memory=object_store_memory, token=token,
-                                    standalone=True)
+                                    standalone=True, voters=voters)
     except Exception as e:  # noqa: BLE001 - shown to the user
         console.print(f"[red]The node did not start:[/] {e}")
         raise typer.Exit(1) from None
@@ -79,12 +79,16 @@ def start(
     object_store_memory: Optional[int] = typer.Option(None, help="Bytes of shared memory for objects."),
     token: Optional[str] = typer.Option(None, help="The mesh's secret (default: $MESH_TOKEN, or a new one)."),
     block: bool = typer.Option(False, help="Stay in the foreground until interrupted."),
+    voters: int = typer.Option(3, help="How many of the first nodes vote in the control store: 1, 3, 5 or 7. "
+                                       "A majority of them must be up for names, placement groups and the KV."),
 ) -> None:
     """Start the first node of a new mesh and print how others join it.
 
     Example: mesh start --host 10.0.0.5 --port 7777
     """
-    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, _token(token), block)
+    if voters not in (1, 3, 5, 7):
+        raise typer.BadParameter("--voters must be 1, 3, 5 or 7")
+    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, _token(token), block, voters)
 
 
 @app.command()
@@ -111,7 +115,8 @@ def status(
     address: Optional[str] = typer.Option(None, help="host:port of a node on this machine (default: the newest)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show every node of the mesh: state, resources, object store.
+    """Show every node of the mesh: state, resources, object store, and its part in the
+    control store (role, Raft term and commit index; other nodes' as gossiped).
 
     Example: mesh status --json
     """
@@ -126,17 +131,20 @@ def status(
         sys.stdout.write(json.dumps(view, indent=2, sort_keys=True) + "\n")
         return
     table = Table(title=f"mesh seen from {view['self']}")
-    for col in ("node", "address", "state", "CPU (free/total)", "GPU", "store used/capacity", "queued"):
+    for col in ("node", "address", "state", "CPU (free/total)", "GPU", "store used/capacity", "queued",
+                "control (role term commit)"):
         table.add_column(col)
     for n in view["nodes"]:
         total, avail = n.get("resources_total", {}), n.get("resources_available", {})
         store = n.get("store") or {}
+        ctl = n.get("control") or {}
+        role = f"{ctl['role']} {ctl['term']} {ctl['commit_index']}" if ctl.get("role") else "-"
         table.add_row(
             n["node_id"], (n.get("address") or "").partition("@")[2].replace("tcp://", ""), n["state"],
             f"{avail.get('CPU', 0):g}/{total.get('CPU', 0):g}", f"{total.get('GPU', 0):g}",
-            f"{store.get('used', 0) >> 20}/{store.get('capacity', 0) >> 20} MiB", str(n.get("queued", 0)))
+            f"{store.get('used', 0) >> 20}/{store.get('capacity', 0) >> 20} MiB", str(n.get("queued", 0)), role)
     console.print(table)
-    console.print(f"control store leader: {view.get('leader') or 'none yet (single-node metadata)'}")
+    console.print(f"control store leader: {view.get('leader') or 'none (no quorum)'}")
 
 
 @app.command()

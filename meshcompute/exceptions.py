@@ -20,6 +20,8 @@ __all__ = [
     "NodeDiedError",
     "TaskCancelledError",
     "ObjectStoreFullError",
+    "ControlStoreUnavailableError",
+    "PlacementGroupRemovedError",
 ]
 
 
@@ -163,6 +165,16 @@ class TaskCancelledError(MeshError):
 class ObjectStoreFullError(MeshError):
     """The node's object store has no room for the object even after evicting and
     spilling what it could; the message says what is using the space."""
+
+
+class ControlStoreUnavailableError(MeshError):
+    """The mesh's control store (its replicated metadata: names, placement groups,
+    the KV) has no quorum: fewer than a majority of its voters can reach each
+    other. The message says for how long; it recovers by itself once they can."""
+
+
+class PlacementGroupRemovedError(MeshError):
+    """The placement group was removed (``remove_placement_group``) before it was ready."""
 
 
 # Ray's names, so ``except ray.exceptions.RayTaskError`` keeps working after

@@ -90,7 +90,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):
 
 
 @contextlib.contextmanager
-def loopback_mesh(n: int = 3, *, num_cpus: float, object_store_memory: int):
+def loopback_mesh(n: int = 3, *, num_cpus: float, object_store_memory: int, voters: int | None = None):
     """Start ``n`` standing nodes on loopback, each joining through the first.
 
     Yields ``(token, [(process, info), ...])``; every node is stopped afterwards.
@@ -102,7 +102,7 @@ def loopback_mesh(n: int = 3, *, num_cpus: float, object_store_memory: int):
     nodes: list = []
     try:
         nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=num_cpus, token=token, standalone=True,
-                                object_store_memory=object_store_memory))
+                                object_store_memory=object_store_memory, voters=voters))
         seed = nodes[0][1]["tcp"].replace("tcp://", "")
         for _ in range(n - 1):
             nodes.append(start_node(host="127.0.0.1", port=0, num_cpus=num_cpus, token=token, join=[seed],

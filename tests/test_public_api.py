@@ -11,13 +11,13 @@ EXPECTED = {
     "ActorClass", "ActorHandle", "ObjectRef", "RemoteFunction", "RuntimeContext",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "put", "remote", "shutdown", "timeline", "wait",
+    "put", "remote", "shutdown", "timeline", "wait", "kv", "util",
 }
 
 EXPECTED_EXCEPTIONS = {
     "MeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "ActorError", "ActorDiedError",
     "ObjectLostError", "OwnerDiedError", "NodeDiedError", "TaskCancelledError", "ObjectStoreFullError",
-    "RayError", "RayTaskError", "RayActorError",
+    "RayError", "RayTaskError", "RayActorError", "ControlStoreUnavailableError", "PlacementGroupRemovedError",
 }
 
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from .. import exceptions as _exc
 from . import context
 from .core import Core
 from .launcher import find_node, start_node
@@ -319,7 +320,9 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     """Return a handle to the named actor; ValueError if there is none."""
     core = _core()
     ns = namespace or core.namespace
-    answer = core.request_daemon(Msg.LOOKUP_ACTOR, name, ns)
+    answer = core.request_daemon(Msg.LOOKUP_ACTOR, name, ns, timeout=60.0)
+    if isinstance(answer, tuple) and answer and answer[0] == "unavailable":
+        raise _exc.ControlStoreUnavailableError(answer[1])
     if answer is None:
         raise ValueError(f"Failed to look up actor with name {name!r} in namespace {ns!r}: no such live actor.")
     actor_id, meta = answer

@@ -172,6 +172,17 @@ class _Unpinner:
             core.post(core._send_daemon, Msg.STORE_UNPIN, self.object_id)
 
 
+def gcs_result(op: tuple, status: str, value: Any) -> Any:
+    """The value of a control store answer, or the exception it stands for."""
+    if status == "ok":
+        return value
+    if status == "unavailable":
+        raise exc.ControlStoreUnavailableError(value)
+    if op[0] == "pg_wait":
+        raise exc.PlacementGroupRemovedError(value)
+    raise exc.MeshError(f"the control store refused {op[0]}: {value}")
+
+
 class Core:
     """The runtime of one driver or worker process (see the module docstring)."""
 
@@ -208,6 +219,7 @@ class Core:
         self._fn_time: dict[bytes, float] = {}
         self._actors: dict[bytes, ActorClient] = {}
         self._replies: dict[int, _Waiter] = {}
+        self._reply_fns: dict[int, Any] = {}  # req_id -> callback on the I/O thread
         self._req_ids = itertools.count(1)
         self._timers: list = []
         self._done_out: dict[str, list] = {}  # owner -> [(result, frames)] to flush
@@ -277,6 +289,43 @@ class Core:
 
     def request_daemon(self, msg_type: Msg, *fields, timeout: float | None = 60.0) -> Any:
         return self.request(self.daemon_addr, msg_type, *fields, timeout=timeout)
+
+    def gcs_request(self, op: tuple, timeout: float | None = None) -> Any:
+        """A control store read or write through our daemon; returns its value.
+
+        Raises ControlStoreUnavailableError when the store has had no quorum for
+        ``timeout`` seconds (default 10), MeshError when it refused the request.
+        """
+        t = 10.0 if timeout is None else float(timeout)
+        status, value = self.request_daemon(Msg.GCS_REQUEST, op, t, timeout=t + 30.0)
+        return gcs_result(op, status, value)
+
+    def gcs_promise(self, op: tuple, timeout: float | None, convert: Any = None) -> ObjectRef:
+        """An ObjectRef that becomes the value of a control store request (or its error)."""
+        oid = ids.object_id(ids.new_task_id(), 0)
+        ref = ObjectRef(oid, self.address)
+        self.post(self._io_gcs_promise, oid, op, timeout, convert)
+        return ref
+
+    def _io_gcs_promise(self, oid: bytes, op: tuple, timeout: float | None, convert: Any) -> None:
+        e = Entry(True, self.address)
+        self._objects[oid] = e
+        req_id = next(self._req_ids)
+
+        def finish(answer: Any) -> None:
+            try:
+                value, is_error = gcs_result(op, *answer), False
+                if convert is not None:
+                    value = convert(value)
+            except Exception as err:
+                value, is_error = err, True
+            e.value = serialize(value, is_error)
+            e.is_error = is_error
+            self._set_ready(oid, e)
+            self._maybe_free(oid, e)
+
+        self._reply_fns[req_id] = finish
+        self._ep.send(self.daemon_addr, [encode(Msg.GCS_REQUEST, req_id, op, 1e9 if timeout is None else timeout)])
 
     def _send(self, peer: str, frames: list) -> None:
         self._ep.send(peer, frames)
@@ -383,6 +432,10 @@ class Core:
         }
 
     def _on_reply(self, sender, msg, frames) -> None:
+        fn = self._reply_fns.pop(msg[1], None)
+        if fn is not None:
+            fn(msg[2])
+            return
         w = self._replies.pop(msg[1], None)
         if w is not None:
             w.value = msg[2]

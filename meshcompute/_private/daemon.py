@@ -35,6 +35,7 @@ import zmq
 from ..store.shm import ArenaWarmer
 from ..store.table import StoreFull, StoreTable, spill_dir_for
 from . import ids
+from .control import group_of
 from .monitor_feed import MonitorFeed
 from .procutil import (
     arena_path,
@@ -178,12 +179,13 @@ class Actor:
     subscribers: set = field(default_factory=set)
     no_restart: bool = False
     gpu_ids: tuple = ()
+    seq: int = 0  # version of the state last written to the control store
 
 
 class Daemon:
     def __init__(self, session_dir: str, num_cpus: float, num_gpus: int, resources: dict,
                  store_capacity: int, parent_pid: int, node_id: str, spill_dir: str | None = None,
-                 host: str | None = None, port: int = 0, keys: Any = None) -> None:
+                 host: str | None = None, port: int = 0, keys: Any = None, gcs_voters: int = 3) -> None:
         self.session_dir = session_dir
         self.node_id = node_id
         self.parent_pid = parent_pid
@@ -215,7 +217,6 @@ class Daemon:
         self.pending: collections.deque[LeaseRequest] = collections.deque()
         self.pending_actors: collections.deque[Actor] = collections.deque()
         self.actors: dict[bytes, Actor] = {}
-        self.named: dict[tuple[str, str], bytes] = {}
         self.drivers: dict[str, int] = {}  # addr -> pid
         self.processes: dict[str, int] = {}  # every registered process: addr -> pid
         self.starting = 0
@@ -236,6 +237,8 @@ class Daemon:
         self.finished_base = 0  # tasks finished by processes that are gone
         self.gathers: dict[int, Gather] = {}  # sub-request id -> its gather
         self._sub_req_ids = itertools.count(1)
+        self.gcs_voters = gcs_voters
+        self.control: Any = None  # the control store shell (control.py), once serving
 
     # ----------------------------------------------------------------- set-up
 
@@ -285,6 +288,12 @@ class Daemon:
             f.write(self.address)
         for _ in range(int(self.num_cpus)):
             self.fork_worker()
+        from .control import Control
+
+        # The first node of a mesh starts the control store; joiners are added by its leader.
+        self.control = Control(self, None if getattr(self, "seeds", []) else self.gcs_voters)
+        self.control.write(("node_add", self.node_id, {"address": self.address, "host": self.host,
+                                                       "resources": self.public_total()}))
         if self.host is not None:
             self.start_membership(getattr(self, "seeds", []))
         info = {"pid": os.getpid(), "address": self.address, "node_id": self.node_id,
@@ -321,7 +330,7 @@ class Daemon:
         next_check = time.monotonic() + LIVENESS_PERIOD_S
         next_view = 0.0
         while self.running:
-            timeout = 100
+            timeout = min(100, int(self.control.seconds_to_tick(time.monotonic()) * 1000) + 1)
             if self.membership is not None:
                 timeout = min(timeout, int(self.membership.seconds_to_deadline() * 1000) + 1)
             events = dict(poller.poll(timeout))
@@ -344,6 +353,7 @@ class Daemon:
             if now >= next_check:
                 next_check = now + LIVENESS_PERIOD_S
                 self._check_liveness()
+            self.control.tick(now)
             if self.monitor.active:
                 self.monitor.tick(now)
             if self.gathers:
@@ -369,11 +379,17 @@ class Daemon:
         """Our resource view, as gossiped (kept small: SWIM meta is at most 1 KiB)."""
         return {
             "a": self.address,
-            "t": {k: v for k, v in self.total.items() if not k.startswith("node:")},
-            "v": {k: round(max(0.0, v), 3) for k, v in self.available.items() if not k.startswith("node:")},
+            "t": self.public_total(),
+            "v": {k: round(max(0.0, v), 3) for k, v in self.available.items()
+                  if not k.startswith("node:") and "_group_" not in k},
             "s": [self.store.allocator.used, self.store_capacity],
             "q": len(self.pending),
+            "g": self.control.gossip_meta() if self.control is not None else [],
         }
+
+    def public_total(self) -> dict:
+        """Total resources, without the node: marker and placement group bundles."""
+        return {k: v for k, v in self.total.items() if not k.startswith("node:") and "_group_" not in k}
 
     def on_gossip(self, sender: str, msg: tuple, frames: list) -> None:
         tcp = parse_address(sender)[2]
@@ -389,6 +405,8 @@ class Daemon:
         changed = False
         for ev in events:
             log.info("membership: %s %s at %s", ev.kind.value, ev.node, ev.addr)
+            if self.control is not None:
+                self.control.on_member_event(ev.node, ev.kind.value)
             if ev.kind in (EventKind.DEAD, EventKind.LEFT):
                 self.node_gone(ev.node, ev.kind.value)
             changed = True
@@ -478,6 +496,10 @@ class Daemon:
             Msg.TASK_STATS: self.on_task_stats,
             Msg.TIMELINE: self.on_timeline,
             Msg.LIST_OBJECTS: self.on_list_objects,
+            Msg.RAFT: self.control.on_raft,
+            Msg.GCS_REQUEST: self.control.on_gcs_request,
+            Msg.GCS_FORWARD: self.control.on_gcs_forward,
+            Msg.GCS_ANSWER: self.control.on_gcs_answer,
         }
 
     def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
@@ -510,6 +532,9 @@ class Daemon:
                 w.state = "idle"
                 w.idle_since = time.monotonic()
         else:
+            if sender not in self.drivers:
+                self.control.write(("job_add", sender, {"node_id": self.node_id, "pid": pid,
+                                                        "namespace": namespace, "started": time.time()}))
             self.drivers[sender] = pid
         self.schedule()
 
@@ -557,7 +582,8 @@ class Daemon:
     def process_gone(self, addr: str) -> None:
         """Clean up after a driver or worker that is gone: pins, objects, leases, actors."""
         self.processes.pop(addr, None)
-        self.drivers.pop(addr, None)
+        if self.drivers.pop(addr, None) is not None and node_of(addr) == self.node_id:
+            self.control.write(("job_finish", addr, time.time()))
         self.ep.forget(addr)
         self.send_replies(self.store.process_gone(addr))
         for lease in [ls for ls in self.leases.values() if ls.owner == addr]:
@@ -614,7 +640,8 @@ class Daemon:
         for k, v in shape:
             if pool.get(k, 0.0) + 1e-9 < v:
                 return False
-        if dict(shape).get("GPU", 0) and not self._pick_gpus(dict(shape)["GPU"], dry=True):
+        gpus = gpu_amount(shape)
+        if gpus and not self._pick_gpus(gpus, dry=True):
             return False
         return True
 
@@ -642,14 +669,15 @@ class Daemon:
     def acquire(self, shape: tuple) -> tuple:
         for k, v in shape:
             self.available[k] = self.available.get(k, 0.0) - v
-        gpus = dict(shape).get("GPU", 0)
+        gpus = gpu_amount(shape)
         return self._pick_gpus(gpus) or () if gpus else ()
 
     def release(self, shape: tuple, gpu_ids: tuple, lent_cpu: float = 0.0) -> None:
         for k, v in shape:
-            self.available[k] = self.available.get(k, 0.0) + v
+            if k in self.total:  # a placement group bundle may be gone meanwhile
+                self.available[k] = self.available.get(k, 0.0) + v
         self.available["CPU"] = self.available.get("CPU", 0.0) - lent_cpu
-        gpus = dict(shape).get("GPU", 0)
+        gpus = gpu_amount(shape)
         for g in gpu_ids:
             self.gpu_free[g] = min(1.0, self.gpu_free[g] + (1.0 if gpus >= 1 else gpus))
 
@@ -665,7 +693,8 @@ class Daemon:
         if target is not None:
             self.spillback(req, target)
             return
-        if not self.feasible(req.shape) and not self.feasible_somewhere(req.shape):
+        if (group_of(req.shape) is None and not self.feasible(req.shape)
+                and not self.feasible_somewhere(req.shape)):
             req.warned = True
             self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.largest_node())
         self.pending.append(req)
@@ -690,6 +719,10 @@ class Daemon:
             return None
         shape = req.shape
         strategy = req.strategy
+        if group_of(shape) is not None:
+            # Placement groups: the committed placement says where the bundle is.
+            node_id = self.control.group_target(shape)
+            return next((p for p in peers if p.node_id == node_id), None) if node_id else None
         if isinstance(strategy, (tuple, list)) and strategy and strategy[0] == "node":
             # Soft affinity: that node when it is alive, else anywhere. Hard
             # affinity is a "node:<id>" resource in the shape (below).
@@ -856,16 +889,17 @@ class Daemon:
         _, actor_id, spec = msg
         req_id = spec["req_id"]
         name, ns = spec.get("name"), spec.get("namespace") or ""
-        if name:
-            existing = self.named.get((ns, name))
-            if existing is not None and self.actors[existing].state != "DEAD":
-                if spec.get("get_if_exists"):
-                    meta = dict(self.actors[existing].spec["handle_meta"], daemon=self.address)
-                    self.reply(sender, req_id, ("exists", existing, meta))
-                    return
-                self.reply(sender, req_id, ("error", f"The actor name {name!r} is already taken in namespace {ns!r}."))
-                return
         shape = tuple(spec["shape"])
+        group = group_of(shape)
+        if group is not None and not spec.get("spilled"):
+            state = self.control.group_state(group[0])
+            if state == "REMOVED":
+                self.reply(sender, req_id, ("error", f"placement group {group[0]} was removed"))
+                return
+            if state != "CREATED":
+                # Where it goes is known once the group is reserved: answer then.
+                self.control.parked.append((sender, msg, frames))
+                return
         if not spec.get("spilled") and self.membership is not None:
             # Actors are placed like tasks: here when they fit, else on a peer with room.
             probe = LeaseRequest(sender, req_id, shape, strategy=spec.get("strategy"))
@@ -873,20 +907,63 @@ class Daemon:
             if target is not None:
                 self.reply(sender, req_id, ("spill", target.address, None))
                 return
-        a = Actor(actor_id, spec, list(frames), sender, name, ns, shape, spec.get("max_restarts", 0),
+        record = self.actor_record(actor_id, spec)
+        if not name:
+            self.control.write(("actor_put", actor_id, record))
+            self.admit_actor(sender, actor_id, spec, list(frames))
+            return
+        # A name is unique per namespace across the mesh: the control store decides.
+        frames = list(frames)
+
+        def claimed(status: str, value: Any) -> None:
+            if status != "ok":
+                self.reply(sender, req_id, ("error", f"Could not register the actor name {name!r}: {value}"))
+            elif value[0] == "ok":
+                self.admit_actor(sender, actor_id, spec, frames)
+            elif value[0] == "exists" and spec.get("get_if_exists"):
+                self.reply(sender, req_id, ("exists", value[1], value[2]["meta"]))
+            elif value[0] == "exists":
+                self.reply(sender, req_id, ("error", f"The actor name {name!r} is already taken in namespace {ns!r}."))
+            else:
+                self.reply(sender, req_id, ("error", f"Could not register the actor name {name!r}: {value}"))
+
+        self.control.server.submit(("name_claim", ns, name, actor_id, record), claimed, 30.0)
+
+    def actor_record(self, actor_id: bytes, spec: dict) -> dict:
+        """The actor's entry in the control store's actor table."""
+        return {"class_name": spec.get("class_name"), "node_id": self.node_id, "daemon": self.address,
+                "state": "PENDING", "restarts": 0, "owner": spec.get("owner"), "seq": 0,
+                "detached": spec.get("lifetime") == "detached", "name": spec.get("name") or "",
+                "namespace": spec.get("namespace") or "", "meta": dict(spec["handle_meta"], daemon=self.address)}
+
+    def admit_actor(self, sender: str, actor_id: bytes, spec: dict, frames: list) -> None:
+        req_id = spec["req_id"]
+        name, ns = spec.get("name"), spec.get("namespace") or ""
+        shape = tuple(spec["shape"])
+        a = Actor(actor_id, spec, frames, sender, name, ns, shape, spec.get("max_restarts", 0),
                   spec.get("lifetime") == "detached")
         a.subscribers.add(sender)
         self.actors[actor_id] = a
-        if name:
-            self.named[(ns, name)] = actor_id
         self.reply(sender, req_id, ("ok", actor_id, self.address))
         self.monitor.actor_changed(a)
-        if not self.feasible(shape):
+        if group_of(shape) is None and not self.feasible(shape):
             a.reason = (f"Actor {spec.get('class_name')} needs {dict(shape)}, but no node of this mesh has that "
                         f"much (the largest offers {self.largest_node()}); it stays pending until such a node joins.")
             self.publish(a)
         self.pending_actors.append(a)
         self.schedule()
+
+    def stop_work_using(self, resources: set[str], reason: str) -> None:
+        """Kill the workers and actors holding any of these resources (a bundle that went away)."""
+        for lease in list(self.leases.values()):
+            if any(k in resources for k, _ in lease.shape):
+                w = self.workers.get(lease.worker_id)
+                if w is not None and w.pid:
+                    self.kill_pid(w.pid)
+        for a in list(self.actors.values()):
+            if a.state != "DEAD" and any(k in resources for k, _ in a.shape):
+                a.no_restart = True
+                self.kill_actor(a, reason)
 
     def place_actor(self, a: Actor, idle: list) -> None:
         a.gpu_ids = self.acquire(a.shape)
@@ -927,6 +1004,9 @@ class Daemon:
         for sub in list(a.subscribers):
             self.send(sub, Msg.ACTOR_STATE, a.actor_id, a.state, addr, a.restarts, reason)
         self.monitor.actor_changed(a)
+        a.seq += 1
+        self.control.write(("actor_put", a.actor_id, {"state": a.state, "restarts": a.restarts,
+                                                      "reason": reason, "seq": a.seq}))
 
     def on_subscribe_actor(self, sender: str, msg: tuple, frames: list) -> None:
         a = self.actors.get(msg[1])
@@ -973,18 +1053,21 @@ class Daemon:
             return
         a.state = "DEAD"
         a.reason = a.reason if a.no_restart and a.reason else f"the actor's process died ({reason})"
-        self.publish(a)
-        if a.name and self.named.get((a.namespace, a.name)) == a.actor_id:
-            del self.named[(a.namespace, a.name)]
+        self.publish(a)  # the control store frees its name
 
     def on_lookup_actor(self, sender: str, msg: tuple, frames: list) -> None:
+        """get_actor(name): a linearizable read of the mesh-wide name table."""
         _, req_id, name, ns = msg
-        actor_id = self.named.get((ns or "", name))
-        a = self.actors.get(actor_id) if actor_id else None
-        if a is None or a.state == "DEAD":
-            self.reply(sender, req_id, None)
-        else:
-            self.reply(sender, req_id, (actor_id, dict(a.spec["handle_meta"], daemon=self.address)))
+
+        def found(status: str, value: Any) -> None:
+            if status != "ok":
+                self.reply(sender, req_id, ("unavailable", value))
+            elif value is None:
+                self.reply(sender, req_id, None)
+            else:
+                self.reply(sender, req_id, (value[0], value[1]["meta"]))
+
+        self.control.server.submit(("name_lookup", ns or "", name), found, 30.0)
 
     # ------------------------------------------------------------------ store
 
@@ -1167,6 +1250,7 @@ class Daemon:
             "session_dir": self.session_dir,
             "queued": len(self.pending),
             "tasks": self.task_totals(),
+            "control": self.control_status(),
         }
         if what == "mesh":
             nodes = [info]
@@ -1177,6 +1261,9 @@ class Daemon:
                     "resources_total": p.total, "resources_available": p.available,
                     "store": {"used": p.store[0], "capacity": p.store[1]} if p.store else {},
                     "queued": p.queue,
+                    # As gossiped (up to a fraction of a second old).
+                    "control": ({"role": p.gcs[0], "term": p.gcs[1], "commit_index": p.gcs[2],
+                                 "leader": p.gcs[3] or None} if p.gcs else {}),
                 })
             self.reply(sender, req_id, {"nodes": nodes, "leader": self.control_status()["leader"],
                                         "self": self.node_id})
@@ -1184,8 +1271,8 @@ class Daemon:
         self.reply(sender, req_id, info)
 
     def control_status(self) -> dict:
-        """The control store's leader, term and commit index (None until it is replicated)."""
-        return {"leader": None, "term": None, "commit_index": None}
+        """This node's view of the control store: leader, term, commit index, role."""
+        return self.control.status()
 
     # ---------------------------------------------------------- observability
 
@@ -1318,6 +1405,14 @@ class Daemon:
         remove_session(self.session_dir, self.spill_dir)
 
 
+def gpu_amount(shape: tuple) -> float:
+    """GPUs a shape needs, also when it asks for them from a placement group bundle."""
+    for k, v in shape:
+        if k == "GPU" or (k.startswith("GPU_group_") and k.count("_") == 3):
+            return v
+    return 0.0
+
+
 def _flatten(parts: list) -> list:
     return [item for part in parts if isinstance(part, list) for item in part]
 
@@ -1349,6 +1444,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
     p.add_argument("--join", default="", help="comma-separated host:port of live members")
     p.add_argument("--standalone", action="store_true", help="started by `mesh start`/`mesh join`")
+    p.add_argument("--gcs-voters", type=int, default=3, choices=(1, 3, 5, 7),
+                   help="voters of the control store, when this node starts a new mesh")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.parent_pid:
@@ -1365,7 +1462,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("refusing to serve TCP without the mesh token in the session dir")
     spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
     d = Daemon(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
-               args.parent_pid, ids.random_id(), spill_dir, host=args.host, port=args.port, keys=keys)
+               args.parent_pid, ids.random_id(), spill_dir, host=args.host, port=args.port, keys=keys,
+               gcs_voters=args.gcs_voters)
     d.standalone = args.standalone
     d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
     d.create_arena()

@@ -20,8 +20,12 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
                num_cpus: float | None = None, num_gpus: int | None = None,
                resources: dict | None = None, object_store_memory: int | None = None,
                token: str | None = None, parent_pid: int = 0, standalone: bool = False,
-               extra_env: dict | None = None) -> tuple[subprocess.Popen, dict]:
-    """Start a node daemon and wait until it serves; returns (process, info)."""
+               extra_env: dict | None = None, voters: int | None = None) -> tuple[subprocess.Popen, dict]:
+    """Start a node daemon and wait until it serves; returns (process, info).
+
+    ``voters``: for the first node of a mesh, how many nodes vote in its control
+    store (1, 3, 5 or 7; default 3).
+    """
     session = new_session_dir()
     logs = os.path.join(session, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -56,6 +60,8 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
             cmd += ["--join", ",".join(join)]
     if standalone:
         cmd += ["--standalone"]
+    if voters is not None:
+        cmd += ["--gcs-voters", str(int(voters))]
     with open(os.path.join(logs, "daemon.log"), "ab") as out:
         proc = subprocess.Popen(cmd, pass_fds=(ready_w,), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)

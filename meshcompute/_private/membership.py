@@ -38,6 +38,7 @@ class PeerView:
     available: dict = field(default_factory=dict)
     store: tuple = (0, 0)
     queue: int = 0
+    gcs: list = field(default_factory=list)  # [role, term, commit, leader node id] in the control store
     version: int = 0
 
 
@@ -125,6 +126,8 @@ class Membership:
             pv.available = view.get("v", {})
             pv.store = tuple(view.get("s", (0, 0)))
             pv.queue = view.get("q", 0)
+            g = view.get("g")
+            pv.gcs = g if isinstance(g, list) and len(g) == 4 else []
             out[m.node] = pv
         return out
 

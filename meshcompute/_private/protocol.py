@@ -81,6 +81,11 @@ class Msg(IntEnum):
     TIMELINE = 62  # collect the recent task spans of workers (of this node or the mesh)
     WORKER_OUTPUT = 63  # a batch of lines a worker printed, for the owner's driver
     LIST_OBJECTS = 64  # the store table's records (of this node or the mesh)
+    # control store (docs/gcs.md)
+    RAFT = 65  # daemon -> daemon: one Raft message (gcs/codec.py)
+    GCS_REQUEST = 66  # process -> its daemon: a control store read or write; REPLY (status, value)
+    GCS_FORWARD = 67  # daemon -> the leader's daemon: a request it cannot serve itself
+    GCS_ANSWER = 68  # leader's daemon -> forwarding daemon: status and value of a GCS_FORWARD
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -136,6 +141,10 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.TIMELINE: ("req_id", "scope"),
     Msg.WORKER_OUTPUT: ("lines",),
     Msg.LIST_OBJECTS: ("req_id", "scope"),
+    Msg.RAFT: ("message",),
+    Msg.GCS_REQUEST: ("req_id", "op", "timeout"),
+    Msg.GCS_FORWARD: ("uid", "op"),
+    Msg.GCS_ANSWER: ("uid", "status", "value"),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"

@@ -57,7 +57,26 @@ def _shape(opts: dict, default_cpus: float) -> tuple:
     node_id = getattr(strategy, "node_id", None)
     if node_id and not getattr(strategy, "soft", False):
         res[f"node:{node_id}"] = 0.001
+    pg = getattr(strategy, "placement_group", None)
+    if pg is not None:
+        res = _in_bundle(res, pg, getattr(strategy, "placement_group_bundle_index", -1))
     return tuple(sorted((k, v) for k, v in res.items() if v > 0))
+
+
+def _in_bundle(res: dict[str, float], pg: Any, index: int) -> dict[str, float]:
+    """Ask for the resources out of a placement group bundle (names as in Ray: CPU_group_1_<pg>)."""
+    count = len(getattr(pg, "bundle_specs", ()))
+    if not isinstance(index, int) or index < -1 or index >= count:
+        raise ValueError(f"placement_group_bundle_index must be -1 or in [0, {count}), got {index!r}")
+    out = {}
+    # A marker resource, so that work asking for nothing still lands in the bundle.
+    for k, v in list(res.items()) + [("bundle", 0.001)]:
+        if v <= 0:
+            continue
+        if index >= 0:
+            out[f"{k}_group_{index}_{pg.id}"] = v
+        out[f"{k}_group_{pg.id}"] = v
+    return out
 
 
 class RemoteFunction:

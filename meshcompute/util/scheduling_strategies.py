@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -13,4 +14,18 @@ class NodeAffinitySchedulingStrategy:
     soft: bool = False
 
 
-__all__ = ["NodeAffinitySchedulingStrategy"]
+@dataclass(frozen=True)
+class PlacementGroupSchedulingStrategy:
+    """Run in a placement group's bundle ``placement_group_bundle_index`` (-1: any of its bundles).
+
+    The task's or actor's resources come out of the bundle's reservation, so they
+    must fit in it. ``placement_group_capture_child_tasks`` is accepted for
+    compatibility; child tasks are scheduled normally.
+    """
+
+    placement_group: Any
+    placement_group_bundle_index: int = -1
+    placement_group_capture_child_tasks: bool | None = None
+
+
+__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]

@@ -1,0 +1,328 @@
+"""The daemon's control-store shell: the GCS server (meshcompute.gcs) wired to sockets.
+
+Thin on purpose: Raft, the tables and the routing of requests live in
+:mod:`meshcompute.gcs`; this module carries their messages (``RAFT``,
+``GCS_REQUEST``, ``GCS_FORWARD``, ``GCS_ANSWER``), feeds gossip's view of the
+mesh to the leader's duties, and turns committed placement groups into
+resources reserved on this node.
+
+Placement group bundles become resources, as in Ray: a bundle ``i`` of group
+``pg`` reserved here moves ``{"CPU": 2}`` out of the node's free CPU and adds
+``CPU_group_i_pg`` and ``CPU_group_pg`` (and a ``bundle_group_*`` marker).
+Tasks and actors scheduled into the group ask for those names (remote.py
+rewrites their shape), so the ordinary lease machinery grants them only where
+the bundle lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+from ..gcs.codec import message_from_wire, message_to_wire
+from ..gcs.server import GcsServer, NodeView, raft_id_of
+from ..raft import Message
+from .protocol import Msg
+from .transport import parse_address
+
+log = logging.getLogger("meshcompute.control")
+
+# seconds. How long gossip must have declared a node dead before the leader
+# takes it out of the Raft group (and a learner takes its vote) and marks it,
+# its actors and its bundles dead. Longer than gossip's own false-positive
+# window on a busy machine (a suspect refutes within 1 s), short enough that a
+# three-voter group is back to three voters within seconds.
+DEAD_GRACE_S = 5.0
+# seconds. Default wait for a quorum before a request fails as unavailable.
+REQUEST_TIMEOUT_S = 10.0
+# Internal writes (actor states, jobs) wait longer: they are not on anyone's
+# critical path, and dropping them loses history.
+BACKGROUND_TIMEOUT_S = 120.0
+
+MARKER = "bundle_group_"
+MARKER_UNITS = 1000.0
+
+
+def group_of(shape: tuple) -> tuple[str, int] | None:
+    """(pg_id, bundle index or -1) if a shape asks for a placement group bundle."""
+    found = None
+    for k, _ in shape:
+        if k.startswith(MARKER):
+            parts = k[len(MARKER):].split("_")
+            if len(parts) == 2 and parts[0].isdigit():
+                return parts[1], int(parts[0])  # a bundle index wins over the group-wide marker
+            if len(parts) == 1:
+                found = (parts[0], -1)
+    return found
+
+
+def bundle_keys(pg_id: str, index: int, resource: str) -> tuple[str, str]:
+    return f"{resource}_group_{index}_{pg_id}", f"{resource}_group_{pg_id}"
+
+
+class Control:
+    def __init__(self, daemon: Any, voters: int | None) -> None:
+        """``voters``: this node starts a new mesh with that many voters; None: it joins one."""
+        self.d = daemon
+        self.server = GcsServer(
+            daemon.node_id, os.path.join(daemon.session_dir, "gcs"),
+            bootstrap={"voters": voters} if voters is not None else None,
+            send_raft=self._send_raft, send_forward=self._send_forward, on_applied=self._on_applied)
+        self.addresses: dict[int, str] = {}  # raft id -> daemon address (learned from senders, gossip)
+        self.gone_since: dict[str, tuple[float, bool]] = {}  # node id -> (when declared dead/left, left)
+        self.bundles: dict[tuple[str, int], dict] = {}  # (pg, index) -> bundle reserved here
+        self.answered: set[tuple[str, int, int]] = set()  # (pg, attempt, index) we acked or refused
+        self.pg_waiters: dict[str, list[tuple[str, int]]] = defaultdict(list)  # pg -> (process, req_id)
+        self.pgs_changed = False
+        self.parked: list[tuple[str, tuple, list]] = []  # actor creations waiting for their group
+
+    # ------------------------------------------------------------- plumbing
+
+    def _address(self, raft_id: int) -> str | None:
+        addr = self.addresses.get(raft_id)
+        if addr is not None:
+            return addr
+        for p in self.d.peer_views().values():
+            rid = raft_id_of(p.node_id)
+            self.server.node_names.setdefault(rid, p.node_id)
+            if p.address:
+                self.addresses[rid] = p.address
+        return self.addresses.get(raft_id)
+
+    def _send_raft(self, to: int, m: Message) -> None:
+        addr = self._address(to)
+        if addr is not None:
+            self.d.send(addr, Msg.RAFT, message_to_wire(m))
+
+    def _send_forward(self, to: int, uid: bytes, op: tuple) -> None:
+        addr = self._address(to)
+        if addr is not None:
+            self.d.send(addr, Msg.GCS_FORWARD, uid, op)
+
+    def _from_daemon(self, sender: str) -> str | None:
+        """The node id of a peer daemon that sent this, else None (not a daemon of another node)."""
+        node, name, _ = parse_address(sender)
+        if name != "daemon" or not node or node == self.d.node_id:
+            return None
+        return node
+
+    def on_raft(self, sender: str, msg: tuple, frames: list) -> None:
+        node = self._from_daemon(sender)
+        if node is None:
+            return
+        m = message_from_wire(msg[1])
+        rid = raft_id_of(node)
+        if m.frm != rid or m.to != self.server.raft_id:
+            log.warning("dropped a Raft message from %s that claims to be from %d to %d", sender, m.frm, m.to)
+            return
+        self.addresses[rid] = sender
+        self.server.node_names[rid] = node
+        self.server.step(m)
+
+    def on_gcs_request(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, op, timeout = msg
+        if not isinstance(op, tuple) or not op:
+            self.d.reply(sender, req_id, ("error", "a control store request is a non-empty tuple"))
+            return
+        if op[0] == "pg_wait":
+            self.pg_waiters[op[1]].append((sender, req_id))
+            self._answer_pg_waiters()
+            return
+        t = REQUEST_TIMEOUT_S if timeout is None else max(0.0, float(timeout))
+        self.server.submit(op, lambda status, value: self.d.reply(sender, req_id, (status, value)), t)
+
+    def on_gcs_forward(self, sender: str, msg: tuple, frames: list) -> None:
+        if self._from_daemon(sender) is None:
+            return
+        _, uid, op = msg
+        if not isinstance(uid, bytes) or not isinstance(op, tuple) or not op:
+            return
+        self.server.submit(op, lambda status, value: self.d.send(sender, Msg.GCS_ANSWER, uid, status, value),
+                           REQUEST_TIMEOUT_S, uid=uid, forwarded_in=True)
+
+    def on_gcs_answer(self, sender: str, msg: tuple, frames: list) -> None:
+        if self._from_daemon(sender) is None:
+            return
+        _, uid, status, value = msg
+        self.server.on_answer(uid, status, value)
+
+    def write(self, op: tuple, timeout: float = BACKGROUND_TIMEOUT_S) -> None:
+        """A write nobody waits for (actor states, jobs, bundle acks)."""
+
+        def done(status: str, value: Any) -> None:
+            if status != "ok":
+                log.warning("control store write %s failed: %s", op[0], value)
+
+        self.server.submit(op, done, timeout)
+
+    # --------------------------------------------------------------- clock
+
+    def on_member_event(self, node_id: str, kind: str) -> None:
+        if kind in ("dead", "left"):
+            self.gone_since.setdefault(node_id, (time.monotonic(), kind == "left"))
+        else:
+            self.gone_since.pop(node_id, None)
+
+    def tick(self, now: float) -> None:
+        server = self.server
+        peers = self.d.peer_views()
+        if server.raft.lead == 0:
+            # Not in the group yet (or it has no leader): gossip names the leader.
+            best = None
+            for p in peers.values():
+                g = p.gcs
+                if g and g[0] == "leader" and p.state in ("alive", "suspect") and (best is None or g[1] > best[0]):
+                    best = (g[1], raft_id_of(p.node_id))
+                    if p.address:
+                        self.addresses[best[1]] = p.address
+            server.leader_hint = best[1] if best else 0
+        server.tick(now)
+        if server.is_leader():
+            views = []
+            for p in peers.values():
+                alive = p.state in ("alive", "suspect")
+                since, left = self.gone_since.get(p.node_id, (now, p.state == "left"))
+                views.append(NodeView(p.node_id, alive, 0.0 if alive else now - since, left, p.available))
+            server.leader_work(now, views, self.free_resources(), DEAD_GRACE_S)
+        if self.pgs_changed:
+            self.pgs_changed = False
+            self.reconcile_bundles()
+            self._answer_pg_waiters()
+            parked, self.parked = self.parked, []
+            for sender, msg, frames in parked:
+                self.d.on_create_actor(sender, msg, frames)  # parks again if still not reserved
+            self.d.schedule()
+
+    def seconds_to_tick(self, now: float) -> float:
+        return self.server.seconds_to_tick(now)
+
+    # -------------------------------------------------------------- status
+
+    def gossip_meta(self) -> list:
+        """[role, term, commit, leader node id] for gossip (and `mesh status` on other nodes)."""
+        st = self.server.status()
+        return [st["role"], st["term"], st["commit"], st["leader"] or ""]
+
+    def status(self) -> dict:
+        st = self.server.status()
+        return {"leader": st["leader"], "term": st["term"], "commit_index": st["commit"], "role": st["role"],
+                "applied": st["applied"], "voters": st["voters"], "learners": st["learners"]}
+
+    # ---------------------------------------------------- placement groups
+
+    def _on_applied(self, op: tuple, result: Any) -> None:
+        if op[0].startswith("pg_") or op[0] in ("node_dead", "restored"):
+            self.pgs_changed = True
+
+    def free_resources(self) -> dict:
+        """What the node has free outside placement groups (what the leader places bundles into)."""
+        return {k: max(0.0, v) for k, v in self.d.available.items()
+                if "_group_" not in k and not k.startswith("node:")}
+
+    def reconcile_bundles(self) -> None:
+        """Make the bundles reserved here match the committed placement groups."""
+        d = self.d
+        pgs = self.server.state.pgs
+        want = {}
+        for pg in pgs.values():
+            if pg.holds():
+                for i, node in pg.nodes.items():
+                    if node == d.node_id:
+                        want[(pg.pg_id, i)] = pg
+        for key in [k for k in self.bundles if k not in want]:
+            self._release_bundle(key)
+        replies: dict[tuple[str, int, bool], list[int]] = defaultdict(list)
+        reasons: dict[tuple[str, int, bool], str] = {}
+        for (pg_id, i), pg in sorted(want.items()):
+            ok = True
+            if (pg_id, i) not in self.bundles:
+                shape = tuple(sorted((k, v) for k, v in pg.bundles[i].items() if v > 0))
+                if (pg_id, pg.attempt, i) in self.answered:
+                    continue  # refused for this attempt already
+                ok = d.fits(shape)
+                if ok:
+                    self._reserve_bundle(pg_id, i, pg.bundles[i])
+                else:
+                    reasons[(pg_id, pg.attempt, False)] = (
+                        f"node {d.node_id} could not reserve bundle {i} {pg.bundles[i]} "
+                        f"(free: {self.free_resources()}); retrying")
+            if i in pg.acked or (pg_id, pg.attempt, i) in self.answered:
+                continue
+            self.answered.add((pg_id, pg.attempt, i))
+            replies[(pg_id, pg.attempt, ok)].append(i)
+        for (pg_id, attempt, ok), indexes in replies.items():
+            self.write(("pg_ack", pg_id, attempt, d.node_id, indexes, ok, reasons.get((pg_id, attempt, ok), "")))
+        live = {pg.pg_id for pg in pgs.values() if pg.state != "REMOVED"}
+        self.answered = {a for a in self.answered if a[0] in live}
+
+    def _reserve_bundle(self, pg_id: str, index: int, bundle: dict) -> None:
+        d = self.d
+        for k, v in bundle.items():
+            d.available[k] = d.available.get(k, 0.0) - v
+        extra = dict(bundle)
+        extra["bundle"] = MARKER_UNITS
+        for k, v in extra.items():
+            for gk in bundle_keys(pg_id, index, k):
+                d.total[gk] = d.total.get(gk, 0.0) + v
+                d.available[gk] = d.available.get(gk, 0.0) + v
+        self.bundles[(pg_id, index)] = dict(bundle)
+        log.info("reserved bundle %d of placement group %s: %s", index, pg_id, bundle)
+
+    def _release_bundle(self, key: tuple[str, int]) -> None:
+        d = self.d
+        pg_id, index = key
+        bundle = self.bundles.pop(key)
+        last_here = not any(k[0] == pg_id for k in self.bundles)
+        # Work still running in the bundle loses its place: stop it (as Ray does).
+        doomed = {bundle_keys(pg_id, index, "bundle")[0]}
+        if last_here:
+            doomed.add(bundle_keys(pg_id, index, "bundle")[1])
+        d.stop_work_using(doomed, f"its placement group {pg_id} was removed or re-placed")
+        extra = dict(bundle)
+        extra["bundle"] = MARKER_UNITS
+        for k, v in extra.items():
+            for gk in bundle_keys(pg_id, index, k):
+                for table in (d.total, d.available):
+                    left = table.get(gk, 0.0) - v
+                    if left <= 1e-9 or (last_here and gk.endswith(f"_group_{pg_id}")):
+                        table.pop(gk, None)
+                    else:
+                        table[gk] = left
+        for k, v in bundle.items():
+            d.available[k] = d.available.get(k, 0.0) + v
+        log.info("released bundle %d of placement group %s", index, pg_id)
+
+    def _answer_pg_waiters(self) -> None:
+        pgs = self.server.state.pgs
+        for pg_id in list(self.pg_waiters):
+            pg = pgs.get(pg_id)
+            if pg is None or pg.state not in ("CREATED", "REMOVED"):
+                continue
+            status = "ok" if pg.state == "CREATED" else "error"
+            value = pg.record() if pg.state == "CREATED" else f"placement group {pg_id} was removed"
+            for sender, req_id in self.pg_waiters.pop(pg_id):
+                self.d.reply(sender, req_id, (status, value))
+
+    def group_state(self, pg_id: str) -> str:
+        pg = self.server.state.pgs.get(pg_id)
+        return pg.state if pg is not None else "UNKNOWN"
+
+    def group_target(self, shape: tuple) -> str | None:
+        """For a shape in a placement group: the node to run it on (None: here, or wait here)."""
+        group = group_of(shape)
+        if group is None:
+            return None
+        pg_id, index = group
+        pg = self.server.state.pgs.get(pg_id)
+        if pg is None or pg.state != "CREATED":
+            return None  # not reserved yet: wait here until it is
+        if index >= 0:
+            node = pg.nodes.get(index)
+            return None if node == self.d.node_id else node
+        nodes = sorted(set(pg.nodes.values()))
+        if self.d.node_id in nodes or not nodes:
+            return None
+        return nodes[hash(shape) % len(nodes)]
