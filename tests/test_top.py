@@ -107,7 +107,8 @@ def test_mesh_top_shows_the_nodes_a_death_and_follows_the_mesh_when_its_node_die
                            and set(rows(s).values()) <= {"alive", "suspect"}, 30)
         assert screen is not None, term.screen()
         assert f"watching {a['node_id'][:8]}" in screen
-        assert "leader —" in screen and "term —" in screen and "commit —" in screen
+        assert re.search(r"leader ([0-9a-f]{8})  term [1-9]\d*  commit [1-9]\d*", screen), screen
+        assert re.search(r"leader ([0-9a-f]{8})", screen).group(1) in short
         lines = screen.splitlines()
         assert len(lines) <= 24 and all(len(line) <= 80 for line in lines), screen
         assert "tasks/s" in screen and "q" in lines[-1] + (lines[-2] if len(lines) > 1 else "")

@@ -110,7 +110,7 @@ def _header(client: Any, width: int, now_wall: float) -> list[Text]:
     line1.append(" " * max(1, pad) + right)
     line2 = Text(no_wrap=True, overflow="ellipsis")
     line2.append(" control store ", style="dim")
-    line2.append(f"leader {ctl.get('leader') or DASH}  term {_num(ctl.get('term'))}  "
+    line2.append(f"leader {(ctl.get('leader') or DASH)[:8]}  term {_num(ctl.get('term'))}  "
                  f"commit {_num(ctl.get('commit_index'))}")
     actors = st.actors()
     line2.append(f"   nodes {alive}/{len(nodes)} alive   actors "
