@@ -26,7 +26,10 @@ from meshcompute._private.protocol import Msg
 from meshcompute.exceptions import ControlStoreUnavailableError, PlacementGroupRemovedError
 from meshcompute.raft.linearizability import UNKNOWN, KVModel, Operation, check_operations
 from meshcompute.util import placement_group, placement_group_table, remove_placement_group
-from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+from meshcompute.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from .conftest import loopback_mesh, wait_for
 
