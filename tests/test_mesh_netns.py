@@ -144,3 +144,79 @@ def _declared_dead_at(info: dict, node_id: str) -> float:
                 stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
                 return stamp.timestamp()
     return float("inf")
+
+
+def _gcs(info: dict, op: tuple, timeout: float):
+    from meshcompute._private.launcher import request
+    from meshcompute._private.protocol import Msg
+
+    return request(info, Msg.GCS_REQUEST, op, timeout, timeout=timeout + 5)
+
+
+def _control(info: dict) -> dict:
+    from meshcompute._private.launcher import query
+
+    return query(info, "node")["control"]
+
+
+def test_a_cut_off_minority_cannot_commit_the_majority_can_and_after_healing_all_converge():
+    """The control store's leader is cut off from the other two hosts: the
+    majority elects a new leader and commits; the old leader cannot commit; once
+    the link is back, it catches up and votes again."""
+    token = generate_token()
+    with TestBed(3, prefix="mtraft") as bed:
+        try:
+            addrs = {i: f"{bed.address(i)}:{PORT}" for i in bed.hosts}
+            common = ["--port", str(PORT), "--num-cpus", "1", "--token", token, "--object-store-memory", str(64 << 20)]
+            out = _mesh(bed, 1, "start", "--host", bed.address(1), *common)
+            assert out.returncode == 0, out.stdout + out.stderr
+            for i in (2, 3):
+                out = _mesh(bed, i, "join", addrs[1], "--host", bed.address(i), *common)
+                assert out.returncode == 0, out.stdout + out.stderr
+            infos = {i: next(n for n in _node_infos() if n["host"] == bed.address(i)) for i in bed.hosts}
+            ids = {infos[i]["node_id"]: i for i in bed.hosts}
+
+            def settled() -> bool:
+                views = [_control(infos[i]) for i in bed.hosts]
+                return (len({v["leader"] for v in views}) == 1 and views[0]["leader"] is not None
+                        and all(len(v["voters"]) == 3 for v in views))
+
+            assert wait_for(settled, timeout=30), [_control(infos[i]) for i in bed.hosts]
+            assert _gcs(infos[1], ("kv_put", b"before", b"1", True), 5) == ("ok", False)
+            old = ids[_control(infos[1])["leader"]]
+            majority = [i for i in bed.hosts if i != old]
+
+            bed.cut(old)
+            t = time.monotonic()
+            # The majority elects a leader among itself and commits.
+            status = None
+            while time.monotonic() - t < 15:
+                status, _ = _gcs(infos[majority[0]], ("kv_put", b"during", b"majority", True), 1.0)
+                if status == "ok":
+                    break
+            assert status == "ok", "the majority did not commit while the old leader was cut off"
+            print(f"majority committed {time.monotonic() - t:.2f} s after the cut")
+            assert ids[_control(infos[majority[1]])["leader"]] in majority
+            # The old leader, alone, cannot commit (nor serve a linearizable read).
+            status, reason = _gcs(infos[old], ("kv_put", b"minority", b"lost", True), 3.0)
+            assert status == "unavailable", (status, reason)
+            assert "no leader" in reason or "did not answer" in reason
+            assert _gcs(infos[old], ("kv_get", b"during"), 2.0)[0] == "unavailable"
+
+            bed.heal(old)
+            # All converge: the old leader has the majority's write, and it votes again.
+            assert wait_for(lambda: _gcs(infos[old], ("kv_get", b"during"), 2.0) == ("ok", b"majority"), timeout=60)
+            assert wait_for(settled, timeout=60), [_control(infos[i]) for i in bed.hosts]
+            assert _gcs(infos[majority[0]], ("kv_get", b"minority"), 5.0) == ("ok", None)
+            assert wait_for(lambda: len({_control(infos[i])["commit_index"] for i in bed.hosts}) == 1, timeout=10)
+        finally:
+            from meshcompute._private.launcher import stop_node
+            from meshcompute._private.procutil import SESSIONS_ROOT
+
+            for name in os.listdir(SESSIONS_ROOT):
+                path = os.path.join(SESSIONS_ROOT, name, "daemon.json")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        info = json.load(f)
+                    if (info.get("host") or "").startswith("10.77."):
+                        stop_node(info)
