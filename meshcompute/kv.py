@@ -22,14 +22,22 @@ from __future__ import annotations
 
 from ._private.api import _core
 
+# bytes. Values and keys travel in the replicated log and live in every member's
+# memory: the store is for coordination, not data.
+MAX_VALUE_BYTES = 1 << 20
+
 __all__ = ["get", "put", "delete", "list", "cas", "exists"]
 
 
 def _b(value: bytes | str, what: str) -> bytes:
     if isinstance(value, str):
-        return value.encode()
+        value = value.encode()
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
+        value = bytes(value)
+        if len(value) > MAX_VALUE_BYTES:
+            raise ValueError(f"kv {what} are limited to {MAX_VALUE_BYTES} bytes (got {len(value)}); "
+                             "keep large data in the object store (mesh.put) instead")
+        return value
     raise TypeError(f"kv {what} must be bytes or str, got {type(value).__name__}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import traceback
 from collections import defaultdict
 from typing import Any
 
@@ -179,14 +180,21 @@ class Control:
                     if p.address:
                         self.addresses[best[1]] = p.address
             server.leader_hint = best[1] if best else 0
-        server.tick(now)
+        try:
+            server.tick(now)
+        except Exception:
+            # Never let the control store take the node down; say what happened.
+            log.error("control store error (the node keeps serving):\n%s", traceback.format_exc())
         if server.is_leader():
             views = []
             for p in peers.values():
                 alive = p.state in ("alive", "suspect")
                 since, left = self.gone_since.get(p.node_id, (now, p.state == "left"))
                 views.append(NodeView(p.node_id, alive, 0.0 if alive else now - since, left, p.available))
-            server.leader_work(now, views, self.free_resources(), DEAD_GRACE_S)
+            try:
+                server.leader_work(now, views, self.free_resources(), DEAD_GRACE_S)
+            except Exception:
+                log.error("control store leader duty failed:\n%s", traceback.format_exc())
         if self.pgs_changed:
             self.pgs_changed = False
             self.reconcile_bundles()

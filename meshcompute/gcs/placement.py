@@ -73,17 +73,34 @@ def place_bundles(
         return None
 
     if strategy == "STRICT_SPREAD":
-        used = set(fixed.values())
+        # A matching of bundles to distinct nodes (Kuhn's augmenting paths):
+        # greedy choices can strand a bundle that only one node can hold.
+        # Each bundle tries the nodes with the most room first (ties: smallest id).
+        by_room = sorted(nodes, key=lambda n: (-sum(room[n].values()), n))
+        cands = {i: [n for n in by_room if n not in set(fixed.values()) and bundle_fits(bundles[i], room[n])]
+                 for i in todo}
+        owner: dict[str, int] = {}
+
+        def assign(i: int, seen: set[str]) -> bool:
+            # A free node first (so the preference order holds when nothing
+            # conflicts), else move another bundle out of the way.
+            for n in cands[i]:
+                if n not in owner and n not in seen:
+                    owner[n] = i
+                    return True
+            for n in cands[i]:
+                if n in seen:
+                    continue
+                seen.add(n)
+                if assign(owner[n], seen):
+                    owner[n] = i
+                    return True
+            return False
+
         for i in todo:
-            # The free node with the most room left, so later bundles still find one.
-            cands = [n for n in nodes if n not in used and bundle_fits(bundles[i], room[n])]
-            if not cands:
+            if not assign(i, set()):
                 return None
-            n = max(cands, key=lambda n: (sum(room[n].values()), _neg(n)))
-            out[i] = n
-            used.add(n)
-            _take(room[n], bundles[i])
-        return out
+        return {i: n for n, i in owner.items()}
 
     if strategy == "PACK":
         # One node if the whole rest fits on one (preferring nodes already used).
@@ -125,7 +142,3 @@ def place_bundles(
 
     raise ValueError(f"unknown placement strategy {strategy!r}")
 
-
-def _neg(s: str) -> tuple:
-    # max() with ties broken towards the smallest id.
-    return tuple(-ord(c) for c in s)

@@ -113,6 +113,7 @@ class GcsState:
         self.kv: dict[bytes, bytes] = {}
         self.done: OrderedDict[bytes, Any] = OrderedDict()  # uid -> result (dedup window)
         self.dead_actors: deque[bytes] = deque()  # DEAD actor ids, oldest first
+        self.job_count = 0  # jobs ever registered (job ids are sequential)
         self.applied_index = 0
 
     # ------------------------------------------------------------------ apply
@@ -143,6 +144,8 @@ class GcsState:
         return dict(self.config)
 
     def _w_node_add(self, node_id: str, info: dict) -> Any:
+        if not isinstance(node_id, str) or not isinstance(info, dict):
+            raise TypeError("node_add takes a node id and a dict")
         rec = self.nodes.get(node_id)
         if rec is None:
             rec = self.nodes[node_id] = {"node_id": node_id, "registered": len(self.nodes)}
@@ -172,9 +175,11 @@ class GcsState:
         return True
 
     def _w_job_add(self, job_key: str, info: dict) -> Any:
+        if not isinstance(info, dict):
+            raise TypeError("job_add takes a dict")
         if job_key not in self.jobs:
-            self.jobs[job_key] = dict(info, job_id=f"{self.config.get('jobs', 0) + 1:08x}", finished=None)
-            self.config["jobs"] = self.config.get("jobs", 0) + 1
+            self.job_count += 1
+            self.jobs[job_key] = dict(info, job_id=f"{self.job_count:08x}", finished=None)
         return self.jobs[job_key]["job_id"]
 
     def _w_job_finish(self, job_key: str, when: float) -> Any:
@@ -188,6 +193,8 @@ class GcsState:
         return True
 
     def _w_actor_put(self, actor_id: bytes, fields: dict) -> Any:
+        if not isinstance(actor_id, bytes) or not isinstance(fields, dict) or type(fields.get("seq", 0)) is not int:
+            raise TypeError("actor_put takes an actor id (bytes) and a dict with an int seq")
         a = self.actors.get(actor_id)
         if a is None:
             a = self.actors[actor_id] = {"actor_id": actor_id, "state": "PENDING", "restarts": 0}
@@ -269,7 +276,17 @@ class GcsState:
             return False
         if strategy not in PG_STRATEGIES:
             raise ValueError(f"strategy must be one of {PG_STRATEGIES}, got {strategy!r}")
-        self.pgs[pg_id] = PG(pg_id, [dict(b) for b in bundles], strategy, name or "", creator)
+        if not isinstance(pg_id, str) or not pg_id.isalnum():
+            raise ValueError("a placement group id is alphanumeric")
+        clean = []
+        for b in bundles:
+            if not isinstance(b, dict) or not b or not all(
+                    isinstance(k, str) and type(v) in (int, float) and 0 < v < float("inf") for k, v in b.items()):
+                raise ValueError(f"a bundle maps resource names to positive amounts, got {b!r}")
+            clean.append({k: float(v) for k, v in b.items()})
+        if not clean:
+            raise ValueError("a placement group needs at least one bundle")
+        self.pgs[pg_id] = PG(pg_id, clean, strategy, str(name or ""), str(creator))
         return True
 
     def _w_pg_place(self, pg_id: str, attempt: int, nodes: dict) -> Any:
@@ -278,7 +295,7 @@ class GcsState:
         if pg is None or pg.attempt != attempt or pg.state not in ("PENDING", "RESCHEDULING"):
             return False  # stale: the group moved on since the leader looked
         missing = set(range(len(pg.bundles))) - set(pg.nodes)
-        if set(nodes) != missing:
+        if set(nodes) != missing or not all(isinstance(n, str) for n in nodes.values()):
             return False
         pg.nodes.update({int(i): n for i, n in nodes.items()})
         if pg.state == "PENDING":
@@ -364,7 +381,8 @@ class GcsState:
             "config": self.config, "nodes": self.nodes, "actors": list(self.actors.items()),
             "names": self.names, "jobs": list(self.jobs.items()),
             "pgs": {k: vars(v) for k, v in self.pgs.items()}, "kv": self.kv,
-            "done": list(self.done.items()), "dead": list(self.dead_actors), "applied": self.applied_index,
+            "done": list(self.done.items()), "dead": list(self.dead_actors), "jobs_ever": self.job_count,
+            "applied": self.applied_index,
         }, 5)
 
     @classmethod
@@ -382,6 +400,7 @@ class GcsState:
         s.kv = img["kv"]
         s.done = OrderedDict(img["done"])
         s.dead_actors = deque(img["dead"])
+        s.job_count = img["jobs_ever"]
         s.applied_index = img["applied"]
         return s
 

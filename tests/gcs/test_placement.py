@@ -93,18 +93,12 @@ def test_strict_spread_avoids_a_fixed_node_missing_from_free():
     assert place_bundles(cpu_bundles(2), "STRICT_SPREAD", free, fixed={1: "zz"}) == {0: "a"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: STRICT_SPREAD is greedy: the CPU bundle takes the roomier GPU node "
-                                       "first, so the GPU bundle finds no node and the answer is None although "
-                                       "a placement exists (the group stays PENDING for ever)")
 def test_strict_spread_finds_a_placement_when_one_exists():
     free = {"cpu": {"CPU": 4.0}, "gpu": {"CPU": 8.0, "GPU": 1.0}}
     bundles = [{"CPU": 4.0}, {"GPU": 1.0}]
     assert place_bundles(bundles, "STRICT_SPREAD", free) == {0: "cpu", 1: "gpu"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): STRICT_SPREAD breaks ties with _neg(), which orders a "
-                                       "prefix after its extensions, so 'n10' wins over 'n1' although the "
-                                       "docstring says ties go to the id that sorts first")
 def test_strict_spread_breaks_ties_towards_the_id_that_sorts_first():
     free = {"n1": {"CPU": 2.0}, "n10": {"CPU": 2.0}}
     assert place_bundles(cpu_bundles(1), "STRICT_SPREAD", free) == {0: "n1"}

@@ -204,8 +204,6 @@ def test_init_records_the_config_only_once():
     assert log.read("info")["config"] == {"voters": 3}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the job counter lives in config, so a job_add applied before "
-                                       "init makes config non-empty and init is then silently ignored")
 def test_init_after_a_job_add_still_records_the_config():
     log = Log()
     log("job_add", "driver", {})
@@ -675,17 +673,12 @@ def test_an_unknown_command_names_itself_in_the_error():
     assert log("kv_put", b"k")[1].startswith("bad kv_put command: ")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: apply() is not atomic on a malformed command: node_add with a "
-                                       "non-dict info inserts a node record without 'state' before failing "
-                                       "(node_dead of it then errors with KeyError 'state')")
 def test_a_malformed_node_add_leaves_no_half_made_node():
     log = Log()
     assert log("node_add", "n1", None)[0] == "error"
     assert log.read("nodes") == {}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: apply() is not atomic on a malformed command: actor_put with an "
-                                       "incomparable seq creates the actor record before failing")
 def test_a_malformed_actor_put_leaves_no_actor():
     log = Log()
     assert log("actor_put", b"A", {"seq": "one"})[0] == "error"
