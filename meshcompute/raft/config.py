@@ -1,7 +1,7 @@
 """Configuration of one Raft node.
 
 Time is measured in **ticks**: the application calls ``Raft.tick()`` at a fixed
-period of its choosing (the GCS daemons use 100 ms), and every timeout here is
+period of its choosing (the GCS daemons use 50 ms, see meshcompute/gcs/server.py), and every timeout here is
 a whole number of ticks. The core never reads a clock.
 
 Timing relation (§5.6 "broadcastTime << electionTimeout << MTBF")::
