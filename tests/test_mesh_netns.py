@@ -123,16 +123,21 @@ def test_three_hosts_form_a_mesh_run_tasks_move_data_and_survive_a_kill():
             bed.heal(2)
             assert wait_for(lambda: _status(bed, 1, addrs[1])[ids[2]]["state"] == "alive", timeout=30)
         finally:
-            from meshcompute._private.launcher import stop_node
-            from meshcompute._private.procutil import SESSIONS_ROOT
+            _stop_bed_nodes()
 
-            for name in os.listdir(SESSIONS_ROOT):
-                path = os.path.join(SESSIONS_ROOT, name, "daemon.json")
-                if os.path.exists(path):
-                    with open(path) as f:
-                        info = json.load(f)
-                    if (info.get("host") or "").startswith("10.77."):
-                        stop_node(info)  # also cleans up after the one we killed
+
+def _stop_bed_nodes() -> None:
+    """Stop every node served on the test bed's subnet (also cleans up after one that was killed)."""
+    from meshcompute._private.launcher import stop_node
+    from meshcompute._private.procutil import SESSIONS_ROOT
+
+    for name in os.listdir(SESSIONS_ROOT):
+        path = os.path.join(SESSIONS_ROOT, name, "daemon.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                info = json.load(f)
+            if (info.get("host") or "").startswith("10.77."):
+                stop_node(info)
 
 
 def _declared_dead_at(info: dict, node_id: str) -> float:
@@ -210,13 +215,4 @@ def test_a_cut_off_minority_cannot_commit_the_majority_can_and_after_healing_all
             assert _gcs(infos[majority[0]], ("kv_get", b"minority"), 5.0) == ("ok", None)
             assert wait_for(lambda: len({_control(infos[i])["commit_index"] for i in bed.hosts}) == 1, timeout=10)
         finally:
-            from meshcompute._private.launcher import stop_node
-            from meshcompute._private.procutil import SESSIONS_ROOT
-
-            for name in os.listdir(SESSIONS_ROOT):
-                path = os.path.join(SESSIONS_ROOT, name, "daemon.json")
-                if os.path.exists(path):
-                    with open(path) as f:
-                        info = json.load(f)
-                    if (info.get("host") or "").startswith("10.77."):
-                        stop_node(info)
+            _stop_bed_nodes()

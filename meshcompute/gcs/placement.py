@@ -57,20 +57,21 @@ def place_bundles(
     # Biggest bundles first: they have the fewest homes.
     todo.sort(key=lambda i: (-sum(bundles[i].values()), i))
 
-    if strategy == "STRICT_PACK":
-        used = set(fixed.values())
-        cands = sorted(used) if used else nodes
+    def one_node(cands: list[str]) -> dict[int, str] | None:
+        """Every bundle left on the first of ``cands`` that holds them all."""
         for n in cands:
             trial = dict(room.get(n, {}))
-            ok = True
             for i in todo:
                 if not bundle_fits(bundles[i], trial):
-                    ok = False
                     break
                 _take(trial, bundles[i])
-            if ok:
+            else:
                 return dict.fromkeys(todo, n)
         return None
+
+    if strategy == "STRICT_PACK":
+        used = sorted(set(fixed.values()))
+        return one_node(used or nodes)
 
     if strategy == "STRICT_SPREAD":
         # A matching of bundles to distinct nodes (Kuhn's augmenting paths):
@@ -105,16 +106,9 @@ def place_bundles(
     if strategy == "PACK":
         # One node if the whole rest fits on one (preferring nodes already used).
         used = sorted(set(fixed.values()))
-        for n in used + [n for n in nodes if n not in used]:
-            trial = dict(room.get(n, {}))
-            ok = True
-            for i in todo:
-                if not bundle_fits(bundles[i], trial):
-                    ok = False
-                    break
-                _take(trial, bundles[i])
-            if ok:
-                return dict.fromkeys(todo, n)
+        together = one_node(used + [n for n in nodes if n not in used])
+        if together is not None:
+            return together
         # Else first fit over the nodes with the most room.
         order = sorted(nodes, key=lambda n: (-sum(room[n].values()), n))
         for i in todo:
