@@ -96,7 +96,10 @@ class Control:
     def _send_raft(self, to: int, m: Message) -> None:
         addr = self._address(to)
         if addr is not None:
-            self.d.send(addr, Msg.RAFT, message_to_wire(m))
+            try:
+                self.d.send(addr, Msg.RAFT, message_to_wire(m))
+            except Exception as e:  # noqa: BLE001 - a bad gossiped address must not stop Raft
+                log.warning("cannot send a Raft message to %s: %s", addr, e)
 
     def _send_forward(self, to: int, uid: bytes, op: tuple) -> None:
         addr = self._address(to)
@@ -175,7 +178,8 @@ class Control:
             best = None
             for p in peers.values():
                 g = p.gcs
-                if g and g[0] == "leader" and p.state in ("alive", "suspect") and (best is None or g[1] > best[0]):
+                if (g and g[0] == "leader" and isinstance(g[1], int) and p.state in ("alive", "suspect")
+                        and (best is None or g[1] > best[0])):
                     best = (g[1], raft_id_of(p.node_id))
                     if p.address:
                         self.addresses[best[1]] = p.address
@@ -197,11 +201,17 @@ class Control:
                 log.error("control store leader duty failed:\n%s", traceback.format_exc())
         if self.pgs_changed:
             self.pgs_changed = False
-            self.reconcile_bundles()
-            self._answer_pg_waiters()
+            try:
+                self.reconcile_bundles()
+                self._answer_pg_waiters()
+            except Exception:
+                log.error("placement group bookkeeping failed:\n%s", traceback.format_exc())
             parked, self.parked = self.parked, []
             for sender, msg, frames in parked:
-                self.d.on_create_actor(sender, msg, frames)  # parks again if still not reserved
+                try:
+                    self.d.on_create_actor(sender, msg, frames)  # parks again if still not reserved
+                except Exception:
+                    log.error("dropped a parked actor creation from %s:\n%s", sender, traceback.format_exc())
             self.d.schedule()
 
     def seconds_to_tick(self, now: float) -> float:
@@ -262,9 +272,19 @@ class Control:
             self.answered.add((pg_id, pg.attempt, i))
             replies[(pg_id, pg.attempt, ok)].append(i)
         for (pg_id, attempt, ok), indexes in replies.items():
-            self.write(("pg_ack", pg_id, attempt, d.node_id, indexes, ok, reasons.get((pg_id, attempt, ok), "")))
+            self._ack(pg_id, attempt, indexes, ok, reasons.get((pg_id, attempt, ok), ""))
         live = {pg.pg_id for pg in pgs.values() if pg.state != "REMOVED"}
         self.answered = {a for a in self.answered if a[0] in live}
+
+    def _ack(self, pg_id: str, attempt: int, indexes: list[int], ok: bool, reason: str) -> None:
+        def done(status: str, value: Any) -> None:
+            if status != "ok":
+                # Not committed: forget that we answered, so the next pass answers again.
+                self.answered -= {(pg_id, attempt, i) for i in indexes}
+                self.pgs_changed = True
+
+        op = ("pg_ack", pg_id, attempt, self.d.node_id, indexes, ok, reason)
+        self.server.submit(op, done, BACKGROUND_TIMEOUT_S)
 
     def _reserve_bundle(self, pg_id: str, index: int, bundle: dict) -> None:
         d = self.d

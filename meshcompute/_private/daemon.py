@@ -917,6 +917,8 @@ class Daemon:
 
         def claimed(status: str, value: Any) -> None:
             if status != "ok":
+                # The claim may still commit later: take it back, so the name is not held by nobody.
+                self.control.write(("name_release", ns, name, actor_id))
                 self.reply(sender, req_id, ("error", f"Could not register the actor name {name!r}: {value}"))
             elif value[0] == "ok":
                 self.admit_actor(sender, actor_id, spec, frames)

@@ -137,6 +137,7 @@ class GcsServer:
         self.leader_hint = NONE  # from gossip, for nodes not (yet) in the group
         self.leaderless_since: float | None = time.monotonic()  # None while a leader is known
         self._next_tick = 0.0
+        self._after: list[tuple[Any, tuple]] = []  # callbacks to run once the Ready is advanced
         hs0, _ = self.storage.initial_state()
         self._durable_term_vote = (hs0.term, hs0.vote)
         self._next_leader_work = 0.0
@@ -287,34 +288,56 @@ class GcsServer:
         now = time.monotonic() if now is None else now
         while self.raft.has_ready():
             rd = self.raft.ready()
-            for m in rd.messages:
-                self.send_raft(m.to, m)
-            hs = rd.hard_state
-            if hs is not None and (hs.term, hs.vote) == self._durable_term_vote:
-                # Only the commit index moved: it need not be durable (a restarted
-                # node learns it again from the leader), so save an fsync per write.
-                hs = None
-            if hs is not None or rd.entries or rd.snapshot is not None:
-                self.storage.save(hs, rd.entries, rd.snapshot)
-                if hs is not None:
-                    self._durable_term_vote = (hs.term, hs.vote)
-            for m in rd.messages_after_persist:
-                self.send_raft(m.to, m)
-            if rd.snapshot is not None and not rd.snapshot.is_empty():
-                self.state = GcsState.restore(rd.snapshot.data)
-                self._learn_names()
-                self.on_applied(("restored",), None)
-            for e in rd.committed_entries:
-                self._apply(e)
-            for rs in rd.read_states:
-                self.read_points.append((rs.index, rs.request_ctx))
-            if rd.soft_state is not None:
-                if rd.soft_state.lead == NONE:
-                    if self.leaderless_since is None:
-                        self.leaderless_since = now
-                else:
-                    self.leaderless_since = None
+            # Applying never raises (the state machine turns bad commands into error
+            # results); a storage error does, and then nothing may be acknowledged.
+            self._handle_ready(rd, now)
             self.raft.advance()
+            # Answers and side effects run after advance(): an exception in one of
+            # them must never leave the core waiting for an advance.
+            for fn, args in self._after:
+                try:
+                    fn(*args)
+                except Exception:
+                    log.exception("control store callback failed")
+            self._after = []
+        self._serve_reads()
+        applied = self.raft.log.applied
+        if applied - self.storage.first_index() > SNAPSHOT_EVERY:
+            try:
+                self.raft.compact(applied, self.state.snapshot())
+            except RaftError as e:
+                log.info("snapshot deferred: %s", e)
+
+    def _handle_ready(self, rd: Any, now: float) -> None:
+        for m in rd.messages:
+            self.send_raft(m.to, m)
+        hs = rd.hard_state
+        if hs is not None and (hs.term, hs.vote) == self._durable_term_vote:
+            # Only the commit index moved: it need not be durable (a restarted
+            # node learns it again from the leader), so save an fsync per write.
+            hs = None
+        if hs is not None or rd.entries or rd.snapshot is not None:
+            self.storage.save(hs, rd.entries, rd.snapshot)
+            if hs is not None:
+                self._durable_term_vote = (hs.term, hs.vote)
+        for m in rd.messages_after_persist:
+            self.send_raft(m.to, m)
+        if rd.snapshot is not None and not rd.snapshot.is_empty():
+            self.state = GcsState.restore(rd.snapshot.data)
+            self._learn_names()
+            self._after.append((self.on_applied, (("restored",), None)))
+        for e in rd.committed_entries:
+            self._apply(e)
+        for rs in rd.read_states:
+            self.read_points.append((rs.index, rs.request_ctx))
+        if rd.soft_state is not None:
+            if rd.soft_state.lead == NONE:
+                if self.leaderless_since is None:
+                    self.leaderless_since = now
+            else:
+                self.leaderless_since = None
+
+    def _serve_reads(self) -> None:
         if self.read_points:
             applied = self.raft.log.applied
             keep = []
@@ -325,18 +348,14 @@ class GcsServer:
                 if applied >= index:
                     del self.awaiting_read[uid]
                     try:
-                        req.done("ok", self.state.read(req.op))
-                    except (TypeError, ValueError, KeyError, IndexError) as e:
-                        req.done("error", f"bad {req.op[0]} read: {e}")
+                        value = self.state.read(req.op)
+                    except Exception as e:  # noqa: BLE001 - a bad read fails alone
+                        req.done("error", f"bad {req.op[0]} read: {e!r}")
+                    else:
+                        req.done("ok", value)
                 else:
                     keep.append((index, uid))
             self.read_points = keep
-        applied = self.raft.log.applied
-        if applied - self.storage.first_index() > SNAPSHOT_EVERY:
-            try:
-                self.raft.compact(applied, self.state.snapshot())
-            except RaftError as e:
-                log.info("snapshot deferred: %s", e)
 
     def _apply(self, e: Any) -> None:
         if e.type != EntryType.NORMAL or not e.data:
@@ -347,12 +366,12 @@ class GcsServer:
             log.error("skipped an undecodable control store entry at index %d", e.index)
             return
         result = self.state.apply(e.index, uid, op)
-        if op[0] == "node_add":
+        if op[0] == "node_add" and result is True:
             self.node_names[raft_id_of(op[1])] = op[1]
         req = self.awaiting_apply.pop(uid, None) if uid is not None else None
         if req is not None:
-            req.done("ok", result)
-        self.on_applied(op, result)
+            self._after.append((req.done, ("ok", result)))
+        self._after.append((self.on_applied, (op, result)))
 
     def _learn_names(self) -> None:
         for node_id in self.state.nodes:
@@ -393,7 +412,14 @@ class GcsServer:
     def _mark_dead_nodes(self, now: float, views: list[NodeView], grace: float) -> None:
         for v in views:
             rec = self.state.nodes.get(v.node_id)
-            if rec is None or rec["state"] == "DEAD" or v.alive or not (v.left or v.gone_for >= grace):
+            if rec is not None and rec.get("state") == "DEAD" and v.alive and not v.left:
+                # Declared dead, yet alive: gossip was wrong for longer than the grace.
+                # Its record comes back (its actors stay DEAD: their names were freed).
+                if now - self._dead_proposed.get(v.node_id, 0.0) >= PLACE_RETRY_S:
+                    self._dead_proposed[v.node_id] = now
+                    self.submit(("node_add", v.node_id, {}), lambda status, value: None, timeout=30.0, now=now)
+                continue
+            if rec is None or rec.get("state") == "DEAD" or v.alive or not (v.left or v.gone_for >= grace):
                 continue
             if now - self._dead_proposed.get(v.node_id, 0.0) < PLACE_RETRY_S:
                 continue

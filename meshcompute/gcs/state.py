@@ -129,9 +129,9 @@ class GcsState:
         else:
             try:
                 result = handler(*op[1:])
-            except (TypeError, ValueError, KeyError, AttributeError) as e:
+            except Exception as e:  # noqa: BLE001 - any bad command must fail, not stop the log
                 # A malformed command fails the same way on every replica.
-                result = ("error", f"bad {op[0]} command: {e}")
+                result = ("error", f"bad {op[0]} command: {e!r}")
         if uid is not None:
             self.done[uid] = result
             while len(self.done) > DEDUP_WINDOW:
@@ -201,7 +201,11 @@ class GcsState:
         elif a["state"] == "DEAD":
             return False  # DEAD is final
         if fields.get("seq", 0) < a.get("seq", 0):
-            return False  # an older update retried after a newer one
+            # An older update retried after a newer one: keep only what the record lacks
+            # (e.g. the creation record's identity fields arriving after a state change).
+            for k, v in fields.items():
+                a.setdefault(k, v)
+            return False
         a.update(fields)
         if a["state"] == "DEAD":
             self._actor_dead(actor_id, a, fields.get("reason", ""))
