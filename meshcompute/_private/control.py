@@ -6,12 +6,10 @@ Thin on purpose: Raft, the tables and the routing of requests live in
 mesh to the leader's duties, and turns committed placement groups into
 resources reserved on this node.
 
-Placement group bundles become resources, as in Ray: a bundle ``i`` of group
-``pg`` reserved here moves ``{"CPU": 2}`` out of the node's free CPU and adds
-``CPU_group_i_pg`` and ``CPU_group_pg`` (and a ``bundle_group_*`` marker).
-Tasks and actors scheduled into the group ask for those names (remote.py
-rewrites their shape), so the ordinary lease machinery grants them only where
-the bundle lives.
+Placement group bundles become resources, as in Ray (bundles.py): a bundle
+reserved here moves its resources out of the node's free pool and adds them
+under the bundle's names, which tasks and actors scheduled into the group ask
+for, so the ordinary lease machinery grants them only where the bundle lives.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from typing import Any
 from ..gcs.codec import message_from_wire, message_to_wire
 from ..gcs.server import GcsServer, NodeView, raft_id_of
 from ..raft import Message
+from .bundles import MARKER_UNITS, bundle_keys, group_of
 from .protocol import Msg
 from .transport import parse_address
 
@@ -42,26 +41,6 @@ REQUEST_TIMEOUT_S = 10.0
 # Internal writes (actor states, jobs) wait longer: they are not on anyone's
 # critical path, and dropping them loses history.
 BACKGROUND_TIMEOUT_S = 120.0
-
-MARKER = "bundle_group_"
-MARKER_UNITS = 1000.0
-
-
-def group_of(shape: tuple) -> tuple[str, int] | None:
-    """(pg_id, bundle index or -1) if a shape asks for a placement group bundle."""
-    found = None
-    for k, _ in shape:
-        if k.startswith(MARKER):
-            parts = k[len(MARKER):].split("_")
-            if len(parts) == 2 and parts[0].isdigit():
-                return parts[1], int(parts[0])  # a bundle index wins over the group-wide marker
-            if len(parts) == 1:
-                found = (parts[0], -1)
-    return found
-
-
-def bundle_keys(pg_id: str, index: int, resource: str) -> tuple[str, str]:
-    return f"{resource}_group_{index}_{pg_id}", f"{resource}_group_{pg_id}"
 
 
 class Control:
@@ -172,11 +151,10 @@ class Control:
 
     def tick(self, now: float) -> None:
         server = self.server
-        peers = self.d.peer_views()
         if server.raft.lead == 0:
             # Not in the group yet (or it has no leader): gossip names the leader.
             best = None
-            for p in peers.values():
+            for p in self.d.peer_views().values():
                 g = p.gcs
                 if (g and g[0] == "leader" and isinstance(g[1], int) and p.state in ("alive", "suspect")
                         and (best is None or g[1] > best[0])):
@@ -189,14 +167,14 @@ class Control:
         except Exception:
             # Never let the control store take the node down; say what happened.
             log.error("control store error (the node keeps serving):\n%s", traceback.format_exc())
-        if server.is_leader():
+        if server.leader_work_due(now):
             views = []
-            for p in peers.values():
+            for p in self.d.peer_views().values():
                 alive = p.state in ("alive", "suspect")
                 since, left = self.gone_since.get(p.node_id, (now, p.state == "left"))
                 views.append(NodeView(p.node_id, alive, 0.0 if alive else now - since, left, p.available))
             try:
-                server.leader_work(now, views, self.free_resources(), DEAD_GRACE_S)
+                server.leader_work(now, views, self.d.public_available(), DEAD_GRACE_S)
             except Exception:
                 log.error("control store leader duty failed:\n%s", traceback.format_exc())
         if self.pgs_changed:
@@ -235,11 +213,6 @@ class Control:
         if op[0].startswith("pg_") or op[0] in ("node_dead", "restored"):
             self.pgs_changed = True
 
-    def free_resources(self) -> dict:
-        """What the node has free outside placement groups (what the leader places bundles into)."""
-        return {k: max(0.0, v) for k, v in self.d.available.items()
-                if "_group_" not in k and not k.startswith("node:")}
-
     def reconcile_bundles(self) -> None:
         """Make the bundles reserved here match the committed placement groups."""
         d = self.d
@@ -266,7 +239,7 @@ class Control:
                 else:
                     reasons[(pg_id, pg.attempt, False)] = (
                         f"node {d.node_id} could not reserve bundle {i} {pg.bundles[i]} "
-                        f"(free: {self.free_resources()}); retrying")
+                        f"(free: {self.d.public_available()}); retrying")
             if i in pg.acked or (pg_id, pg.attempt, i) in self.answered:
                 continue
             self.answered.add((pg_id, pg.attempt, i))

@@ -35,7 +35,7 @@ import zmq
 from ..store.shm import ArenaWarmer
 from ..store.table import StoreFull, StoreTable, spill_dir_for
 from . import ids
-from .control import group_of
+from .bundles import gpu_amount, group_of, is_public
 from .monitor_feed import MonitorFeed
 from .procutil import (
     arena_path,
@@ -380,8 +380,7 @@ class Daemon:
         return {
             "a": self.address,
             "t": self.public_total(),
-            "v": {k: round(max(0.0, v), 3) for k, v in self.available.items()
-                  if not k.startswith("node:") and "_group_" not in k},
+            "v": {k: round(v, 3) for k, v in self.public_available().items()},
             "s": [self.store.allocator.used, self.store_capacity],
             "q": len(self.pending),
             "g": self.control.gossip_meta() if self.control is not None else [],
@@ -389,7 +388,11 @@ class Daemon:
 
     def public_total(self) -> dict:
         """Total resources, without the node: marker and placement group bundles."""
-        return {k: v for k, v in self.total.items() if not k.startswith("node:") and "_group_" not in k}
+        return {k: v for k, v in self.total.items() if is_public(k)}
+
+    def public_available(self) -> dict:
+        """Free resources outside placement group bundles (what gossip shows, what bundles go into)."""
+        return {k: max(0.0, v) for k, v in self.available.items() if is_public(k)}
 
     def on_gossip(self, sender: str, msg: tuple, frames: list) -> None:
         tcp = parse_address(sender)[2]
@@ -1405,14 +1408,6 @@ class Daemon:
         if self.store.arena_fd >= 0:
             os.close(self.store.arena_fd)
         remove_session(self.session_dir, self.spill_dir)
-
-
-def gpu_amount(shape: tuple) -> float:
-    """GPUs a shape needs, also when it asks for them from a placement group bundle."""
-    for k, v in shape:
-        if k == "GPU" or (k.startswith("GPU_group_") and k.count("_") == 3):
-            return v
-    return 0.0
 
 
 def _flatten(parts: list) -> list:

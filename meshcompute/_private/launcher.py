@@ -97,16 +97,7 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
 
 def local_nodes() -> list[dict]:
     """Standing nodes (``mesh start``/``join``) running on this host, newest first."""
-    out = []
-    for path in sorted(glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")), reverse=True):
-        try:
-            with open(path) as f:
-                info = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if info.get("standalone") and pid_alive(int(info.get("pid", 0))):
-            out.append(info)
-    return out
+    return [info for info in all_sessions() if info.get("standalone")]
 
 
 def find_node(address: str | None) -> dict | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from . import context, ids
+from .bundles import in_bundle
 from .core import Task
 from .object_ref import ObjectRef
 from .serialization import dumps_function, serialize
@@ -64,19 +65,11 @@ def _shape(opts: dict, default_cpus: float) -> tuple:
 
 
 def _in_bundle(res: dict[str, float], pg: Any, index: int) -> dict[str, float]:
-    """Ask for the resources out of a placement group bundle (names as in Ray: CPU_group_1_<pg>)."""
+    """Ask for the resources out of a placement group bundle (bundles.py names them)."""
     count = len(getattr(pg, "bundle_specs", ()))
     if not isinstance(index, int) or index < -1 or index >= count:
         raise ValueError(f"placement_group_bundle_index must be -1 or in [0, {count}), got {index!r}")
-    out = {}
-    # A marker resource, so that work asking for nothing still lands in the bundle.
-    for k, v in list(res.items()) + [("bundle", 0.001)]:
-        if v <= 0:
-            continue
-        if index >= 0:
-            out[f"{k}_group_{index}_{pg.id}"] = v
-        out[f"{k}_group_{pg.id}"] = v
-    return out
+    return in_bundle(res, pg.id, index)
 
 
 class RemoteFunction:

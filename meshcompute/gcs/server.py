@@ -379,9 +379,13 @@ class GcsServer:
 
     # -------------------------------------------------------- leader's duties
 
+    def leader_work_due(self, now: float) -> bool:
+        """Whether leader_work would do something now (so callers gather its input only then)."""
+        return self.is_leader() and now >= self._next_leader_work
+
     def leader_work(self, now: float, views: list[NodeView], own_free: dict, grace: float) -> None:
-        """Membership, dead nodes and placement groups; call often, it paces itself."""
-        if not self.is_leader() or now < self._next_leader_work:
+        """Membership, dead nodes and placement groups, at most every LEADER_WORK_S."""
+        if not self.leader_work_due(now):
             return
         self._next_leader_work = now + LEADER_WORK_S
         for v in views:
