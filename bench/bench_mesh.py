@@ -22,12 +22,12 @@ import textwrap
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from meshcompute._private.auth import generate_token  # noqa: E402
-from meshcompute._private.netns import TestBed, measure_tcp_throughput, netns_unavailable_reason  # noqa: E402
+from meshcompute.testing.netns import TestBed, measure_tcp_throughput, netns_unavailable_reason  # noqa: E402
+from meshcompute.wire.auth import generate_token  # noqa: E402
 
 ZMQ_SINK = textwrap.dedent("""
     import sys, zmq
-    from meshcompute._private.auth import MeshKeys, MeshAuthenticator, secure_server
+    from meshcompute.wire.auth import MeshKeys, MeshAuthenticator, secure_server
     ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER)
     if sys.argv[3] == "curve":
         keys = MeshKeys.from_token(sys.argv[4]); auth = MeshAuthenticator(ctx, keys).start(); secure_server(s, keys)
@@ -42,7 +42,7 @@ ZMQ_SINK = textwrap.dedent("""
 
 ZMQ_SOURCE = textwrap.dedent("""
     import sys, time, zmq
-    from meshcompute._private.auth import MeshKeys, secure_client
+    from meshcompute.wire.auth import MeshKeys, secure_client
     ctx = zmq.Context(); d = ctx.socket(zmq.DEALER)
     if sys.argv[3] == "curve":
         secure_client(d, MeshKeys.from_token(sys.argv[4]))

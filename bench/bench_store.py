@@ -50,7 +50,7 @@ def _daemon_process():
 
     for p in psutil.Process().children(recursive=True):
         try:
-            if "meshcompute._private.daemon" in " ".join(p.cmdline()):
+            if "meshcompute.node.daemon" in " ".join(p.cmdline()):
                 return p
         except psutil.Error:
             pass

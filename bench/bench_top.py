@@ -32,8 +32,8 @@ if OWN_ROOT:
 import psutil  # noqa: E402
 
 import meshcompute as mesh  # noqa: E402
-from meshcompute._private.auth import generate_token  # noqa: E402
-from meshcompute._private.launcher import start_node, stop_node  # noqa: E402
+from meshcompute.host.launcher import start_node, stop_node  # noqa: E402
+from meshcompute.wire.auth import generate_token  # noqa: E402
 
 
 @mesh.remote

@@ -12,7 +12,8 @@ The API mirrors Ray Core, so ``import meshcompute as ray`` ports most programs::
 """
 
 from . import exceptions, kv, util
-from ._private.api import (
+from .api.remote import ActorClass, ActorHandle, RemoteFunction, method
+from .api.session import (
     RuntimeContext,
     available_resources,
     cancel,
@@ -31,8 +32,7 @@ from ._private.api import (
     timeline,
     wait,
 )
-from ._private.object_ref import ObjectRef
-from ._private.remote import ActorClass, ActorHandle, RemoteFunction, method
+from .owner.object_ref import ObjectRef
 
 __version__ = "0.1.0"
 

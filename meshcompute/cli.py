@@ -26,14 +26,14 @@ def _token(token: Optional[str]) -> Optional[str]:
 
 def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
            token, block: bool, voters: int | None = None) -> None:
-    from ._private.launcher import start_node
+    from .host.launcher import start_node
 
     try:
         res = json.loads(resources) if resources else None
     except ValueError as e:
         raise typer.BadParameter(f"--resources must be JSON, e.g. '{{\"accel\": 2}}': {e}") from None
     if token:
-        from ._private.auth import MeshKeys
+        from .wire.auth import MeshKeys
 
         try:
             MeshKeys.from_token(token)
@@ -120,7 +120,7 @@ def status(
 
     Example: mesh status --json
     """
-    from ._private.launcher import find_node, query
+    from .host.launcher import find_node, query
 
     info = find_node(address)
     if info is None:
@@ -164,7 +164,7 @@ def stop() -> None:
         TimeElapsedColumn,
     )
 
-    from ._private.launcher import local_nodes, stop_node
+    from .host.launcher import local_nodes, stop_node
 
     nodes = local_nodes()
     if not nodes:
@@ -186,7 +186,7 @@ def stop() -> None:
 
 
 def _node_or_exit(address: Optional[str]) -> dict:
-    from ._private.launcher import find_any_node
+    from .host.launcher import find_any_node
 
     info = find_any_node(address)
     if info is None:
@@ -216,9 +216,9 @@ def top(
 
     Example: mesh top --address 10.0.0.5:7777
     """
-    from ._private.launcher import find_any_node
-    from ._private.monitor import connect, wait_for_snapshot
-    from ._private.top import Rates, render_text, run
+    from .host.launcher import find_any_node
+    from .observe.client import connect, wait_for_snapshot
+    from .observe.top import Rates, render_text, run
 
     info = find_any_node(address)
     tok = _token(token)
@@ -258,9 +258,9 @@ def timeline(
 
     Example: mesh timeline --output trace.json
     """
-    from ._private.launcher import request
-    from ._private.protocol import Msg
-    from ._private.timeline import build_trace, task_events, write_trace
+    from .host.launcher import request
+    from .observe.timeline import build_trace, task_events, write_trace
+    from .wire.messages import Msg
 
     info = _node_or_exit(address)
     with console.status("collecting task spans from the mesh's workers"):
@@ -286,8 +286,8 @@ def memory(
 
     Example: mesh memory --json
     """
-    from ._private.launcher import request
-    from ._private.protocol import Msg
+    from .host.launcher import request
+    from .wire.messages import Msg
 
     info = _node_or_exit(address)
     records = request(info, Msg.LIST_OBJECTS, "mesh", timeout=15)
@@ -298,7 +298,7 @@ def memory(
     shown = objects[:limit]
     from rich import box
 
-    from ._private.top import human_bytes
+    from .observe.top import human_bytes
 
     table = Table(title=f"objects in the mesh's stores (seen from {info['node_id']})", box=box.SIMPLE_HEAD)
     table.add_column("object id", no_wrap=True, min_width=20, overflow="ellipsis")
@@ -355,7 +355,7 @@ def logs(
 
     Example: mesh logs 3f9a --follow
     """
-    from ._private.logs import follow_logs, print_logs
+    from .observe.logs import follow_logs, print_logs
 
     info = _node_or_exit(node)
     logs_dir = os.path.join(info["session_dir"], "logs")
@@ -387,7 +387,7 @@ def clean() -> None:
 
     Example: mesh clean
     """
-    from ._private.procutil import clean_stale_sessions
+    from .host.sessions import clean_stale_sessions
 
     removed = clean_stale_sessions()
     for path in removed:

@@ -20,7 +20,7 @@ how long the store has been without one.
 
 from __future__ import annotations
 
-from ._private.api import _core
+from .api.session import _core
 
 # bytes. Values and keys travel in the replicated log and live in every member's
 # memory: the store is for coordination, not data.

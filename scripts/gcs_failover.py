@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _OWN_ROOT = "MESH_SESSIONS_ROOT" not in os.environ
 os.environ.setdefault("MESH_SESSIONS_ROOT", tempfile.mkdtemp(prefix="mesh-failover-"))
 
-from meshcompute._private.auth import generate_token  # noqa: E402
-from meshcompute._private.launcher import query, request, start_node, stop_node  # noqa: E402
-from meshcompute._private.protocol import Msg  # noqa: E402
+from meshcompute.host.launcher import query, request, start_node, stop_node  # noqa: E402
+from meshcompute.wire.auth import generate_token  # noqa: E402
+from meshcompute.wire.messages import Msg  # noqa: E402
 
 
 def gcs(info, op, timeout):

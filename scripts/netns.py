@@ -10,7 +10,7 @@
     python scripts/netns.py down                  # kill, delete everything; safe to repeat
 
 Every subcommand takes --prefix (default mesh) and --subnet (default 10.77.0.0/24).
-The logic lives in meshcompute/_private/netns.py (importable by tests and benchmarks).
+The logic lives in meshcompute/testing/netns.py (importable by tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from meshcompute._private.netns import (  # noqa: E402
+from meshcompute.testing.netns import (  # noqa: E402
     DEFAULT_PREFIX,
     DEFAULT_SUBNET,
     NetnsError,

@@ -22,7 +22,7 @@ import pytest
 SESSIONS_ROOT = os.environ.setdefault("MESH_SESSIONS_ROOT", tempfile.mkdtemp(prefix="mesh-test-"))
 
 import meshcompute as mesh  # noqa: E402  (after the root is set)
-from meshcompute._private.procutil import pid_alive  # noqa: E402,F401  (re-exported to tests)
+from meshcompute.host.sessions import pid_alive  # noqa: E402,F401  (re-exported to tests)
 
 
 def _mesh_pids() -> set[int]:
@@ -37,7 +37,7 @@ def no_leaked_processes():
         mesh.shutdown()
     leaked = wait_for(lambda: not _mesh_pids(), timeout=10) or _mesh_pids()
     leftovers = [n for n in os.listdir(SESSIONS_ROOT)] if os.path.isdir(SESSIONS_ROOT) else []
-    from meshcompute._private.procutil import arena_path
+    from meshcompute.host.sessions import arena_path
 
     tag = os.path.basename(arena_path(os.path.join(SESSIONS_ROOT, "x")))[:-1]
     arenas = [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
@@ -74,7 +74,7 @@ def fresh_node(request):
 
 
 def store_used() -> int:
-    from meshcompute._private import context
+    from meshcompute.owner import context
 
     return context.core.node_info()["store"]["used"]
 
@@ -95,8 +95,8 @@ def loopback_mesh(n: int = 3, *, num_cpus: float, object_store_memory: int, vote
 
     Yields ``(token, [(process, info), ...])``; every node is stopped afterwards.
     """
-    from meshcompute._private.auth import generate_token
-    from meshcompute._private.launcher import start_node, stop_node
+    from meshcompute.host.launcher import start_node, stop_node
+    from meshcompute.wire.auth import generate_token
 
     token = generate_token()
     nodes: list = []

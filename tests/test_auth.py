@@ -16,8 +16,8 @@ import time
 import pytest
 import zmq
 
-from meshcompute._private import auth
-from meshcompute._private.auth import (
+from meshcompute.wire import auth
+from meshcompute.wire.auth import (
     MeshAuthenticator,
     MeshKeys,
     generate_token,

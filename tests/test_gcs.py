@@ -21,15 +21,15 @@ import time
 import pytest
 
 import meshcompute as mesh
-from meshcompute._private.launcher import query, request
-from meshcompute._private.protocol import Msg
 from meshcompute.exceptions import ControlStoreUnavailableError, PlacementGroupRemovedError
+from meshcompute.host.launcher import query, request
 from meshcompute.raft.linearizability import UNKNOWN, KVModel, Operation, check_operations
 from meshcompute.util import placement_group, placement_group_table, remove_placement_group
 from meshcompute.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
     PlacementGroupSchedulingStrategy,
 )
+from meshcompute.wire.messages import Msg
 
 from .conftest import loopback_mesh, wait_for
 
@@ -218,7 +218,7 @@ def _cpus_free() -> float:
 
 
 def query_mesh():
-    from meshcompute._private.api import _mesh_view
+    from meshcompute.api.session import _mesh_view
 
     return _mesh_view()
 

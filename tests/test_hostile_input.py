@@ -10,8 +10,8 @@ import pytest
 import zmq
 
 import meshcompute as mesh
-from meshcompute._private import context
-from meshcompute._private.protocol import Msg, describe, encode
+from meshcompute.owner import context
+from meshcompute.wire.messages import Msg, describe, encode
 
 pytestmark = pytest.mark.usefixtures("node")
 

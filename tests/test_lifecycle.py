@@ -25,7 +25,7 @@ DRIVER = textwrap.dedent("""
         return os.getpid()
 
     worker_pids = set(mesh.get([work.remote(i) for i in range(20)]))
-    daemon = [p for p in psutil.Process().children() if "meshcompute._private.daemon" in " ".join(p.cmdline())][0]
+    daemon = [p for p in psutil.Process().children() if "meshcompute.node.daemon" in " ".join(p.cmdline())][0]
     tree = [daemon.pid] + [c.pid for c in daemon.children(recursive=True)]
     held = mesh.put(b"x" * (1 << 20))  # something in shared memory
     print(json.dumps({"session": info["session_dir"], "daemon": daemon.pid, "tree": tree,
@@ -47,7 +47,7 @@ def _start_driver(mode: str) -> tuple[subprocess.Popen, dict]:
 
 
 def _arena(session: str) -> str:
-    from meshcompute._private.procutil import arena_path
+    from meshcompute.host.sessions import arena_path
 
     return arena_path(session)
 
@@ -85,7 +85,7 @@ def test_sigkill_of_the_daemon_leaves_nothing_after_the_next_start():
         assert wait_for(lambda: _all_gone(info), timeout=5)
         # The SIGKILLed daemon could not clean up; the next start on this host does.
         assert os.path.exists(_arena(info["session"]))
-        from meshcompute._private.procutil import clean_stale_sessions
+        from meshcompute.host.sessions import clean_stale_sessions
 
         clean_stale_sessions()
         assert not os.path.exists(_arena(info["session"]))

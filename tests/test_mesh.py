@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 import meshcompute as mesh
-from meshcompute._private.launcher import start_node, stop_node
+from meshcompute.host.launcher import start_node, stop_node
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .conftest import loopback_mesh, pid_alive, wait_for
@@ -25,7 +25,7 @@ MiB = 1 << 20
 
 
 def _alive_view(info) -> dict:
-    from meshcompute._private.launcher import query
+    from meshcompute.host.launcher import query
 
     return {n["node_id"]: n["state"] for n in query(info, "mesh")["nodes"]}
 
@@ -155,13 +155,13 @@ def test_connection_without_the_token_is_refused_and_the_node_keeps_serving(mesh
         plain = ctx.socket(zmq.DEALER)
         plain.setsockopt(zmq.LINGER, 0)
         plain.connect(first["tcp"])
-        from meshcompute._private.auth import MeshKeys, secure_client
+        from meshcompute.wire.auth import MeshKeys, secure_client
 
         wrong = ctx.socket(zmq.DEALER)
         wrong.setsockopt(zmq.LINGER, 0)
         secure_client(wrong, MeshKeys.from_token("this is not the mesh token"))
         wrong.connect(first["tcp"])
-        from meshcompute._private.protocol import Msg, encode
+        from meshcompute.wire.messages import Msg, encode
 
         for sock in (plain, wrong):
             for _ in range(5):

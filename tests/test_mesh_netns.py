@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from meshcompute._private.auth import generate_token
-from meshcompute._private.netns import TestBed, netns_unavailable_reason
+from meshcompute.testing.netns import TestBed, netns_unavailable_reason
+from meshcompute.wire.auth import generate_token
 
 from .conftest import wait_for
 
@@ -66,7 +66,7 @@ def _mesh(bed, i, *args, timeout=60):
 
 
 def _node_infos() -> list[dict]:
-    from meshcompute._private.launcher import local_nodes
+    from meshcompute.host.launcher import local_nodes
 
     return local_nodes()
 
@@ -128,8 +128,8 @@ def test_three_hosts_form_a_mesh_run_tasks_move_data_and_survive_a_kill():
 
 def _stop_bed_nodes() -> None:
     """Stop every node served on the test bed's subnet (also cleans up after one that was killed)."""
-    from meshcompute._private.launcher import stop_node
-    from meshcompute._private.procutil import SESSIONS_ROOT
+    from meshcompute.host.launcher import stop_node
+    from meshcompute.host.sessions import SESSIONS_ROOT
 
     for name in os.listdir(SESSIONS_ROOT):
         path = os.path.join(SESSIONS_ROOT, name, "daemon.json")
@@ -152,14 +152,14 @@ def _declared_dead_at(info: dict, node_id: str) -> float:
 
 
 def _gcs(info: dict, op: tuple, timeout: float):
-    from meshcompute._private.launcher import request
-    from meshcompute._private.protocol import Msg
+    from meshcompute.host.launcher import request
+    from meshcompute.wire.messages import Msg
 
     return request(info, Msg.GCS_REQUEST, op, timeout, timeout=timeout + 5)
 
 
 def _control(info: dict) -> dict:
-    from meshcompute._private.launcher import query
+    from meshcompute.host.launcher import query
 
     return query(info, "node")["control"]
 

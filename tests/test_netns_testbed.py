@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from meshcompute._private.auth import generate_token
-from meshcompute._private.netns import (
+from meshcompute.testing.netns import (
     NetnsError,
     TestBed,
     existing,
@@ -22,6 +21,7 @@ from meshcompute._private.netns import (
     netns_unavailable_reason,
     teardown,
 )
+from meshcompute.wire.auth import generate_token
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -32,7 +32,7 @@ PORT = 7077
 ECHO_SERVER = r"""
 import logging, os, sys, zmq
 logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
-from meshcompute._private.auth import MeshAuthenticator, MeshKeys, secure_server
+from meshcompute.wire.auth import MeshAuthenticator, MeshKeys, secure_server
 keys = MeshKeys.from_token(os.environ["MESH_TOKEN"])
 ctx = zmq.Context()
 auth = MeshAuthenticator(ctx, keys).start()
@@ -49,7 +49,7 @@ while True:
 
 ECHO_CLIENT = r"""
 import os, sys, zmq
-from meshcompute._private.auth import MeshKeys, secure_client
+from meshcompute.wire.auth import MeshKeys, secure_client
 ctx = zmq.Context()
 s = ctx.socket(zmq.DEALER)
 s.linger = 0

@@ -21,15 +21,15 @@ import zmq
 
 import meshcompute as mesh
 from meshcompute import exceptions
-from meshcompute._private import context
-from meshcompute._private.ids import random_id
-from meshcompute._private.launcher import request, start_node, stop_node
-from meshcompute._private.monitor import MonitorState, connect, wait_for_snapshot
-from meshcompute._private.procutil import keys_for_session
-from meshcompute._private.protocol import Msg, decode, encode
-from meshcompute._private.transport import Endpoint
 from meshcompute.cli import _group_objects
+from meshcompute.host.launcher import request, start_node, stop_node
+from meshcompute.host.sessions import keys_for_session
+from meshcompute.observe.client import MonitorState, connect, wait_for_snapshot
+from meshcompute.owner import context
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from meshcompute.wire.ids import random_id
+from meshcompute.wire.messages import Msg, decode, encode
+from meshcompute.wire.transport import Endpoint
 
 from .conftest import loopback_mesh, wait_for
 
@@ -37,7 +37,7 @@ MiB = 1 << 20
 
 
 def _states(info) -> dict:
-    from meshcompute._private.launcher import query
+    from meshcompute.host.launcher import query
 
     return {n["node_id"]: n["state"] for n in query(info, "mesh")["nodes"]}
 

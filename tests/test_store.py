@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import meshcompute as mesh
-from meshcompute._private.procutil import arena_path
 from meshcompute.exceptions import WorkerCrashedError
+from meshcompute.host.sessions import arena_path
 from meshcompute.store import spill as spill_mod
 from meshcompute.store.allocator import Allocator, OutOfSpace
 from meshcompute.store.table import StoreFull, StoreTable
@@ -259,7 +259,7 @@ def test_table_retry_replaces_the_object_and_free_of_a_spilled_object(table):
 
 
 def test_clean_stale_sessions_removes_orphaned_spill_dirs(tmp_path, monkeypatch):
-    from meshcompute._private import procutil
+    from meshcompute.host import sessions as procutil
 
     orphan = tmp_path / "meshcompute_s20260101000000_1_abcdef"
     orphan.mkdir()
@@ -276,7 +276,7 @@ def test_clean_stale_sessions_removes_orphaned_spill_dirs(tmp_path, monkeypatch)
 
 
 def _stats() -> dict:
-    from meshcompute._private import context
+    from meshcompute.owner import context
 
     return context.core.node_info()["store"]
 
@@ -317,8 +317,8 @@ def test_three_times_capacity_spills_and_restores_bit_exact(fresh_node):
 
 
 def test_a_pin_waits_for_the_seal(fresh_node):
-    from meshcompute._private import context
-    from meshcompute._private.protocol import Msg
+    from meshcompute.owner import context
+    from meshcompute.wire.messages import Msg
 
     core = context.core
     answer = core.request_daemon(Msg.STORE_CREATE, b"o" * 28, 2 * MiB, core.address)
@@ -404,7 +404,7 @@ SPILLER = textwrap.dedent("""
     info = mesh.init(num_cpus=1, object_store_memory=64 << 20)
     refs = [mesh.put(np.random.default_rng(i).random(16 << 17)) for i in range(8)]  # 128 MiB
     store = mesh.nodes()[0]["ObjectStore"]
-    daemon = [p for p in psutil.Process().children() if "meshcompute._private.daemon" in " ".join(p.cmdline())][0]
+    daemon = [p for p in psutil.Process().children() if "meshcompute.node.daemon" in " ".join(p.cmdline())][0]
     tree = [daemon.pid] + [c.pid for c in daemon.children(recursive=True)]
     print(json.dumps({"session": info["session_dir"], "daemon": daemon.pid, "tree": tree,
                       "spill_dir": store["spill_dir"], "spilled": store["spilled_objects"]}), flush=True)
@@ -427,7 +427,7 @@ def test_sigkill_of_the_daemon_leaves_no_arena_and_no_spill_files(tmp_path, monk
         os.kill(info["daemon"], signal.SIGKILL)
         assert wait_for(lambda: not any(pid_alive(p) for p in info["tree"]), timeout=5)
         assert os.path.exists(arena) and os.path.exists(info["spill_dir"])  # nobody cleaned up yet
-        from meshcompute._private.procutil import clean_stale_sessions
+        from meshcompute.host.sessions import clean_stale_sessions
 
         monkeypatch.setenv("MESH_SPILL_DIR", str(root))
         clean_stale_sessions()  # what the next node started on this host does
@@ -441,7 +441,7 @@ def test_sigkill_of_the_daemon_leaves_no_arena_and_no_spill_files(tmp_path, monk
 def test_clean_stale_sessions_leaves_arenas_of_live_daemons_alone():
     import fcntl
 
-    from meshcompute._private.procutil import clean_stale_sessions
+    from meshcompute.host.sessions import clean_stale_sessions
 
     arena = arena_path(f"/nowhere/s20260101000000_{os.getpid()}_abcdef")  # no session dir
     foreign = f"/dev/shm/meshcompute_x{os.getpid()}_not_a_session"
@@ -478,8 +478,8 @@ def test_ranges_merge_and_cover():
 
 
 def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_mapping(fresh_node, monkeypatch):
-    from meshcompute._private import context
-    from meshcompute._private import core as core_mod
+    from meshcompute.owner import context
+    from meshcompute.owner import runtime as core_mod
 
     core = context.core
     calls = []

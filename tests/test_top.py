@@ -16,8 +16,8 @@ import time
 import pytest
 
 import meshcompute as mesh
-from meshcompute._private.auth import generate_token
-from meshcompute._private.launcher import local_nodes, start_node, stop_node
+from meshcompute.host.launcher import local_nodes, start_node, stop_node
+from meshcompute.wire.auth import generate_token
 
 from .conftest import loopback_mesh, pid_alive, wait_for
 

@@ -8,7 +8,7 @@
   the leader, retries, ReadIndex reads); no sockets or clocks of its own.
 * :mod:`.codec` -- Raft messages as plain tuples for the wire.
 
-The daemon's shell is meshcompute/_private/control.py; docs/gcs.md describes
+The daemon's shell is meshcompute/gcs/shell.py; docs/gcs.md describes
 the whole.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .._private.api import get, wait
+from ..api.session import get, wait
 
 
 class ActorPool:

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._private import ids
-from .._private.api import _core
-from .._private.object_ref import ObjectRef
+from ..api.session import _core
+from ..owner.object_ref import ObjectRef
+from ..wire import ids
 
 __all__ = ["PlacementGroup", "placement_group", "remove_placement_group", "placement_group_table",
            "get_placement_group"]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..gossip import EventKind, GossipConfig, MemberEvent, MemberState, Swim, encode
+from . import EventKind, GossipConfig, MemberEvent, MemberState, Swim, encode
 
 DAEMON_GOSSIP = GossipConfig.lan(suspicion_mult=5)
 """The LAN profile with 1 s of suspicion for small meshes (instead of 0.4 s): a

@@ -195,7 +195,7 @@ def keys_for_session(session_dir: str):
     path = os.path.join(session_dir, "token")
     if not os.path.exists(path):
         return None
-    from .auth import MeshKeys
+    from ..wire.auth import MeshKeys
 
     with open(path) as f:
         return MeshKeys.from_token(f.read().strip())

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import exceptions as _exc
-from . import context
-from .core import Core
-from .launcher import find_node, start_node
-from .object_ref import ObjectRef
-from .procutil import keys_for_session, remove_session
-from .protocol import Msg
+from ..host.launcher import find_node, start_node
+from ..host.sessions import keys_for_session, remove_session
+from ..owner import context
+from ..owner.object_ref import ObjectRef
+from ..owner.runtime import Core
+from ..wire.messages import Msg
 from .remote import ActorHandle, make_remote
 
 log = logging.getLogger("meshcompute")
@@ -252,7 +252,7 @@ def timeline(filename: str | None = None) -> list[dict] | None:
     array is written there (open it in https://ui.perfetto.dev or
     chrome://tracing) and None is returned; without, the events are returned.
     """
-    from .timeline import build_trace, write_trace
+    from ..observe.timeline import build_trace, write_trace
 
     core = _core()
     lanes = core.request_daemon(Msg.TIMELINE, "mesh", timeout=30)

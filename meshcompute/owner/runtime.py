@@ -37,20 +37,20 @@ from typing import Any
 import zmq
 
 from .. import exceptions as exc
+from ..observe.output import OUTPUT_FLUSH_S, print_output
 from ..store.layout import encoded_size, pwrite_object, read_object, write_object
 from ..store.shm import Prefaulter, Ranges, mapping_address
-from . import ids
-from .log_stream import OUTPUT_FLUSH_S, print_output
-from .object_ref import ObjectRef
-from .protocol import Msg, decode, describe, encode
-from .serialization import (
+from ..wire import ids
+from ..wire.messages import Msg, decode, describe, encode
+from ..wire.serialization import (
     INLINE_THRESHOLD,
     DeserializeContext,
     Serialized,
     deserialize,
     serialize,
 )
-from .transport import Endpoint, node_of
+from ..wire.transport import Endpoint, node_of
+from .object_ref import ObjectRef
 
 log = logging.getLogger("meshcompute")
 

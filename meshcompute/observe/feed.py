@@ -28,8 +28,8 @@ from typing import Any
 
 import psutil
 
-from .protocol import Msg
-from .transport import node_of
+from ..wire.messages import Msg
+from ..wire.transport import node_of
 
 log = logging.getLogger("meshcompute.daemon")
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from .monitor import MonitorClient
+from .client import MonitorClient
 
 SPARK = "▁▂▃▄▅▆▇█"
 RENDER_EVERY_S = 1.0

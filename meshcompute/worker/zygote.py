@@ -20,7 +20,7 @@ import select
 import signal
 import sys
 
-from .procutil import set_parent_death_signal
+from ..host.sessions import set_parent_death_signal
 
 
 def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str | None) -> None:
@@ -30,8 +30,8 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
         import numpy  # noqa: F401 - preloaded so workers share it
     except ImportError:
         pass
-    from . import executor, worker_main  # noqa: F401
-    from .procutil import keys_for_session
+    from ..host.sessions import keys_for_session
+    from . import main as worker_main  # noqa: F401
 
     # Derive the mesh keys once (scrypt is deliberately slow); workers inherit them.
     keys_for_session(session_dir)

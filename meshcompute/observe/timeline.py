@@ -54,7 +54,7 @@ def task_events(events: list[dict]) -> list[dict]:
 
 def collect(request: Any, scope: str = "mesh") -> list[dict]:
     """Ask a daemon for its lanes through ``request(Msg.TIMELINE, scope)``."""
-    from .protocol import Msg
+    from ..wire.messages import Msg
 
     lanes = request(Msg.TIMELINE, scope)
     return build_trace(lanes if isinstance(lanes, list) else [])

@@ -6,7 +6,7 @@ region at start: meshcompute/store/shm.py).  It is *not* on the per-task path: o
 resource shape and push tasks to it directly; the daemon only grants leases,
 takes them back, and tells a lease holder when its worker dies.
 
-Run as ``python -m meshcompute._private.daemon --session DIR ...``; ``init()``
+Run as ``python -m meshcompute.node.daemon --session DIR ...``; ``init()``
 does that for an embedded node, ``mesh start`` for a standing one.
 """
 
@@ -32,12 +32,7 @@ import lz4.block
 import psutil
 import zmq
 
-from ..store.shm import ArenaWarmer
-from ..store.table import StoreFull, StoreTable, spill_dir_for
-from . import ids
-from .bundles import gpu_amount, group_of, is_public
-from .monitor_feed import MonitorFeed
-from .procutil import (
+from ..host.sessions import (
     arena_path,
     clean_stale_sessions,
     describe_exit,
@@ -46,8 +41,13 @@ from .procutil import (
     remove_session,
     set_parent_death_signal,
 )
-from .protocol import Msg, decode, describe, encode
-from .transport import Endpoint, make_address, node_of, parse_address
+from ..observe.feed import MonitorFeed
+from ..sched.bundles import gpu_amount, group_of, is_public
+from ..store.shm import ArenaWarmer
+from ..store.table import StoreFull, StoreTable, spill_dir_for
+from ..wire import ids
+from ..wire.messages import Msg, decode, describe, encode
+from ..wire.transport import Endpoint, make_address, node_of, parse_address
 
 log = logging.getLogger("meshcompute.daemon")
 
@@ -252,7 +252,7 @@ class Daemon:
 
     def start_zygote(self) -> None:
         """Fork the zygote now, while this process has no threads or sockets."""
-        from .zygote import run_zygote
+        from ..worker.zygote import run_zygote
 
         cmd_r, cmd_w = os.pipe()
         evt_r, evt_w = os.pipe()
@@ -288,7 +288,7 @@ class Daemon:
             f.write(self.address)
         for _ in range(int(self.num_cpus)):
             self.fork_worker()
-        from .control import Control
+        from ..gcs.shell import Control
 
         # The first node of a mesh starts the control store; joiners are added by its leader.
         self.control = Control(self, None if getattr(self, "seeds", []) else self.gcs_voters)
@@ -362,7 +362,7 @@ class Daemon:
     # ------------------------------------------------------------ membership
 
     def start_membership(self, seeds: list[str]) -> None:
-        from .membership import Membership
+        from ..gossip.shell import Membership
 
         tcp = parse_address(self.address)[2]
         self.swim_addr = tcp[len("tcp://"):]

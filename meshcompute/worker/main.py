@@ -7,8 +7,9 @@ import random
 import signal
 import sys
 
-from . import context, ids
-from .procutil import keys_for_session, set_parent_death_signal
+from ..host.sessions import keys_for_session, set_parent_death_signal
+from ..owner import context
+from ..wire import ids
 
 
 def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> None:
@@ -17,7 +18,7 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
     random.seed()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     log_path = os.path.join(session_dir, "logs", f"worker-{worker_id}.log")
-    from .log_stream import OutputShipper, OutputTee
+    from ..observe.output import OutputShipper, OutputTee
 
     # Worker output goes to its log file (the driver's terminal is not ours); what
     # tasks print is also shipped to their owner's driver (log_stream.py).
@@ -31,7 +32,7 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
         sys.stderr = OutputTee(os.fdopen(2, "w", buffering=1, closefd=False), shipper, 2)
     except OSError:
         pass
-    from .core import Core
+    from ..owner.runtime import Core
     from .executor import Executor
 
     with open(os.path.join(session_dir, "daemon.addr")) as f:

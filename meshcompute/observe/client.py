@@ -23,10 +23,10 @@ from typing import Any
 
 import zmq
 
-from .ids import random_id
-from .monitor_feed import DEFAULT_TTL_S, HEARTBEAT_S, LIVENESS_BEATS
-from .protocol import Msg, decode, encode
-from .transport import Endpoint, node_of, parse_address
+from ..wire.ids import random_id
+from ..wire.messages import Msg, decode, encode
+from ..wire.transport import Endpoint, node_of, parse_address
+from .feed import DEFAULT_TTL_S, HEARTBEAT_S, LIVENESS_BEATS
 
 SUBSCRIBE_WAIT_S = 2.0
 """How long (s) a subscription may take to bring its snapshot before the next member is tried."""
@@ -278,8 +278,8 @@ class MonitorClient:
 def connect(info: dict | None, address: str | None = None, token: str | None = None,
             ttl: float = DEFAULT_TTL_S) -> MonitorClient:
     """A client for a node of this host (``info``, its daemon.json) or any member by host:port."""
-    from .auth import MeshKeys
-    from .procutil import keys_for_session
+    from ..host.sessions import keys_for_session
+    from ..wire.auth import MeshKeys
 
     if info is not None:
         keys = keys_for_session(info["session_dir"])

@@ -21,12 +21,12 @@ import traceback
 from collections import defaultdict
 from typing import Any
 
-from ..gcs.codec import message_from_wire, message_to_wire
-from ..gcs.server import GcsServer, NodeView, raft_id_of
 from ..raft import Message
-from .bundles import MARKER_UNITS, bundle_keys, group_of
-from .protocol import Msg
-from .transport import parse_address
+from ..sched.bundles import MARKER_UNITS, bundle_keys, group_of
+from ..wire.messages import Msg
+from ..wire.transport import parse_address
+from .codec import message_from_wire, message_to_wire
+from .server import GcsServer, NodeView, raft_id_of
 
 log = logging.getLogger("meshcompute.control")
 

@@ -6,8 +6,8 @@ import asyncio
 import concurrent.futures
 from typing import Any
 
+from ..wire.serialization import current_deserialize_context, note_contained
 from . import context
-from .serialization import current_deserialize_context, note_contained
 
 
 class ObjectRef:

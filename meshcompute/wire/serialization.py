@@ -14,8 +14,11 @@ runtime can register this process as a borrower.
 
 from __future__ import annotations
 
+import collections
+import io
 import pickle
 import threading
+import types
 from typing import Any
 
 import cloudpickle
@@ -91,5 +94,25 @@ def deserialize(meta: Any, buffers: list) -> Any:
     return pickle.loads(meta, buffers=buffers)
 
 
+def _code_reduce_keeping_file(code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object, with the real file name put back.
+
+    cloudpickle 3.1 writes ``<dynamic-code>`` instead (for deterministic payloads);
+    remote tracebacks then lose the user's file and source lines.
+    """
+    rebuild, args = _BASE_CODE_REDUCE(code)
+    return rebuild, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+_BASE_CODE_REDUCE = cloudpickle.CloudPickler.dispatch_table[types.CodeType]
+
+
+class _FunctionPickler(cloudpickle.CloudPickler):
+    dispatch_table = collections.ChainMap({types.CodeType: _code_reduce_keeping_file},
+                                          cloudpickle.CloudPickler.dispatch_table)
+
+
 def dumps_function(fn: Any) -> bytes:
-    return cloudpickle.dumps(fn, 5)
+    buf = io.BytesIO()
+    _FunctionPickler(buf, protocol=5).dump(fn)
+    return buf.getvalue()

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .. import exceptions as exc
-from .procutil import SESSIONS_ROOT, new_session_dir, pid_alive, remove_session
+from .sessions import SESSIONS_ROOT, new_session_dir, pid_alive, remove_session
 
 
 def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tuple = (),
@@ -30,7 +30,7 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
     logs = os.path.join(session, "logs")
     os.makedirs(logs, exist_ok=True)
     if host is not None:
-        from .auth import generate_token
+        from ..wire.auth import generate_token
 
         fd = os.open(os.path.join(session, "token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -42,7 +42,7 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(extra_env or {})
     ready_r, ready_w = os.pipe()
-    cmd = [sys.executable, "-m", "meshcompute._private.daemon", "--session", session,
+    cmd = [sys.executable, "-m", "meshcompute.node.daemon", "--session", session,
            "--ready-fd", str(ready_w)]
     if parent_pid:
         cmd += ["--parent-pid", str(parent_pid)]
@@ -132,7 +132,7 @@ def stop_node(info: dict, timeout: float = 10.0) -> bool:
 
 def query(info: dict, what: str = "mesh", timeout: float = 5.0) -> Any:
     """Ask a node on this host for NODE_INFO without becoming a driver."""
-    from .protocol import Msg
+    from ..wire.messages import Msg
 
     return request(info, Msg.NODE_INFO, what, timeout=timeout)
 
@@ -141,9 +141,9 @@ def request(info: dict, msg_type: Any, *fields: Any, timeout: float = 5.0) -> An
     """Send one request (its req_id goes first) to a node on this host; return the REPLY's value."""
     import zmq
 
-    from .ids import random_id
-    from .protocol import Msg, decode, encode
-    from .transport import Endpoint
+    from ..wire.ids import random_id
+    from ..wire.messages import Msg, decode, encode
+    from ..wire.transport import Endpoint
 
     ctx = zmq.Context()
     ep = Endpoint(ctx, info["node_id"], f"cli_{random_id()}", info["session_dir"])

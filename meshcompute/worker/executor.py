@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import exceptions as exc
-from .object_ref import ObjectRef
-from .protocol import Msg
-from .serialization import DeserializeContext, deserialize, serialize
+from ..owner.object_ref import ObjectRef
+from ..wire.messages import Msg
+from ..wire.serialization import DeserializeContext, deserialize, serialize
 
 TIMELINE_SPANS = 10000
 """Recent task spans a worker keeps for ``mesh timeline`` (a ring buffer)."""
@@ -161,7 +161,7 @@ class Executor:
         return out
 
     def _read_arg(self, oid: bytes, owner: str, node: str, size: int) -> Any:
-        from .core import READY, Entry
+        from ..owner.runtime import READY, Entry
 
         e = Entry(False, owner)
         e.state = READY

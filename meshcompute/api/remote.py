@@ -7,11 +7,12 @@ import inspect
 from typing import Any
 
 from .. import exceptions as exc
-from . import context, ids
-from .bundles import in_bundle
-from .core import Task
-from .object_ref import ObjectRef
-from .serialization import dumps_function, serialize
+from ..owner import context
+from ..owner.object_ref import ObjectRef
+from ..owner.runtime import Task
+from ..sched.bundles import in_bundle
+from ..wire import ids
+from ..wire.serialization import dumps_function, serialize
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
                  "num_returns", "scheduling_strategy", "name", "runtime_env", "max_calls",
@@ -25,7 +26,7 @@ _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
 def _core():
     core = context.core
     if core is None:
-        from .api import _auto_init
+        from .session import _auto_init
 
         core = _auto_init()
     return core

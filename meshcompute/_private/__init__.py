@@ -1,1 +1,0 @@
-"""Private implementation modules of meshcompute. Nothing here is public API."""
