@@ -479,7 +479,7 @@ def test_ranges_merge_and_cover():
 
 def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_mapping(fresh_node, monkeypatch):
     from meshcompute.owner import context
-    from meshcompute.owner import runtime as core_mod
+    from meshcompute.owner import store_client as core_mod
 
     core = context.core
     calls = []
@@ -491,7 +491,7 @@ def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_map
     offset = calls[0]
     assert np.array_equal(mesh.get(ref), first)
     # The writer maps the block in the background; once it has, a put there is a memcpy.
-    assert wait_for(lambda: core._touched.covers(offset, offset + 8 * MiB), timeout=10)
+    assert wait_for(lambda: core.store.touched.covers(offset, offset + 8 * MiB), timeout=10)
     del ref
     gc.collect()
     assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)

@@ -161,13 +161,7 @@ class Executor:
         return out
 
     def _read_arg(self, oid: bytes, owner: str, node: str, size: int) -> Any:
-        from ..owner.runtime import READY, Entry
-
-        e = Entry(False, owner)
-        e.state = READY
-        e.loc = (0, size)  # the real place comes with the pin
-        e.node = node
-        return self.core._read_store(oid, e)
+        return self.core.read_store(oid, node, size, owner)
 
     def _load_fn(self, fn_id: bytes, fn_bytes: bytes | None) -> Any:
         fn = self._fns.get(fn_id)

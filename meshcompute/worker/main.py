@@ -41,9 +41,8 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
                 host=host, keys=keys_for_session(session_dir), worker_id=worker_id)
     context.core = core
     executor = Executor(core)
-    core.executor = executor
+    core.attach_executor(executor, shipper)
     shipper.attach(core, executor)
-    core.output = shipper
     core.start()
     executor.run()
     core.close()

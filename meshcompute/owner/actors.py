@@ -1,0 +1,169 @@
+"""A caller's view of the actors it calls: where each is, and its calls in flight.
+
+Calls to one actor go out in submission order, one ACTOR_CALL each, straight to
+the actor's worker; the actor's daemon only publishes its state (ACTOR_STATE)
+to subscribers.  Invariant: a call is in ``queue`` while the actor is not
+ALIVE (or calls before it are still queued), in ``inflight`` once sent, and is
+retried or failed when the actor restarts or dies, per ``max_task_retries``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable
+
+from .. import exceptions as exc
+from ..wire.messages import Msg
+from ..wire.transport import node_of
+from .io import OwnerIo
+
+log = logging.getLogger("meshcompute")
+
+
+class ActorClient:
+    """A caller's view of one actor."""
+
+    __slots__ = ("actor_id", "addr", "state", "queue", "inflight", "reason", "subscribed", "release_when_idle",
+                 "daemon")
+
+    def __init__(self, actor_id: bytes, daemon: str) -> None:
+        self.actor_id = actor_id
+        self.addr: str | None = None
+        self.state = "PENDING"
+        self.queue: collections.deque = collections.deque()
+        self.inflight: dict[bytes, object] = {}
+        self.reason = ""
+        self.subscribed = False
+        self.release_when_idle = False
+        self.daemon = daemon  # the daemon of the node hosting the actor
+
+
+class ActorCalls:
+    """Every actor this process calls or created."""
+
+    def __init__(self, io: OwnerIo, fail: Callable[[object, BaseException], None]) -> None:
+        self.io = io
+        self._fail = fail  # complete a call with a system error (TaskQueues.fail)
+        self.actors: dict[bytes, ActorClient] = {}
+
+    def client(self, actor_id: bytes, daemon: str | None = None, subscribe: bool = True) -> ActorClient:
+        a = self.actors.get(actor_id)
+        if a is None:
+            a = self.actors[actor_id] = ActorClient(actor_id, daemon or self.io.daemon_addr)
+        if subscribe and not a.subscribed:
+            a.subscribed = True
+            self.io.send(a.daemon, Msg.SUBSCRIBE_ACTOR, actor_id)
+        return a
+
+    def daemon_of(self, actor_id: bytes, hint: str | None) -> str:
+        a = self.actors.get(actor_id)
+        return a.daemon if a is not None else (hint or self.io.daemon_addr)
+
+    def enqueue(self, t, front: bool = False) -> None:
+        a = self.client(t.actor_id, t.strategy)
+        if a.state == "DEAD":
+            self._fail(t, exc.ActorDiedError(a.reason or "The actor is dead.", t.actor_id.hex()))
+            return
+        if a.state == "ALIVE" and not a.queue:
+            self._send_call(a, t)
+        elif front:
+            a.queue.appendleft(t)
+        else:
+            a.queue.append(t)
+
+    def _send_call(self, a: ActorClient, t) -> None:
+        frames: list = []
+        args = []
+        for item in t.args:
+            if item[0] == "v":
+                ser = item[1]
+                frames.extend(ser.buffers)
+                args.append(("v", ser.meta, len(ser.buffers)))
+            else:
+                ref = item[1]
+                args.append(("r", ref._id, ref._owner))
+        call = (t.task_id, t.method, args, t.kw_names, t.num_returns, t.return_ids)
+        t.dispatched = True
+        a.inflight[t.task_id] = t
+        self.io.send(a.addr, Msg.ACTOR_CALL, call, frames=frames)
+
+    def call_done(self, t) -> None:
+        a = self.actors.get(t.actor_id)
+        if a is None:
+            return
+        a.inflight.pop(t.task_id, None)
+        if a.release_when_idle and not a.inflight and not a.queue:
+            a.release_when_idle = False
+            self.io.send(a.daemon, Msg.KILL_ACTOR, a.actor_id, True)
+
+    def cancel(self, t) -> None:
+        a = self.actors.get(t.actor_id)
+        if a is not None and t in a.queue:
+            a.queue.remove(t)
+            self._fail(t, exc.TaskCancelledError(task_id=t.task_id.hex()))
+        elif a is not None and a.addr:
+            self.io.send(a.addr, Msg.CANCEL_TASK, t.task_id, False)
+
+    def on_actor_state(self, sender: str, msg: tuple, frames: list) -> None:
+        _, actor_id, state, addr, restarts, reason = msg
+        a = self.actors.get(actor_id)
+        if a is None:
+            a = self.actors[actor_id] = ActorClient(actor_id, self.io.daemon_addr)
+            a.subscribed = True
+        if state == "PENDING" and reason:
+            log.warning("%s", reason)
+        old_addr = a.addr
+        a.state, a.reason = state, reason or a.reason
+        if state in ("RESTARTING", "DEAD") or (state == "ALIVE" and old_addr and addr != old_addr):
+            if old_addr:
+                self.io.forget(old_addr)
+            retry = []
+            for t in a.inflight.values():
+                if t.retries_left != 0 and state != "DEAD":
+                    t.retries_left -= 1
+                    retry.append(t)
+                else:
+                    self._fail(t, exc.ActorDiedError(
+                        f"The actor died while running {t.name}: {reason or state}", actor_id.hex()))
+            a.inflight.clear()
+            a.queue.extendleft(reversed(retry))
+        if state == "ALIVE":
+            a.addr = addr
+            while a.queue:
+                self._send_call(a, a.queue.popleft())
+        elif state == "DEAD":
+            while a.queue:
+                t = a.queue.popleft()
+                self._fail(t, exc.ActorDiedError(f"The actor is dead: {reason or 'killed'}", actor_id.hex()))
+
+    def set_dead(self, actor_id: bytes, reason: str) -> None:
+        self.on_actor_state(self.io.daemon_addr, (Msg.ACTOR_STATE, actor_id, "DEAD", None, 0, reason), [])
+
+    def on_node_gone(self, node_id: str, reason: str) -> None:
+        for a in list(self.actors.values()):
+            if a.addr and node_of(a.addr) == node_id:
+                self.set_dead(a.actor_id, reason)
+
+    def create(self, actor_id: bytes, spec: dict, frames: list, daemon: str) -> None:
+        a = self.client(actor_id, daemon, subscribe=False)
+        a.subscribed = True  # the daemon subscribes the creator
+        a.daemon = daemon
+        self.io.send(daemon, Msg.CREATE_ACTOR, actor_id, spec, frames=frames)
+
+    def kill(self, actor_id: bytes, no_restart: bool, hint: str | None) -> None:
+        self.io.send(self.daemon_of(actor_id, hint), Msg.KILL_ACTOR, actor_id, no_restart)
+        a = self.actors.get(actor_id)
+        if no_restart and a is not None and a.state != "DEAD":
+            self.set_dead(actor_id, "it was killed with kill()")
+
+    def release(self, actor_id: bytes) -> None:
+        """The creator's last handle is gone: stop the actor once its calls finish."""
+        a = self.actors.get(actor_id)
+        if a is not None and (a.inflight or a.queue):
+            a.release_when_idle = True
+            return
+        self.io.send(a.daemon if a is not None else self.io.daemon_addr, Msg.KILL_ACTOR, actor_id, True)
+
+    def queued(self) -> int:
+        return sum(len(a.queue) for a in self.actors.values())

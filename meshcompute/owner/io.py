@@ -1,0 +1,31 @@
+"""The narrow interface the owner's state objects use to reach the outside.
+
+The runtime (runtime.py) implements it on its I/O thread; the state objects
+(objects.py, tasks.py, actors.py) never hold a socket, a thread or the runtime
+itself, only this.  Every method is called on the I/O thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..wire.messages import Msg
+
+
+class OwnerIo(Protocol):
+    address: str  # this process's inbox address (it owns what it submits)
+    node_id: str
+    daemon_addr: str  # the daemon of this process's node
+
+    def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
+        """Send one message to a peer's inbox."""
+
+    def forget(self, peer: str) -> None:
+        """Close the outbox to a peer that is gone."""
+
+    def call_later(self, delay: float, fn: Callable, *args: Any) -> None:
+        """Run ``fn(*args)`` on the I/O thread after ``delay`` seconds."""
+
+    def next_req_id(self) -> int:
+        """A fresh request id for this process."""

@@ -1,0 +1,525 @@
+"""The owner's tasks: dependencies, queues, leases, pushes, results and retries.
+
+Ray's owner model: to run tasks the owner leases a worker from a daemon for one
+*scheduling key* (resource shape, strategy, preferred node), pushes tasks
+straight to it (several in flight when they are known to be short), and
+returns the lease when its queue runs dry.  The daemon is off the per-task path.
+
+Invariants (all state lives on the I/O thread):
+
+* a task is in ``tasks`` from submission until its results are set or it failed;
+* a task is in exactly one of: waiting for arguments (``deps > 0``), a queue,
+  a lease's ``inflight``, an actor's queue or inflight (actors.py);
+* outstanding lease requests of a key never exceed what its queue still needs
+  (sched.pipeline.lease_requests_delta): surplus requests are withdrawn with
+  CANCEL_LEASE_REQUEST as soon as the queue shrinks, so no stale grant arrives
+  for work that is already done.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import Any
+
+from .. import exceptions as exc
+from ..wire import ids
+from ..wire.messages import Msg
+from ..wire.serialization import deserialize, serialize
+from ..wire.transport import node_of
+from .io import OwnerIo
+from .object_ref import ObjectRef
+from .objects import READY, Entry, ObjectTable, fill
+
+log = logging.getLogger("meshcompute")
+
+LEASE_IDLE_S = 0.5
+"""An idle lease is kept this long (s), so a loop of ``get(f.remote())`` with work
+between the calls reuses its worker without asking the daemon each time; it is
+returned at once when the daemon says others wait for the CPU (LEASE_REVOKE)."""
+MAX_PIPELINE = 16
+"""Most tasks in flight on one leased worker, for tasks known to be short."""
+SHORT_TASK_S = 0.002
+"""Tasks whose mean run time is under this (s) are pipelined; longer ones go one
+at a time per worker so a second worker can take the next one."""
+MAX_LEASE_REQUESTS = 16
+"""Most lease requests one owner keeps outstanding per scheduling key."""
+
+
+class Task:
+    """An owned task or actor call, from submission to completion."""
+
+    __slots__ = (
+        "task_id", "fn_id", "fn_bytes", "name", "args", "kw_names", "num_returns",
+        "return_ids", "shape", "retries_left", "retry_exceptions", "deps", "lease",
+        "cancelled", "actor_id", "method", "dispatched", "holds", "strategy", "key",
+    )
+
+    def __init__(self) -> None:
+        self.deps = 0
+        self.lease: Lease | None = None
+        self.cancelled = False
+        self.actor_id: bytes | None = None
+        self.dispatched = False
+        self.holds: list = []
+        self.key: tuple = ()
+
+
+class Lease:
+    """A worker leased from a daemon for one scheduling key."""
+
+    __slots__ = ("lease_id", "key", "worker_addr", "worker_id", "gpu_ids", "inflight", "idle_since",
+                 "blocked", "daemon")
+
+    def __init__(self, lease_id, key, worker_addr, worker_id, gpu_ids, daemon) -> None:
+        self.daemon = daemon  # the daemon that granted it: returns and kills go there
+        self.lease_id = lease_id
+        self.key = key
+        self.worker_addr = worker_addr
+        self.worker_id = worker_id
+        self.gpu_ids = gpu_ids
+        self.inflight: dict[bytes, Task] = {}
+        self.idle_since = 0.0
+        self.blocked = False
+
+
+class LeaseRequest:
+    """A lease request this owner has outstanding at ``daemon``."""
+
+    __slots__ = ("key", "daemon", "shape", "strategy")
+
+    def __init__(self, key: tuple, daemon: str, shape: tuple, strategy: Any) -> None:
+        self.key, self.daemon, self.shape, self.strategy = key, daemon, shape, strategy
+
+
+class TaskQueues:
+    """Owned tasks from submission to results (actor calls hand off to ActorCalls)."""
+
+    def __init__(self, io: OwnerIo, objects: ObjectTable) -> None:
+        self.io = io
+        self.objects = objects
+        self.actors: Any = None  # ActorCalls, set by the runtime
+        self.tasks: dict[bytes, Task] = {}
+        self.queues: dict[tuple, collections.deque[Task]] = {}
+        self.leases: dict[tuple, list[Lease]] = {}
+        self.lease_by_id: dict[bytes, Lease] = {}
+        self.requests: dict[int, LeaseRequest] = {}
+        self.requests_out: dict[tuple, int] = collections.defaultdict(int)
+        self.warned_shapes: set[tuple] = set()
+        self.fn_sent: dict[str, set[bytes]] = collections.defaultdict(set)
+        self.fn_time: dict[bytes, float] = {}
+        self.revoke_until = 0.0
+        self.counters = collections.Counter()  # messages this owner sent, by type name (tests read them)
+
+    # ----------------------------------------------------------- submission
+
+    def submit(self, t: Task) -> None:
+        self.tasks[t.task_id] = t
+        owner = self.io.address
+        for oid in t.return_ids:
+            self.objects.entries[oid] = Entry(True, owner)
+        if t.actor_id is not None:
+            self.actors.enqueue(t)
+            return
+        for item in t.args:
+            if item[0] != "r":
+                continue
+            ref = item[1]
+            e = self.objects.entry(ref._id, ref._owner)
+            if e.state != READY:
+                t.deps += 1
+                e.dependents.append(t)
+                if not e.owned:
+                    self.objects.request_value(ref._id, e)
+        if t.deps == 0:
+            self.task_ready(t)
+
+    def task_ready(self, t: Task) -> None:
+        if t.cancelled or t.task_id not in self.tasks:
+            return
+        # An argument that is an error fails the task without running it.
+        for item in t.args:
+            if item[0] == "r":
+                e = self.objects.entries.get(item[1]._id)
+                if e is not None and e.is_error:
+                    self.complete_with_error_of(t, e)
+                    return
+        t.key = (t.shape, _hashable(t.strategy))
+        self.queues.setdefault(t.key, collections.deque()).append(t)
+        self.dispatch(t.key)
+
+    def complete_with_error_of(self, t: Task, src: Entry) -> None:
+        self.tasks.pop(t.task_id, None)
+        for oid in t.return_ids:
+            e = self.objects.entries.get(oid)
+            if e is None:
+                continue
+            e.value, e.loc, e.is_error = src.value, src.loc, True
+            if src.loc is not None:  # share the error value inline instead of the store slot
+                e.loc = None
+                e.value = serialize(exc.ObjectLostError("an argument of this task failed"), True)
+            self.objects.resolve(oid, e)
+        t.args = []
+
+    def fail(self, t: Task, error: BaseException) -> None:
+        """Complete a task with a system error (it never produced a value)."""
+        self.tasks.pop(t.task_id, None)
+        self.objects.fail(t.return_ids, error)
+        t.args = []
+        t.holds = []
+
+    # ----------------------------------------------------------- dispatch
+
+    def _pipeline_depth(self, t: Task) -> int:
+        mean = self.fn_time.get(t.fn_id)
+        return MAX_PIPELINE if mean is not None and mean < SHORT_TASK_S else 1
+
+    def dispatch(self, key: tuple) -> None:
+        """Push queued tasks of ``key`` to its leases; size its lease requests to what is left."""
+        q = self.queues.get(key)
+        if q:
+            for lease in self.leases.get(key, ()):
+                if not q:
+                    break
+                if lease.blocked:
+                    continue
+                depth = self._pipeline_depth(q[0])
+                n = depth - len(lease.inflight)
+                if n <= 0:
+                    continue
+                batch = []
+                while q and n > 0:
+                    t = q.popleft()
+                    if t.cancelled:
+                        continue
+                    batch.append(t)
+                    n -= 1
+                if batch:
+                    self._push(lease, batch)
+        self._size_requests(key, q)
+
+    def _size_requests(self, key: tuple, q: collections.deque | None) -> None:
+        queued = len(q) if q else 0
+        want = min(queued, MAX_LEASE_REQUESTS) - self.requests_out[key]
+        if want > 0:
+            head = q[0]
+            hints = {"locality": self.locality(head)}
+            for _ in range(want):
+                req_id = self.io.next_req_id()
+                self.requests[req_id] = LeaseRequest(key, self.io.daemon_addr, head.shape, head.strategy)
+                self.requests_out[key] += 1
+                self._send(self.io.daemon_addr, Msg.REQUEST_LEASE, req_id, head.shape, head.strategy, hints)
+        elif want < 0:
+            self.withdraw(key, -want)
+
+    def withdraw(self, key: tuple, n: int) -> None:
+        """Cancel ``n`` of the key's outstanding lease requests, newest first."""
+        for req_id in sorted((r for r, req in self.requests.items() if req.key == key), reverse=True)[:n]:
+            req = self.requests.pop(req_id)
+            self.requests_out[key] -= 1
+            self._send(req.daemon, Msg.CANCEL_LEASE_REQUEST, req_id)
+
+    def locality(self, t: Task) -> dict:
+        """Bytes of the task's arguments held by each node's store."""
+        where: dict[str, int] = {}
+        for item in t.args:
+            if item[0] == "r":
+                e = self.objects.entries.get(item[1]._id)
+                if e is not None and e.loc is not None:
+                    where[e.node] = where.get(e.node, 0) + e.loc[1]
+        return where
+
+    def _send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
+        self.counters[msg_type.name] += 1
+        self.io.send(peer, msg_type, *fields, frames=frames)
+
+    def arg_wire(self, item: tuple, frames: list) -> tuple:
+        if item[0] == "v":
+            ser = item[1]
+            frames.extend(ser.buffers)
+            return ("v", ser.meta, len(ser.buffers))
+        ref = item[1]
+        e = self.objects.entries[ref._id]
+        if e.loc is not None:
+            return ("s", ref._id, e.loc[0], e.loc[1], e.owner, e.node)
+        v = e.value
+        frames.extend(v.buffers)
+        return ("v", v.meta, len(v.buffers))
+
+    def spec_of(self, t: Task, fn_bytes: bytes | None, frames: list) -> tuple:
+        args = [self.arg_wire(item, frames) for item in t.args]
+        return (t.task_id, t.fn_id, fn_bytes, t.name, args, t.kw_names, t.num_returns, t.return_ids)
+
+    def _push(self, lease: Lease, batch: list[Task]) -> None:
+        frames: list = []
+        specs = []
+        sent = self.fn_sent[lease.worker_addr]
+        for t in batch:
+            fn_bytes = None
+            if t.fn_id not in sent:
+                sent.add(t.fn_id)
+                fn_bytes = t.fn_bytes
+            specs.append(self.spec_of(t, fn_bytes, frames))
+            t.lease = lease
+            t.dispatched = True
+            lease.inflight[t.task_id] = t
+        self._send(lease.worker_addr, Msg.PUSH_TASKS, lease.lease_id, lease.gpu_ids, specs, frames=frames)
+
+    def steal(self, oids: list[bytes]) -> list:
+        """Take our own queued children of these objects to run inline (a blocked parent's help)."""
+        out = []
+        keys = set()
+        for oid in oids:
+            t = self.tasks.get(ids.task_of(oid))
+            if (t is None or t.dispatched or t.deps or t.actor_id is not None or t.cancelled
+                    or any(k != "CPU" or v > 1 for k, v in t.shape)):
+                continue
+            q = self.queues.get(t.key)
+            if not q or t not in q:
+                continue
+            q.remove(t)
+            keys.add(t.key)
+            frames: list = []
+            t.dispatched = True
+            out.append((self.spec_of(t, t.fn_bytes, frames), frames))
+        for key in keys:
+            self._size_requests(key, self.queues.get(key))  # their lease requests are not needed now
+        return out
+
+    # ----------------------------------------------------------- leases
+
+    def on_lease_granted(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, lease_id, worker_addr, worker_id, gpu_ids = msg
+        req = self.requests.pop(req_id, None)
+        if req is None:  # withdrawn meanwhile: the grant crossed our cancel
+            self.counters["stale_grants"] += 1
+            self._send(sender, Msg.RETURN_LEASE, lease_id)
+            return
+        self.requests_out[req.key] -= 1
+        lease = Lease(lease_id, req.key, worker_addr, worker_id, tuple(gpu_ids), sender)
+        self.lease_by_id[lease_id] = lease
+        self.leases.setdefault(req.key, []).append(lease)
+        if self.queues.get(req.key):
+            self.dispatch(req.key)
+        else:
+            self.lease_idle(lease)
+
+    def lease_idle(self, lease: Lease) -> None:
+        if self.revoke_until > time.monotonic():
+            self.return_lease(lease)
+            return
+        lease.idle_since = time.monotonic()
+        self.io.call_later(LEASE_IDLE_S, self._maybe_return_lease, lease, lease.idle_since)
+
+    def _maybe_return_lease(self, lease: Lease, since: float) -> None:
+        if lease.idle_since == since and not lease.inflight and lease.lease_id in self.lease_by_id:
+            self.return_lease(lease)
+
+    def return_lease(self, lease: Lease) -> None:
+        self._drop_lease(lease)
+        self._send(lease.daemon, Msg.RETURN_LEASE, lease.lease_id)
+
+    def _drop_lease(self, lease: Lease) -> None:
+        self.lease_by_id.pop(lease.lease_id, None)
+        leases = self.leases.get(lease.key)
+        if leases and lease in leases:
+            leases.remove(lease)
+
+    def return_all(self) -> None:
+        for lease in list(self.lease_by_id.values()):
+            self.return_lease(lease)
+
+    def on_lease_revoke(self, sender: str, msg: tuple, frames: list) -> None:
+        # Others wait for resources: hand back idle leases now, and busy ones as
+        # soon as they go idle during the next moment.
+        self.revoke_until = time.monotonic() + 0.05
+        for lease in list(self.lease_by_id.values()):
+            if not lease.inflight:
+                self.return_lease(lease)
+
+    def on_lease_spillback(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, daemon_addr, node_id = msg
+        req = self.requests.get(req_id)
+        if req is None:
+            return
+        req.daemon = daemon_addr
+        q = self.queues.get(req.key)
+        hints = {"spilled": True, "locality": self.locality(q[0]) if q else {}}
+        self._send(daemon_addr, Msg.REQUEST_LEASE, req_id, req.shape, req.strategy, hints)
+
+    def on_lease_infeasible(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, shape, largest = msg
+        if shape in self.warned_shapes:
+            return
+        self.warned_shapes.add(shape)
+        names = sorted({t.name for q in self.queues.values() for t in q if t.shape == shape})
+        log.warning(
+            "A task (%s) needs %s, but no node of this mesh has that much (the largest offers %s). "
+            "It stays pending until a node that can run it joins; lower its resource request "
+            "or add such a node.", ", ".join(names) or "?", dict(shape), largest)
+
+    def on_worker_died(self, sender: str, msg: tuple, frames: list) -> None:
+        _, lease_id, worker_id, reason = msg
+        lease = self.lease_by_id.get(lease_id)
+        if lease is None:
+            return
+        self._drop_lease(lease)
+        self.fn_sent.pop(lease.worker_addr, None)
+        self.io.forget(lease.worker_addr)
+        retry = []
+        for t in lease.inflight.values():
+            if t.cancelled:
+                self.fail(t, exc.TaskCancelledError(task_id=t.task_id.hex()))
+            elif t.retries_left != 0:
+                t.retries_left -= 1
+                t.lease = None
+                t.dispatched = False
+                retry.append(t)
+            else:
+                self.fail(t, exc.WorkerCrashedError(
+                    f"The worker running {t.name} died ({reason}) and max_retries is used up."))
+        lease.inflight.clear()
+        if retry:
+            self.queues.setdefault(lease.key, collections.deque()).extendleft(reversed(retry))
+        self.dispatch(lease.key)
+
+    def on_node_gone(self, node_id: str, reason: str) -> None:
+        """What ran or waited on a dead node fails over."""
+        for lease in list(self.lease_by_id.values()):
+            if node_of(lease.worker_addr) == node_id:
+                self.on_worker_died(self.io.daemon_addr, (Msg.WORKER_DIED, lease.lease_id, lease.worker_id,
+                                                          reason), [])
+        for req_id, req in list(self.requests.items()):
+            if node_of(req.daemon) == node_id:
+                req.daemon = self.io.daemon_addr
+                self._send(self.io.daemon_addr, Msg.REQUEST_LEASE, req_id, req.shape, req.strategy, {})
+
+    def on_tasks_bounced(self, sender: str, msg: tuple, frames: list) -> None:
+        """A worker blocked in get() hands back tasks it has not started."""
+        back: dict[tuple, list] = {}
+        for tid in msg[1]:
+            t = self.tasks.get(tid)
+            if t is None or t.lease is None:
+                continue
+            t.lease.inflight.pop(tid, None)
+            t.lease.blocked = True
+            t.lease = None
+            t.dispatched = False
+            back.setdefault(t.key, []).append(t)
+        for key, ts in back.items():
+            self.queues.setdefault(key, collections.deque()).extendleft(reversed(ts))
+            self.dispatch(key)
+
+    # ----------------------------------------------------------- results
+
+    def on_tasks_done(self, sender: str, msg: tuple, frames: list) -> None:
+        pos = 0
+        touched = set()
+        for task_id, returns, duration, status in msg[1]:
+            t = self.tasks.pop(task_id, None)
+            if t is None:  # cancelled or already failed: only frames to skip
+                for r in returns:
+                    if r[0] == "v":
+                        pos += r[2]
+                if any(r[-1] for r in returns) and sender != self.io.address:
+                    self._send(sender, Msg.RELEASE_HANDOFF, task_id)
+                continue
+            lease = t.lease
+            if lease is not None:
+                lease.inflight.pop(task_id, None)
+                lease.blocked = False
+                touched.add(lease)
+                mean = self.fn_time.get(t.fn_id)
+                self.fn_time[t.fn_id] = duration if mean is None else 0.8 * mean + 0.2 * duration
+            elif t.actor_id is not None:
+                self.actors.call_done(t)
+            if t.retry_exceptions and t.retries_left != 0 and returns and returns[0][3]:
+                status = self._retryable(t, returns[0], frames[pos:])
+            if status == "retry" and t.retries_left != 0:
+                t.retries_left -= 1
+                for r in returns:
+                    if r[0] == "v":
+                        pos += r[2]
+                self.tasks[task_id] = t
+                t.lease = None
+                t.dispatched = False
+                if t.actor_id is not None:
+                    self.actors.enqueue(t, front=True)
+                else:
+                    self.queues.setdefault(t.key, collections.deque()).appendleft(t)
+                    self.dispatch(t.key)
+                continue
+            handoff = False
+            for oid, r in zip(t.return_ids, returns):
+                e = self.objects.entries.get(oid)
+                if e is None:  # the owner dropped every ref already; still account frames
+                    if r[0] == "v":
+                        pos += r[2]
+                    if r[0] == "s":
+                        self._send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), r[4])
+                    continue
+                pos += fill(e, r, frames[pos:])
+                contained = r[-1]
+                if contained:
+                    handoff = True
+                    e.contained = [ObjectRef(cid, cowner) for cid, cowner in contained]
+                self.objects.resolve(oid, e)
+            if handoff and sender != self.io.address:
+                self._send(sender, Msg.RELEASE_HANDOFF, task_id)
+            t.args = []
+            t.holds = []
+        for lease in touched:
+            if lease.lease_id not in self.lease_by_id:
+                continue
+            self.dispatch(lease.key)
+            if not lease.inflight:
+                self.lease_idle(lease)
+
+    def _retryable(self, t: Task, r: tuple, frames: list) -> str:
+        """Does this user exception qualify for a retry under retry_exceptions?"""
+        if r[0] != "v":
+            return "ok"
+        try:
+            err = deserialize(r[1], frames[: r[2]])
+        except Exception:
+            return "ok"
+        cause = getattr(err, "cause", None)
+        if not isinstance(err, exc.TaskError) or cause is None:
+            return "ok"
+        allowed = t.retry_exceptions
+        if allowed is True or (isinstance(allowed, (list, tuple)) and isinstance(cause, tuple(allowed))):
+            return "retry"
+        return "ok"
+
+    # ----------------------------------------------------------- cancel
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        t = self.tasks.get(task_id)
+        if t is None or t.cancelled:
+            return
+        t.cancelled = True
+        if t.actor_id is not None:
+            self.actors.cancel(t)
+            return
+        if not t.dispatched:
+            q = self.queues.get(t.key)
+            if q is not None and t in q:
+                q.remove(t)
+            self.fail(t, exc.TaskCancelledError(task_id=task_id.hex()))
+            self._size_requests(t.key, q)
+            return
+        lease = t.lease
+        if lease is None:  # running inline in this process
+            return
+        if force:
+            self._send(lease.daemon, Msg.KILL_WORKER, lease.worker_id)
+        else:
+            self._send(lease.worker_addr, Msg.CANCEL_TASK, task_id, False)
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+
+def _hashable(strategy: Any) -> Any:
+    return tuple(strategy) if isinstance(strategy, list) else strategy

@@ -1,0 +1,125 @@
+"""The worker side of a process's I/O thread: tasks in, results out.
+
+Owners push task batches (PUSH_TASKS) and actor calls (ACTOR_CALL) here; the
+executor thread runs them and hands results back, which go to each owner in one
+TASKS_DONE per loop turn.  A result for this very process (a child run inline
+by a task blocked in ``get``) is applied directly: no message at all.
+Everything here runs on the I/O thread unless a docstring says otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..observe.output import OUTPUT_FLUSH_S
+from ..wire.messages import Msg
+
+
+class WorkerInbox:
+    def __init__(self, io: Any, executor: Any, apply_own_results: Callable[[tuple, list], None],
+                 blocked: Callable[[], bool], activity: Callable[[], None]) -> None:
+        self.io = io  # OwnerIo: send, address
+        self.executor = executor
+        self._apply_own = apply_own_results  # TaskQueues.on_tasks_done for results we own
+        self._blocked = blocked  # is the executor waiting in get/wait?
+        self._activity = activity  # task activity: arm the stats timer
+        self.output: Any = None  # the OutputShipper (observe/output.py)
+        self.done_out: dict[str, list] = {}  # owner -> [(result, frames)] to flush this turn
+        self.handoff: dict[bytes, list] = {}  # task id -> refs kept until the owner holds them
+        self.out_last = 0.0
+
+    def handlers(self) -> dict:
+        return {
+            Msg.PUSH_TASKS: self.on_push_tasks,
+            Msg.ACTOR_CALL: self.on_actor_call,
+            Msg.CANCEL_TASK: self.on_cancel_task,
+            Msg.BECOME_ACTOR: self.on_become_actor,
+            Msg.RELEASE_HANDOFF: self.on_release_handoff,
+            Msg.TIMELINE: self.on_timeline,
+        }
+
+    def on_push_tasks(self, sender: str, msg: tuple, frames: list) -> None:
+        _, lease_id, gpu_ids, specs = msg
+        ex = self.executor
+        self._activity()
+        if self._blocked() and ex.bounce_enabled:
+            self.io.send(sender, Msg.TASKS_BOUNCED, [s[0] for s in specs])
+            return
+        pos = 0
+        for spec in specs:
+            n = sum(a[2] for a in spec[4] if a[0] == "v")
+            ex.queue.put(("task", sender, gpu_ids, spec, frames[pos: pos + n]))
+            pos += n
+
+    def on_actor_call(self, sender: str, msg: tuple, frames: list) -> None:
+        self._activity()
+        self.executor.submit_call(sender, msg[1], frames)
+
+    def on_cancel_task(self, sender: str, msg: tuple, frames: list) -> None:
+        self.executor.cancel(msg[1])
+
+    def on_become_actor(self, sender: str, msg: tuple, frames: list) -> None:
+        self.executor.queue.put(("actor", msg[1], msg[2], msg[3], frames))
+
+    def on_release_handoff(self, sender: str, msg: tuple, frames: list) -> None:
+        self.handoff.pop(msg[1], None)
+
+    def on_timeline(self, sender: str, msg: tuple, frames: list) -> None:
+        self.io.send(sender, Msg.REPLY, msg[1], self.executor.timeline_lane())
+
+    # ------------------------------------------------------------- results
+
+    def done(self, owner: str, result: tuple, frames: list, handoff: list | None) -> None:
+        if owner == self.io.address:
+            # Our own child, run inline: the owner state is right here. Its refs
+            # are held by the entries it fills, so no handoff is needed.
+            self._apply_own((Msg.TASKS_DONE, [result]), frames)
+            return
+        if handoff:
+            self.handoff[result[0]] = handoff
+        batch = self.done_out.get(owner)
+        if batch is None:
+            self.done_out[owner] = [(result, frames)]
+        else:
+            batch.append((result, frames))
+
+    def flush(self) -> None:
+        """Send this turn's results, one TASKS_DONE per owner (after the lines they printed)."""
+        output = self.output
+        if output is not None and output.ready and time.monotonic() - self.out_last >= OUTPUT_FLUSH_S:
+            self.flush_output()
+        self._activity()
+        out, self.done_out = self.done_out, {}
+        for owner, items in out.items():
+            results = [r for r, _ in items]
+            frames = [f for _, fs in items for f in fs]
+            self.io.send(owner, Msg.TASKS_DONE, results, frames=frames)
+
+    def bounce(self, owner_tasks: dict[str, list[bytes]]) -> None:
+        for owner, tids in owner_tasks.items():
+            self.io.send(owner, Msg.TASKS_BOUNCED, tids)
+
+    # ------------------------------------------------------------- output
+
+    def arm_output(self) -> None:
+        """The first line of a batch is waiting: ship it within OUTPUT_FLUSH_S."""
+        delay = max(0.0, self.out_last + OUTPUT_FLUSH_S - time.monotonic())
+        self.io.call_later(delay, self.flush_output)
+
+    def flush_output(self) -> None:
+        if self.output is None:
+            return
+        self.out_last = time.monotonic()
+        for sink, lines in self.output.take().items():
+            if sink == self.io.address:
+                self.forward_output(lines)
+            else:
+                self.io.send(sink, Msg.WORKER_OUTPUT, lines)
+
+    def forward_output(self, lines: list) -> None:
+        """Lines a task of ours printed (or a child's worker shipped to us): on to our sink."""
+        sink = self.executor.log_sink()
+        if sink and sink != self.io.address:
+            self.io.send(sink, Msg.WORKER_OUTPUT, lines)
