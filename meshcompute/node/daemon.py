@@ -883,8 +883,11 @@ class Daemon:
             waiting = {req.owner for req in still if self.feasible(req.shape)}
             if waiting:
                 self._last_revoke = now
+                # Only others' requests justify a revoke: an owner waiting for a
+                # lease of its own hands back idle ones without being told.
                 for owner in {ls.owner for ls in self.leases.values()}:
-                    self.send(owner, Msg.LEASE_REVOKE, len(waiting))
+                    if waiting - {owner}:
+                        self.send(owner, Msg.LEASE_REVOKE, len(waiting - {owner}))
 
     # ----------------------------------------------------------------- actors
 

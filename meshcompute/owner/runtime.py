@@ -47,6 +47,11 @@ STATS_PERIOD_S = 0.5
 """A process reports its task counters (TASK_STATS) at most this often, and only
 while they change: a timer armed by task activity, never a message per task."""
 
+CHILD_LEASE_DELAY_S = 0.002
+"""Seconds a worker waits before asking a lease for a child task it submitted:
+long enough for the common ``get(child.remote())`` to take the child inline
+with no message at all, short against any task worth a lease."""
+
 __all__ = ["Core", "Task", "READY", "Entry", "gcs_result"]
 
 
@@ -88,6 +93,10 @@ class Core:
         self._req_ids = itertools.count(1)
         self._timers: list = []
         self._blocked_depth = 0
+        # Messages sent and received, by type: a dict increment each, read by tests
+        # that hold the task path to its message budget (tests/test_message_counts.py).
+        self.sent: collections.Counter = collections.Counter()
+        self.received: collections.Counter = collections.Counter()
         self.objects = ObjectTable(self, self._dependency_ready)
         self.tasks = TaskQueues(self, self.objects)
         self.actors = ActorCalls(self, self.tasks.fail)
@@ -119,6 +128,10 @@ class Core:
                                   lambda: self._blocked_depth > 0, self._note_activity)
         self.worker.output = output
         self._handlers.update(self.worker.handlers())
+        # A task's children are first offered to the task itself: if it waits for
+        # them at once, it runs them inline (wait_ready), and asking for a lease
+        # would only be withdrawn again.
+        self.tasks.request_delay = CHILD_LEASE_DELAY_S
 
     @property
     def output(self) -> Any:
@@ -131,6 +144,7 @@ class Core:
     # ------------------------------------------------------------------ OwnerIo
 
     def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
+        self.sent[msg_type] += 1
         self._ep.send(peer, [encode(msg_type, *fields), *frames])
 
     def forget(self, peer: str) -> None:
@@ -304,6 +318,7 @@ class Core:
         if handler is None:
             log.warning("no handler for %s from %s", describe(msg), sender)
             return
+        self.received[msg[0]] += 1
         handler(sender, msg, frames[2:])
 
     def _make_handlers(self) -> dict:

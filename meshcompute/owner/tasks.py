@@ -10,6 +10,10 @@ Invariants (all state lives on the I/O thread):
 * a task is in ``tasks`` from submission until its results are set or it failed;
 * a task is in exactly one of: waiting for arguments (``deps > 0``), a queue,
   a lease's ``inflight``, an actor's queue or inflight (actors.py);
+* the policy (scheduling keys, which task goes onto which lease, how many
+  leases to ask for) is sched/'s; this module carries it out;
+* the owner never keeps an idle lease at a daemon where it waits for another
+  one itself (the daemon revokes idle leases only for other owners);
 * outstanding lease requests of a key never exceed what its queue still needs
   (sched.pipeline.lease_requests_delta): surplus requests are withdrawn with
   CANCEL_LEASE_REQUEST as soon as the queue shrinks, so no stale grant arrives
@@ -24,6 +28,8 @@ import time
 from typing import Any
 
 from .. import exceptions as exc
+from ..sched.keys import scheduling_key
+from ..sched.pipeline import RunTimes, depth_limit, lease_requests_delta, plan_pushes
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import deserialize, serialize
@@ -38,13 +44,6 @@ LEASE_IDLE_S = 0.5
 """An idle lease is kept this long (s), so a loop of ``get(f.remote())`` with work
 between the calls reuses its worker without asking the daemon each time; it is
 returned at once when the daemon says others wait for the CPU (LEASE_REVOKE)."""
-MAX_PIPELINE = 16
-"""Most tasks in flight on one leased worker, for tasks known to be short."""
-SHORT_TASK_S = 0.002
-"""Tasks whose mean run time is under this (s) are pipelined; longer ones go one
-at a time per worker so a second worker can take the next one."""
-MAX_LEASE_REQUESTS = 16
-"""Most lease requests one owner keeps outstanding per scheduling key."""
 
 
 class Task:
@@ -108,9 +107,11 @@ class TaskQueues:
         self.requests_out: dict[tuple, int] = collections.defaultdict(int)
         self.warned_shapes: set[tuple] = set()
         self.fn_sent: dict[str, set[bytes]] = collections.defaultdict(set)
-        self.fn_time: dict[bytes, float] = {}
+        self.run_times = RunTimes()
         self.revoke_until = 0.0
-        self.counters = collections.Counter()  # messages this owner sent, by type name (tests read them)
+        self.stale_grants = 0  # grants that crossed our withdrawal (returned at once); tests read it
+        self.request_delay = 0.0  # s before new lease requests go out (a worker's children: runtime.py)
+        self._deferred: set[tuple] = set()
 
     # ----------------------------------------------------------- submission
 
@@ -145,7 +146,7 @@ class TaskQueues:
                 if e is not None and e.is_error:
                     self.complete_with_error_of(t, e)
                     return
-        t.key = (t.shape, _hashable(t.strategy))
+        t.key = scheduling_key(t.shape, t.strategy, self.locality(t))
         self.queues.setdefault(t.key, collections.deque()).append(t)
         self.dispatch(t.key)
 
@@ -171,37 +172,42 @@ class TaskQueues:
 
     # ----------------------------------------------------------- dispatch
 
-    def _pipeline_depth(self, t: Task) -> int:
-        mean = self.fn_time.get(t.fn_id)
-        return MAX_PIPELINE if mean is not None and mean < SHORT_TASK_S else 1
-
     def dispatch(self, key: tuple) -> None:
-        """Push queued tasks of ``key`` to its leases; size its lease requests to what is left."""
+        """Push queued tasks of ``key`` to its leases (sched.pipeline.plan_pushes decides
+        which, so nothing waits behind a long task); size its lease requests to what is left."""
         q = self.queues.get(key)
-        if q:
-            for lease in self.leases.get(key, ()):
-                if not q:
-                    break
-                if lease.blocked:
-                    continue
-                depth = self._pipeline_depth(q[0])
-                n = depth - len(lease.inflight)
-                if n <= 0:
-                    continue
-                batch = []
-                while q and n > 0:
-                    t = q.popleft()
-                    if t.cancelled:
-                        continue
-                    batch.append(t)
-                    n -= 1
-                if batch:
-                    self._push(lease, batch)
-        self._size_requests(key, q)
+        while q and q[0].cancelled:
+            q.popleft()
+        leases = self.leases.get(key, ())
+        if q and leases:
+            short = self.run_times.is_short
+            slots = [(len(ls.inflight), depth_limit((short(t.fn_id) for t in ls.inflight.values()), ls.blocked))
+                     for ls in leases]
+            plan = plan_pushes([short(t.fn_id) for t in q], slots)
+            batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]
+            for lease, batch in batches:
+                self._push(lease, batch)
+        self._size_requests(key, q, leases)
 
-    def _size_requests(self, key: tuple, q: collections.deque | None) -> None:
+    def _size_requests(self, key: tuple, q: collections.deque | None, leases=()) -> None:
         queued = len(q) if q else 0
-        want = min(queued, MAX_LEASE_REQUESTS) - self.requests_out[key]
+        idle = sum(1 for ls in leases if not ls.inflight and not ls.blocked)
+        want = lease_requests_delta(queued, self.requests_out[key], idle)
+        if want > 0 and self.request_delay:
+            if key not in self._deferred:
+                self._deferred.add(key)
+                self.io.call_later(self.request_delay, self._deferred_requests, key)
+            return
+        self._send_requests(key, q, want)
+
+    def _deferred_requests(self, key: tuple) -> None:
+        self._deferred.discard(key)
+        q = self.queues.get(key)
+        leases = self.leases.get(key, ())
+        idle = sum(1 for ls in leases if not ls.inflight and not ls.blocked)
+        self._send_requests(key, q, lease_requests_delta(len(q) if q else 0, self.requests_out[key], idle))
+
+    def _send_requests(self, key: tuple, q: collections.deque | None, want: int) -> None:
         if want > 0:
             head = q[0]
             hints = {"locality": self.locality(head)}
@@ -210,8 +216,14 @@ class TaskQueues:
                 self.requests[req_id] = LeaseRequest(key, self.io.daemon_addr, head.shape, head.strategy)
                 self.requests_out[key] += 1
                 self._send(self.io.daemon_addr, Msg.REQUEST_LEASE, req_id, head.shape, head.strategy, hints)
+            for lease in [ls for ls in self.lease_by_id.values() if not ls.inflight and ls.key != key
+                          and ls.daemon == self.io.daemon_addr]:
+                self.return_lease(lease)  # an idle lease of ours must not hold up our own request
         elif want < 0:
             self.withdraw(key, -want)
+
+    def _waiting_at(self, daemon: str) -> bool:
+        return any(req.daemon == daemon for req in self.requests.values())
 
     def withdraw(self, key: tuple, n: int) -> None:
         """Cancel ``n`` of the key's outstanding lease requests, newest first."""
@@ -231,7 +243,6 @@ class TaskQueues:
         return where
 
     def _send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
-        self.counters[msg_type.name] += 1
         self.io.send(peer, msg_type, *fields, frames=frames)
 
     def arg_wire(self, item: tuple, frames: list) -> tuple:
@@ -284,7 +295,7 @@ class TaskQueues:
             t.dispatched = True
             out.append((self.spec_of(t, t.fn_bytes, frames), frames))
         for key in keys:
-            self._size_requests(key, self.queues.get(key))  # their lease requests are not needed now
+            self._size_requests(key, self.queues.get(key), self.leases.get(key, ()))  # not needed now
         return out
 
     # ----------------------------------------------------------- leases
@@ -293,7 +304,7 @@ class TaskQueues:
         _, req_id, lease_id, worker_addr, worker_id, gpu_ids = msg
         req = self.requests.pop(req_id, None)
         if req is None:  # withdrawn meanwhile: the grant crossed our cancel
-            self.counters["stale_grants"] += 1
+            self.stale_grants += 1
             self._send(sender, Msg.RETURN_LEASE, lease_id)
             return
         self.requests_out[req.key] -= 1
@@ -306,7 +317,8 @@ class TaskQueues:
             self.lease_idle(lease)
 
     def lease_idle(self, lease: Lease) -> None:
-        if self.revoke_until > time.monotonic():
+        if self.revoke_until > time.monotonic() or self._waiting_at(lease.daemon):
+            # We wait for another lease there ourselves: this worker is what it needs.
             self.return_lease(lease)
             return
         lease.idle_since = time.monotonic()
@@ -430,8 +442,7 @@ class TaskQueues:
                 lease.inflight.pop(task_id, None)
                 lease.blocked = False
                 touched.add(lease)
-                mean = self.fn_time.get(t.fn_id)
-                self.fn_time[t.fn_id] = duration if mean is None else 0.8 * mean + 0.2 * duration
+                self.run_times.record(t.fn_id, duration)
             elif t.actor_id is not None:
                 self.actors.call_done(t)
             if t.retry_exceptions and t.retries_left != 0 and returns and returns[0][3]:
@@ -507,7 +518,7 @@ class TaskQueues:
             if q is not None and t in q:
                 q.remove(t)
             self.fail(t, exc.TaskCancelledError(task_id=task_id.hex()))
-            self._size_requests(t.key, q)
+            self._size_requests(t.key, q, self.leases.get(t.key, ()))
             return
         lease = t.lease
         if lease is None:  # running inline in this process
@@ -519,7 +530,3 @@ class TaskQueues:
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
-
-
-def _hashable(strategy: Any) -> Any:
-    return tuple(strategy) if isinstance(strategy, list) else strategy

@@ -84,6 +84,12 @@ class Executor:
         if self.actor_id is not None:
             return
         core.post(core._send_daemon, Msg.BLOCKED)
+        back = self.take_queued_tasks()
+        if back:
+            core.bounce(back)
+
+    def take_queued_tasks(self) -> dict[str, list[bytes]]:
+        """Take the pushed tasks not started yet off the queue: {owner: [task ids]} (any thread)."""
         kept, back = [], {}
         while True:
             try:
@@ -96,8 +102,11 @@ class Executor:
                 kept.append(item)
         for item in kept:
             self.queue.put(item)
-        if back:
-            core.bounce(back)
+        return back
+
+    def running_task(self) -> bytes | None:
+        """The id of the task running now (None between tasks)."""
+        return self._current
 
     def on_unblock(self) -> None:
         if self.actor_id is None:

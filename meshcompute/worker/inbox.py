@@ -14,7 +14,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..observe.output import OUTPUT_FLUSH_S
+from ..sched.pipeline import SHORT_TASK_S
 from ..wire.messages import Msg
+
+PIPELINE_PATIENCE_S = 10 * SHORT_TASK_S
+"""Seconds a task may run while pushed tasks wait behind it on this worker.
+
+Owners pipeline only functions known to be short; one that runs this much
+longer than that turned long, and the tasks behind it go back to their owners
+(TASKS_BOUNCED), who give them to another worker instead of letting them wait."""
 
 
 class WorkerInbox:
@@ -52,6 +60,16 @@ class WorkerInbox:
             n = sum(a[2] for a in spec[4] if a[0] == "v")
             ex.queue.put(("task", sender, gpu_ids, spec, frames[pos: pos + n]))
             pos += n
+        running = ex.running_task()
+        if running is not None and ex.bounce_enabled:
+            self.io.call_later(PIPELINE_PATIENCE_S, self._check_pipeline, running)
+
+    def _check_pipeline(self, running: bytes) -> None:
+        """Tasks wait behind one that has run for PIPELINE_PATIENCE_S: hand them back."""
+        if self.executor.running_task() == running and not self._blocked():
+            back = self.executor.take_queued_tasks()
+            if back:
+                self.bounce(back)
 
     def on_actor_call(self, sender: str, msg: tuple, frames: list) -> None:
         self._activity()

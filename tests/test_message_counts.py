@@ -1,0 +1,115 @@
+"""The task path's message budget, counted message by message.
+
+Each test names a back-and-forth the runtime once had and holds the path to the
+count it needs now.  The counts come from the runtime's own counters of
+messages sent and received by type (``Core.sent`` / ``Core.received``).
+TASK_STATS (a timer while counters move) and WORKER_OUTPUT are left out: they
+are not on the task path.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import meshcompute as mesh
+from meshcompute.owner import context
+from meshcompute.wire.messages import Msg
+
+OFF_PATH = {Msg.TASK_STATS, Msg.WORKER_OUTPUT}
+
+
+def _snapshot(core) -> tuple[dict, dict]:
+    return dict(core.sent), dict(core.received)
+
+
+def _delta(core, before) -> dict[str, int]:
+    sent, received = before
+    out: dict[str, int] = {}
+    for now, then, tag in ((core.sent, sent, "sent"), (core.received, received, "received")):
+        for kind, n in now.items():
+            if kind not in OFF_PATH and n - then.get(kind, 0):
+                out[f"{tag} {Msg(kind).name}"] = n - then.get(kind, 0)
+    return out
+
+
+@mesh.remote
+def add_one(x):
+    return x + 1
+
+
+@mesh.remote
+def short_sleep(s):
+    time.sleep(s)
+    return s
+
+
+@mesh.remote
+def child(x):
+    return x * 2
+
+
+@mesh.remote
+def parent(x):
+    core = context.core
+    before = (dict(core.sent), dict(core.received))
+    value = mesh.get(child.remote(x))
+    return value, _delta(core, before)
+
+
+def test_warm_sync_task_costs_two_messages(fresh_node):
+    """Was: a lease kept 10 ms, so get(f.remote()) with work between calls paid
+    REQUEST_LEASE + LEASE_GRANTED + RETURN_LEASE per task."""
+    core = context.core
+    assert mesh.get(add_one.remote(0)) == 1  # warm: the worker has the function and a lease
+    before = _snapshot(core)
+    n = 20
+    for i in range(n):
+        assert mesh.get(add_one.remote(i)) == i + 1
+        time.sleep(0.02)  # the driver's own work between calls
+    assert _delta(core, before) == {"sent PUSH_TASKS": n, "received TASKS_DONE": n}
+
+
+def test_nested_child_run_inline_costs_no_message(fresh_node):
+    """Was: the inline child's result went to the worker's own inbox (TASKS_DONE to
+    self), then BLOCKED/UNBLOCKED to the daemon, and its lease request was granted
+    after the parent ended and returned again."""
+    mesh.get(parent.remote(1))  # warm
+    value, delta = mesh.get(parent.remote(21))
+    assert value == 42
+    assert delta == {}
+
+
+def test_batch_leaves_no_stale_grants(fresh_node):
+    """Was: after 40 tasks of 20 ms on 2 CPUs, 16 grants arrived for requests the
+    queue no longer needed and were returned at once."""
+    core = context.core
+    mesh.get(short_sleep.remote(0))
+    held = len(core.tasks.lease_by_id)
+    before = _snapshot(core)
+    assert mesh.get([short_sleep.remote(0.02) for _ in range(40)]) == [0.02] * 40
+    time.sleep(0.7)  # the idle leases go back
+    delta = _delta(core, before)
+    assert core.tasks.stale_grants == 0, delta
+    assert delta.get("received LEASE_GRANTED", 0) + held == delta.get("sent RETURN_LEASE", 0) <= 2, delta
+    assert not core.tasks.requests, "every lease request was granted or withdrawn"
+    # Was: LEASE_REVOKE went to the very owner whose own requests were waiting.
+    assert "received LEASE_REVOKE" not in delta, delta
+
+
+@pytest.mark.node_options(num_cpus=2)
+def test_long_task_never_waits_behind_another_while_a_cpu_is_free(fresh_node):
+    """Was: a batch of tasks of a function known to be short was pushed to one
+    worker; a call of it that turned long then held the ones behind it."""
+
+    @mesh.remote
+    def maybe_slow(s):
+        time.sleep(s)
+        return s
+
+    mesh.get([maybe_slow.remote(0) for _ in range(50)])  # known short now
+    start = time.monotonic()
+    refs = [maybe_slow.remote(1.0), maybe_slow.remote(1.0)]
+    mesh.get(refs)
+    assert time.monotonic() - start < 1.8, "the second call waited behind the first on one worker"
