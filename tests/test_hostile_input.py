@@ -47,12 +47,12 @@ def test_garbage_to_the_daemon_and_to_a_driver_is_survived():
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.IDENTITY, b"\xff\xfe not utf8 " + os.urandom(4))
-            sock.connect(core._ep.resolve(target))
+            sock.connect(core.io._ep.resolve(target))
             for frames in _garbage(rng) * 3:
                 sock.send_multipart(frames)
             sock2 = ctx.socket(zmq.DEALER)
             sock2.setsockopt(zmq.LINGER, 0)
-            sock2.connect(core._ep.resolve(target))
+            sock2.connect(core.io._ep.resolve(target))
             for _ in range(50):
                 sock2.send_multipart([rng.randbytes(rng.randrange(0, 300))])
             sock.close()

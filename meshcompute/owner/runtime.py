@@ -11,31 +11,27 @@ in its own module, called by this shell and never calling back into it:
 * :class:`~.store_client.StoreClient`: puts and zero-copy reads of the node's store;
 * in workers, :class:`~..worker.inbox.WorkerInbox`: tasks in, results out.
 
-They reach the outside only through :class:`~.io.OwnerIo`, which this class
-implements (``send``, ``forget``, ``call_later``, ``next_req_id``).
+They reach the outside only through :class:`~.io.OwnerIo`, which the I/O
+thread (:class:`~.io_thread.IoThread`: every socket, one loop) implements.
+This class is the process's API for the user-facing layer (api/): it turns
+calls from user threads into work posted to that thread.
 """
 
 from __future__ import annotations
 
-import collections
-import heapq
-import itertools
 import logging
 import os
 import threading
 import time
-import traceback
 from typing import Any
-
-import zmq
 
 from .. import exceptions as exc
 from ..observe.output import print_output
 from ..wire import ids
-from ..wire.messages import Msg, decode, describe, encode
+from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize, serialize
-from ..wire.transport import Endpoint, node_of
 from .actors import ActorCalls
+from .io_thread import IoThread
 from .object_ref import ObjectRef
 from .objects import READY, Entry, ObjectTable, Waiter
 from .store_client import StoreClient
@@ -80,26 +76,16 @@ class Core:
         self.namespace = namespace or ids.random_id()
         self.job_id = job_id
         self.pid = os.getpid()
-        self._ctx = zmq.Context(io_threads=1)
-        self._ctx.setsockopt(zmq.LINGER, 0)
-        self._ep = Endpoint(self._ctx, node_id, f"p_{self.worker_id}", session_dir, host=host, keys=keys)
-        self.address = self._ep.address
-        self._closed = False
-        self._cmds: collections.deque = collections.deque()
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._sleeping = False
-        self._replies: dict[int, Waiter] = {}
-        self._reply_fns: dict[int, Any] = {}  # req_id -> callback on the I/O thread
-        self._req_ids = itertools.count(1)
-        self._timers: list = []
+        self.io = io = IoThread(session_dir=session_dir, daemon_addr=daemon_addr, node_id=node_id,
+                                name=f"p_{self.worker_id}", host=host, keys=keys)
+        self.address = io.address
+        self.post = io.post
+        self.request = io.request
+        self.sent, self.received = io.sent, io.received
         self._blocked_depth = 0
-        # Messages sent and received, by type: a dict increment each, read by tests
-        # that hold the task path to its message budget (tests/test_message_counts.py).
-        self.sent: collections.Counter = collections.Counter()
-        self.received: collections.Counter = collections.Counter()
-        self.objects = ObjectTable(self, self._dependency_ready)
-        self.tasks = TaskQueues(self, self.objects)
-        self.actors = ActorCalls(self, self.tasks.fail)
+        self.objects = ObjectTable(io, self._dependency_ready)
+        self.tasks = TaskQueues(io, self.objects)
+        self.actors = ActorCalls(io, self.tasks.fail)
         self.tasks.actors = self.actors
         self.executor: Any = None  # set in workers, with attach_executor()
         self.worker: Any = None  # a worker's WorkerInbox
@@ -108,26 +94,21 @@ class Core:
         self._stats_sent: Any = None
         self.current_task_id: bytes | None = None
         self.current_actor_id: bytes | None = None
-        self._handlers = self._make_handlers()
-        self._early: list = []
+        io.handlers.update(self._handlers())
         # Register with the daemon before the I/O thread exists, on this thread.
-        reply = self._register()
+        reply = io.register(kind, self.pid, self.worker_id, self.namespace)
         (_, _node_id, store_path, self.store_capacity, _session, self.node_meta) = reply
         self.store = StoreClient(store_path, self.store_capacity, node_id, self.request_daemon,
                                  lambda oid: self._post_daemon(Msg.STORE_UNPIN, oid),
                                  lambda oid: self._post_daemon(Msg.STORE_SEAL, oid))
-        self._thread = threading.Thread(target=self._io_main, name="meshcompute-io", daemon=True)
 
-    def attach_executor(self, executor: Any, output: Any) -> None:
-        """Make this process a worker: ``executor`` runs what owners push here."""
-        from ..worker.inbox import WorkerInbox
-
+    def attach_worker(self, executor: Any, inbox: Any) -> None:
+        """Make this process a worker: ``executor`` runs what owners push to ``inbox``
+        (a WorkerInbox, worker/inbox.py), whose handlers join the I/O thread's."""
         self.executor = executor
-        self.worker = WorkerInbox(self, executor,
-                                  lambda msg, frames: self.tasks.on_tasks_done(self.address, msg, frames),
-                                  lambda: self._blocked_depth > 0, self._note_activity)
-        self.worker.output = output
-        self._handlers.update(self.worker.handlers())
+        self.worker = inbox
+        self.io.handlers.update(self.worker.handlers())
+        self.io.after_turn.append(self.worker.flush_if_any)
         # A task's children are first offered to the task itself: if it waits for
         # them at once, it runs them inline (wait_ready), and asking for a lease
         # would only be withdrawn again.
@@ -137,83 +118,29 @@ class Core:
     def output(self) -> Any:
         return self.worker.output if self.worker is not None else None
 
+    @property
+    def blocked(self) -> bool:
+        """Whether the task running here waits in get/wait (its CPU is lent out)."""
+        return self._blocked_depth > 0
+
+    @property
+    def _closed(self) -> bool:
+        return self.io.closed
+
     def start(self) -> None:
         """Start the I/O thread (workers first attach their executor)."""
-        self._thread.start()
-
-    # ------------------------------------------------------------------ OwnerIo
-
-    def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
-        self.sent[msg_type] += 1
-        self._ep.send(peer, [encode(msg_type, *fields), *frames])
-
-    def forget(self, peer: str) -> None:
-        self._ep.forget(peer)
-
-    def call_later(self, delay: float, fn, *args) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay, id(fn), fn, args))
-
-    def next_req_id(self) -> int:
-        return next(self._req_ids)
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _register(self) -> tuple:
-        self._ep.send(self.daemon_addr, [encode(Msg.REGISTER, self.kind, self.pid, self.worker_id, self.namespace)])
-        poller = zmq.Poller()
-        poller.register(self._ep.inbox, zmq.POLLIN)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if poller.poll(100):
-                frames = self._ep.inbox.recv_multipart(copy=False)
-                msg = decode(frames[1].bytes)
-                if msg[0] == Msg.REGISTERED:
-                    return msg
-                self._early.append(frames)  # handled once the I/O thread runs
-        raise exc.MeshError(f"the node daemon at {self.daemon_addr} did not answer within 30 s")
-
-    def post(self, fn, *args) -> None:
-        """Run ``fn(*args)`` on the I/O thread (thread-safe, non-blocking)."""
-        self._cmds.append((fn, args))
-        if self._sleeping:
-            try:
-                os.eventfd_write(self._wake_fd, 1)
-            except OSError:
-                pass
+        self.io.start()
 
     def _post_daemon(self, msg_type: Msg, *fields) -> None:
         """Send to our daemon from any thread (through the I/O thread)."""
-        if not self._closed:
-            self.post(self.send, self.daemon_addr, msg_type, *fields)
+        if not self.io.closed:
+            self.post(self.io.send, self.daemon_addr, msg_type, *fields)
 
     def _send_daemon(self, msg_type: Msg, *fields) -> None:
-        self.send(self.daemon_addr, msg_type, *fields)
-
-    def request(self, peer: str, msg_type: Msg, *fields, timeout: float | None = 60.0,
-                on_late: Any = None) -> Any:
-        """Send a request carrying a fresh req_id as first field; wait for its REPLY.
-
-        ``on_late(value)`` runs on the I/O thread if the answer comes after the timeout.
-        """
-        req_id = next(self._req_ids)
-        w = Waiter(1)
-        self._replies[req_id] = w
-        self.post(self.send, peer, msg_type, req_id, *fields)
-        if not w.event.wait(timeout):
-            if on_late is not None:
-                self.post(self._expect_late, req_id, w, on_late)
-            self._replies.pop(req_id, None)
-            raise exc.GetTimeoutError(f"no answer from {peer} to {msg_type.name} within {timeout} s")
-        return w.value
-
-    def _expect_late(self, req_id: int, w: Waiter, on_late: Any) -> None:
-        if w.event.is_set():  # it came while we were timing out
-            on_late(w.value)
-        else:
-            self._reply_fns[req_id] = on_late
+        self.io.send(self.daemon_addr, msg_type, *fields)
 
     def request_daemon(self, msg_type: Msg, *fields, timeout: float | None = 60.0, on_late: Any = None) -> Any:
-        return self.request(self.daemon_addr, msg_type, *fields, timeout=timeout, on_late=on_late)
+        return self.io.request(self.daemon_addr, msg_type, *fields, timeout=timeout, on_late=on_late)
 
     def gcs_request(self, op: tuple, timeout: float | None = None) -> Any:
         """A control store read or write through our daemon; returns its value.
@@ -235,7 +162,7 @@ class Core:
     def _io_gcs_promise(self, oid: bytes, op: tuple, timeout: float | None, convert: Any) -> None:
         e = Entry(True, self.address)
         self.objects.entries[oid] = e
-        req_id = next(self._req_ids)
+        req_id = self.io.next_req_id()
 
         def finish(answer: Any) -> None:
             try:
@@ -248,83 +175,12 @@ class Core:
             e.is_error = is_error
             self.objects.resolve(oid, e)
 
-        self._reply_fns[req_id] = finish
+        self.io.on_reply(req_id, finish)
         self._send_daemon(Msg.GCS_REQUEST, req_id, op, 1e9 if timeout is None else timeout)
 
-    def _io_main(self) -> None:
-        inboxes = self._ep.inboxes
-        poller = zmq.Poller()
-        for inbox in inboxes:
-            poller.register(inbox, zmq.POLLIN)
-        poller.register(self._wake_fd, zmq.POLLIN)
-        cmds = self._cmds
-        handlers = self._handlers
-        for frames in self._early:
-            self._dispatch(frames, handlers)
-        self._early = []
-        while not self._closed:
-            try:
-                while cmds:
-                    fn, args = cmds.popleft()
-                    fn(*args)
-                for inbox in inboxes:
-                    for _ in range(2000):
-                        try:
-                            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._dispatch(frames, handlers)
-                        while cmds:
-                            fn, args = cmds.popleft()
-                            fn(*args)
-                if self.worker is not None and self.worker.done_out:
-                    self.worker.flush()
-                timeout = 1000
-                if self._timers:
-                    now = time.monotonic()
-                    while self._timers and self._timers[0][0] <= now:
-                        _, _, fn, args = heapq.heappop(self._timers)
-                        fn(*args)
-                    if self._timers:
-                        timeout = max(0, int((self._timers[0][0] - now) * 1000) + 1)
-                if cmds:
-                    continue
-                self._sleeping = True
-                if cmds:
-                    self._sleeping = False
-                    continue
-                events = dict(poller.poll(timeout))
-                self._sleeping = False
-                if self._wake_fd in events:
-                    try:
-                        os.eventfd_read(self._wake_fd)
-                    except OSError:
-                        pass
-            except zmq.ContextTerminated:
-                return
-            except Exception:  # a bug must not kill the process's I/O
-                if self._closed:
-                    return
-                log.error("meshcompute I/O thread error:\n%s", traceback.format_exc())
-
-    def _dispatch(self, frames: list, handlers: dict) -> None:
-        sender = frames[0].bytes.decode()
-        try:
-            msg = decode(frames[1].bytes)
-        except Exception:
-            log.warning("dropped a malformed message from %s", sender)
-            return
-        handler = handlers.get(msg[0])
-        if handler is None:
-            log.warning("no handler for %s from %s", describe(msg), sender)
-            return
-        self.received[msg[0]] += 1
-        handler(sender, msg, frames[2:])
-
-    def _make_handlers(self) -> dict:
+    def _handlers(self) -> dict:
         objects, tasks, actors = self.objects, self.tasks, self.actors
         return {
-            Msg.REPLY: self._on_reply,
             Msg.LEASE_GRANTED: tasks.on_lease_granted,
             Msg.LEASE_INFEASIBLE: tasks.on_lease_infeasible,
             Msg.LEASE_REVOKE: tasks.on_lease_revoke,
@@ -342,52 +198,18 @@ class Core:
             Msg.WORKER_OUTPUT: self._on_worker_output,
         }
 
-    def _on_reply(self, sender, msg, frames) -> None:
-        fn = self._reply_fns.pop(msg[1], None)
-        if fn is not None:
-            fn(msg[2])
-            return
-        w = self._replies.pop(msg[1], None)
-        if w is not None:
-            w.value = msg[2]
-            w.event.set()
-
     def _on_node_state(self, sender, msg, frames) -> None:
         """A node died or left: what ran or waited there fails over."""
         _, node_id, state = msg
         reason = f"node {node_id} {'died' if state == 'dead' else 'left'}"
         self.tasks.on_node_gone(node_id, reason)
         self.actors.on_node_gone(node_id, reason)
-        for peer in [p for p in self._ep.out if node_of(p) == node_id]:
-            self._ep.forget(peer)
+        self.io.forget_node(node_id)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        done = threading.Event()
-
-        def _final():
-            # Return every lease so the daemon can reuse the workers at once.
-            self.tasks.return_all()
-            done.set()
-
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self.post(_final)
-            done.wait(2)
-        self._closed = True
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:
-            pass
-        if threading.current_thread() is not self._thread:
-            self._thread.join(2)
-        try:
-            self._ep.close(linger=200)
-            self._ctx.term()
-        except Exception:
-            pass
+        # Return every lease first, so the daemon can reuse the workers at once.
+        self.io.close(final=self.tasks.return_all)
         self.store.close()
-        os.close(self._wake_fd)
 
     # ------------------------------------------------------------- ref counting
 
@@ -428,10 +250,8 @@ class Core:
             if ref._owner == carrier_owner:
                 self.post(self.objects.add_borrow, ref._id, ref._owner)
             else:
-                req_id = next(self._req_ids)
-                w = Waiter(1)
-                self._replies[req_id] = w
-                waits.append(w)
+                req_id = self.io.next_req_id()
+                waits.append(self.io.expect_reply(req_id))
                 self.post(self.objects.add_borrow, ref._id, ref._owner, req_id)
         for w in waits:
             w.event.wait(10)
@@ -454,7 +274,7 @@ class Core:
         if self.executor is not None and self.executor.can_inline():
             # Run our own children that are still queued here instead of waiting
             # for a worker to take them (a fork-join pool's "help while waiting").
-            stolen = self._on_io(self.tasks.steal, [r._id for r in pending])
+            stolen = self.io.call(self.tasks.steal, [r._id for r in pending])
             if stolen:
                 for spec, frames in stolen:
                     self.executor.run_inline(spec, frames)
@@ -471,18 +291,6 @@ class Core:
         self.post(self.objects.unwatch, pending, w)
         ready.update(w.done_ids)
         return ready
-
-    def _on_io(self, fn, *args) -> Any:
-        """Run ``fn(*args)`` on the I/O thread and return its value (user thread)."""
-        w = Waiter(1)
-
-        def run() -> None:
-            w.value = fn(*args)
-            w.event.set()
-
-        self.post(run)
-        w.event.wait()
-        return w.value
 
     def wait_all_reporting(self, refs: list, timeout: float | None, tick: float, report) -> bool:
         """Wait until every ref is ready, calling ``report(n_ready)`` every ``tick`` s
@@ -630,7 +438,7 @@ class Core:
         return refs
 
     def _io_submit(self, t: Task) -> None:
-        self._note_activity()
+        self.note_activity()
         self.tasks.submit(t)
 
     def _dependency_ready(self, t: Task) -> None:
@@ -648,10 +456,9 @@ class Core:
         """Create an actor through our daemon, or the peer it sends us to."""
         daemon = self.daemon_addr
         for _ in range(3):
-            req_id = next(self._req_ids)
+            req_id = self.io.next_req_id()
             spec["req_id"] = req_id
-            w = Waiter(1)
-            self._replies[req_id] = w
+            w = self.io.expect_reply(req_id)
             self.post(self.actors.create, actor_id, spec, frames, daemon)
             if not w.event.wait(60):
                 raise exc.MeshError("the node daemon did not answer the actor creation within 60 s")
@@ -683,10 +490,10 @@ class Core:
 
     # ---------------------------------------------------------- observability
 
-    def _note_activity(self) -> None:
+    def note_activity(self) -> None:
         if not self._stats_armed:
             self._stats_armed = True
-            self.call_later(STATS_PERIOD_S, self._send_stats)
+            self.io.call_later(STATS_PERIOD_S, self._send_stats)
 
     def task_stats(self) -> dict:
         """Tasks this process runs (a worker) and holds queued (any owner)."""
@@ -704,7 +511,7 @@ class Core:
         if stats != self._stats_sent:
             self._stats_sent = stats
             self._send_daemon(Msg.TASK_STATS, stats)
-            self._note_activity()  # look once more: the counters are still moving
+            self.note_activity()  # look once more: the counters are still moving
 
     def _on_worker_output(self, sender, msg, frames) -> None:
         lines = msg[1]
@@ -721,7 +528,7 @@ class Core:
             self.worker.on_timeline(sender, msg, frames)
             return
         lane = {"node_id": self.node_id, "pid": self.pid, "worker_id": self.worker_id, "events": []}
-        self.send(sender, Msg.REPLY, msg[1], lane)
+        self.io.send(sender, Msg.REPLY, msg[1], lane)
 
     # ------------------------------------------------------------------- info
 

@@ -53,7 +53,7 @@ class PlacementGroup:
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """Block until the group is ready; False if it is not within ``timeout_seconds``."""
-        from .. import get
+        from ..api.session import get
         from ..exceptions import GetTimeoutError
 
         try:

@@ -103,6 +103,10 @@ class WorkerInbox:
         else:
             batch.append((result, frames))
 
+    def flush_if_any(self) -> None:
+        if self.done_out:
+            self.flush()
+
     def flush(self) -> None:
         """Send this turn's results, one TASKS_DONE per owner (after the lines they printed)."""
         output = self.output

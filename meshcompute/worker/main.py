@@ -34,6 +34,7 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
         pass
     from ..owner.runtime import Core
     from .executor import Executor
+    from .inbox import WorkerInbox
 
     with open(os.path.join(session_dir, "daemon.addr")) as f:
         daemon_addr = f.read().strip()
@@ -41,7 +42,11 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
                 host=host, keys=keys_for_session(session_dir), worker_id=worker_id)
     context.core = core
     executor = Executor(core)
-    core.attach_executor(executor, shipper)
+    inbox = WorkerInbox(core.io, executor,
+                        lambda msg, frames: core.tasks.on_tasks_done(core.address, msg, frames),
+                        lambda: core.blocked, core.note_activity)
+    inbox.output = shipper
+    core.attach_worker(executor, inbox)
     shipper.attach(core, executor)
     core.start()
     executor.run()
