@@ -3,6 +3,12 @@
     python bench/bench.py              # both (Ray when installed: pip install .[bench])
     python bench/bench.py --only mesh  # one framework
     python bench/bench.py --json out.json
+    python bench/bench.py --baseline ../old-checkout   # also meshcompute from another checkout
+
+With ``--baseline DIR`` a third column runs the same workloads with meshcompute
+imported from DIR (a checkout of an earlier commit, say), in the same run, so a
+change is measured against what it replaces under the same machine load;
+"vs base" is how many times better this checkout is than that one.
 
 Each framework runs in a fresh subprocess with its default settings, as a user
 would call it (``init()`` with no arguments).  The same code drives both: only
@@ -212,10 +218,13 @@ def run_suite(name: str, repeat: int, quick: bool) -> dict:
     return dict(out)
 
 
-def _run_child(name: str, repeat: int, quick: bool, timeout: float) -> dict:
+def _run_child(name: str, repeat: int, quick: bool, timeout: float, pythonpath: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--repeat", str(repeat)] + (["--quick"] if quick else [])
+    env = dict(os.environ)
+    if pythonpath:  # meshcompute from another checkout (its daemons inherit the path)
+        env["PYTHONPATH"] = os.path.abspath(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         stdout, stderr = proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as e:
         stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -250,6 +259,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--timeout", type=float, default=1200, help="seconds allowed to each framework")
+    p.add_argument("--baseline", help="also run meshcompute imported from this checkout (a column 'base')")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -263,6 +273,7 @@ def main() -> None:
             print("Ray is not installed (pip install .[bench]); running meshcompute alone.")
             names = ["mesh"]
     results = {n: _run_child(n, args.repeat, args.quick, args.timeout) for n in names}
+    base_r = _run_child("mesh", args.repeat, args.quick, args.timeout, args.baseline) if args.baseline else {}
     ray_version = None
     if "ray" in names:
         import ray
@@ -271,6 +282,8 @@ def main() -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"ray {ray_version or 'n/a'}; {time.strftime('%Y-%m-%d')}\n")
     header = f"{'workload':52} {'unit':>8} {'meshcompute':>12} {'ray':>12} {'ratio':>8}"
+    if args.baseline:
+        header += f" {'base':>12} {'vs base':>8}"
     print(header)
     print("-" * len(header))
     mesh_r, ray_r = results.get("mesh") or {}, results.get("ray") or {}
@@ -279,11 +292,16 @@ def main() -> None:
         ratio = None
         if m and r:
             ratio = (m / r) if higher else (r / m)
-        print(f"{label:52} {unit:>8} {_fmt(m):>12} {_fmt(r):>12} {(_fmt(ratio) + 'x') if ratio else '-':>8}")
+        line = f"{label:52} {unit:>8} {_fmt(m):>12} {_fmt(r):>12} {(_fmt(ratio) + 'x') if ratio else '-':>8}"
+        if args.baseline:
+            b = base_r.get(key)
+            vs = ((m / b) if higher else (b / m)) if m and b else None
+            line += f" {_fmt(b):>12} {(_fmt(vs) + 'x') if vs else '-':>8}"
+        print(line)
     print(f"{'processes at the end':52} {'':>8} {_fmt(mesh_r.get('processes')):>12} {_fmt(ray_r.get('processes')):>12}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "ray_version": ray_version, "date": time.strftime("%Y-%m-%d"),
+            json.dump({"results": results, "baseline": base_r, "ray_version": ray_version, "date": time.strftime("%Y-%m-%d"),
                        "cpus": os.cpu_count()}, f, indent=2)
 
 

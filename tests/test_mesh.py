@@ -18,6 +18,7 @@ import zmq
 import meshcompute as mesh
 from meshcompute.host.launcher import start_node, stop_node
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from meshcompute.wire.messages import Msg
 
 from .conftest import loopback_mesh, pid_alive, wait_for
 
@@ -93,6 +94,38 @@ def test_large_array_from_node_a_is_consumed_bit_exact_on_node_c(mesh3):
 
     back = mesh.get(make.options(scheduling_strategy=pinned).remote(30 * MiB // 8), timeout=60)
     assert back[-1] == 30 * MiB // 8 - 1 and back.sum() == (30 * MiB // 8) * (30 * MiB // 8 - 1) // 2
+
+
+@mesh.remote
+def make_block(mib):
+    return np.ones(mib * MiB, dtype=np.uint8)
+
+
+@mesh.remote
+def block_sum(arr):
+    return int(arr.sum()), mesh.get_runtime_context().get_node_id()
+
+
+def test_task_runs_where_its_argument_lives_with_one_lease_round_trip(mesh3):
+    """Was: the owner asked its own daemon, which answered "ask B" (LEASE_SPILLBACK)."""
+    from meshcompute.owner import context
+
+    b = mesh3["ids"][1]
+    pinned = NodeAffinitySchedulingStrategy(node_id=b, soft=False)
+    block = make_block.options(scheduling_strategy=pinned).remote(4)
+    mesh.wait([block])
+    core = context.core
+    assert wait_for(lambda: b in core.tasks.nodes, timeout=5), "the driver never learned node B's daemon"
+    sent, received = dict(core.sent), dict(core.received)
+
+    def delta(now, then, kind):
+        return now.get(kind, 0) - then.get(kind, 0)
+
+    total, node = mesh.get(block_sum.remote(block), timeout=30)
+    assert (total, node) == (4 * MiB, b)
+    assert delta(core.sent, sent, Msg.REQUEST_LEASE) == 1
+    assert delta(core.received, received, Msg.LEASE_GRANTED) == 1
+    assert delta(core.received, received, Msg.LEASE_SPILLBACK) == 0
 
 
 def test_actors_are_placed_across_nodes_and_keep_their_order(mesh3):

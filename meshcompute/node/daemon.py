@@ -229,6 +229,7 @@ class Daemon:
         self.pulls: dict[bytes, Pull] = {}
         self.spilled_to: dict[str, tuple[float, int]] = {}  # peer -> (last time, recent count)
         self.spread_counts: dict[str, int] = {}  # SPREAD placements per node
+        self.announced: dict[str, str] = {}  # peer node id -> daemon address our processes were told
         self.gone_nodes: dict[str, float] = {}  # dead/left peers -> when to release what they hold here
         self.copy_holders: dict[bytes, set[str]] = {}  # daemons that pulled our primaries
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
@@ -413,9 +414,19 @@ class Daemon:
             if ev.kind in (EventKind.DEAD, EventKind.LEFT):
                 self.node_gone(ev.node, ev.kind.value)
             changed = True
+        self.announce_nodes()
         self.monitor.on_member_events(events)
         if changed:
             self.schedule()
+
+    def announce_nodes(self) -> None:
+        """Tell our processes each alive peer's daemon address (NODE_STATE "alive"), once per
+        change: owners ask the daemon of a node they choose (affinity, locality) directly."""
+        for p in self.peer_views().values():
+            if p.state in ("alive", "suspect") and p.address and self.announced.get(p.node_id) != p.address:
+                self.announced[p.node_id] = p.address
+                for addr in [a for a in self.processes if node_of(a) == self.node_id]:
+                    self.send(addr, Msg.NODE_STATE, p.node_id, "alive", p.address)
 
     def node_gone(self, node_id: str, state: str) -> None:
         """A peer died or left.
@@ -430,7 +441,8 @@ class Daemon:
         self.monitor.node_gone(node_id, state)
         for addr in list(self.processes):
             if node_of(addr) == self.node_id:
-                self.send(addr, Msg.NODE_STATE, node_id, state)
+                self.send(addr, Msg.NODE_STATE, node_id, state, None)
+        self.announced.pop(node_id, None)
         for p in [p for p in self.pulls.values() if node_of(p.source) == node_id]:
             self._finish_pull(p, ok=False)
         self.gone_nodes[node_id] = time.monotonic() + NODE_CLEANUP_GRACE_S
@@ -485,7 +497,6 @@ class Daemon:
             Msg.STORE_FREE: self.on_store_free,
             Msg.KILL_WORKER: self.on_kill_worker,
             Msg.NODE_INFO: self.on_node_info,
-            Msg.SHUTDOWN: self.on_shutdown,
             Msg.GOSSIP: self.on_gossip,
             Msg.PULL_CHUNK: self.on_pull_chunk,
             Msg.CHUNK_DATA: self.on_chunk_data,
@@ -517,7 +528,7 @@ class Daemon:
         _, kind, pid, worker_id, namespace = msg
         self.processes[sender] = pid
         self.send(sender, Msg.REGISTERED, self.node_id, self.store_path, self.store_capacity,
-                  self.session_dir, {"resources": self.total})
+                  self.session_dir, {"resources": self.total, "nodes": dict(self.announced)})
         if kind == "worker":
             w = self.workers.get(worker_id)
             if w is None:
@@ -1373,9 +1384,6 @@ class Daemon:
                 "spill_bytes": obj.spill_bytes,
             })
         return out
-
-    def on_shutdown(self, sender: str, msg: tuple, frames: list) -> None:
-        self.running = False
 
     def stop(self) -> None:
         """Leave the mesh, stop every worker, remove the node's shared memory, spill files

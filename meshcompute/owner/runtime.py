@@ -98,6 +98,7 @@ class Core:
         # Register with the daemon before the I/O thread exists, on this thread.
         reply = io.register(kind, self.pid, self.worker_id, self.namespace)
         (_, _node_id, store_path, self.store_capacity, _session, self.node_meta) = reply
+        self.tasks.nodes.update(self.node_meta.get("nodes", {}))  # alive peers' daemons, kept by NODE_STATE
         self.store = StoreClient(store_path, self.store_capacity, node_id, self.request_daemon,
                                  lambda oid: self._post_daemon(Msg.STORE_UNPIN, oid),
                                  lambda oid: self._post_daemon(Msg.STORE_SEAL, oid))
@@ -199,8 +200,12 @@ class Core:
         }
 
     def _on_node_state(self, sender, msg, frames) -> None:
-        """A node died or left: what ran or waited there fails over."""
-        _, node_id, state = msg
+        """A node joined (its daemon's address, for lease requests) or died or left:
+        what ran or waited there fails over."""
+        _, node_id, state, address = msg
+        self.tasks.on_node_state(node_id, state, address)
+        if state == "alive":
+            return
         reason = f"node {node_id} {'died' if state == 'dead' else 'left'}"
         self.tasks.on_node_gone(node_id, reason)
         self.actors.on_node_gone(node_id, reason)
@@ -371,13 +376,20 @@ class Core:
         ``timeout`` bounds the whole read, a pull from another node included
         (None: a local read waits up to 60 s, a pull as long as it makes progress).
         """
-        if timeout is None and (not node or node == self.node_id):
+        remote = bool(node) and node != self.node_id
+        if timeout is None and not remote:
             timeout = 60.0
         unpin = self.store._unpin
-        value, new_borrows = self.store.read(
-            oid, node, size, timeout,
-            on_late=lambda answer: unpin(oid) if isinstance(answer, tuple) and not isinstance(answer[0], str)
-            else None)
+        if remote:
+            self._block()  # a worker lends its CPU while the bytes travel (and hands back queued tasks)
+        try:
+            value, new_borrows = self.store.read(
+                oid, node, size, timeout,
+                on_late=lambda answer: unpin(oid) if isinstance(answer, tuple) and not isinstance(answer[0], str)
+                else None)
+        finally:
+            if remote:
+                self._unblock()
         if new_borrows:
             self.register_borrows(new_borrows, owner)
         return value

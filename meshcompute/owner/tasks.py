@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from .. import exceptions as exc
-from ..sched.keys import scheduling_key
+from ..sched.keys import lease_target, scheduling_key
 from ..sched.pipeline import RunTimes, depth_limit, lease_requests_delta, plan_pushes
 from ..wire import ids
 from ..wire.messages import Msg
@@ -112,6 +112,7 @@ class TaskQueues:
         self.stale_grants = 0  # grants that crossed our withdrawal (returned at once); tests read it
         self.request_delay = 0.0  # s before new lease requests go out (a worker's children: runtime.py)
         self._deferred: set[tuple] = set()
+        self.nodes: dict[str, str] = {}  # alive peer node id -> its daemon's address (NODE_STATE)
 
     # ----------------------------------------------------------- submission
 
@@ -210,17 +211,31 @@ class TaskQueues:
     def _send_requests(self, key: tuple, q: collections.deque | None, want: int) -> None:
         if want > 0:
             head = q[0]
-            hints = {"locality": self.locality(head)}
+            daemon = self.daemon_for(key)
+            # A request sent past our own daemon counts as placed: that daemon grants or waits.
+            hints = {"locality": self.locality(head), "spilled": daemon != self.io.daemon_addr}
             for _ in range(want):
                 req_id = self.io.next_req_id()
-                self.requests[req_id] = LeaseRequest(key, self.io.daemon_addr, head.shape, head.strategy)
+                self.requests[req_id] = LeaseRequest(key, daemon, head.shape, head.strategy)
                 self.requests_out[key] += 1
-                self._send(self.io.daemon_addr, Msg.REQUEST_LEASE, req_id, head.shape, head.strategy, hints)
+                self._send(daemon, Msg.REQUEST_LEASE, req_id, head.shape, head.strategy, hints)
             for lease in [ls for ls in self.lease_by_id.values() if not ls.inflight and ls.key != key
-                          and ls.daemon == self.io.daemon_addr]:
+                          and ls.daemon == daemon]:
                 self.return_lease(lease)  # an idle lease of ours must not hold up our own request
         elif want < 0:
             self.withdraw(key, -want)
+
+    def daemon_for(self, key: tuple) -> str:
+        """The daemon to ask for a lease of ``key``: the owner chooses from what it knows
+        (sched.keys.lease_target), so affinity and locality cost no spillback."""
+        node = lease_target(key, self.io.node_id, self.nodes)
+        return self.nodes.get(node, self.io.daemon_addr)
+
+    def on_node_state(self, node_id: str, state: str, address: str | None) -> None:
+        if state == "alive" and address:
+            self.nodes[node_id] = address
+        else:
+            self.nodes.pop(node_id, None)
 
     def _waiting_at(self, daemon: str) -> bool:
         return any(req.daemon == daemon for req in self.requests.values())
@@ -253,7 +268,7 @@ class TaskQueues:
         ref = item[1]
         e = self.objects.entries[ref._id]
         if e.loc is not None:
-            return ("s", ref._id, e.loc[0], e.loc[1], e.owner, e.node)
+            return ("s", ref._id, e.loc[1], e.owner, e.node)  # the reader's pin says where it is now
         v = e.value
         frames.extend(v.buffers)
         return ("v", v.meta, len(v.buffers))
@@ -428,7 +443,7 @@ class TaskQueues:
     def on_tasks_done(self, sender: str, msg: tuple, frames: list) -> None:
         pos = 0
         touched = set()
-        for task_id, returns, duration, status in msg[1]:
+        for task_id, returns, duration in msg[1]:
             t = self.tasks.pop(task_id, None)
             if t is None:  # cancelled or already failed: only frames to skip
                 for r in returns:
@@ -445,9 +460,8 @@ class TaskQueues:
                 self.run_times.record(t.fn_id, duration)
             elif t.actor_id is not None:
                 self.actors.call_done(t)
-            if t.retry_exceptions and t.retries_left != 0 and returns and returns[0][3]:
-                status = self._retryable(t, returns[0], frames[pos:])
-            if status == "retry" and t.retries_left != 0:
+            if (t.retry_exceptions and t.retries_left != 0 and returns and returns[0][3]
+                    and self._retryable(t, returns[0], frames[pos:])):
                 t.retries_left -= 1
                 for r in returns:
                     if r[0] == "v":
@@ -487,21 +501,19 @@ class TaskQueues:
             if not lease.inflight:
                 self.lease_idle(lease)
 
-    def _retryable(self, t: Task, r: tuple, frames: list) -> str:
+    def _retryable(self, t: Task, r: tuple, frames: list) -> bool:
         """Does this user exception qualify for a retry under retry_exceptions?"""
         if r[0] != "v":
-            return "ok"
+            return False
         try:
             err = deserialize(r[1], frames[: r[2]])
         except Exception:
-            return "ok"
+            return False
         cause = getattr(err, "cause", None)
         if not isinstance(err, exc.TaskError) or cause is None:
-            return "ok"
+            return False
         allowed = t.retry_exceptions
-        if allowed is True or (isinstance(allowed, (list, tuple)) and isinstance(cause, tuple(allowed))):
-            return "retry"
-        return "ok"
+        return allowed is True or (isinstance(allowed, (list, tuple)) and isinstance(cause, tuple(allowed)))
 
     # ----------------------------------------------------------- cancel
 

@@ -15,14 +15,15 @@ Modules:
 * ``views``: ``NodeView``, what placement knows of a node.
 * ``placement``: the daemon's choice of node for a lease request
   (``choose_node``, SPREAD turns, locality, affinity, placement groups).
-* ``keys``: ``scheduling_key``, which tasks an owner may queue together.
+* ``keys``: ``scheduling_key``, which tasks an owner may queue together, and
+  ``lease_target``, which daemon it asks for their lease.
 * ``pipeline``: the owner's choice of lease for queued tasks
   (``plan_pushes``), run time means, how many lease requests to keep out.
 
 Imports only the standard library and these modules.
 """
 
-from .keys import preferred_node, scheduling_key
+from .keys import lease_target, preferred_node, scheduling_key
 from .pipeline import (
     MAX_LEASE_REQUESTS,
     MAX_PIPELINE,
@@ -48,5 +49,5 @@ __all__ = [
     "MAX_LEASE_REQUESTS", "MAX_PIPELINE", "SHORT_TASK_S", "NodeView", "PlacementRequest", "RecentSends",
     "ResourcePool", "RunTimes", "Shape", "SpreadCursor", "choose_node", "depth_limit", "feasible",
     "feasible_anywhere", "fits", "group_target", "lease_requests_delta", "local_view", "normalize_shape",
-    "normalize_strategy", "plan_pushes", "preferred_node", "scheduling_key",
+    "lease_target", "normalize_strategy", "plan_pushes", "preferred_node", "scheduling_key",
 ]

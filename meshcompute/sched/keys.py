@@ -13,13 +13,13 @@ matter), so a lease placed for one is placed right for the other.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Container, Hashable, Mapping
 from typing import Any
 
 from .placement import LOCALITY_MIN_BYTES, normalize_strategy
 from .resources import Shape
 
-__all__ = ["LOCALITY_MIN_BYTES", "preferred_node", "scheduling_key"]
+__all__ = ["LOCALITY_MIN_BYTES", "lease_target", "preferred_node", "scheduling_key"]
 
 
 def preferred_node(locality: Mapping[str, int]) -> str | None:
@@ -47,3 +47,26 @@ def scheduling_key(shape: Shape, strategy: Any, locality: Mapping[str, int]) -> 
     strategy = normalize_strategy(strategy)
     node = preferred_node(locality) if strategy is None else None
     return (tuple(shape), strategy, node)
+
+
+def lease_target(key: tuple, here: str, alive: Container[str]) -> str:
+    """The node whose daemon an owner asks for a lease of ``key`` (Ray's locality-aware lease policy).
+
+    The owner knows where its tasks' arguments are and what they asked for, so
+    it asks the right daemon first instead of its own, which would only answer
+    "ask that one" (a spillback round trip): a node named by affinity (a
+    ``node:<id>`` resource or a ``("node", id, soft)`` strategy), else the
+    key's preferred node by argument bytes, when that node is ``alive``; in
+    every other case ``here``, whose daemon places the request (SPREAD,
+    placement groups, load).
+    """
+    shape, strategy, preferred = key
+    for name, _ in shape:
+        if name.startswith("node:"):
+            node = name[len("node:"):]
+            return node if node in alive else here
+    if isinstance(strategy, tuple) and strategy[0] == "node":
+        return strategy[1] if strategy[1] in alive else here
+    if preferred is not None and preferred in alive:
+        return preferred
+    return here

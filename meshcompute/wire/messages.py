@@ -51,7 +51,7 @@ class Msg(IntEnum):
     BECOME_ACTOR = 23  # daemon hands a fresh worker an actor to construct
     ACTOR_READY = 24  # worker reports its actor constructed (or failed)
     REPLY = 25  # generic answer to a request carrying req_id
-    SHUTDOWN = 26
+    # 26 retired (SHUTDOWN: nothing sent it; a node stops on SIGTERM)
     CANCEL_LEASE_REQUEST = 27
     # process <-> process
     PUSH_TASKS = 40  # owner pushes a batch of task specs to a leased worker
@@ -66,7 +66,7 @@ class Msg(IntEnum):
     RELEASE_HANDOFF = 49  # owner of a result took its own hold on the refs inside
     # daemon <-> daemon, daemon -> process
     GOSSIP = 50  # one SWIM packet (its own safe encoding, see gossip/messages.py)
-    NODE_STATE = 51  # daemon tells its processes a node died or left
+    NODE_STATE = 51  # daemon tells its processes a node joined (with its daemon's address), died or left
     LEASE_SPILLBACK = 52  # "ask that daemon instead": the shape runs better elsewhere
     PULL_CHUNK = 53  # a daemon asks the holder of an object for one chunk of it
     CHUNK_DATA = 54  # the chunk (one data frame), or an error
@@ -114,7 +114,6 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.BECOME_ACTOR: ("actor_id", "spec", "restarts"),
     Msg.ACTOR_READY: ("actor_id", "error"),
     Msg.REPLY: ("req_id", "value"),
-    Msg.SHUTDOWN: ("reason",),
     Msg.CANCEL_LEASE_REQUEST: ("req_id",),
     Msg.PUSH_TASKS: ("lease_id", "gpu_ids", "tasks"),
     Msg.TASKS_DONE: ("results",),
@@ -127,7 +126,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.REMOVE_BORROWER: ("object_ids",),
     Msg.RELEASE_HANDOFF: ("task_id",),
     Msg.GOSSIP: ("packet",),
-    Msg.NODE_STATE: ("node_id", "state"),
+    Msg.NODE_STATE: ("node_id", "state", "address"),
     Msg.LEASE_SPILLBACK: ("req_id", "daemon_addr", "node_id"),
     Msg.PULL_CHUNK: ("object_id", "offset", "length"),
     Msg.CHUNK_DATA: ("object_id", "offset", "compressed", "error"),

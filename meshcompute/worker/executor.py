@@ -163,7 +163,7 @@ class Executor:
                 if ctx.new_borrows:
                     core.register_borrows(ctx.new_borrows, carrier)
             elif kind == "s":
-                out.append(self._read_arg(a[1], a[4], a[5], a[3]))
+                out.append(self._read_arg(a[1], a[3], a[4], a[2]))
             else:  # "r": an actor call's argument, fetched from its owner
                 ref = ObjectRef(a[1], a[2])
                 out.append(core.get([ref])[0])
@@ -202,7 +202,6 @@ class Executor:
             self.last_sink = sink
         self.tasks_started += 1
         start = time.perf_counter()
-        status = "ok"
         fn = None
         try:
             fn = self._load_fn(fn_id, fn_bytes)
@@ -234,7 +233,7 @@ class Executor:
             self.log_ctx = saved_ctx
             if core.output is not None:
                 core.output.end_of_task(sink)
-        self._finish(owner, task_id, return_ids, num_returns, result, error, duration, status)
+        self._finish(owner, task_id, return_ids, num_returns, result, error, duration)
 
     def _wrap(self, name: str, e: BaseException) -> exc.TaskError:
         tb = traceback.format_exc()
@@ -242,7 +241,7 @@ class Executor:
             return e  # a nested failure keeps its original traceback
         return exc.TaskError(name, tb, e, os.getpid(), self.core.node_id)
 
-    def _finish(self, owner, task_id, return_ids, num_returns, result, error, duration, status) -> None:
+    def _finish(self, owner, task_id, return_ids, num_returns, result, error, duration) -> None:
         core = self.core
         if error is not None:
             values = [error] * len(return_ids)
@@ -279,11 +278,11 @@ class Executor:
                 frames.extend(ser.buffers)
             else:
                 returns.append(("s", where[1], where[2], ser.is_error, core.node_id, contained))
-        core.send_done(owner, (task_id, returns, duration, status), frames, handoff or None)
+        core.send_done(owner, (task_id, returns, duration), frames, handoff or None)
 
     def _send_error(self, owner: str, spec: tuple, error: BaseException) -> None:
         task_id, return_ids, num_returns = spec[0], spec[-1], spec[-2]
-        self._finish(owner, task_id, return_ids, num_returns, None, error, 0.0, "ok")
+        self._finish(owner, task_id, return_ids, num_returns, None, error, 0.0)
 
     # ---------------------------------------------------------- observability
 
@@ -360,7 +359,7 @@ class Executor:
         if task_id in self._cancelled:
             self._cancelled.discard(task_id)
             self._finish(caller, task_id, call[5], call[4], None,
-                         exc.TaskCancelledError(task_id=task_id.hex()), 0.0, "ok")
+                         exc.TaskCancelledError(task_id=task_id.hex()), 0.0)
             return
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._call_async(caller, call, frames), self._loop)
@@ -400,7 +399,7 @@ class Executor:
         duration = time.perf_counter() - start
         self.tasks_finished += 1
         self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
-        self._finish(caller, task_id, return_ids, num_returns, result, error, duration, "ok")
+        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
     async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
@@ -423,7 +422,7 @@ class Executor:
             duration = time.perf_counter() - start
             self.tasks_finished += 1
             self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
-        self._finish(caller, task_id, return_ids, num_returns, result, error, duration, "ok")
+        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
 
 def _call(fn: Any, args: list, kw_names: tuple) -> Any:

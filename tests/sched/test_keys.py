@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshcompute.sched.keys import LOCALITY_MIN_BYTES, preferred_node, scheduling_key
+from meshcompute.sched.keys import LOCALITY_MIN_BYTES, lease_target, preferred_node, scheduling_key
 
 MiB = 1 << 20
 CPU1 = (("CPU", 1.0),)
@@ -50,3 +50,25 @@ def test_scheduling_key(one, two, same):
     k1, k2 = scheduling_key(*one), scheduling_key(*two)
     assert (k1 == k2) is same
     assert len({k1, k2}) == (1 if same else 2)  # keys are hashable dictionary keys
+
+
+LT_HERE, LT_B, LT_C = "here", "nodeB", "nodeC"
+
+
+@pytest.mark.parametrize("key, alive, expected", [
+    # affinity names the node: ask its daemon directly (no spillback round trip)
+    (((("CPU", 1.0), ("node:nodeB", 0.001)), None, None), {LT_B}, LT_B),
+    (((("CPU", 1.0),), ("node", LT_B, False), None), {LT_B}, LT_B),
+    (((("CPU", 1.0),), ("node", LT_B, True), None), {LT_B}, LT_B),
+    # the named node is not alive: our own daemon decides (waits, or soft falls back)
+    (((("CPU", 1.0), ("node:nodeB", 0.001)), None, None), {LT_C}, LT_HERE),
+    (((("CPU", 1.0),), ("node", LT_B, True), None), set(), LT_HERE),
+    # locality: the node holding the arguments
+    (((("CPU", 1.0),), None, LT_C), {LT_B, LT_C}, LT_C),
+    (((("CPU", 1.0),), None, LT_C), {LT_B}, LT_HERE),
+    # SPREAD and plain tasks: our daemon places them
+    (((("CPU", 1.0),), "SPREAD", None), {LT_B, LT_C}, LT_HERE),
+    (((("CPU", 1.0),), None, None), {LT_B, LT_C}, LT_HERE),
+])
+def test_lease_target(key, alive, expected):
+    assert lease_target(key, LT_HERE, alive) == expected
