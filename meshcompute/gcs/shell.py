@@ -19,10 +19,12 @@ import os
 import time
 import traceback
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ..raft import Message
-from ..sched.bundles import MARKER_UNITS, bundle_keys, group_of
+from ..sched.bundles import bundle_keys, group_of
 from ..wire.messages import Msg
 from ..wire.transport import parse_address
 from .codec import message_from_wire, message_to_wire
@@ -43,12 +45,38 @@ REQUEST_TIMEOUT_S = 10.0
 BACKGROUND_TIMEOUT_S = 120.0
 
 
+class BundleResources(Protocol):
+    """The node's resource pool as far as bundles go (node/resources.py's ResourcePool)."""
+
+    def fits(self, shape: tuple) -> bool: ...
+
+    def public_available(self) -> dict: ...
+
+    def add_bundle(self, pg_id: str, index: int, bundle: dict) -> None: ...
+
+    def remove_bundle(self, pg_id: str, index: int, bundle: dict, last_here: bool) -> None: ...
+
+
+@dataclass(frozen=True)
+class NodeLink:
+    """Everything the control store shell uses of its node, and nothing more."""
+
+    node_id: str
+    session_dir: str
+    send: Callable[..., None]  # send(address, Msg, *fields): one message from the node's socket
+    peer_views: Callable[[], dict]  # gossip's view of the other nodes, by node id
+    resources: BundleResources
+    stop_work_using: Callable[[set, str], None]  # kill work holding these resources (a bundle went away)
+    create_actor: Callable[[str, tuple, list], None]  # handle a parked CREATE_ACTOR again
+    schedule: Callable[[], None]  # a scheduling pass, after bundles changed what is free
+
+
 class Control:
-    def __init__(self, daemon: Any, voters: int | None) -> None:
+    def __init__(self, node: NodeLink, voters: int | None) -> None:
         """``voters``: this node starts a new mesh with that many voters; None: it joins one."""
-        self.d = daemon
+        self.node = node
         self.server = GcsServer(
-            daemon.node_id, os.path.join(daemon.session_dir, "gcs"),
+            node.node_id, os.path.join(node.session_dir, "gcs"),
             bootstrap={"voters": voters} if voters is not None else None,
             send_raft=self._send_raft, send_forward=self._send_forward, on_applied=self._on_applied)
         self.addresses: dict[int, str] = {}  # raft id -> daemon address (learned from senders, gossip)
@@ -65,7 +93,7 @@ class Control:
         addr = self.addresses.get(raft_id)
         if addr is not None:
             return addr
-        for p in self.d.peer_views().values():
+        for p in self.node.peer_views().values():
             rid = raft_id_of(p.node_id)
             self.server.node_names.setdefault(rid, p.node_id)
             if p.address:
@@ -76,19 +104,19 @@ class Control:
         addr = self._address(to)
         if addr is not None:
             try:
-                self.d.send(addr, Msg.RAFT, message_to_wire(m))
+                self.node.send(addr, Msg.RAFT, message_to_wire(m))
             except Exception as e:  # noqa: BLE001 - a bad gossiped address must not stop Raft
                 log.warning("cannot send a Raft message to %s: %s", addr, e)
 
     def _send_forward(self, to: int, uid: bytes, op: tuple) -> None:
         addr = self._address(to)
         if addr is not None:
-            self.d.send(addr, Msg.GCS_FORWARD, uid, op)
+            self.node.send(addr, Msg.GCS_FORWARD, uid, op)
 
     def _from_daemon(self, sender: str) -> str | None:
         """The node id of a peer daemon that sent this, else None (not a daemon of another node)."""
         node, name, _ = parse_address(sender)
-        if name != "daemon" or not node or node == self.d.node_id:
+        if name != "daemon" or not node or node == self.node.node_id:
             return None
         return node
 
@@ -108,14 +136,14 @@ class Control:
     def on_gcs_request(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, op, timeout = msg
         if not isinstance(op, tuple) or not op:
-            self.d.reply(sender, req_id, ("error", "a control store request is a non-empty tuple"))
+            self.reply(sender, req_id, ("error", "a control store request is a non-empty tuple"))
             return
         if op[0] == "pg_wait":
             self.pg_waiters[op[1]].append((sender, req_id))
             self._answer_pg_waiters()
             return
         t = REQUEST_TIMEOUT_S if timeout is None else max(0.0, float(timeout))
-        self.server.submit(op, lambda status, value: self.d.reply(sender, req_id, (status, value)), t)
+        self.server.submit(op, lambda status, value: self.reply(sender, req_id, (status, value)), t)
 
     def on_gcs_forward(self, sender: str, msg: tuple, frames: list) -> None:
         if self._from_daemon(sender) is None:
@@ -123,7 +151,7 @@ class Control:
         _, uid, op = msg
         if not isinstance(uid, bytes) or not isinstance(op, tuple) or not op:
             return
-        self.server.submit(op, lambda status, value: self.d.send(sender, Msg.GCS_ANSWER, uid, status, value),
+        self.server.submit(op, lambda status, value: self.node.send(sender, Msg.GCS_ANSWER, uid, status, value),
                            REQUEST_TIMEOUT_S, uid=uid, forwarded_in=True)
 
     def on_gcs_answer(self, sender: str, msg: tuple, frames: list) -> None:
@@ -131,6 +159,17 @@ class Control:
             return
         _, uid, status, value = msg
         self.server.on_answer(uid, status, value)
+
+    def reply(self, peer: str, req_id: int, value: Any) -> None:
+        self.node.send(peer, Msg.REPLY, req_id, value)
+
+    def submit(self, op: tuple, done: Callable[[str, Any], None], timeout: float) -> None:
+        """A request whose answer ``done(status, value)`` waits for (name claims and lookups)."""
+        self.server.submit(op, done, timeout)
+
+    def park(self, sender: str, msg: tuple, frames: list) -> None:
+        """Keep an actor creation until its placement group is reserved (handled again then)."""
+        self.parked.append((sender, msg, frames))
 
     def write(self, op: tuple, timeout: float = BACKGROUND_TIMEOUT_S) -> None:
         """A write nobody waits for (actor states, jobs, bundle acks)."""
@@ -154,7 +193,7 @@ class Control:
         if server.raft.lead == 0:
             # Not in the group yet (or it has no leader): gossip names the leader.
             best = None
-            for p in self.d.peer_views().values():
+            for p in self.node.peer_views().values():
                 g = p.gcs
                 if (g and g[0] == "leader" and isinstance(g[1], int) and p.state in ("alive", "suspect")
                         and (best is None or g[1] > best[0])):
@@ -169,12 +208,12 @@ class Control:
             log.error("control store error (the node keeps serving):\n%s", traceback.format_exc())
         if server.leader_work_due(now):
             views = []
-            for p in self.d.peer_views().values():
+            for p in self.node.peer_views().values():
                 alive = p.state in ("alive", "suspect")
                 since, left = self.gone_since.get(p.node_id, (now, p.state == "left"))
                 views.append(NodeView(p.node_id, alive, 0.0 if alive else now - since, left, p.available))
             try:
-                server.leader_work(now, views, self.d.public_available(), DEAD_GRACE_S)
+                server.leader_work(now, views, self.node.resources.public_available(), DEAD_GRACE_S)
             except Exception:
                 log.error("control store leader duty failed:\n%s", traceback.format_exc())
         if self.pgs_changed:
@@ -187,10 +226,10 @@ class Control:
             parked, self.parked = self.parked, []
             for sender, msg, frames in parked:
                 try:
-                    self.d.on_create_actor(sender, msg, frames)  # parks again if still not reserved
+                    self.node.create_actor(sender, msg, frames)  # parks again if still not reserved
                 except Exception:
                     log.error("dropped a parked actor creation from %s:\n%s", sender, traceback.format_exc())
-            self.d.schedule()
+            self.node.schedule()
 
     def seconds_to_tick(self, now: float) -> float:
         return self.server.seconds_to_tick(now)
@@ -215,13 +254,13 @@ class Control:
 
     def reconcile_bundles(self) -> None:
         """Make the bundles reserved here match the committed placement groups."""
-        d = self.d
+        node_id = self.node.node_id
         pgs = self.server.state.pgs
         want = {}
         for pg in pgs.values():
             if pg.holds():
                 for i, node in pg.nodes.items():
-                    if node == d.node_id:
+                    if node == node_id:
                         want[(pg.pg_id, i)] = pg
         for key in [k for k in self.bundles if k not in want]:
             self._release_bundle(key)
@@ -233,13 +272,13 @@ class Control:
                 shape = tuple(sorted((k, v) for k, v in pg.bundles[i].items() if v > 0))
                 if (pg_id, pg.attempt, i) in self.answered:
                     continue  # refused for this attempt already
-                ok = d.fits(shape)
+                ok = self.node.resources.fits(shape)
                 if ok:
                     self._reserve_bundle(pg_id, i, pg.bundles[i])
                 else:
                     reasons[(pg_id, pg.attempt, False)] = (
-                        f"node {d.node_id} could not reserve bundle {i} {pg.bundles[i]} "
-                        f"(free: {self.d.public_available()}); retrying")
+                        f"node {node_id} could not reserve bundle {i} {pg.bundles[i]} "
+                        f"(free: {self.node.resources.public_available()}); retrying")
             if i in pg.acked or (pg_id, pg.attempt, i) in self.answered:
                 continue
             self.answered.add((pg_id, pg.attempt, i))
@@ -256,24 +295,15 @@ class Control:
                 self.answered -= {(pg_id, attempt, i) for i in indexes}
                 self.pgs_changed = True
 
-        op = ("pg_ack", pg_id, attempt, self.d.node_id, indexes, ok, reason)
+        op = ("pg_ack", pg_id, attempt, self.node.node_id, indexes, ok, reason)
         self.server.submit(op, done, BACKGROUND_TIMEOUT_S)
 
     def _reserve_bundle(self, pg_id: str, index: int, bundle: dict) -> None:
-        d = self.d
-        for k, v in bundle.items():
-            d.available[k] = d.available.get(k, 0.0) - v
-        extra = dict(bundle)
-        extra["bundle"] = MARKER_UNITS
-        for k, v in extra.items():
-            for gk in bundle_keys(pg_id, index, k):
-                d.total[gk] = d.total.get(gk, 0.0) + v
-                d.available[gk] = d.available.get(gk, 0.0) + v
+        self.node.resources.add_bundle(pg_id, index, bundle)
         self.bundles[(pg_id, index)] = dict(bundle)
         log.info("reserved bundle %d of placement group %s: %s", index, pg_id, bundle)
 
     def _release_bundle(self, key: tuple[str, int]) -> None:
-        d = self.d
         pg_id, index = key
         bundle = self.bundles.pop(key)
         last_here = not any(k[0] == pg_id for k in self.bundles)
@@ -281,19 +311,8 @@ class Control:
         doomed = {bundle_keys(pg_id, index, "bundle")[0]}
         if last_here:
             doomed.add(bundle_keys(pg_id, index, "bundle")[1])
-        d.stop_work_using(doomed, f"its placement group {pg_id} was removed or re-placed")
-        extra = dict(bundle)
-        extra["bundle"] = MARKER_UNITS
-        for k, v in extra.items():
-            for gk in bundle_keys(pg_id, index, k):
-                for table in (d.total, d.available):
-                    left = table.get(gk, 0.0) - v
-                    if left <= 1e-9 or (last_here and gk.endswith(f"_group_{pg_id}")):
-                        table.pop(gk, None)
-                    else:
-                        table[gk] = left
-        for k, v in bundle.items():
-            d.available[k] = d.available.get(k, 0.0) + v
+        self.node.stop_work_using(doomed, f"its placement group {pg_id} was removed or re-placed")
+        self.node.resources.remove_bundle(pg_id, index, bundle, last_here)
         log.info("released bundle %d of placement group %s", index, pg_id)
 
     def _answer_pg_waiters(self) -> None:
@@ -305,7 +324,7 @@ class Control:
             status = "ok" if pg.state == "CREATED" else "error"
             value = pg.record() if pg.state == "CREATED" else f"placement group {pg_id} was removed"
             for sender, req_id in self.pg_waiters.pop(pg_id):
-                self.d.reply(sender, req_id, (status, value))
+                self.reply(sender, req_id, (status, value))
 
     def group_state(self, pg_id: str) -> str:
         pg = self.server.state.pgs.get(pg_id)
@@ -322,8 +341,8 @@ class Control:
             return None  # not reserved yet: wait here until it is
         if index >= 0:
             node = pg.nodes.get(index)
-            return None if node == self.d.node_id else node
+            return None if node == self.node.node_id else node
         nodes = sorted(set(pg.nodes.values()))
-        if self.d.node_id in nodes or not nodes:
+        if self.node.node_id in nodes or not nodes:
             return None
         return nodes[hash(shape) % len(nodes)]

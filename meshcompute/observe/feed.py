@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,9 +76,26 @@ class PeerFeed:
     actors: set = field(default_factory=set)  # keys of the peer's actors
 
 
+@dataclass(frozen=True)
+class FeedSource:
+    """Everything the feed reads from (and does through) its node, and nothing more."""
+
+    node_id: str
+    address: Callable[[], str]
+    send: Callable[..., None]  # send(address, Msg, *fields)
+    forget: Callable[[str], None]  # close the connection to an address
+    is_local_process: Callable[[str], bool]  # registered with this daemon
+    peer_views: Callable[[], dict]  # gossip's view of the other nodes, by node id
+    control_status: Callable[[], dict]
+    actors: Callable[[], Iterable[Any]]  # the node's Actor records (node/actors.py)
+    actor_pid: Callable[[Any], int | None]
+    pids: Callable[[], list[int]]  # the node's processes besides the daemon (zygote, workers)
+    usage: Callable[[], dict]  # resources, store, task counters: see NodeDaemon.usage
+
+
 class MonitorFeed:
-    def __init__(self, daemon: Any) -> None:
-        self.d = daemon
+    def __init__(self, node: FeedSource) -> None:
+        self.node = node
         self.subs: dict[str, Subscriber] = {}
         self.seq = {"mesh": 0, "node": 0}
         self.state: dict[str, Any] = {}
@@ -122,7 +140,7 @@ class MonitorFeed:
         self.subs[sender] = Subscriber(sender, scope, ttl, now + ttl)
         if scope == "mesh":
             self._start_peer_feeds(now)
-        self.d.send(sender, Msg.MONITOR_SNAPSHOT, req_id, self.seq[scope], self.view(scope))
+        self.node.send(sender, Msg.MONITOR_SNAPSHOT, req_id, self.seq[scope], self.view(scope))
 
     def on_unsubscribe(self, sender: str) -> None:
         self.drop(sender)
@@ -131,11 +149,11 @@ class MonitorFeed:
         sub = self.subs.pop(addr, None)
         if sub is None:
             return
-        d = self.d
+        d = self.node
         # Close the connection to a client that is not one of ours (mesh top on
         # any host); peer daemons and local processes keep theirs.
-        if sub.scope == "mesh" and addr not in d.processes and node_of(addr) not in d.peer_views():
-            d.ep.forget(addr)
+        if sub.scope == "mesh" and not d.is_local_process(addr) and node_of(addr) not in d.peer_views():
+            d.forget(addr)
         if not self.has("mesh"):
             self._stop_peer_feeds()
         if not self.subs:
@@ -164,9 +182,9 @@ class MonitorFeed:
 
     def _own(self, key: str, value: Any) -> bool:
         if key.startswith("node/"):
-            return key[5:] == self.d.node_id
+            return key[5:] == self.node.node_id
         if key.startswith("actor/"):
-            return bool(value) and value.get("node") == self.d.node_id
+            return bool(value) and value.get("node") == self.node.node_id
         return False
 
     def _set(self, key: str, value: Any, urgent: bool = False) -> None:
@@ -185,11 +203,11 @@ class MonitorFeed:
         self.state.clear()
         self.pending.clear()
         psutil.cpu_percent(None)  # starts the host CPU measurement interval
-        self._set(f"node/{self.d.node_id}", self._sample_self())
-        self._set("control", self.d.control_status())
-        for p in self.d.peer_views().values():
+        self._set(f"node/{self.node.node_id}", self._sample_self())
+        self._set("control", self.node.control_status())
+        for p in self.node.peer_views().values():
             self._set(f"node/{p.node_id}", self._peer_record(p))
-        for a in self.d.actors.values():
+        for a in self.node.actors():
             self._set(f"actor/{a.actor_id.hex()}", self._actor_record(a))
         self._trim_dead_actors()
         self.pending.clear()  # all of it is in the first snapshot
@@ -210,11 +228,10 @@ class MonitorFeed:
             self._set(f"actor/{a.actor_id.hex()}", self._actor_record(a), urgent=True)
 
     def _actor_record(self, a: Any) -> dict:
-        w = self.d.workers.get(a.worker_id) if a.worker_id else None
         return {
             "actor_id": a.actor_id.hex(), "name": a.name or "", "class": a.spec.get("class_name", "?"),
-            "node": self.d.node_id, "state": a.state, "restarts": a.restarts,
-            "pid": w.pid if w is not None and w.pid else None, "namespace": a.namespace,
+            "node": self.node.node_id, "state": a.state, "restarts": a.restarts,
+            "pid": self.node.actor_pid(a), "namespace": a.namespace,
             "reason": a.reason if a.state == "DEAD" else "",
         }
 
@@ -227,7 +244,7 @@ class MonitorFeed:
         """GPU utilisation in percent through NVML when it is installed (else None)."""
         if not self._gpu_checked:
             self._gpu_checked = True
-            if self.d.total.get("GPU"):
+            if self.node.usage()["total"].get("GPU"):
                 try:
                     import pynvml  # type: ignore[import-not-found]
 
@@ -246,8 +263,8 @@ class MonitorFeed:
             return None
 
     def _sample_self(self) -> dict:
-        d = self.d
-        pids = [os.getpid(), getattr(d, "zygote_pid", 0)] + [w.pid for w in d.workers.values() if w.pid]
+        d = self.node
+        pids = [os.getpid()] + d.pids()
         cores = 0.0
         rss = 0
         seen = set()
@@ -267,14 +284,15 @@ class MonitorFeed:
         for pid in [p for p in self._procs if p not in seen]:
             del self._procs[pid]
         vm = psutil.virtual_memory()
-        store = d.store
+        u = d.usage()
+        store = u["store"]
         # Coarse steps, so that an idle node's record stays the same and its feed
         # goes quiet (heartbeats only) instead of sending noise twice a second.
         mib8 = 8 << 20
-        total, avail = d.total, d.available
+        total, avail = u["total"], u["available"]
         return {
             "node_id": d.node_id,
-            "address": d.address,
+            "address": d.address(),
             "state": "alive",
             "pid": os.getpid(),
             "cpu": {"node_cores": round(cores, 1), "host_percent": 5 * round(psutil.cpu_percent(None) / 5),
@@ -285,13 +303,11 @@ class MonitorFeed:
             "gpu": {"total": total.get("GPU", 0.0),
                     "allocated": round(total.get("GPU", 0.0) - avail.get("GPU", 0.0), 3),
                     "util": self._gpu_util()},
-            "store": {"used": store.allocator.used, "capacity": store.capacity,
-                      "spilled_bytes": store.spilled_bytes, "spilled_objects": store.spilled_objects,
-                      "objects": len(store.objects)},
-            "tasks": d.task_totals(),
-            "workers": len(d.workers),
-            "actors": sum(1 for a in d.actors.values() if a.state == "ALIVE"),
-            "pending_leases": len(d.pending),
+            "store": store,
+            "tasks": u["tasks"],
+            "workers": u["workers"],
+            "actors": sum(1 for a in d.actors() if a.state == "ALIVE"),
+            "pending_leases": u["pending_leases"],
             "resources_total": {k: v for k, v in total.items() if not k.startswith("node:")},
             "resources_available": {k: round(max(0.0, v), 3) for k, v in avail.items()
                                     if not k.startswith("node:")},
@@ -321,19 +337,19 @@ class MonitorFeed:
         return self._req_ids
 
     def _start_peer_feeds(self, now: float) -> None:
-        for p in self.d.peer_views().values():
+        for p in self.node.peer_views().values():
             if p.state in ("alive", "suspect") and p.address and p.node_id not in self.peers:
                 self._subscribe_peer(p.node_id, p.address, now)
 
     def _subscribe_peer(self, node_id: str, addr: str, now: float) -> None:
         feed = PeerFeed(node_id, addr, self._next_req(), last_heard=now, last_renew=now)
         self.peers[node_id] = feed
-        self.d.send(addr, Msg.MONITOR_SUBSCRIBE, feed.req_id, "node", DEFAULT_TTL_S)
+        self.node.send(addr, Msg.MONITOR_SUBSCRIBE, feed.req_id, "node", DEFAULT_TTL_S)
 
     def _stop_peer_feeds(self) -> None:
         for feed in self.peers.values():
             try:
-                self.d.send(feed.addr, Msg.MONITOR_UNSUBSCRIBE)
+                self.node.send(feed.addr, Msg.MONITOR_UNSUBSCRIBE)
             except Exception:  # noqa: BLE001 - best effort
                 pass
         self.peers.clear()
@@ -382,7 +398,7 @@ class MonitorFeed:
             if key == f"node/{feed.node_id}":
                 feed.record = value or {}
                 self._fed_last[feed.node_id] = feed.record
-                p = self.d.peer_views().get(feed.node_id)
+                p = self.node.peer_views().get(feed.node_id)
                 if p is not None:
                     self._set(key, self._peer_record(p))
             elif key.startswith("actor/"):
@@ -397,10 +413,10 @@ class MonitorFeed:
             return
         from ..gossip import EventKind
 
-        views = self.d.peer_views()
+        views = self.node.peer_views()
         now = time.monotonic()
         for ev in events:
-            if ev.node == self.d.node_id:
+            if ev.node == self.node.node_id:
                 continue
             p = views.get(ev.node)
             if p is not None:
@@ -431,12 +447,12 @@ class MonitorFeed:
                 self._last_sent[scope] = now
                 for sub in list(self.subs.values()):
                     if sub.scope == scope:
-                        self.d.send(sub.addr, Msg.MONITOR_HEARTBEAT, self.seq[scope])
+                        self.node.send(sub.addr, Msg.MONITOR_HEARTBEAT, self.seq[scope])
 
     def _sample(self, now: float) -> None:
-        self._set(f"node/{self.d.node_id}", self._sample_self())
-        self._set("control", self.d.control_status())
-        views = self.d.peer_views()
+        self._set(f"node/{self.node.node_id}", self._sample_self())
+        self._set("control", self.node.control_status())
+        views = self.node.peer_views()
         for p in views.values():
             self._set(f"node/{p.node_id}", self._peer_record(p))
         for node_id, feed in list(self.peers.items()):
@@ -448,7 +464,7 @@ class MonitorFeed:
                 self._subscribe_peer(node_id, p.address or feed.addr, now)
             elif now - feed.last_renew >= HEARTBEAT_S:
                 feed.last_renew = now
-                self.d.send(feed.addr, Msg.MONITOR_SUBSCRIBE, None, "node", DEFAULT_TTL_S)
+                self.node.send(feed.addr, Msg.MONITOR_SUBSCRIBE, None, "node", DEFAULT_TTL_S)
         if self.has("mesh"):
             self._start_peer_feeds(now)
         self._trim_dead_actors()
@@ -469,4 +485,4 @@ class MonitorFeed:
             self.seq[scope] += 1
             self._last_sent[scope] = now
             for sub in subs:
-                self.d.send(sub.addr, Msg.MONITOR_UPDATE, self.seq[scope], part)
+                self.node.send(sub.addr, Msg.MONITOR_UPDATE, self.seq[scope], part)

@@ -1,0 +1,198 @@
+"""Leases: pending requests, grants, returns, CPU lent by blocked workers, revocation.
+
+An owner asks for a worker of a resource shape (REQUEST_LEASE), gets one
+(LEASE_GRANTED) and pushes tasks to it directly until it returns the lease
+(RETURN_LEASE).  See docs/protocol.md for the messages.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..sched.bundles import group_of
+from ..wire.messages import Msg
+from .placement import Placement
+from .resources import ResourcePool
+from .workers import Worker, WorkerPool
+
+REVOKE_EVERY_S = 0.005
+"""At most one round of LEASE_REVOKE per this long (s) while requests are stuck."""
+
+
+@dataclass
+class Lease:
+    lease_id: bytes
+    owner: str
+    worker_id: str
+    shape: tuple
+    gpu_ids: tuple
+    released_cpu: float = 0.0  # CPU lent out while the worker is blocked
+
+
+@dataclass
+class LeaseRequest:
+    owner: str
+    req_id: int
+    shape: tuple
+    strategy: Any = None
+    hints: dict = field(default_factory=dict)
+    warned: bool = False
+    revoked: bool = False
+
+
+class LeaseTable:
+    """Owns the lease requests waiting here and the leases granted here.
+
+    Invariants:
+      * every Lease holds its shape (and GPU ids) acquired from the resource
+        pool, minus ``released_cpu`` while its worker is blocked; returning or
+        losing the lease releases exactly that;
+      * a leased worker's ``lease_id`` names its Lease, and only a worker in
+        state "leased" is handed back to "idle" by a return;
+      * ``pending`` keeps arrival order; a request leaves it when granted,
+        spilled back, cancelled, or when its owner is gone.
+    """
+
+    def __init__(self, resources: ResourcePool, workers: WorkerPool, placement: Placement,
+                 send: Callable[..., None], schedule: Callable[[], None]) -> None:
+        self.resources = resources
+        self.workers = workers
+        self.placement = placement
+        self.send = send
+        self.schedule = schedule  # the node's scheduling pass, after anything freed resources
+        self.leases: dict[bytes, Lease] = {}
+        self.pending: collections.deque[LeaseRequest] = collections.deque()
+        self._last_revoke = 0.0
+
+    # ---------------------------------------------------------------- messages
+
+    def on_request_lease(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, shape, strategy, hints = msg
+        req = LeaseRequest(sender, req_id, tuple(shape), strategy=strategy, hints=hints or {})
+        target = self.placement.choose(req.shape, req.strategy, req.hints)
+        if target is not None:
+            self.spillback(req, target)
+            return
+        if (group_of(req.shape) is None and not self.resources.feasible(req.shape)
+                and not self.placement.feasible_somewhere(req.shape)):
+            req.warned = True
+            self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.resources.largest_node())
+        self.pending.append(req)
+        self.schedule()
+
+    def spillback(self, req: LeaseRequest, peer: Any) -> None:
+        self.placement.note_sent(peer.node_id)
+        self.send(req.owner, Msg.LEASE_SPILLBACK, req.req_id, peer.address, peer.node_id)
+
+    def on_cancel_lease_request(self, sender: str, msg: tuple, frames: list) -> None:
+        self.pending = collections.deque(r for r in self.pending if not (r.owner == sender and r.req_id == msg[1]))
+
+    def on_return_lease(self, sender: str, msg: tuple, frames: list) -> None:
+        lease = self.leases.pop(msg[1], None)
+        if lease is None:
+            return
+        self.resources.release(lease.shape, lease.gpu_ids, lease.released_cpu)
+        w = self.workers.workers.get(lease.worker_id)
+        if w is not None and w.state == "leased":
+            w.state, w.lease_id, w.blocked = "idle", None, False
+            w.idle_since = time.monotonic()
+        self.schedule()
+
+    def on_blocked(self, sender: str, msg: tuple, frames: list) -> None:
+        w = self.workers.by_addr.get(sender)
+        if w is None or w.lease_id is None or w.blocked:
+            return
+        lease = self.leases.get(w.lease_id)
+        if lease is None:
+            return
+        cpu = dict(lease.shape).get("CPU", 0.0)
+        w.blocked = True
+        lease.released_cpu = cpu
+        self.resources.lend_cpu(cpu)
+        self.schedule()
+
+    def on_unblocked(self, sender: str, msg: tuple, frames: list) -> None:
+        w = self.workers.by_addr.get(sender)
+        if w is None or not w.blocked:
+            return
+        w.blocked = False
+        lease = self.leases.get(w.lease_id) if w.lease_id else None
+        if lease is not None:
+            # May go below zero for a moment: the unblocked task runs now, and new
+            # leases wait until the count is back above their shape.
+            self.resources.take_back_cpu(lease.released_cpu)
+            lease.released_cpu = 0.0
+
+    # ----------------------------------------------------------------- events
+
+    def worker_exited(self, w: Worker, reason: str) -> None:
+        """A leased worker died: release its lease and tell the owner (unless we killed it)."""
+        if w.lease_id is None:
+            return
+        lease = self.leases.pop(w.lease_id, None)
+        if lease is not None:
+            self.resources.release(lease.shape, lease.gpu_ids, lease.released_cpu)
+            if not w.expected_exit:
+                self.send(lease.owner, Msg.WORKER_DIED, lease.lease_id, w.worker_id, reason)
+
+    def owner_gone(self, addr: str) -> None:
+        """The owner is gone: its tasks' results have nowhere to go, so its workers are killed."""
+        for lease in [ls for ls in self.leases.values() if ls.owner == addr]:
+            self.workers.kill(lease.worker_id, expected=True)
+        self.pending = collections.deque(r for r in self.pending if r.owner != addr)
+
+    def stop_work_using(self, resources: set[str]) -> None:
+        """Kill the leased workers holding any of these resources (a bundle that went away)."""
+        for lease in list(self.leases.values()):
+            if any(k in resources for k, _ in lease.shape):
+                self.workers.kill(lease.worker_id)
+
+    # ------------------------------------------------------------- scheduling
+
+    def grant(self, idle: list[Worker], may_spill: bool) -> int:
+        """Grant what fits to idle workers, spill back what fits elsewhere, revoke idle leases
+        if requests are stuck.  Returns how many workers the grants still need."""
+        needs_worker = 0
+        still: collections.deque[LeaseRequest] = collections.deque()
+        # What is left after the requests already waiting for a worker to start.
+        spare = self.resources.free_copy()
+        for req in self.pending:
+            if not self.resources.fits(req.shape, spare):
+                target = self.placement.choose(req.shape, req.strategy, req.hints) if may_spill else None
+                if target is not None:
+                    self.spillback(req, target)
+                    continue
+                still.append(req)
+                continue
+            if not idle:
+                needs_worker += 1
+                for k, v in req.shape:
+                    spare[k] = spare.get(k, 0.0) - v
+                still.append(req)
+                continue
+            for k, v in req.shape:
+                spare[k] = spare.get(k, 0.0) - v
+            w = idle.pop()
+            gpu_ids = self.resources.acquire(req.shape)
+            lease_id = os.urandom(8)
+            self.leases[lease_id] = Lease(lease_id, req.owner, w.worker_id, req.shape, gpu_ids)
+            w.state, w.lease_id = "leased", lease_id
+            self.send(req.owner, Msg.LEASE_GRANTED, req.req_id, lease_id, w.addr, w.worker_id, gpu_ids)
+        self.pending = still
+        # Requests that fit the node but not what is free: idle leases may hold it.
+        now = time.monotonic()
+        if len(still) > needs_worker and now - self._last_revoke > REVOKE_EVERY_S:
+            waiting = {req.owner for req in still if self.resources.feasible(req.shape)}
+            if waiting:
+                self._last_revoke = now
+                # Only others' requests justify a revoke: an owner waiting for a
+                # lease of its own hands back idle ones without being told.
+                for owner in {ls.owner for ls in self.leases.values()}:
+                    if waiting - {owner}:
+                        self.send(owner, Msg.LEASE_REVOKE, len(waiting - {owner}))
+        return needs_worker

@@ -1,0 +1,103 @@
+"""The STORE_* messages, answered from the store table.
+
+The table (meshcompute/store/table.py) decides everything about objects; this
+service only turns messages into table calls and the table's replies into
+messages, and remembers which peer daemons pulled copies of our primaries (so
+that freeing a primary frees them too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from ..store.table import StoreFull, StoreTable
+from ..wire.messages import Msg
+
+
+class StoreService:
+    """Owns the store table of this node and the record of copies pulled from it.
+
+    Invariants:
+      * every reply the table returns is sent, in order, right after the call
+        that produced it;
+      * ``copy_holders[oid]`` lists the daemons that pulled a copy of our
+        primary ``oid``; they hear STORE_FREE when it is freed here.
+    """
+
+    def __init__(self, table: StoreTable, node_id: str, send: Callable[..., None],
+                 peer_address: Callable[[str], str | None]) -> None:
+        self.table = table
+        self.node_id = node_id
+        self.send = send
+        self.peer_address = peer_address  # a live peer daemon's address by node id
+        self.copy_holders: dict[bytes, set[str]] = {}  # daemons that pulled our primaries
+
+    def send_replies(self, replies: list) -> None:
+        for peer, req_id, value in replies:
+            self.send(peer, Msg.REPLY, req_id, value)
+
+    # ---------------------------------------------------------------- messages
+
+    def on_store_create(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, oid, size, owner = msg
+        try:
+            offset = self.table.create(oid, size, owner, sender)
+        except StoreFull as err:
+            self.send(sender, Msg.REPLY, req_id, ("full", str(err)))
+            return
+        self.send(sender, Msg.REPLY, req_id, ("ok", offset))
+
+    def on_store_seal(self, sender: str, msg: tuple, frames: list) -> None:
+        self.send_replies(self.table.seal(msg[1]))
+
+    def is_remote(self, oid: bytes, source: Any) -> bool:
+        """Whether a pin must pull the object from ``source`` (a ``(node_id, size)`` or None) first."""
+        obj = self.table.objects.get(oid)
+        return (obj is None or obj.freed) and bool(source) and source[0] != self.node_id
+
+    def pin(self, oid: bytes, reader: str, req_id: int | None) -> None:
+        self.send_replies(self.table.pin(oid, reader, req_id))
+
+    def on_store_unpin(self, sender: str, msg: tuple, frames: list) -> None:
+        self.send_replies(self.table.unpin(msg[1], sender))
+
+    def on_store_free(self, sender: str, msg: tuple, frames: list) -> None:
+        _, oids, node_id = msg
+        if node_id and node_id != self.node_id:
+            address = self.peer_address(node_id)
+            if address:
+                self.send(address, Msg.STORE_FREE, oids, node_id)
+            return
+        for oid in oids:
+            # Copies pulled from ours go with the primary.
+            for holder in self.copy_holders.pop(oid, ()):
+                self.send(holder, Msg.STORE_FREE, (oid,), None)
+        self.send_replies(self.table.free(oids))
+
+    def process_gone(self, addr: str) -> None:
+        self.send_replies(self.table.process_gone(addr))
+
+    # --------------------------------------------------------------- reporting
+
+    def statistics(self, prefaulted: int) -> dict:
+        stats = asdict(self.table.statistics())
+        # How much of the arena's warm region is pre-allocated so far.
+        stats["prefaulted_bytes"] = prefaulted
+        return stats
+
+    def object_records(self, pid_of: Callable[[str], int | None]) -> list[dict]:
+        """One dict per object (LIST_OBJECTS); ``pid_of``: a local process's pid by address."""
+        out = []
+        table = self.table
+        for obj in list(table.objects.values()) + list(table.retired):
+            out.append({
+                "object_id": obj.object_id.hex(), "size": obj.size, "owner": obj.owner,
+                "owner_pid": pid_of(obj.owner), "node_id": self.node_id,
+                "primary": obj.primary, "sealed": obj.sealed, "freed": obj.freed,
+                "pins": sum(obj.pins.values()), "readers": len(obj.pins),
+                "in_memory": obj.offset is not None, "spilled": obj.spill_path is not None,
+                "spill_bytes": obj.spill_bytes,
+            })
+        return out

@@ -1,0 +1,213 @@
+"""The node's worker pool: worker records, the zygote that forks them, idle reaping.
+
+Workers are forked by a zygote process (meshcompute/worker/zygote.py) that the
+daemon starts before it has threads or sockets.  The pool talks to it through
+two pipes: ``F <worker_id>`` asks for a fork; the zygote answers
+``S <worker_id> <pid>`` when the child started and ``X <pid> <status>`` when it
+exited.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from ..host.sessions import describe_exit
+from ..wire import ids
+
+log = logging.getLogger("meshcompute.daemon")
+
+IDLE_WORKER_TTL_S = 1.0
+"""Idle workers beyond the node's CPU count are stopped after this long (s), as in Ray."""
+
+
+@dataclass
+class Worker:
+    worker_id: str
+    pid: int = 0
+    addr: str = ""
+    state: str = "starting"  # starting | idle | leased | actor | stopping | dead
+    lease_id: bytes | None = None
+    actor_id: bytes | None = None
+    blocked: bool = False
+    idle_since: float = 0.0
+    expected_exit: bool = False
+
+
+def kill_pid(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class WorkerPool:
+    """Owns every Worker record of this node and the zygote's pipes.
+
+    Invariants:
+      * ``workers`` holds every worker not known to have exited, by id;
+        ``by_addr`` and ``by_pid`` index the same records once the worker
+        registered (``by_addr``) or the zygote reported its pid (``by_pid``);
+      * ``starting`` counts records in state "starting": forks asked for whose
+        process has not registered yet (the scheduler forks only what is not
+        already on its way);
+      * the pool never decides what a worker runs: leases and actors set
+        ``state``/``lease_id``/``actor_id``; the pool only creates, indexes,
+        reaps and kills.
+    """
+
+    def __init__(self, session_dir: str, node_id: str, host: str | None, num_cpus: float) -> None:
+        self.session_dir = session_dir
+        self.node_id = node_id
+        self.host = host
+        self.num_cpus = num_cpus
+        self.workers: dict[str, Worker] = {}
+        self.by_addr: dict[str, Worker] = {}
+        self.by_pid: dict[int, Worker] = {}
+        self.starting = 0
+        self.zygote_pid = 0
+        self._cmd = -1
+        self.events_fd = -1  # the loop polls it; read_events() when readable
+        self._buf = b""
+
+    # ----------------------------------------------------------------- zygote
+
+    def start_zygote(self, close_in_child: tuple[int, ...] = ()) -> None:
+        """Fork the zygote now, while this process has no threads or sockets.
+
+        ``close_in_child``: descriptors the zygote must not inherit (the arena's,
+        whose lock stays the daemon's).
+        """
+        from ..worker.zygote import run_zygote
+
+        cmd_r, cmd_w = os.pipe()
+        evt_r, evt_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(cmd_w)
+            os.close(evt_r)
+            for fd in close_in_child:
+                if fd >= 0:
+                    os.close(fd)
+            try:
+                run_zygote(cmd_r, evt_w, self.session_dir, self.node_id, self.host)
+            finally:
+                os._exit(0)
+        os.close(cmd_r)
+        os.close(evt_w)
+        self.zygote_pid = pid
+        self._cmd = cmd_w
+        self.events_fd = evt_r
+        os.set_blocking(evt_r, False)
+
+    def fork(self) -> Worker:
+        wid = ids.random_id()
+        w = Worker(wid)
+        self.workers[wid] = w
+        self.starting += 1
+        os.write(self._cmd, f"F {wid}\n".encode())
+        return w
+
+    def ensure_starting(self, needed: int) -> None:
+        """Fork so that ``needed`` workers are on their way (counting those already starting)."""
+        for _ in range(max(0, needed - self.starting)):
+            self.fork()
+
+    def read_events(self) -> tuple[list[tuple[Worker, str]], bool]:
+        """Read the zygote's reports: ``(exited workers with a reason, zygote alive)``.
+
+        An exited worker is already out of the indexes; the caller releases what
+        it held.
+        """
+        exited: list[tuple[Worker, str]] = []
+        try:
+            data = os.read(self.events_fd, 65536)
+        except BlockingIOError:
+            return exited, True
+        if not data:
+            return exited, False
+        self._buf += data
+        while b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            parts = line.decode().split()
+            if parts[0] == "S":
+                w = self.workers.get(parts[1])
+                if w is not None:
+                    w.pid = int(parts[2])
+                    self.by_pid[w.pid] = w
+            elif parts[0] == "X":
+                w = self.by_pid.pop(int(parts[1]), None)
+                if w is not None:
+                    self._forget(w)
+                    exited.append((w, describe_exit(int(parts[2]))))
+        return exited, True
+
+    # -------------------------------------------------------------- lifecycle
+
+    def registered(self, worker_id: str, pid: int, addr: str) -> Worker:
+        """A worker process said hello; returns its record (made if the fork came from elsewhere)."""
+        w = self.workers.get(worker_id)
+        if w is None:
+            w = self.workers[worker_id] = Worker(worker_id)
+        else:
+            self.starting -= 1
+        w.pid, w.addr = pid, addr
+        self.by_addr[addr] = w
+        self.by_pid[pid] = w
+        return w
+
+    def _forget(self, w: Worker) -> None:
+        if w.state == "starting":
+            self.starting -= 1
+        w.state = "dead"
+        self.workers.pop(w.worker_id, None)
+        if w.addr:
+            self.by_addr.pop(w.addr, None)
+
+    def idle(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state == "idle"]
+
+    def kill(self, worker_id: str | None, expected: bool = False) -> bool:
+        """SIGKILL a worker (its exit then comes back through read_events)."""
+        w = self.workers.get(worker_id) if worker_id else None
+        if w is None or not w.pid:
+            return False
+        if expected:
+            w.expected_exit = True
+        kill_pid(w.pid)
+        return True
+
+    def reap_idle(self, now: float) -> None:
+        """Stop idle workers beyond the CPU count once idle for IDLE_WORKER_TTL_S, oldest first."""
+        idle = self.idle()
+        extra = len([w for w in self.workers.values() if w.state in ("idle", "leased")]) - int(self.num_cpus)
+        for w in sorted(idle, key=lambda w: w.idle_since):
+            if extra <= 0:
+                break
+            if now - w.idle_since > IDLE_WORKER_TTL_S:
+                w.expected_exit = True
+                w.state = "stopping"
+                kill_pid(w.pid, signal.SIGTERM)
+                extra -= 1
+
+    def pids(self) -> list[int]:
+        """The zygote's and every worker's pid (for sampling)."""
+        return [self.zygote_pid] + [w.pid for w in self.workers.values() if w.pid]
+
+    def stop(self) -> None:
+        """Kill every worker and the zygote, and wait for the zygote."""
+        for w in list(self.workers.values()):
+            if w.pid:
+                kill_pid(w.pid)
+        try:
+            os.close(self._cmd)  # the zygote kills its children on EOF
+        except OSError:
+            pass
+        if self.zygote_pid:
+            kill_pid(self.zygote_pid)
+            try:
+                os.waitpid(self.zygote_pid, 0)
+            except ChildProcessError:
+                pass
