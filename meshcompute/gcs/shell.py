@@ -46,15 +46,15 @@ BACKGROUND_TIMEOUT_S = 120.0
 
 
 class BundleResources(Protocol):
-    """The node's resource pool as far as bundles go (node/resources.py's ResourcePool)."""
+    """The node's resource pool as far as bundles go (sched/resources.py's ResourcePool)."""
 
     def fits(self, shape: tuple) -> bool: ...
 
     def public_available(self) -> dict: ...
 
-    def add_bundle(self, pg_id: str, index: int, bundle: dict) -> None: ...
+    def reserve_bundle(self, pg_id: str, index: int, bundle: dict) -> None: ...
 
-    def remove_bundle(self, pg_id: str, index: int, bundle: dict, last_here: bool) -> None: ...
+    def return_bundle(self, pg_id: str, index: int, bundle: dict, last_here: bool) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ class Control:
         self.server.submit(op, done, BACKGROUND_TIMEOUT_S)
 
     def _reserve_bundle(self, pg_id: str, index: int, bundle: dict) -> None:
-        self.node.resources.add_bundle(pg_id, index, bundle)
+        self.node.resources.reserve_bundle(pg_id, index, bundle)
         self.bundles[(pg_id, index)] = dict(bundle)
         log.info("reserved bundle %d of placement group %s: %s", index, pg_id, bundle)
 
@@ -312,7 +312,7 @@ class Control:
         if last_here:
             doomed.add(bundle_keys(pg_id, index, "bundle")[1])
         self.node.stop_work_using(doomed, f"its placement group {pg_id} was removed or re-placed")
-        self.node.resources.remove_bundle(pg_id, index, bundle, last_here)
+        self.node.resources.return_bundle(pg_id, index, bundle, last_here)
         log.info("released bundle %d of placement group %s", index, pg_id)
 
     def _answer_pg_waiters(self) -> None:
@@ -330,19 +330,13 @@ class Control:
         pg = self.server.state.pgs.get(pg_id)
         return pg.state if pg is not None else "UNKNOWN"
 
-    def group_target(self, shape: tuple) -> str | None:
-        """For a shape in a placement group: the node to run it on (None: here, or wait here)."""
+    def group_nodes(self, shape: tuple) -> tuple[str, ...] | None:
+        """For a shape in a placement group: the node of each bundle by index, or None while the
+        group is not created (work for it waits here); sched.placement decides from these."""
         group = group_of(shape)
         if group is None:
             return None
-        pg_id, index = group
-        pg = self.server.state.pgs.get(pg_id)
-        if pg is None or pg.state != "CREATED":
-            return None  # not reserved yet: wait here until it is
-        if index >= 0:
-            node = pg.nodes.get(index)
-            return None if node == self.node.node_id else node
-        nodes = sorted(set(pg.nodes.values()))
-        if self.node.node_id in nodes or not nodes:
+        pg = self.server.state.pgs.get(group[0])
+        if pg is None or pg.state != "CREATED" or not pg.nodes:
             return None
-        return nodes[hash(shape) % len(nodes)]
+        return tuple(pg.nodes.get(i, "") for i in range(max(pg.nodes) + 1))

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..sched.bundles import group_of
+from ..sched.resources import ResourcePool
 from ..wire.messages import Msg
 from ..wire.transport import node_of
 from .placement import Placement
-from .resources import ResourcePool
 from .workers import Worker, WorkerPool
 
 
@@ -154,7 +154,7 @@ class ActorDirectory:
         self.on_changed(a)
         if group_of(shape) is None and not self.resources.feasible(shape):
             a.reason = (f"Actor {spec.get('class_name')} needs {dict(shape)}, but no node of this mesh has that "
-                        f"much (the largest offers {self.resources.largest_node()}); it stays pending until "
+                        f"much (the largest offers {self.resources.largest()}); it stays pending until "
                         f"such a node joins.")
             self.publish(a)
         self.pending.append(a)

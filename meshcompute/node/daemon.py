@@ -9,7 +9,7 @@ takes them back, and tells a lease holder when its worker dies.
 The state lives in objects with one concern each, which this shell creates,
 feeds with messages and events, and wires together with explicit callables:
 
-* resources.py: ``ResourcePool`` (what is free, GPU ids);
+* sched.resources: ``ResourcePool`` (what is free, GPU ids: the pure record, shared with placement);
 * workers.py: ``WorkerPool`` (worker records, the zygote, idle reaping);
 * leases.py: ``LeaseTable`` (requests, grants, returns, blocked workers);
 * placement.py: ``Placement`` (where a request goes when not here);
@@ -50,6 +50,7 @@ from ..host.sessions import (
     set_parent_death_signal,
 )
 from ..observe.feed import FeedSource, MonitorFeed
+from ..sched.resources import ResourcePool
 from ..store.shm import ArenaWarmer
 from ..store.table import StoreTable, spill_dir_for
 from ..wire import ids
@@ -62,7 +63,6 @@ from .leases import LeaseTable
 from .placement import Placement
 from .processes import Processes
 from .pulls import Pulls
-from .resources import ResourcePool
 from .store_service import StoreService
 from .workers import Worker, WorkerPool
 
@@ -101,7 +101,7 @@ class Daemon:
         self.workers = WorkerPool(session_dir, node_id, host, num_cpus)
         self.processes = Processes()
         self.placement = Placement(node_id, self.resources, self.peer_views,
-                                   lambda shape: self.control.group_target(shape))
+                                   lambda shape: self.control.group_nodes(shape), lambda: len(self.leases.pending))
         self.leases = LeaseTable(self.resources, self.workers, self.placement, self.send, self.schedule)
         self.actors = ActorDirectory(node_id, lambda: self.address, self.resources, self.workers,
                                      self.placement, lambda: self.control, self.send,

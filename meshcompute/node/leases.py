@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sched.bundles import group_of
+from ..sched.resources import ResourcePool
 from ..wire.messages import Msg
 from .placement import Placement
-from .resources import ResourcePool
 from .workers import Worker, WorkerPool
 
 REVOKE_EVERY_S = 0.005
@@ -81,7 +81,7 @@ class LeaseTable:
         if (group_of(req.shape) is None and not self.resources.feasible(req.shape)
                 and not self.placement.feasible_somewhere(req.shape)):
             req.warned = True
-            self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.resources.largest_node())
+            self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.resources.largest())
         self.pending.append(req)
         self.schedule()
 
@@ -125,7 +125,7 @@ class LeaseTable:
         if lease is not None:
             # May go below zero for a moment: the unblocked task runs now, and new
             # leases wait until the count is back above their shape.
-            self.resources.take_back_cpu(lease.released_cpu)
+            self.resources.reclaim_cpu(lease.released_cpu)
             lease.released_cpu = 0.0
 
     # ----------------------------------------------------------------- events
@@ -160,7 +160,7 @@ class LeaseTable:
         needs_worker = 0
         still: collections.deque[LeaseRequest] = collections.deque()
         # What is left after the requests already waiting for a worker to start.
-        spare = self.resources.free_copy()
+        spare = dict(self.resources.available)
         for req in self.pending:
             if not self.resources.fits(req.shape, spare):
                 target = self.placement.choose(req.shape, req.strategy, req.hints) if may_spill else None
