@@ -26,9 +26,7 @@ _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
 def _core():
     core = context.core
     if core is None:
-        from .session import _auto_init
-
-        core = _auto_init()
+        core = context.auto_init()
     return core
 
 

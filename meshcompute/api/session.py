@@ -130,6 +130,8 @@ def _auto_init() -> Core:
     return context.core
 
 
+context.auto_init = _auto_init
+
 def is_initialized() -> bool:
     """True between ``init()`` and ``shutdown()``."""
     return context.core is not None
