@@ -1,8 +1,10 @@
 """The node daemon: the shell that owns the sockets and the loop, and dispatches messages.
 
-One per node, single-threaded: one loop polls the inbox, the zygote's event pipe
-and a timer (besides, one low-priority thread pre-allocates the arena's warm
-region at start: meshcompute/store/shm.py).  It is *not* on the per-task path: owners lease a worker for a
+One per node, single-threaded: one loop polls the inbox, the zygote's event pipe,
+the copier's completions and a timer.  Bulk copies (spill, restore, pulled
+chunks) run on the copier's helper threads and come back to the loop
+(copier.py); one low-priority thread pre-allocates the arena's warm region at
+start (meshcompute/store/shm.py).  It is *not* on the per-task path: owners lease a worker for a
 resource shape and push tasks to it directly; the daemon only grants leases,
 takes them back, and tells a lease holder when its worker dies.
 
@@ -57,6 +59,7 @@ from ..wire.messages import Msg, decode, describe, encode
 from ..wire.transport import Endpoint, make_address, node_of, parse_address
 from .actors import ActorDirectory
 from .config import default_prefault, default_store_capacity, detect_gpus, node_resources
+from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
 from .leases import LeaseTable
 from .placement import Placement
@@ -115,6 +118,7 @@ class Daemon:
             actors=lambda: self.actors.actors.values(), actor_pid=self.actors.worker_pid,
             pids=self.workers.pids, usage=self.usage))
         self.pulls: Pulls | None = None  # once the arena is mapped (serve())
+        self.copier: Copier | None = None  # helper threads for bulk copies (serve())
         self.running = True
         self.started_at = time.time()
         self.membership: Any = None
@@ -153,7 +157,11 @@ class Daemon:
             f.write(self.address)
         for _ in range(int(self.num_cpus)):
             self.workers.fork()
-        self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send)
+        # Threads start only now: the zygote was forked while the daemon had none.
+        self.copier = Copier()
+        self.store.use_copier(self.copier.submit)
+        self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send,
+                           self.copier.submit)
         # The first node of a mesh starts the control store; joiners are added by its leader.
         link = NodeLink(node_id=self.node_id, session_dir=self.session_dir, send=self.send,
                         peer_views=self.peer_views, resources=self.resources,
@@ -186,6 +194,7 @@ class Daemon:
         for inbox in self.ep.inboxes:
             poller.register(inbox, zmq.POLLIN)
         poller.register(self.workers.events_fd, zmq.POLLIN)
+        poller.register(self.copier.fd, zmq.POLLIN)
         handlers = self._handlers()
         next_check = time.monotonic() + LIVENESS_PERIOD_S
         next_view = 0.0
@@ -204,6 +213,8 @@ class Daemon:
                         self._dispatch(frames, handlers)
             if self.workers.events_fd in events:
                 self._read_zygote()
+            if self.copier.fd in events:
+                self.copier.run_completions()
             now = time.monotonic()
             if self.membership is not None:
                 self.on_member_events(self.membership.tick())
@@ -536,6 +547,8 @@ class Daemon:
             except Exception:
                 log.warning("could not announce leaving:\n%s", traceback.format_exc())
         self.workers.stop()
+        if self.copier is not None:
+            self.copier.stop()  # before the arena's descriptor closes under a copy
         try:
             self.ep.close()
             self.ctx.term()
