@@ -28,7 +28,6 @@ does that for an embedded node, ``mesh start`` for a standing one.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
@@ -58,7 +57,7 @@ from ..wire import ids
 from ..wire.messages import Msg, decode, describe, encode
 from ..wire.transport import Endpoint, make_address, node_of, parse_address
 from .actors import ActorDirectory
-from .config import default_prefault, default_store_capacity, detect_gpus, node_resources
+from .config import default_prefault, default_store_capacity, detect_gpus, node_resources, parse_args
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
 from .leases import LeaseTable
@@ -120,7 +119,6 @@ class Daemon:
         self.pulls: Pulls | None = None  # once the arena is mapped (serve())
         self.copier: Copier | None = None  # helper threads for bulk copies (serve())
         self.running = True
-        self.started_at = time.time()
         self.membership: Any = None
         self.standalone = False
         self.seeds: list[str] = []
@@ -423,6 +421,7 @@ class Daemon:
             self.control.write(("job_finish", addr, time.time()))
         self.ep.forget(addr)
         self.store.process_gone(addr)
+        self.pulls.process_gone(addr)
         self.leases.owner_gone(addr)
         self.actors.owner_gone(addr)
         self.monitor.drop(addr)
@@ -560,24 +559,7 @@ class Daemon:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="meshcompute-daemon")
-    p.add_argument("--session", required=True)
-    p.add_argument("--num-cpus", type=float, default=None)
-    p.add_argument("--num-gpus", type=int, default=None)
-    p.add_argument("--resources", default="{}")
-    p.add_argument("--object-store-memory", type=int, default=None)
-    p.add_argument("--spill-dir", default=None,
-                   help="directory for spill files (a per-node subdirectory is made in it); "
-                        "default $MESH_SPILL_DIR, else <session dir>/spill")
-    p.add_argument("--parent-pid", type=int, default=0)
-    p.add_argument("--ready-fd", type=int, default=None)
-    p.add_argument("--host", default=None, help="IP to serve the mesh on (no TCP without it)")
-    p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
-    p.add_argument("--join", default="", help="comma-separated host:port of live members")
-    p.add_argument("--standalone", action="store_true", help="started by `mesh start`/`mesh join`")
-    p.add_argument("--gcs-voters", type=int, default=3, choices=(1, 3, 5, 7),
-                   help="voters of the control store, when this node starts a new mesh")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.parent_pid:
         set_parent_death_signal(signal.SIGTERM)

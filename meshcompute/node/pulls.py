@@ -170,6 +170,11 @@ class Pulls:
         for reader, req_id in p.waiters:
             self.store.send_replies(table.pin(p.oid, reader, req_id))
 
+    def process_gone(self, addr: str) -> None:
+        """A peer daemon is gone: chunk requests of its that waited for a pin go too."""
+        for key in [k for k in self.serving if k[0] == addr]:
+            del self.serving[key]
+
     def node_gone(self, node_id: str) -> None:
         """Pulls from a node that died or left fail (their readers hear None)."""
         for p in [p for p in self.pulls.values() if node_of(p.source) == node_id]:
