@@ -258,6 +258,108 @@ def test_table_retry_replaces_the_object_and_free_of_a_spilled_object(table):
     assert (s.objects, s.used, s.spilled_bytes) == (0, 0, 0) and _spill_files(table) == []
 
 
+class HeldCopies:
+    """Copies that finish only when the test says so (as on the daemon's helper threads)."""
+
+    def __init__(self, table: StoreTable) -> None:
+        self.table = table
+        self.jobs: list = []
+        table.copy = lambda job, done: self.jobs.append((job, done))
+
+    def finish(self, n: int | None = None) -> list:
+        """Run the first ``n`` (all) copies and their completions; the replies they produced."""
+        n = len(self.jobs) if n is None else n
+        for job, done in self.jobs[:n]:
+            try:
+                result, error = job(), None
+            except Exception as e:  # noqa: BLE001
+                result, error = None, e
+            done(result, error)
+        del self.jobs[:n]
+        return self.table.take_replies()
+
+
+def _sealed(t: StoreTable, oid: bytes, data: bytes) -> int:
+    [(_, _, (status, off))] = t.request_create(oid, len(data), "owner", "writer", "writer", 1)
+    assert status == "ok"
+    os.pwrite(t.arena_fd, data, off)
+    t.seal(oid)
+    return off
+
+
+def test_table_create_waits_for_the_spill_that_makes_room(table):
+    copies = HeldCopies(table)
+    datas = {i: _data(i, 32 * PAGE) for i in range(2)}
+    for i in range(2):
+        _sealed(table, bytes([i]), datas[i])
+    assert table.request_create(b"new", 32 * PAGE, "owner", "writer", "writer", 7) == []
+    assert len(copies.jobs) == 1 and table.objects[bytes([0])].moving == "spill"
+    assert table.statistics().used == 64 * PAGE  # the block is still there while it is copied
+    [(peer, req_id, (status, off))] = copies.finish()
+    assert (peer, req_id, status) == ("writer", 7, "ok") and off == 0
+    assert table.objects[bytes([0])].offset is None and table.statistics().spills == 1
+    os.pwrite(table.arena_fd, _data(9, 32 * PAGE), off)
+    table.seal(b"new")
+    # Restoring 0 spills 1 first: the pin is answered once both copies are done.
+    assert table.pin(bytes([0]), "reader", 8) == []
+    assert copies.finish() == [] and len(copies.jobs) == 1  # the spill finished, the restore runs now
+    [(_, req_id, (off0, size0))] = copies.finish()
+    assert req_id == 8
+    assert os.pread(table.arena_fd, size0, off0) == datas[0]
+
+
+def test_table_pin_during_a_spill_waits_and_keeps_the_object(table):
+    copies = HeldCopies(table)
+    data = _data(1, 32 * PAGE)
+    off = _sealed(table, b"a", data)
+    _sealed(table, b"b", _data(2, 32 * PAGE))
+    table.request_create(b"c", 32 * PAGE, "owner", "writer", "writer", 5)
+    assert table.objects[b"a"].moving == "spill"
+    assert table.pin(b"a", "reader", 6) == []  # waits for the copy
+    replies = copies.finish()
+    # "a" stays where it was (its spill file is kept); "b" is spilled for "c" instead.
+    assert ("reader", 6, (off, 32 * PAGE)) in replies
+    assert table.objects[b"a"].spill_path is not None and table.objects[b"a"].offset == off
+    assert table.objects[b"b"].moving == "spill"
+    [(_, req_id, (status, _))] = copies.finish()
+    assert req_id == 5
+    assert status == "ok" and table.objects[b"b"].offset is None
+    assert os.pread(table.arena_fd, 32 * PAGE, off) == data
+
+
+def test_table_free_during_a_spill_deletes_the_file_afterwards(table):
+    copies = HeldCopies(table)
+    _sealed(table, b"a", _data(1, 32 * PAGE))
+    _sealed(table, b"b", _data(2, 32 * PAGE))
+    table.request_create(b"c", 32 * PAGE, "owner", "writer", "writer", 5)
+    assert table.free([b"a"]) == [] and table.statistics().used == 64 * PAGE  # not while copied
+    [(_, req_id, (status, _))] = copies.finish()
+    assert req_id == 5
+    assert status == "ok" and b"a" not in table.objects
+    s = table.statistics()
+    assert (s.spilled_objects, s.spilled_bytes) == (0, 0) and _spill_files(table) == []
+
+
+def test_table_free_and_death_during_a_restore(table):
+    copies = HeldCopies(table)
+    _sealed(table, b"a", _data(1, 32 * PAGE))
+    _sealed(table, b"b", _data(2, 32 * PAGE))
+    table.request_create(b"c", 32 * PAGE, "owner", "writer", "writer", 5)
+    copies.finish()
+    assert table.objects[b"a"].offset is None
+    table.free([b"c"])  # room for the restore without spilling
+    assert table.pin(b"a", "reader", 6) == [] and table.objects[b"a"].moving == "restore"
+    assert table.free([b"a"]) == []  # freed while its bytes are read back
+    assert copies.finish() == [("reader", 6, None)]
+    assert b"a" not in table.objects and _spill_files(table) == [] and table.statistics().used == 32 * PAGE
+    # A writer that dies while its create waits for room: the block, once found, goes back.
+    _sealed(table, b"d", _data(3, 32 * PAGE))
+    assert table.request_create(b"e", 32 * PAGE, "owner", "dying", "dying", 9) == []
+    table.process_gone("dying")
+    copies.finish()
+    assert b"e" not in table.objects and table.statistics().used == 32 * PAGE
+
+
 def test_clean_stale_sessions_removes_orphaned_spill_dirs(tmp_path, monkeypatch):
     from meshcompute.host import sessions as procutil
 

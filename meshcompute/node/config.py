@@ -1,7 +1,8 @@
-"""What a node has: its store capacity, its GPUs, its resource totals (from flags and the host)."""
+"""What a node has and how it is started: store capacity, GPUs, resource totals, the command line."""
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import psutil
@@ -56,3 +57,25 @@ def node_resources(node_id: str, num_cpus: float, num_gpus: int, store_capacity:
         total[k] = float(v)
     total[f"node:{node_id}"] = 1.0
     return total
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The daemon's command line (host/launcher.py builds it)."""
+    p = argparse.ArgumentParser(prog="meshcompute-daemon")
+    p.add_argument("--session", required=True)
+    p.add_argument("--num-cpus", type=float, default=None)
+    p.add_argument("--num-gpus", type=int, default=None)
+    p.add_argument("--resources", default="{}")
+    p.add_argument("--object-store-memory", type=int, default=None)
+    p.add_argument("--spill-dir", default=None,
+                   help="directory for spill files (a per-node subdirectory is made in it); "
+                        "default $MESH_SPILL_DIR, else <session dir>/spill")
+    p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--ready-fd", type=int, default=None)
+    p.add_argument("--host", default=None, help="IP to serve the mesh on (no TCP without it)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
+    p.add_argument("--join", default="", help="comma-separated host:port of live members")
+    p.add_argument("--standalone", action="store_true", help="started by `mesh start`/`mesh join`")
+    p.add_argument("--gcs-voters", type=int, default=3, choices=(1, 3, 5, 7),
+                   help="voters of the control store, when this node starts a new mesh")
+    return p.parse_args(argv)

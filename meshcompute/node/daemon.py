@@ -1,8 +1,10 @@
 """The node daemon: the shell that owns the sockets and the loop, and dispatches messages.
 
-One per node, single-threaded: one loop polls the inbox, the zygote's event pipe
-and a timer (besides, one low-priority thread pre-allocates the arena's warm
-region at start: meshcompute/store/shm.py).  It is *not* on the per-task path: owners lease a worker for a
+One per node, single-threaded: one loop polls the inbox, the zygote's event pipe,
+the copier's completions and a timer.  Bulk copies (spill, restore, pulled
+chunks) run on the copier's helper threads and come back to the loop
+(copier.py); one low-priority thread pre-allocates the arena's warm region at
+start (meshcompute/store/shm.py).  It is *not* on the per-task path: owners lease a worker for a
 resource shape and push tasks to it directly; the daemon only grants leases,
 takes them back, and tells a lease holder when its worker dies.
 
@@ -26,7 +28,6 @@ does that for an embedded node, ``mesh start`` for a standing one.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import logging
@@ -57,7 +58,8 @@ from ..wire import ids
 from ..wire.messages import Msg, decode, describe, encode
 from ..wire.transport import Endpoint, make_address, node_of, parse_address
 from .actors import ActorDirectory
-from .config import default_prefault, default_store_capacity, detect_gpus, node_resources
+from .config import default_prefault, default_store_capacity, detect_gpus, node_resources, parse_args
+from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
 from .leases import LeaseTable
 from .placement import Placement
@@ -115,8 +117,8 @@ class Daemon:
             actors=lambda: self.actors.actors.values(), actor_pid=self.actors.worker_pid,
             pids=self.workers.pids, usage=self.usage))
         self.pulls: Pulls | None = None  # once the arena is mapped (serve())
+        self.copier: Copier | None = None  # helper threads for bulk copies (serve())
         self.running = True
-        self.started_at = time.time()
         self.membership: Any = None
         self.standalone = False
         self.seeds: list[str] = []
@@ -154,7 +156,11 @@ class Daemon:
             f.write(self.address)
         for _ in range(int(self.num_cpus)):
             self.workers.fork()
-        self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send)
+        # Threads start only now: the zygote was forked while the daemon had none.
+        self.copier = Copier()
+        self.store.use_copier(self.copier.submit)
+        self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send,
+                           self.copier.submit)
         # The first node of a mesh starts the control store; joiners are added by its leader.
         link = NodeLink(node_id=self.node_id, session_dir=self.session_dir, send=self.send,
                         peer_views=self.peer_views, resources=self.resources,
@@ -187,6 +193,7 @@ class Daemon:
         for inbox in self.ep.inboxes:
             poller.register(inbox, zmq.POLLIN)
         poller.register(self.workers.events_fd, zmq.POLLIN)
+        poller.register(self.copier.fd, zmq.POLLIN)
         handlers = self._handlers()
         next_check = time.monotonic() + LIVENESS_PERIOD_S
         next_view = 0.0
@@ -205,6 +212,8 @@ class Daemon:
                         self._dispatch(frames, handlers)
             if self.workers.events_fd in events:
                 self._read_zygote()
+            if self.copier.fd in events:
+                self.copier.run_completions()
             now = time.monotonic()
             if self.membership is not None:
                 self.on_member_events(self.membership.tick())
@@ -423,6 +432,7 @@ class Daemon:
             self.control.write(("job_finish", addr, time.time()))
         self.ep.forget(addr)
         self.store.process_gone(addr)
+        self.pulls.process_gone(addr)
         self.leases.owner_gone(addr)
         self.actors.owner_gone(addr)
         self.monitor.drop(addr)
@@ -544,6 +554,8 @@ class Daemon:
             except Exception:
                 log.warning("could not announce leaving:\n%s", traceback.format_exc())
         self.workers.stop()
+        if self.copier is not None:
+            self.copier.stop()  # before the arena's descriptor closes under a copy
         try:
             self.ep.close()
             self.ctx.term()
@@ -555,24 +567,7 @@ class Daemon:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="meshcompute-daemon")
-    p.add_argument("--session", required=True)
-    p.add_argument("--num-cpus", type=float, default=None)
-    p.add_argument("--num-gpus", type=int, default=None)
-    p.add_argument("--resources", default="{}")
-    p.add_argument("--object-store-memory", type=int, default=None)
-    p.add_argument("--spill-dir", default=None,
-                   help="directory for spill files (a per-node subdirectory is made in it); "
-                        "default $MESH_SPILL_DIR, else <session dir>/spill")
-    p.add_argument("--parent-pid", type=int, default=0)
-    p.add_argument("--ready-fd", type=int, default=None)
-    p.add_argument("--host", default=None, help="IP to serve the mesh on (no TCP without it)")
-    p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
-    p.add_argument("--join", default="", help="comma-separated host:port of live members")
-    p.add_argument("--standalone", action="store_true", help="started by `mesh start`/`mesh join`")
-    p.add_argument("--gcs-voters", type=int, default=3, choices=(1, 3, 5, 7),
-                   help="voters of the control store, when this node starts a new mesh")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.parent_pid:
         set_parent_death_signal(signal.SIGTERM)

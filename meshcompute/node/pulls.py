@@ -13,10 +13,11 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import lz4.block
 
-from ..store.table import StoreFull
+from ..store.table import Copy
 from ..wire.messages import Msg
 from ..wire.transport import node_of
 from .store_service import StoreService
@@ -38,7 +39,7 @@ class Pull:
 
     oid: bytes
     source: str  # the daemon that holds it
-    offset: int  # where it goes in our arena
+    offset: int  # where it goes in our arena (-1 until room is made)
     size: int
     next_offset: int = 0
     inflight: int = 0
@@ -47,26 +48,32 @@ class Pull:
 
 
 class Pulls:
-    """Owns the pulls in progress here and the per-object choice of compression for serving.
+    """Owns the pulls in progress here and the serving of chunks of ours to peers.
 
     Invariants:
       * at most one Pull per object; its block in our arena is an unsealed
         secondary copy that only the pull writes, and it is sealed (then the
         waiters pinned) only once every byte arrived, or freed on any failure;
+      * a chunk is decompressed and written on a helper thread (``copy``) while
+        the table holds the block, so a pull that fails meanwhile never frees a
+        block a chunk is still being written into;
       * a peer pulling one of ours holds a pin on it from its first chunk
         request until PULL_DONE (or until it is gone), so the block does not
-        move while chunks are read from it.
+        move while chunks are read from it; chunk requests that arrive before
+        that pin is answered (the object is being restored) wait for it.
     """
 
     def __init__(self, store: StoreService, arena: memoryview, address: Callable[[], str],
-                 peer_views: Callable[[], dict], send: Callable[..., None]) -> None:
+                 peer_views: Callable[[], dict], send: Callable[..., None], copy: Copy) -> None:
         self.store = store
-        self.arena = arena  # the daemon's read-only view of its arena
+        self.arena = arena  # the daemon's view of its arena
         self.address = address
         self.peer_views = peer_views
         self.send = send
+        self.copy = copy  # copy(job, done): job on a helper thread, done on the loop
         self.pulls: dict[bytes, Pull] = {}
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
+        self.serving: dict[tuple[str, bytes], list] = {}  # (peer, oid) -> chunk requests waiting for the pin
 
     # ------------------------------------------------------------ pulling in
 
@@ -81,15 +88,23 @@ class Pulls:
             if req_id is not None:
                 self.send(reader, Msg.REPLY, req_id, None)
             return
-        try:
-            offset = self.store.table.create(oid, size, peer.address, self.address(), primary=False)
-        except StoreFull as err:
-            if req_id is not None:
-                self.send(reader, Msg.REPLY, req_id, ("full", str(err)))
-            return
-        p = Pull(oid, peer.address, offset, size, waiters=[(reader, req_id)])
+        p = Pull(oid, peer.address, -1, size, waiters=[(reader, req_id)])
         self.pulls[oid] = p
-        self._request_chunks(p)
+
+        def allocated(value: tuple) -> None:
+            if self.pulls.get(oid) is not p:
+                return  # failed meanwhile
+            if value[0] != "ok":
+                self.pulls.pop(oid, None)
+                for waiter, wreq in p.waiters:
+                    if wreq is not None:
+                        self.send(waiter, Msg.REPLY, wreq, value)
+                return
+            p.offset = value[1]
+            self._request_chunks(p)
+
+        # Room may have to be made first (spills): the chunks are asked for once it is.
+        self.store.create_local(oid, size, peer.address, self.address(), allocated)
 
     def _request_chunks(self, p: Pull) -> None:
         while p.inflight < PULL_WINDOW and p.next_offset < p.size:
@@ -101,36 +116,46 @@ class Pulls:
     def on_chunk_data(self, sender: str, msg: tuple, frames: list) -> None:
         _, oid, offset, compressed, error = msg
         p = self.pulls.get(oid)
-        if p is None:
+        if p is None or p.offset < 0:
             return
         if error is not None or not frames:
             self._finish(p, ok=False)
             return
-        data = memoryview(frames[0])
-        try:
+        table = self.store.table
+        obj = table.hold(oid)
+        if obj is None:
+            self._finish(p, ok=False)
+            return
+        frame, fd, start, room = frames[0], table.arena_fd, p.offset + offset, p.size - offset
+
+        def write() -> int:
+            data = memoryview(frame)
             if compressed:
                 data = memoryview(lz4.block.decompress(data))
-        except lz4.block.LZ4BlockError:
-            log.warning("a corrupt chunk of object %s came from %s", oid.hex(), sender)
-            self._finish(p, ok=False)
-            return
-        n = data.nbytes
-        if offset + n > p.size:
-            self._finish(p, ok=False)
-            return
-        # pwrite, not the mapping: no page faults on fresh tmpfs pages, which would
-        # also queue behind the arena warmer's fallocate.
-        written = os.pwrite(self.store.table.arena_fd, data, p.offset + offset)
-        if written != n:
-            self._finish(p, ok=False)
-            return
-        p.received += n
-        p.inflight -= 1
-        if p.received >= p.size:
-            self.send(p.source, Msg.PULL_DONE, oid)
-            self._finish(p, ok=True)
-        else:
-            self._request_chunks(p)
+            n = data.nbytes
+            # pwrite, not the mapping: no page faults on fresh tmpfs pages, which would
+            # also queue behind the arena warmer's fallocate.
+            if n > room or os.pwrite(fd, data, start) != n:
+                raise ValueError(f"a chunk of {n} bytes does not fit at {offset} of {p.size}")
+            return n
+
+        def written(n: Any, err: BaseException | None) -> None:
+            self.store.send_replies(table.release_hold(obj))
+            if self.pulls.get(oid) is not p:
+                return  # failed meanwhile
+            if err is not None:
+                log.warning("a bad chunk of object %s came from %s: %s", oid.hex(), sender, err)
+                self._finish(p, ok=False)
+                return
+            p.received += n
+            p.inflight -= 1
+            if p.received >= p.size:
+                self.send(p.source, Msg.PULL_DONE, oid)
+                self._finish(p, ok=True)
+            else:
+                self._request_chunks(p)
+
+        self.copy(write, written)
 
     def _finish(self, p: Pull, ok: bool) -> None:
         self.pulls.pop(p.oid, None)
@@ -145,6 +170,11 @@ class Pulls:
         for reader, req_id in p.waiters:
             self.store.send_replies(table.pin(p.oid, reader, req_id))
 
+    def process_gone(self, addr: str) -> None:
+        """A peer daemon is gone: chunk requests of its that waited for a pin go too."""
+        for key in [k for k in self.serving if k[0] == addr]:
+            del self.serving[key]
+
     def node_gone(self, node_id: str) -> None:
         """Pulls from a node that died or left fail (their readers hear None)."""
         for p in [p for p in self.pulls.values() if node_of(p.source) == node_id]:
@@ -154,26 +184,52 @@ class Pulls:
 
     def on_pull_chunk(self, sender: str, msg: tuple, frames: list) -> None:
         _, oid, offset, length = msg
-        table = self.store.table
+        key = (sender, oid)
         if offset == 0:
             # The transfer holds a pin (restoring a spilled object) until PULL_DONE.
-            replies = table.pin(oid, sender, -1)
-            if not replies or not isinstance(replies[0][2], tuple) or replies[0][2][0] == "full":
-                self.send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
-                return
-            self.store.copy_holders.setdefault(oid, set()).add(sender)
+            self.serving[key] = []
+
+            def pinned(value: Any) -> None:
+                waiting = self.serving.pop(key, [])
+                if not isinstance(value, tuple) or value[0] == "full":
+                    for o, _ in [(0, length), *waiting]:
+                        self.send(sender, Msg.CHUNK_DATA, oid, o, False, "the object is not here any more")
+                    return
+                self.store.copy_holders.setdefault(oid, set()).add(sender)
+                where = value[0]
+                sample = self.arena[where: where + min(SAMPLE_BYTES, length)]
+                self.compressed[oid] = len(lz4.block.compress(sample)) < 0.8 * len(sample)
+                for o, n in [(0, length), *waiting]:
+                    self._serve(sender, oid, o, n)
+
+            self.store.pin(oid, sender, pinned)
+        elif key in self.serving:
+            self.serving[key].append((offset, length))  # after the pin, in order
+        else:
+            self._serve(sender, oid, offset, length)
+
+    def _serve(self, sender: str, oid: bytes, offset: int, length: int) -> None:
+        table = self.store.table
         obj = table.objects.get(oid)
         if obj is None or obj.offset is None or sender not in obj.pins or offset + length > obj.size:
             self.send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
             return
-        if offset == 0:
-            sample = bytes(self.arena[obj.offset: obj.offset + min(SAMPLE_BYTES, length)])
-            self.compressed[oid] = len(lz4.block.compress(sample)) < 0.8 * len(sample)
         data = self.arena[obj.offset + offset: obj.offset + offset + length]
-        if self.compressed.get(oid):
-            self.send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[lz4.block.compress(data)])
-        else:
+        if not self.compressed.get(oid):
+            # Sent as it lies (zero-copy): the pin keeps the block in place until PULL_DONE.
             self.send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data])
+            return
+        held = table.hold(oid)
+
+        def sent(packed: Any, err: BaseException | None) -> None:
+            if held is not None:
+                self.store.send_replies(table.release_hold(held))
+            if err is not None:
+                self.send(sender, Msg.CHUNK_DATA, oid, offset, False, f"compressing failed: {err}")
+            else:
+                self.send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[packed])
+
+        self.copy(lambda: lz4.block.compress(data), sent)
 
     def on_pull_done(self, sender: str, msg: tuple, frames: list) -> None:
         self.compressed.pop(msg[1], None)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from ..store.table import StoreFull, StoreTable
+from ..store.table import Copy, StoreTable
 from ..wire.messages import Msg
 
 
@@ -21,7 +21,8 @@ class StoreService:
 
     Invariants:
       * every reply the table returns is sent, in order, right after the call
-        that produced it;
+        (or the completion of a copy) that produced it; a reply whose req_id is
+        a callable is the daemon's own request, answered by calling it;
       * ``copy_holders[oid]`` lists the daemons that pulled a copy of our
         primary ``oid``; they hear STORE_FREE when it is freed here.
     """
@@ -36,18 +37,35 @@ class StoreService:
 
     def send_replies(self, replies: list) -> None:
         for peer, req_id, value in replies:
-            self.send(peer, Msg.REPLY, req_id, value)
+            if callable(req_id):
+                req_id(value)
+            else:
+                self.send(peer, Msg.REPLY, req_id, value)
+
+    def use_copier(self, submit: Copy) -> None:
+        """Run the table's spill and restore copies through ``submit`` (helper threads)
+        from now on; what their completions decide is answered right after them."""
+
+        def copy(job, done) -> None:
+            def finished(result, error) -> None:
+                done(result, error)
+                self.send_replies(self.table.take_replies())
+
+            submit(job, finished)
+
+        self.table.copy = copy
+
+    def create_local(self, oid: bytes, size: int, owner: str, creator: str,
+                     answer: Callable[[tuple], None]) -> None:
+        """A secondary copy for this daemon itself (a pull): ``answer`` gets the table's reply."""
+        self.send_replies(self.table.request_create(oid, size, owner, creator, creator, answer, primary=False))
 
     # ---------------------------------------------------------------- messages
 
     def on_store_create(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, oid, size, owner = msg
-        try:
-            offset = self.table.create(oid, size, owner, sender)
-        except StoreFull as err:
-            self.send(sender, Msg.REPLY, req_id, ("full", str(err)))
-            return
-        self.send(sender, Msg.REPLY, req_id, ("ok", offset))
+        # Answered now, or once spills made room (the loop goes on meanwhile).
+        self.send_replies(self.table.request_create(oid, size, owner, sender, sender, req_id))
 
     def on_store_seal(self, sender: str, msg: tuple, frames: list) -> None:
         self.send_replies(self.table.seal(msg[1]))
@@ -57,7 +75,7 @@ class StoreService:
         obj = self.table.objects.get(oid)
         return (obj is None or obj.freed) and bool(source) and source[0] != self.node_id
 
-    def pin(self, oid: bytes, reader: str, req_id: int | None) -> None:
+    def pin(self, oid: bytes, reader: str, req_id: Any) -> None:
         self.send_replies(self.table.pin(oid, reader, req_id))
 
     def on_store_unpin(self, sender: str, msg: tuple, frames: list) -> None:

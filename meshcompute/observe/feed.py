@@ -90,7 +90,7 @@ class FeedSource:
     actors: Callable[[], Iterable[Any]]  # the node's Actor records (node/actors.py)
     actor_pid: Callable[[Any], int | None]
     pids: Callable[[], list[int]]  # the node's processes besides the daemon (zygote, workers)
-    usage: Callable[[], dict]  # resources, store, task counters: see NodeDaemon.usage
+    usage: Callable[[], dict]  # resources, store, task counters: see Daemon.usage (node/daemon.py)
 
 
 class MonitorFeed:

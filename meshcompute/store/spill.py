@@ -14,8 +14,10 @@ arrays would cost CPU for nothing).
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
+import threading
 
 import lz4.block
 import lz4.frame
@@ -64,19 +66,26 @@ def choose_codec(arena_fd: int, offset: int, size: int) -> int:
 
 
 class SpillDir:
-    """A directory of spill files, created at the first spill."""
+    """A directory of spill files, created at the first spill.
+
+    ``write`` and ``read`` may run on several threads at once (the daemon's
+    copier): file names come from one atomic counter, and the directory is
+    made once under a lock.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._made = False
-        self._seq = 0
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
 
     def _ensure(self) -> None:
-        if not self._made:
-            os.makedirs(self.path, mode=0o700, exist_ok=True)
-            with open(os.path.join(self.path, MARKER), "w"):
-                pass
-            self._made = True
+        with self._lock:
+            if not self._made:
+                os.makedirs(self.path, mode=0o700, exist_ok=True)
+                with open(os.path.join(self.path, MARKER), "w"):
+                    pass
+                self._made = True
 
     def write(self, arena_fd: int, offset: int, size: int, name: str) -> tuple[str, int, int]:
         """Copy ``size`` bytes at ``offset`` of the arena into a new spill file.
@@ -85,8 +94,7 @@ class SpillDir:
         e.g. disk full) with no file left behind.
         """
         self._ensure()
-        self._seq += 1
-        final = os.path.join(self.path, f"{name}_{self._seq}.spill")
+        final = os.path.join(self.path, f"{name}_{next(self._seq)}.spill")
         tmp = final[: -len(".spill")] + ".tmp"
         codec = choose_codec(arena_fd, offset, size)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
