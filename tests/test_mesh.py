@@ -128,6 +128,27 @@ def test_task_runs_where_its_argument_lives_with_one_lease_round_trip(mesh3):
     assert delta(core.received, received, Msg.LEASE_SPILLBACK) == 0
 
 
+def test_arguments_are_pulled_before_the_lease_is_granted(mesh3):
+    """Was: the lease was granted and the task pushed, and only then did the worker
+    ask for its argument, holding the CPU while the bytes travelled."""
+    from meshcompute.host.launcher import query
+
+    a, c = mesh3["ids"][0], mesh3["ids"][2]
+    _, info_c = mesh3["nodes"][2]
+    arr = np.arange(24 * MiB // 8, dtype=np.int64)
+    ref = mesh.put(arr)  # in node A's store
+    before = query(info_c, "node")["pulls"]
+    pinned = NodeAffinitySchedulingStrategy(node_id=c, soft=False)
+    # A shape of its own, so the task needs a new lease (a held one takes tasks with no
+    # daemon in between: their arguments are then read, and pulled, by the worker, as in Ray).
+    got, ran_on = mesh.get(digest.options(scheduling_strategy=pinned, num_cpus=0.5).remote(ref), timeout=60)
+    assert ran_on == c and got == hashlib.sha256(arr.tobytes()).hexdigest()
+    after = query(info_c, "node")["pulls"]
+    assert after.get("prefetch", 0) - before.get("prefetch", 0) == 1
+    assert after.get("read", 0) == before.get("read", 0), "the worker had to pull its argument itself"
+    assert mesh.get_runtime_context().get_node_id() == a
+
+
 def test_actors_are_placed_across_nodes_and_keep_their_order(mesh3):
     c = mesh3["ids"][2]
 

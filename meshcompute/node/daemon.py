@@ -104,7 +104,8 @@ class Daemon:
         self.processes = Processes()
         self.placement = Placement(node_id, self.resources, self.peer_views,
                                    lambda shape: self.control.group_nodes(shape), lambda: len(self.leases.pending))
-        self.leases = LeaseTable(self.resources, self.workers, self.placement, self.send, self.schedule)
+        self.leases = LeaseTable(self.resources, self.workers, self.placement, self.send, self.schedule,
+                                 self._prefetch)
         self.actors = ActorDirectory(node_id, lambda: self.address, self.resources, self.workers,
                                      self.placement, lambda: self.control, self.send,
                                      lambda a: self.monitor.actor_changed(a), self.schedule,
@@ -160,7 +161,7 @@ class Daemon:
         self.copier = Copier()
         self.store.use_copier(self.copier.submit)
         self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send,
-                           self.copier.submit)
+                           self.copier.submit, time.monotonic)
         # The first node of a mesh starts the control store; joiners are added by its leader.
         link = NodeLink(node_id=self.node_id, session_dir=self.session_dir, send=self.send,
                         peer_views=self.peer_views, resources=self.resources,
@@ -452,15 +453,32 @@ class Daemon:
         for addr, pid in list(self.processes.drivers.items()):
             if not pid_alive(pid):
                 self.process_gone(addr)
-        self.workers.reap_idle(time.monotonic())
+        now = time.monotonic()
+        self.workers.reap_idle(now)
+        self.pulls.expire(now)
         self.schedule()
 
     # ------------------------------------------------------------------ store
 
+    def _prefetch(self, args: Any, done: Any) -> int:
+        """Pull the lease request's arguments this node lacks (``hints["args"]``, from the
+        owner: checked here, since any peer may send them); returns how many it waits for."""
+        waiting = 0
+        if not isinstance(args, (list, tuple)):
+            return 0
+        now = time.monotonic()
+        for item in args[:64]:
+            if not (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], bytes)
+                    and isinstance(item[1], int) and 0 < item[1] <= self.store_capacity
+                    and isinstance(item[2], str) and item[2] != self.node_id):
+                continue
+            waiting += self.pulls.prefetch(item[0], item[2], item[1], done, now)
+        return waiting
+
     def on_store_pin(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, oid, source = msg
         if self.store.is_remote(oid, source):
-            self.pulls.pull(oid, source[0], int(source[1]), sender, req_id)
+            self.pulls.pull(oid, source[0], int(source[1]), sender, req_id, time.monotonic())
         else:
             self.store.pin(oid, sender, req_id)
 
@@ -494,6 +512,7 @@ class Daemon:
             "queued": len(self.leases.pending),
             "tasks": self.processes.task_totals(),
             "control": self.control_status(),
+            "pulls": dict(self.pulls.started),
         }
         if what == "mesh":
             nodes = [info]

@@ -43,6 +43,7 @@ class LeaseRequest:
     hints: dict = field(default_factory=dict)
     warned: bool = False
     revoked: bool = False
+    fetching: int = 0  # arguments still being pulled here: granted only once they are local
 
 
 class LeaseTable:
@@ -55,16 +56,24 @@ class LeaseTable:
       * a leased worker's ``lease_id`` names its Lease, and only a worker in
         state "leased" is handed back to "idle" by a return;
       * ``pending`` keeps arrival order; a request leaves it when granted,
-        spilled back, cancelled, or when its owner is gone.
+        spilled back, cancelled, or when its owner is gone;
+      * a request is granted only once the arguments it named (``hints["args"]``)
+        are in this node's store, as in Ray: the pull happens before a CPU is
+        held, and the number of pulls in flight is bounded by the store's room,
+        not by how many workers wait.
     """
 
     def __init__(self, resources: ResourcePool, workers: WorkerPool, placement: Placement,
-                 send: Callable[..., None], schedule: Callable[[], None]) -> None:
+                 send: Callable[..., None], schedule: Callable[[], None],
+                 prefetch: Callable[[Any, Callable[[], None]], int]) -> None:
         self.resources = resources
         self.workers = workers
         self.placement = placement
         self.send = send
         self.schedule = schedule  # the node's scheduling pass, after anything freed resources
+        # prefetch(args, done): start pulling the arguments this node lacks; returns how many
+        # (``done`` is called once for each as it lands or fails).
+        self.prefetch = prefetch
         self.leases: dict[bytes, Lease] = {}
         self.pending: collections.deque[LeaseRequest] = collections.deque()
         self._last_revoke = 0.0
@@ -78,12 +87,19 @@ class LeaseTable:
         if target is not None:
             self.spillback(req, target)
             return
+        if req.hints.get("args"):
+            req.fetching = self.prefetch(req.hints["args"], lambda: self._fetched(req))
         if (group_of(req.shape) is None and not self.resources.feasible(req.shape)
                 and not self.placement.feasible_somewhere(req.shape)):
             req.warned = True
             self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.resources.largest())
         self.pending.append(req)
         self.schedule()
+
+    def _fetched(self, req: LeaseRequest) -> None:
+        req.fetching -= 1
+        if req.fetching == 0 and req in self.pending:
+            self.schedule()
 
     def spillback(self, req: LeaseRequest, peer: Any) -> None:
         self.placement.note_sent(peer.node_id)
@@ -162,6 +178,9 @@ class LeaseTable:
         # What is left after the requests already waiting for a worker to start.
         spare = dict(self.resources.available)
         for req in self.pending:
+            if req.fetching:
+                still.append(req)  # its arguments are on their way here
+                continue
             if not self.resources.fits(req.shape, spare):
                 target = self.placement.choose(req.shape, req.strategy, req.hints) if may_spill else None
                 if target is not None:

@@ -9,6 +9,7 @@ primary is.  Chunks of compressible objects travel lz4-compressed.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from collections.abc import Callable
@@ -31,6 +32,13 @@ PULL_WINDOW = 4
 """Chunk requests a pull keeps in flight (the credit window)."""
 SAMPLE_BYTES = 65536
 """The start of an object compressed to decide whether its chunks travel compressed."""
+PULL_STALL_S = 10.0
+"""Seconds a pull may go without a chunk arriving before the chunks still missing are
+asked for again: a dead source is declared dead by gossip well before (~1.5 s) and
+fails the pull at once; this catches a live source that lost requests (a reset
+connection drops what was queued on it)."""
+PULL_RETRIES = 2
+"""Times a stalled pull asks again before it fails (its readers then hear None)."""
 
 
 @dataclass
@@ -45,6 +53,10 @@ class Pull:
     inflight: int = 0
     received: int = 0
     waiters: list = field(default_factory=list)  # (reader, req_id) to answer when done
+    missing: set = field(default_factory=set)  # offsets of chunks asked for and not yet written
+    notify: list = field(default_factory=list)  # callables to call when it ends (prefetches), no pin
+    progress_at: float = 0.0  # monotonic time of the last chunk (or of the start)
+    retries: int = 0
 
 
 class Pulls:
@@ -64,31 +76,54 @@ class Pulls:
     """
 
     def __init__(self, store: StoreService, arena: memoryview, address: Callable[[], str],
-                 peer_views: Callable[[], dict], send: Callable[..., None], copy: Copy) -> None:
+                 peer_views: Callable[[], dict], send: Callable[..., None], copy: Copy,
+                 now: Callable[[], float]) -> None:
         self.store = store
         self.arena = arena  # the daemon's view of its arena
         self.address = address
         self.peer_views = peer_views
         self.send = send
         self.copy = copy  # copy(job, done): job on a helper thread, done on the loop
+        self.now = now  # the monotonic clock
         self.pulls: dict[bytes, Pull] = {}
+        # Pulls started, by cause: "prefetch" (a lease request's argument, before the grant)
+        # or "read" (a reader's pin found no copy here). NODE_INFO shows them.
+        self.started: collections.Counter = collections.Counter()
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
         self.serving: dict[tuple[str, bytes], list] = {}  # (peer, oid) -> chunk requests waiting for the pin
 
     # ------------------------------------------------------------ pulling in
 
-    def pull(self, oid: bytes, node_id: str, size: int, reader: str, req_id: int | None) -> None:
+    def pull(self, oid: bytes, node_id: str, size: int, reader: str, req_id: int | None,
+             now: float) -> None:
         """Copy an object from another node's store into ours, then answer the pin."""
         p = self.pulls.get(oid)
         if p is not None:
             p.waiters.append((reader, req_id))
             return
+        if self._start(oid, node_id, size, now, "read", [(reader, req_id)]) is None and req_id is not None:
+            self.send(reader, Msg.REPLY, req_id, None)
+
+    def prefetch(self, oid: bytes, node_id: str, size: int, done: Callable[[], None], now: float) -> bool:
+        """Copy an object here ahead of a task that will read it (no pin: the copy is an
+        evictable secondary); ``done()`` when it ends.  False when there is nothing to wait
+        for: it is here already, or its node is not alive (the reader will find out)."""
+        obj = self.store.table.objects.get(oid)
+        if obj is not None and not obj.freed:
+            return False
+        p = self.pulls.get(oid) or self._start(oid, node_id, size, now, "prefetch")
+        if p is None:
+            return False
+        p.notify.append(done)
+        return True
+
+    def _start(self, oid: bytes, node_id: str, size: int, now: float, cause: str,
+               waiters: list | None = None) -> Pull | None:
         peer = self.peer_views().get(node_id)
         if peer is None or peer.state not in ("alive", "suspect") or not peer.address:
-            if req_id is not None:
-                self.send(reader, Msg.REPLY, req_id, None)
-            return
-        p = Pull(oid, peer.address, -1, size, waiters=[(reader, req_id)])
+            return None
+        self.started[cause] += 1
+        p = Pull(oid, peer.address, -1, size, waiters=waiters or [], progress_at=now)
         self.pulls[oid] = p
 
         def allocated(value: tuple) -> None:
@@ -99,25 +134,29 @@ class Pulls:
                 for waiter, wreq in p.waiters:
                     if wreq is not None:
                         self.send(waiter, Msg.REPLY, wreq, value)
+                self._notify(p)
                 return
             p.offset = value[1]
             self._request_chunks(p)
 
         # Room may have to be made first (spills): the chunks are asked for once it is.
         self.store.create_local(oid, size, peer.address, self.address(), allocated)
+        return p
 
     def _request_chunks(self, p: Pull) -> None:
         while p.inflight < PULL_WINDOW and p.next_offset < p.size:
             length = min(PULL_CHUNK_BYTES, p.size - p.next_offset)
             self.send(p.source, Msg.PULL_CHUNK, p.oid, p.next_offset, length)
+            p.missing.add(p.next_offset)
             p.next_offset += length
             p.inflight += 1
 
     def on_chunk_data(self, sender: str, msg: tuple, frames: list) -> None:
         _, oid, offset, compressed, error = msg
         p = self.pulls.get(oid)
-        if p is None or p.offset < 0:
-            return
+        if p is None or p.offset < 0 or offset not in p.missing:
+            return  # not ours, or a chunk asked for twice (after a stall) that came already
+        p.missing.discard(offset)
         if error is not None or not frames:
             self._finish(p, ok=False)
             return
@@ -149,6 +188,7 @@ class Pulls:
                 return
             p.received += n
             p.inflight -= 1
+            p.progress_at = self.now()
             if p.received >= p.size:
                 self.send(p.source, Msg.PULL_DONE, oid)
                 self._finish(p, ok=True)
@@ -165,10 +205,32 @@ class Pulls:
             for reader, req_id in p.waiters:
                 if req_id is not None:
                     self.send(reader, Msg.REPLY, req_id, None)
-            return
-        self.store.send_replies(table.seal(p.oid))
-        for reader, req_id in p.waiters:
-            self.store.send_replies(table.pin(p.oid, reader, req_id))
+        else:
+            self.store.send_replies(table.seal(p.oid))
+            for reader, req_id in p.waiters:
+                self.store.send_replies(table.pin(p.oid, reader, req_id))
+        self._notify(p)
+
+    @staticmethod
+    def _notify(p: Pull) -> None:
+        callbacks, p.notify = p.notify, []
+        for done in callbacks:
+            done()
+
+    def expire(self, now: float) -> None:
+        """Pulls with no chunk for PULL_STALL_S ask for their missing chunks again, PULL_RETRIES
+        times, then fail: a pull never waits forever (its readers' get() has its own timeout too)."""
+        for p in list(self.pulls.values()):
+            if p.offset < 0 or now - p.progress_at < PULL_STALL_S:
+                continue
+            if p.retries >= PULL_RETRIES:
+                log.warning("pull of object %s from %s stalled; giving up", p.oid.hex(), p.source)
+                self._finish(p, ok=False)
+                continue
+            p.retries += 1
+            p.progress_at = now
+            for offset in sorted(p.missing):
+                self.send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset))
 
     def process_gone(self, addr: str) -> None:
         """A peer daemon is gone: chunk requests of its that waited for a pin go too."""
@@ -185,7 +247,11 @@ class Pulls:
     def on_pull_chunk(self, sender: str, msg: tuple, frames: list) -> None:
         _, oid, offset, length = msg
         key = (sender, oid)
-        if offset == 0:
+        if key in self.serving:
+            self.serving[key].append((offset, length))  # after the pin, in order
+            return
+        obj = self.store.table.objects.get(oid)
+        if offset == 0 and (obj is None or sender not in obj.pins):  # a repeated first chunk pins once
             # The transfer holds a pin (restoring a spilled object) until PULL_DONE.
             self.serving[key] = []
 
@@ -203,8 +269,6 @@ class Pulls:
                     self._serve(sender, oid, o, n)
 
             self.store.pin(oid, sender, pinned)
-        elif key in self.serving:
-            self.serving[key].append((offset, length))  # after the pin, in order
         else:
             self._serve(sender, oid, offset, length)
 

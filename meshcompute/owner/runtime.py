@@ -376,20 +376,13 @@ class Core:
         ``timeout`` bounds the whole read, a pull from another node included
         (None: a local read waits up to 60 s, a pull as long as it makes progress).
         """
-        remote = bool(node) and node != self.node_id
-        if timeout is None and not remote:
+        if timeout is None and (not node or node == self.node_id):
             timeout = 60.0
         unpin = self.store._unpin
-        if remote:
-            self._block()  # a worker lends its CPU while the bytes travel (and hands back queued tasks)
-        try:
-            value, new_borrows = self.store.read(
-                oid, node, size, timeout,
-                on_late=lambda answer: unpin(oid) if isinstance(answer, tuple) and not isinstance(answer[0], str)
-                else None)
-        finally:
-            if remote:
-                self._unblock()
+        value, new_borrows = self.store.read(
+            oid, node, size, timeout,
+            on_late=lambda answer: unpin(oid) if isinstance(answer, tuple) and not isinstance(answer[0], str)
+            else None)
         if new_borrows:
             self.register_borrows(new_borrows, owner)
         return value

@@ -46,6 +46,11 @@ between the calls reuses its worker without asking the daemon each time; it is
 returned at once when the daemon says others wait for the CPU (LEASE_REVOKE)."""
 
 
+MAX_PREFETCH = 64
+"""Arguments of one lease request the granting daemon pulls before it grants (the rest
+are pulled by the worker when it reads them)."""
+
+
 class Task:
     """An owned task or actor call, from submission to completion."""
 
@@ -213,7 +218,8 @@ class TaskQueues:
             head = q[0]
             daemon = self.daemon_for(key)
             # A request sent past our own daemon counts as placed: that daemon grants or waits.
-            hints = {"locality": self.locality(head), "spilled": daemon != self.io.daemon_addr}
+            hints = {"locality": self.locality(head), "spilled": daemon != self.io.daemon_addr,
+                     "args": self.stored_args(head)}
             for _ in range(want):
                 req_id = self.io.next_req_id()
                 self.requests[req_id] = LeaseRequest(key, daemon, head.shape, head.strategy)
@@ -256,6 +262,17 @@ class TaskQueues:
                 if e is not None and e.loc is not None:
                     where[e.node] = where.get(e.node, 0) + e.loc[1]
         return where
+
+    def stored_args(self, t: Task) -> list[tuple[bytes, int, str]]:
+        """``(object id, size, node)`` of the task's arguments held in a node's store: the daemon
+        that grants the lease pulls those it lacks first, so the task never waits for them."""
+        out = []
+        for item in t.args:
+            if item[0] == "r":
+                e = self.objects.entries.get(item[1]._id)
+                if e is not None and e.loc is not None and e.node:
+                    out.append((item[1]._id, e.loc[1], e.node))
+        return out[:MAX_PREFETCH]
 
     def _send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
         self.io.send(peer, msg_type, *fields, frames=frames)

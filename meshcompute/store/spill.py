@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import os
 import struct
-import threading
 
 import lz4.block
 import lz4.frame
@@ -69,23 +68,21 @@ class SpillDir:
     """A directory of spill files, created at the first spill.
 
     ``write`` and ``read`` may run on several threads at once (the daemon's
-    copier): file names come from one atomic counter, and the directory is
-    made once under a lock.
+    copier): file names come from one counter (``next`` on it is atomic), and
+    making the directory and its marker is idempotent, so two threads may both do it.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._made = False
         self._seq = itertools.count(1)
-        self._lock = threading.Lock()
 
     def _ensure(self) -> None:
-        with self._lock:
-            if not self._made:
-                os.makedirs(self.path, mode=0o700, exist_ok=True)
-                with open(os.path.join(self.path, MARKER), "w"):
-                    pass
-                self._made = True
+        if not self._made:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+            with open(os.path.join(self.path, MARKER), "w"):
+                pass
+            self._made = True
 
     def write(self, arena_fd: int, offset: int, size: int, name: str) -> tuple[str, int, int]:
         """Copy ``size`` bytes at ``offset`` of the arena into a new spill file.
