@@ -1,8 +1,9 @@
 """The narrow interface the owner's state objects use to reach the outside.
 
-The runtime (runtime.py) implements it on its I/O thread; the state objects
-(objects.py, tasks.py, actors.py) never hold a socket, a thread or the runtime
-itself, only this.  Every method is called on the I/O thread.
+The runtime's I/O thread (io_thread.py) implements it; the state objects
+(objects.py, tasks.py, actors.py) never hold a socket, a thread, a clock or the
+runtime itself, only this, so a test can drive them with a fake one
+(tests/owner/).  Every method is called on the I/O thread.
 """
 
 from __future__ import annotations
@@ -29,3 +30,6 @@ class OwnerIo(Protocol):
 
     def next_req_id(self) -> int:
         """A fresh request id for this process."""
+
+    def now(self) -> float:
+        """The monotonic clock, in seconds (a test gives its own)."""

@@ -76,6 +76,8 @@ class IoThread:
     def next_req_id(self) -> int:
         return next(self._req_ids)
 
+    now = staticmethod(time.monotonic)
+
     # ------------------------------------------------------------------ any thread
 
     def register(self, kind: str, pid: int, worker_id: str, namespace: str) -> tuple:

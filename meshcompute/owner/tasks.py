@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import time
 from typing import Any
 
 from .. import exceptions as exc
@@ -349,11 +348,11 @@ class TaskQueues:
             self.lease_idle(lease)
 
     def lease_idle(self, lease: Lease) -> None:
-        if self.revoke_until > time.monotonic() or self._waiting_at(lease.daemon):
+        if self.revoke_until > self.io.now() or self._waiting_at(lease.daemon):
             # We wait for another lease there ourselves: this worker is what it needs.
             self.return_lease(lease)
             return
-        lease.idle_since = time.monotonic()
+        lease.idle_since = self.io.now()
         self.io.call_later(LEASE_IDLE_S, self._maybe_return_lease, lease, lease.idle_since)
 
     def _maybe_return_lease(self, lease: Lease, since: float) -> None:
@@ -377,7 +376,7 @@ class TaskQueues:
     def on_lease_revoke(self, sender: str, msg: tuple, frames: list) -> None:
         # Others wait for resources: hand back idle leases now, and busy ones as
         # soon as they go idle during the next moment.
-        self.revoke_until = time.monotonic() + 0.05
+        self.revoke_until = self.io.now() + 0.05
         for lease in list(self.lease_by_id.values()):
             if not lease.inflight:
                 self.return_lease(lease)
