@@ -224,7 +224,10 @@ def _run_child(name: str, repeat: int, quick: bool, timeout: float, pythonpath: 
     if pythonpath:  # meshcompute from another checkout (its daemons inherit the path)
         env["PYTHONPATH"] = os.path.abspath(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        # Run from that checkout too: ``python -m`` (how daemons start) puts the working
+        # directory first on the path, before PYTHONPATH.
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=os.path.abspath(pythonpath) if pythonpath else None)
         stdout, stderr = proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as e:
         stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")

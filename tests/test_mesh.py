@@ -149,6 +149,23 @@ def test_arguments_are_pulled_before_the_lease_is_granted(mesh3):
     assert mesh.get_runtime_context().get_node_id() == a
 
 
+def test_get_timeout_bounds_the_read_of_an_object_on_another_node(mesh3):
+    """Was: get(timeout=) bounded only the wait for the value to exist; reading it
+    from another node's store (a pull) then took as long as the pull took."""
+    from meshcompute.exceptions import GetTimeoutError
+
+    b = mesh3["ids"][1]
+    pinned = NodeAffinitySchedulingStrategy(node_id=b, soft=False)
+    ref = make_block.options(scheduling_strategy=pinned).remote(192)  # in node B's store
+    mesh.wait([ref], timeout=60)
+    start = time.monotonic()
+    with pytest.raises(GetTimeoutError):
+        mesh.get(ref, timeout=0.05)  # a pull of 192 MiB takes far longer here
+    assert time.monotonic() - start < 1.0
+    block = mesh.get(ref, timeout=60)  # the read still works, and the late pin was let go
+    assert block.nbytes == 192 * MiB and int(block[::4096].sum()) == 192 * MiB // 4096
+
+
 def test_actors_are_placed_across_nodes_and_keep_their_order(mesh3):
     c = mesh3["ids"][2]
 

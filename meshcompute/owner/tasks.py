@@ -23,6 +23,7 @@ Invariants (all state lives on the I/O thread):
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 from typing import Any
 
@@ -188,7 +189,9 @@ class TaskQueues:
             short = self.run_times.is_short
             slots = [(len(ls.inflight), depth_limit((short(t.fn_id) for t in ls.inflight.values()), ls.blocked))
                      for ls in leases]
-            plan = plan_pushes([short(t.fn_id) for t in q], slots)
+            # Only the head of the queue can go now: at most the room the leases have.
+            room = sum(max(0, limit - inflight) for inflight, limit in slots)
+            plan = plan_pushes([short(t.fn_id) for t in itertools.islice(q, room)], slots)
             batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]
             for lease, batch in batches:
                 self._push(lease, batch)

@@ -105,6 +105,14 @@ def _grant(io, tasks, req_id, n=1, daemon=DAEMON):
     return lease_id
 
 
+def _run_on_new_lease(io, tasks, t) -> None:
+    """Submit ``t``, grant the lease it asks for (it is pushed there), forget the messages."""
+    tasks.submit(t)
+    (req,) = [f for _, m, f in io.take() if m == Msg.REQUEST_LEASE]
+    _grant(io, tasks, req[0])
+    io.take()
+
+
 def _done(tasks, worker, task_ids, duration=0.01):
     results = [(tid, [("v", b"N.", 0, False, [])], duration) for tid in task_ids]
     tasks.on_tasks_done(worker, (Msg.TASKS_DONE, results), [b""] * 0)
@@ -144,10 +152,7 @@ def test_a_queue_asks_for_as_many_leases_as_it_needs_and_withdraws_the_rest(owne
 def test_a_warm_lease_takes_the_next_task_without_the_daemon(owner):
     io, tasks, _ = owner
     t = _task()
-    tasks.submit(t)
-    (req,) = [f for _, m, f in io.take() if m == Msg.REQUEST_LEASE]
-    _grant(io, tasks, req[0])
-    io.take()
+    _run_on_new_lease(io, tasks, t)
     _done(tasks, "n1/p_w1@", [t.task_id])
     io.advance(LEASE_IDLE_S / 2)  # the driver's own work between calls
     nxt = _task()
@@ -158,10 +163,7 @@ def test_a_warm_lease_takes_the_next_task_without_the_daemon(owner):
 def test_short_tasks_pipeline_and_a_long_one_never_waits_behind_them(owner):
     io, tasks, _ = owner
     first = _task(fn_id=b"short")
-    tasks.submit(first)
-    (req,) = [f for _, m, f in io.take() if m == Msg.REQUEST_LEASE]
-    _grant(io, tasks, req[0])
-    io.take()
+    _run_on_new_lease(io, tasks, first)
     _done(tasks, "n1/p_w1@", [first.task_id], duration=0.0001)  # now known short
     io.take()
     # The lease runs a short task; 3 more short ones and then a long one are queued.
@@ -205,9 +207,7 @@ def test_a_grant_that_crossed_a_withdrawal_goes_straight_back(owner):
 def test_results_fill_the_return_objects(owner):
     io, tasks, objects = owner
     t = _task()
-    tasks.submit(t)
-    (req,) = [f for _, m, f in io.take() if m == Msg.REQUEST_LEASE]
-    _grant(io, tasks, req[0])
+    _run_on_new_lease(io, tasks, t)
     objects.ref_counts[t.return_ids[0]] = 1  # the caller holds the ref
     _done(tasks, "n1/p_w1@", [t.task_id])
     assert objects.entries[t.return_ids[0]].state == READY
