@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..sched.keys import lease_target, scheduling_key
-from ..sched.pipeline import RunTimes, depth_limit, lease_requests_delta, plan_pushes
+from ..sched.pipeline import MAX_LEASE_REQUESTS, MAX_PIPELINE, RunTimes, lease_requests_delta, plan_pushes
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import deserialize, serialize
@@ -74,7 +74,7 @@ class Lease:
     """A worker leased from a daemon for one scheduling key."""
 
     __slots__ = ("lease_id", "key", "worker_addr", "worker_id", "gpu_ids", "inflight", "idle_since",
-                 "blocked", "daemon")
+                 "blocked", "daemon", "runs_long")
 
     def __init__(self, lease_id, key, worker_addr, worker_id, gpu_ids, daemon) -> None:
         self.daemon = daemon  # the daemon that granted it: returns and kills go there
@@ -84,8 +84,17 @@ class Lease:
         self.worker_id = worker_id
         self.gpu_ids = gpu_ids
         self.inflight: dict[bytes, Task] = {}
+        # Whether what it runs is not known to be short. plan_pushes puts such a task alone
+        # on an idle worker, so it is decided by the first task pushed while idle.
+        self.runs_long = False
         self.idle_since = 0.0
         self.blocked = False
+
+
+def _depth_limit(lease: Lease) -> int:
+    # sched.pipeline.depth_limit for a lease: what it runs is short or not as a whole
+    # (Lease.runs_long); inlined because it runs for every task submitted.
+    return 0 if lease.blocked else 1 if lease.runs_long else MAX_PIPELINE
 
 
 class LeaseRequest:
@@ -113,6 +122,7 @@ class TaskQueues:
         self.warned_shapes: set[tuple] = set()
         self.fn_sent: dict[str, set[bytes]] = collections.defaultdict(set)
         self.run_times = RunTimes()
+        self._plain_keys: dict[tuple, tuple] = {}  # (shape, strategy) -> key, for tasks with no stored args
         self.revoke_until = 0.0
         self.stale_grants = 0  # grants that crossed our withdrawal (returned at once); tests read it
         self.request_delay = 0.0  # s before new lease requests go out (a worker's children: runtime.py)
@@ -152,7 +162,13 @@ class TaskQueues:
                 if e is not None and e.is_error:
                     self.complete_with_error_of(t, e)
                     return
-        t.key = scheduling_key(t.shape, t.strategy, self.locality(t))
+        locality = self.locality(t)
+        if locality:
+            t.key = scheduling_key(t.shape, t.strategy, locality)
+        else:  # most tasks: the key of a (shape, strategy) pair, computed once
+            t.key = self._plain_keys.get((t.shape, t.strategy))
+            if t.key is None:
+                t.key = self._plain_keys[(t.shape, t.strategy)] = scheduling_key(t.shape, t.strategy, {})
         self.queues.setdefault(t.key, collections.deque()).append(t)
         self.dispatch(t.key)
 
@@ -186,19 +202,26 @@ class TaskQueues:
             q.popleft()
         leases = self.leases.get(key, ())
         if q and leases:
-            short = self.run_times.is_short
-            slots = [(len(ls.inflight), depth_limit((short(t.fn_id) for t in ls.inflight.values()), ls.blocked))
-                     for ls in leases]
-            # Only the head of the queue can go now: at most the room the leases have.
-            room = sum(max(0, limit - inflight) for inflight, limit in slots)
-            plan = plan_pushes([short(t.fn_id) for t in itertools.islice(q, room)], slots)
-            batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]
-            for lease, batch in batches:
-                self._push(lease, batch)
+            # Only the head of the queue can go now: at most the room the leases have (in a
+            # burst, usually none: this runs for every task submitted, so it stays cheap).
+            room = 0
+            for ls in leases:
+                free = _depth_limit(ls) - len(ls.inflight)
+                if free > 0:
+                    room += free
+            if room:
+                slots = [(len(ls.inflight), _depth_limit(ls)) for ls in leases]
+                short = self.run_times.is_short
+                plan = plan_pushes([short(t.fn_id) for t in itertools.islice(q, room)], slots)
+                batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]
+                for lease, batch in batches:
+                    self._push(lease, batch)
         self._size_requests(key, q, leases)
 
     def _size_requests(self, key: tuple, q: collections.deque | None, leases=()) -> None:
         queued = len(q) if q else 0
+        if self.requests_out[key] >= MAX_LEASE_REQUESTS and queued >= MAX_LEASE_REQUESTS + len(leases):
+            return  # a burst: as many requests out as allowed, and the queue needs them all
         idle = sum(1 for ls in leases if not ls.inflight and not ls.blocked)
         want = lease_requests_delta(queued, self.requests_out[key], idle)
         if want > 0 and self.request_delay:
@@ -258,6 +281,8 @@ class TaskQueues:
     def locality(self, t: Task) -> dict:
         """Bytes of the task's arguments held by each node's store."""
         where: dict[str, int] = {}
+        if not t.args:
+            return where
         for item in t.args:
             if item[0] == "r":
                 e = self.objects.entries.get(item[1]._id)
@@ -300,6 +325,8 @@ class TaskQueues:
         frames: list = []
         specs = []
         sent = self.fn_sent[lease.worker_addr]
+        if not lease.inflight:
+            lease.runs_long = not self.run_times.is_short(batch[0].fn_id)
         for t in batch:
             fn_bytes = None
             if t.fn_id not in sent:

@@ -37,6 +37,7 @@ class WorkerInbox:
         self.done_out: dict[str, list] = {}  # owner -> [(result, frames)] to flush this turn
         self.handoff: dict[bytes, list] = {}  # task id -> refs kept until the owner holds them
         self.out_last = 0.0
+        self._check_armed = False  # a pipeline check is pending (_check_pipeline)
 
     def handlers(self) -> dict:
         return {
@@ -60,16 +61,26 @@ class WorkerInbox:
             n = sum(a[2] for a in spec[4] if a[0] == "v")
             ex.queue.put(("task", sender, gpu_ids, spec, frames[pos: pos + n]))
             pos += n
-        running = ex.running_task()
-        if running is not None and ex.bounce_enabled:
+        self._watch_pipeline()
+
+    def _watch_pipeline(self) -> None:
+        # One check armed at a time, for the task running now, while tasks wait behind it.
+        running = self.executor.running_task()
+        if running is not None and not self._check_armed and self.executor.bounce_enabled:
+            self._check_armed = True
             self.io.call_later(PIPELINE_PATIENCE_S, self._check_pipeline, running)
 
     def _check_pipeline(self, running: bytes) -> None:
         """Tasks wait behind one that has run for PIPELINE_PATIENCE_S: hand them back."""
+        self._check_armed = False
+        if self.executor.queue.empty():
+            return
         if self.executor.running_task() == running and not self._blocked():
             back = self.executor.take_queued_tasks()
             if back:
                 self.bounce(back)
+        else:
+            self._watch_pipeline()  # another task runs now: watch it in turn
 
     def on_actor_call(self, sender: str, msg: tuple, frames: list) -> None:
         self._activity()
