@@ -45,8 +45,11 @@ def pulls(tmp_path):
     clock = [100.0]
     store = StoreService(table, "nodeA", net.send, lambda node: None)
     peer = SimpleNamespace(node_id="nodeB", state="alive", address=SOURCE)
+    located: list = []  # (oid, answer) of each LOCATE the pulls asked for
     p = Pulls(store, memoryview(bytearray(0)), lambda: "nodeA/daemon@", lambda: {"nodeB": peer}, net.send,
-              lambda job, done: done(job(), None), lambda: clock[0])
+              lambda job, done: done(job(), None), lambda: clock[0],
+              lambda oid, answer: located.append((oid, answer)))
+    p.located = located
     yield p, net, clock, table
     os.close(fd)
 
@@ -99,3 +102,35 @@ def test_a_chunk_that_comes_twice_after_a_retry_is_written_once(pulls):
     _chunk(p, net, PULL_CHUNK_BYTES, PULL_CHUNK_BYTES)
     assert len(net.of(Msg.PULL_DONE)) == 1
     assert table.objects[OID].sealed
+
+
+OTHER = "nodeC/daemon@tcp://127.0.0.1:2"
+
+
+def test_a_pull_whose_source_dies_goes_on_from_another_copy(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 3 * PULL_CHUNK_BYTES, READER, 5, clock[0])
+    _chunk(p, net, 0, PULL_CHUNK_BYTES)
+    net.sent.clear()
+    p.node_gone("nodeB")
+    assert [oid for oid, _ in p.located] == [OID]
+    assert not net.sent, "nothing is asked of anyone until another copy is found"
+    p.located[0][1]([None, OTHER])  # one peer has no copy, node C has one
+    asked = [(peer, f[1]) for peer, f in net.of(Msg.PULL_CHUNK)]
+    # The first chunk again (it pins the copy there), then the chunks still missing.
+    assert asked == [(OTHER, 0), (OTHER, PULL_CHUNK_BYTES), (OTHER, 2 * PULL_CHUNK_BYTES)]
+    p.on_chunk_data(OTHER, (Msg.CHUNK_DATA, OID, 0, False, None), [b"x" * PULL_CHUNK_BYTES])  # dropped
+    for offset in (PULL_CHUNK_BYTES, 2 * PULL_CHUNK_BYTES):
+        p.on_chunk_data(OTHER, (Msg.CHUNK_DATA, OID, offset, False, None), [b"x" * PULL_CHUNK_BYTES])
+    assert net.of(Msg.PULL_DONE) == [(OTHER, (OID,))]
+    assert [f for peer, f in net.of(Msg.REPLY) if peer == READER][0][0] == 5
+    assert p.started["resumed"] == 1
+
+
+def test_a_pull_whose_source_dies_with_no_other_copy_fails(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 2 * PULL_CHUNK_BYTES, READER, 6, clock[0])
+    p.node_gone("nodeB")
+    p.located[0][1]([None, None])
+    assert [f for peer, f in net.of(Msg.REPLY) if peer == READER] == [(6, None)]
+    assert OID not in p.pulls and table.statistics().used == 0

@@ -161,7 +161,7 @@ class Daemon:
         self.copier = Copier()
         self.store.use_copier(self.copier.submit)
         self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send,
-                           self.copier.submit, time.monotonic)
+                           self.copier.submit, time.monotonic, self._locate)
         # The first node of a mesh starts the control store; joiners are added by its leader.
         link = NodeLink(node_id=self.node_id, session_dir=self.session_dir, send=self.send,
                         peer_views=self.peer_views, resources=self.resources,
@@ -278,6 +278,7 @@ class Daemon:
             Msg.TASK_STATS: self.processes.on_task_stats,
             Msg.TIMELINE: self.on_timeline,
             Msg.LIST_OBJECTS: self.on_list_objects,
+            Msg.LOCATE_OBJECT: self.on_locate_object,
             Msg.RAFT: control.on_raft,
             Msg.GCS_REQUEST: control.on_gcs_request,
             Msg.GCS_FORWARD: control.on_gcs_forward,
@@ -548,6 +549,17 @@ class Daemon:
         if scope == "mesh":
             requests += self._peer_requests(Msg.TIMELINE, "node")
         self.gathers.gather(sender, req_id, requests, [], 2.5 if scope == "mesh" else 1.5, flatten_lanes)
+
+    def _locate(self, oid: bytes, answer: Any) -> None:
+        """Ask every live peer whether it holds a sealed copy of ``oid``; ``answer(addresses)``."""
+        self.gathers.gather(answer, None, self._peer_requests(Msg.LOCATE_OBJECT, oid), [], 2.0,
+                            lambda parts: [a for a in parts if isinstance(a, str)])
+
+    def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
+        _, req_id, oid = msg
+        obj = self.store.table.objects.get(oid) if isinstance(oid, bytes) else None
+        held = obj is not None and obj.sealed and not obj.freed
+        self.send(sender, Msg.REPLY, req_id, self.address if held else None)
 
     def on_list_objects(self, sender: str, msg: tuple, frames: list) -> None:
         """The store table's records (and, for "mesh", every node's)."""

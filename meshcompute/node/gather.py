@@ -26,8 +26,8 @@ log = logging.getLogger("meshcompute.daemon")
 class Gather:
     """A request answered from several processes (workers, peer daemons) at once."""
 
-    requester: str
-    req_id: int
+    requester: Any  # a process to REPLY to, or a callable the daemon itself waits with
+    req_id: int | None
     parts: list
     waiting: set
     deadline: float
@@ -90,7 +90,10 @@ class Gathers:
         except Exception:  # noqa: BLE001 - a bad answer must not lose the reply
             log.error("combining answers for %s failed:\n%s", g.requester, traceback.format_exc())
             value = []
-        self.send(g.requester, Msg.REPLY, g.req_id, value)
+        if callable(g.requester):
+            g.requester(value)
+        else:
+            self.send(g.requester, Msg.REPLY, g.req_id, value)
 
 
 def flatten(parts: list) -> list:

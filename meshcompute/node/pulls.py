@@ -46,7 +46,7 @@ class Pull:
     """An object being copied into this node's store from another node."""
 
     oid: bytes
-    source: str  # the daemon that holds it
+    source: str | None  # the daemon that holds it (None: looking for another after it died)
     offset: int  # where it goes in our arena (-1 until room is made)
     size: int
     next_offset: int = 0
@@ -77,7 +77,7 @@ class Pulls:
 
     def __init__(self, store: StoreService, arena: memoryview, address: Callable[[], str],
                  peer_views: Callable[[], dict], send: Callable[..., None], copy: Copy,
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float], locate: Callable[[bytes, Callable[[list], None]], None]) -> None:
         self.store = store
         self.arena = arena  # the daemon's view of its arena
         self.address = address
@@ -85,6 +85,7 @@ class Pulls:
         self.send = send
         self.copy = copy  # copy(job, done): job on a helper thread, done on the loop
         self.now = now  # the monotonic clock
+        self.locate = locate  # locate(oid, answer): answer([addresses of daemons holding a sealed copy])
         self.pulls: dict[bytes, Pull] = {}
         # Pulls started, by cause: "prefetch" (a lease request's argument, before the grant)
         # or "read" (a reader's pin found no copy here). NODE_INFO shows them.
@@ -221,7 +222,7 @@ class Pulls:
         """Pulls with no chunk for PULL_STALL_S ask for their missing chunks again, PULL_RETRIES
         times, then fail: a pull never waits forever (its readers' get() has its own timeout too)."""
         for p in list(self.pulls.values()):
-            if p.offset < 0 or now - p.progress_at < PULL_STALL_S:
+            if p.offset < 0 or p.source is None or now - p.progress_at < PULL_STALL_S:
                 continue
             if p.retries >= PULL_RETRIES:
                 log.warning("pull of object %s from %s stalled; giving up", p.oid.hex(), p.source)
@@ -238,9 +239,32 @@ class Pulls:
             del self.serving[key]
 
     def node_gone(self, node_id: str) -> None:
-        """Pulls from a node that died or left fail (their readers hear None)."""
-        for p in [p for p in self.pulls.values() if node_of(p.source) == node_id]:
+        """Pulls from a node that died or left go on from another copy, if a live daemon
+        holds one (a node that pulled it earlier); else they fail (their readers hear None)."""
+        for p in [p for p in self.pulls.values() if p.source is not None and node_of(p.source) == node_id]:
+            p.source = None  # nothing is asked for until a new source is found
+            self.locate(p.oid, lambda holders, p=p: self._resume(p, holders))
+
+    def _resume(self, p: Pull, holders: list) -> None:
+        if self.pulls.get(p.oid) is not p:
+            return
+        holders = [h for h in holders if isinstance(h, str) and h]
+        if not holders:
             self._finish(p, ok=False)
+            return
+        p.source = holders[0]
+        p.progress_at, p.retries = self.now(), 0
+        self.started["resumed"] += 1
+        log.info("pull of object %s goes on from %s", p.oid.hex(), p.source)
+        if p.offset < 0:
+            return  # room is still being made: the chunks are asked for from the new source then
+        # The first chunk pins the copy there for the transfer (its bytes are dropped if we
+        # have them); then every chunk still missing.
+        if 0 not in p.missing:
+            self.send(p.source, Msg.PULL_CHUNK, p.oid, 0, min(PULL_CHUNK_BYTES, p.size))
+        for offset in sorted(p.missing):
+            self.send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset))
+        self._request_chunks(p)
 
     # ------------------------------------------------------------ serving out
 

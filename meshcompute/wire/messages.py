@@ -86,6 +86,8 @@ class Msg(IntEnum):
     GCS_REQUEST = 66  # process -> its daemon: a control store read or write; REPLY (status, value)
     GCS_FORWARD = 67  # daemon -> the leader's daemon: a request it cannot serve itself
     GCS_ANSWER = 68  # leader's daemon -> forwarding daemon: status and value of a GCS_FORWARD
+    # object pulls, continued
+    LOCATE_OBJECT = 69  # daemon -> daemons: who holds a sealed copy? REPLY with the holder's address or None
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -144,6 +146,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.GCS_REQUEST: ("req_id", "op", "timeout"),
     Msg.GCS_FORWARD: ("uid", "op"),
     Msg.GCS_ANSWER: ("uid", "status", "value"),
+    Msg.LOCATE_OBJECT: ("req_id", "object_id"),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"
