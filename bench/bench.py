@@ -3,7 +3,7 @@
     python bench/bench.py              # both (Ray when installed: pip install .[bench])
     python bench/bench.py --only mesh  # one framework
     python bench/bench.py --json out.json
-    python bench/bench.py --baseline ../old-checkout   # also meshcompute from another checkout
+    python bench/bench.py --baseline ../old-checkout --rounds 3   # also meshcompute from another checkout
 
 With ``--baseline DIR`` a third column runs the same workloads with meshcompute
 imported from DIR (a checkout of an earlier commit, say), in the same run, so a
@@ -245,6 +245,13 @@ def _run_child(name: str, repeat: int, quick: bool, timeout: float, pythonpath: 
     return figures
 
 
+def _median_figures(runs: list[dict]) -> dict:
+    """Each figure's median over the runs that measured it."""
+    keys = {k for r in runs for k in r}
+    return {k: statistics.median(r[k] for r in runs if isinstance(r.get(k), (int, float))) for k in keys
+            if any(isinstance(r.get(k), (int, float)) for r in runs)}
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
@@ -263,6 +270,10 @@ def main() -> None:
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--timeout", type=float, default=1200, help="seconds allowed to each framework")
     p.add_argument("--baseline", help="also run meshcompute imported from this checkout (a column 'base')")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="with --baseline: run this checkout and the baseline this many times each, "
+                        "alternating which goes first, and report the median of each figure "
+                        "(the machine's speed drifts; alternation spreads it over both)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -275,8 +286,19 @@ def main() -> None:
         except ImportError:
             print("Ray is not installed (pip install .[bench]); running meshcompute alone.")
             names = ["mesh"]
-    results = {n: _run_child(n, args.repeat, args.quick, args.timeout) for n in names}
-    base_r = _run_child("mesh", args.repeat, args.quick, args.timeout, args.baseline) if args.baseline else {}
+    if args.baseline:
+        runs: dict[str, list[dict]] = {"mesh": [], "base": []}
+        for r in range(max(1, args.rounds)):
+            for which in (("mesh", "base") if r % 2 == 0 else ("base", "mesh")):
+                path = args.baseline if which == "base" else None
+                runs[which].append(_run_child("mesh", args.repeat, args.quick, args.timeout, path))
+        results = {"mesh": _median_figures(runs["mesh"])}
+        base_r = _median_figures(runs["base"])
+        if "ray" in names:
+            results["ray"] = _run_child("ray", args.repeat, args.quick, args.timeout)
+    else:
+        results = {n: _run_child(n, args.repeat, args.quick, args.timeout) for n in names}
+        base_r = {}
     ray_version = None
     if "ray" in names:
         import ray

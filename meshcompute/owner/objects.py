@@ -218,10 +218,13 @@ class ObjectTable:
 
     # ------------------------------------------------------------- get / wait
 
-    def watch(self, refs: list, w: Waiter) -> None:
-        for ref in refs:
-            oid = ref._id
-            e = self.entry(oid, ref._owner)
+    def watch(self, ids: list[tuple[bytes, str]], w: Waiter) -> None:
+        """Count ``w`` down as each ``(object id, owner)`` becomes ready (asking owners for theirs).
+
+        Ids, not ObjectRefs: a ref must not die on the I/O thread (its last holder is
+        the user's code), where its release would queue behind every message."""
+        for oid, owner in ids:
+            e = self.entry(oid, owner)
             if e.state == READY:
                 w.done_ids.append(oid)
                 w.remaining -= 1
@@ -232,9 +235,9 @@ class ObjectTable:
         if w.remaining <= 0:
             w.event.set()
 
-    def unwatch(self, refs: list, w: Waiter) -> None:
-        for ref in refs:
-            e = self.entries.get(ref._id)
+    def unwatch(self, ids: list[tuple[bytes, str]], w: Waiter) -> None:
+        for oid, _ in ids:
+            e = self.entries.get(oid)
             if e is not None and w in e.waiters:
                 e.waiters.remove(w)
 

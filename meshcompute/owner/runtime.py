@@ -286,6 +286,7 @@ class Core:
                 self._barrier()  # their results are applied on the I/O thread: see them before looking
                 return self.wait_ready(refs, num, timeout)
         w = Waiter(num - len(ready))
+        pending = [(r._id, r._owner) for r in pending]
         self.post(self.objects.watch, pending, w)
         if not w.event.is_set():
             self._block()
@@ -307,6 +308,7 @@ class Core:
         if not pending:
             return True
         w = Waiter(len(pending))
+        pending = [(r._id, r._owner) for r in pending]
         self.post(self.objects.watch, pending, w)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
