@@ -31,6 +31,8 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
     except ImportError:
         pass
     from ..host.sessions import keys_for_session
+    from ..owner import runtime  # noqa: F401 - the worker's runtime, preloaded so workers share its pages
+    from . import executor, inbox  # noqa: F401
     from . import main as worker_main  # noqa: F401
 
     # Derive the mesh keys once (scrypt is deliberately slow); workers inherit them.
