@@ -56,7 +56,7 @@ from ..store.shm import ArenaWarmer
 from ..store.table import StoreTable, spill_dir_for
 from ..wire import ids
 from ..wire.messages import Msg, decode, describe, encode
-from ..wire.transport import Endpoint, make_address, node_of, parse_address
+from ..wire.transport import Endpoint, drain, make_address, node_of, parse_address
 from .actors import ActorDirectory
 from .config import default_prefault, default_store_capacity, detect_gpus, node_resources, parse_args
 from .copier import Copier
@@ -105,7 +105,7 @@ class Daemon:
         self.placement = Placement(node_id, self.resources, self.peer_views,
                                    lambda shape: self.control.group_nodes(shape), lambda: len(self.leases.pending))
         self.leases = LeaseTable(self.resources, self.workers, self.placement, self.send, self.schedule,
-                                 self._prefetch)
+                                 lambda args, done: self.pulls.prefetch_args(args, done))
         self.actors = ActorDirectory(node_id, lambda: self.address, self.resources, self.workers,
                                      self.placement, lambda: self.control, self.send,
                                      lambda a: self.monitor.actor_changed(a), self.schedule,
@@ -205,12 +205,7 @@ class Daemon:
             events = dict(poller.poll(timeout))
             for inbox in self.ep.inboxes:
                 if inbox in events:
-                    for _ in range(1000):
-                        try:
-                            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._dispatch(frames, handlers)
+                    drain(inbox, lambda frames: self._dispatch(frames, handlers), 1000)
             if self.workers.events_fd in events:
                 self._read_zygote()
             if self.copier.fd in events:
@@ -278,7 +273,7 @@ class Daemon:
             Msg.TASK_STATS: self.processes.on_task_stats,
             Msg.TIMELINE: self.on_timeline,
             Msg.LIST_OBJECTS: self.on_list_objects,
-            Msg.LOCATE_OBJECT: self.on_locate_object,
+            Msg.LOCATE_OBJECT: pulls.on_locate_object,
             Msg.RAFT: control.on_raft,
             Msg.GCS_REQUEST: control.on_gcs_request,
             Msg.GCS_FORWARD: control.on_gcs_forward,
@@ -461,21 +456,6 @@ class Daemon:
 
     # ------------------------------------------------------------------ store
 
-    def _prefetch(self, args: Any, done: Any) -> int:
-        """Pull the lease request's arguments this node lacks (``hints["args"]``, from the
-        owner: checked here, since any peer may send them); returns how many it waits for."""
-        waiting = 0
-        if not isinstance(args, (list, tuple)):
-            return 0
-        now = time.monotonic()
-        for item in args[:64]:
-            if not (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], bytes)
-                    and isinstance(item[1], int) and 0 < item[1] <= self.store_capacity
-                    and isinstance(item[2], str) and item[2] != self.node_id):
-                continue
-            waiting += self.pulls.prefetch(item[0], item[2], item[1], done, now)
-        return waiting
-
     def on_store_pin(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, oid, source = msg
         if self.store.is_remote(oid, source):
@@ -554,12 +534,6 @@ class Daemon:
         """Ask every live peer whether it holds a sealed copy of ``oid``; ``answer(addresses)``."""
         self.gathers.gather(answer, None, self._peer_requests(Msg.LOCATE_OBJECT, oid), [], 2.0,
                             lambda parts: [a for a in parts if isinstance(a, str)])
-
-    def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
-        _, req_id, oid = msg
-        obj = self.store.table.objects.get(oid) if isinstance(oid, bytes) else None
-        held = obj is not None and obj.sealed and not obj.freed
-        self.send(sender, Msg.REPLY, req_id, self.address if held else None)
 
     def on_list_objects(self, sender: str, msg: tuple, frames: list) -> None:
         """The store table's records (and, for "mesh", every node's)."""

@@ -118,6 +118,19 @@ class Pulls:
         p.notify.append(done)
         return True
 
+    def prefetch_args(self, args: Any, done: Callable[[], None]) -> int:
+        """Pull the lease request's arguments this node lacks (``hints["args"]``, from the
+        owner: checked here, since any peer may send them); returns how many it waits for."""
+        if not isinstance(args, (list, tuple)):
+            return 0
+        now, waiting = self.now(), 0
+        for item in args[:64]:
+            if (isinstance(item, (list, tuple)) and len(item) == 3 and isinstance(item[0], bytes)
+                    and isinstance(item[1], int) and 0 < item[1] <= self.store.table.capacity
+                    and isinstance(item[2], str) and item[2] != self.store.node_id):
+                waiting += self.prefetch(item[0], item[2], item[1], done, now)
+        return waiting
+
     def _start(self, oid: bytes, node_id: str, size: int, now: float, cause: str,
                waiters: list | None = None) -> Pull | None:
         peer = self.peer_views().get(node_id)
@@ -267,6 +280,13 @@ class Pulls:
         self._request_chunks(p)
 
     # ------------------------------------------------------------ serving out
+
+    def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
+        """A peer's pull lost its source: do we hold a sealed copy? REPLY our address or None."""
+        _, req_id, oid = msg
+        obj = self.store.table.objects.get(oid) if isinstance(oid, bytes) else None
+        held = obj is not None and obj.sealed and not obj.freed
+        self.send(sender, Msg.REPLY, req_id, self.address() if held else None)
 
     def on_pull_chunk(self, sender: str, msg: tuple, frames: list) -> None:
         _, oid, offset, length = msg

@@ -25,7 +25,7 @@ import zmq
 
 from .. import exceptions as exc
 from ..wire.messages import Msg, decode, describe, encode
-from ..wire.transport import Endpoint, node_of
+from ..wire.transport import Endpoint, drain, node_of
 from .objects import Waiter
 
 log = logging.getLogger("meshcompute")
@@ -191,15 +191,7 @@ class IoThread:
                     fn, args = cmds.popleft()
                     fn(*args)
                 for inbox in inboxes:
-                    for _ in range(2000):
-                        try:
-                            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._dispatch(frames)
-                        while cmds:
-                            fn, args = cmds.popleft()
-                            fn(*args)
+                    drain(inbox, self._dispatch_then_posted, 2000)
                 for hook in self.after_turn:
                     hook()
                 timeout = 1000
@@ -229,6 +221,15 @@ class IoThread:
                 if self.closed:
                     return
                 log.error("meshcompute I/O thread error:\n%s", traceback.format_exc())
+
+    def _dispatch_then_posted(self, frames: list) -> None:
+        # Work posted by user threads runs between messages: a reply they wait for
+        # is never held behind a long burst.
+        self._dispatch(frames)
+        cmds = self._cmds
+        while cmds:
+            fn, args = cmds.popleft()
+            fn(*args)
 
     def _dispatch(self, frames: list) -> None:
         sender = frames[0].bytes.decode(errors="replace")

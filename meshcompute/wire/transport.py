@@ -39,6 +39,17 @@ def node_of(address: str) -> str:
     return address.partition("/")[0]
 
 
+def drain(inbox: zmq.Socket, handle, limit: int) -> None:
+    """Hand up to ``limit`` messages waiting on ``inbox`` to ``handle(frames)``, without
+    blocking: bounded, so that one busy peer cannot starve a loop's other duties."""
+    for _ in range(limit):
+        try:
+            frames = inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        handle(frames)
+
+
 class Endpoint:
     def __init__(self, ctx: zmq.Context, node_id: str, name: str, session_dir: str,
                  host: str | None = None, port: int = 0, keys: Any = None) -> None:
