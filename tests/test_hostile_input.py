@@ -69,3 +69,43 @@ def test_every_message_type_has_a_one_line_description():
         text = describe((int(kind),) + (b"\x01" * 20,) * 8)
         assert text.startswith(kind.name) and "\n" not in text
     assert describe((424242,)).startswith("UNKNOWN")
+
+
+def test_a_register_whose_pid_the_kernel_does_not_vouch_for_is_refused():
+    """A REGISTER names the pid the daemon will later signal: a worker must be a child of
+    the zygote, a driver a live process of this user. Only pids of processes this test
+    started are claimed (a regression must not make the daemon signal anything else)."""
+    import subprocess
+    import sys
+    import time as _time
+
+    from .conftest import wait_for
+
+    core = context.core
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    ctx = zmq.Context()
+    try:
+        def refused() -> int:
+            return core.node_info()["dropped"].get("a REGISTER claiming", 0)
+
+        before = refused()
+        claims = [("worker", decoy.pid),  # ours, but no child of the zygote
+                  ("driver", gone.pid),  # not alive
+                  ("driver", "12"), ("worker", None), ("monitor", decoy.pid)]
+        for n, (kind, pid) in enumerate(claims):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.IDENTITY, f"{core.node_id}/p_claim{n}@".encode())
+            sock.connect(core.io._ep.resolve(core.daemon_addr))
+            sock.send_multipart([encode(Msg.REGISTER, kind, pid, f"w{n}", "ns")])
+            sock.close()
+        assert wait_for(lambda: refused() - before == len(claims), timeout=10)
+        _time.sleep(0.5)
+        assert decoy.poll() is None, "the daemon signalled a process that never was its worker"
+        assert mesh.get([ping.remote(i) for i in range(4)], timeout=20) == list(range(4))
+    finally:
+        ctx.destroy(linger=0)
+        decoy.kill()
+        decoy.wait()

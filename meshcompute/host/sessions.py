@@ -53,6 +53,23 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a live process, as the kernel says (None if it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{int(pid)}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def owned_by_us(pid: int) -> bool:
+    """Whether ``pid`` is a live process of this user (the kernel's word, not a message's)."""
+    try:
+        return pid > 1 and os.stat(f"/proc/{int(pid)}").st_uid == os.getuid()
+    except (OSError, ValueError):
+        return False
+
+
 def describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..sched.bundles import group_of
-from ..sched.resources import ResourcePool
+from ..sched.resources import ResourcePool, normalize_shape
 from ..wire.messages import Msg
 from ..wire.transport import node_of
 from .placement import Placement
@@ -92,7 +92,7 @@ class ActorDirectory:
         _, actor_id, spec = msg
         req_id = spec["req_id"]
         name, ns = spec.get("name"), spec.get("namespace") or ""
-        shape = tuple(spec["shape"])
+        shape = spec["shape"] = normalize_shape(spec["shape"])  # ValueError for a malformed one: dropped
         group = group_of(shape)
         control = self.control()
         if group is not None and not spec.get("spilled"):

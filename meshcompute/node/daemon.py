@@ -46,6 +46,8 @@ from ..host.sessions import (
     arena_path,
     clean_stale_sessions,
     keys_for_session,
+    owned_by_us,
+    parent_of,
     pid_alive,
     remove_session,
     set_parent_death_signal,
@@ -56,7 +58,7 @@ from ..store.shm import ArenaWarmer
 from ..store.table import StoreTable, spill_dir_for
 from ..wire import ids
 from ..wire.messages import Msg, decode, describe, encode
-from ..wire.transport import Endpoint, drain, make_address, node_of, parse_address
+from ..wire.transport import DropLog, Endpoint, drain, make_address, node_of, parse_address
 from .actors import ActorDirectory
 from .config import default_prefault, default_store_capacity, detect_gpus, node_resources, parse_args
 from .copier import Copier
@@ -123,6 +125,7 @@ class Daemon:
         self.membership: Any = None
         self.standalone = False
         self.seeds: list[str] = []
+        self.drops = DropLog(log)  # malformed messages and handler errors, logged at a bounded rate
         self.announced: dict[str, str] = {}  # peer node id -> daemon address our processes were told
         self.gone_nodes: dict[str, float] = {}  # dead/left peers -> when to release what they hold here
         self.gcs_voters = gcs_voters
@@ -196,47 +199,55 @@ class Daemon:
         poller.register(self.workers.events_fd, zmq.POLLIN)
         poller.register(self.copier.fd, zmq.POLLIN)
         handlers = self._handlers()
-        next_check = time.monotonic() + LIVENESS_PERIOD_S
-        next_view = 0.0
+        self._next_check = time.monotonic() + LIVENESS_PERIOD_S
+        self._next_view = 0.0
         while self.running:
-            timeout = min(100, int(self.control.seconds_to_tick(time.monotonic()) * 1000) + 1)
-            if self.membership is not None:
-                timeout = min(timeout, int(self.membership.seconds_to_deadline() * 1000) + 1)
-            events = dict(poller.poll(timeout))
-            for inbox in self.ep.inboxes:
-                if inbox in events:
-                    drain(inbox, lambda frames: self._dispatch(frames, handlers), 1000)
-            if self.workers.events_fd in events:
-                self._read_zygote()
-            if self.copier.fd in events:
-                self.copier.run_completions()
-            now = time.monotonic()
-            if self.membership is not None:
-                self.on_member_events(self.membership.tick())
-                if now >= next_view:
-                    next_view = now + VIEW_PERIOD_S
-                    self.on_member_events(self.membership.maybe_update_view())
-            if now >= next_check:
-                next_check = now + LIVENESS_PERIOD_S
-                self._check_liveness()
-            self.control.tick(now)
-            if self.monitor.active:
-                self.monitor.tick(now)
-            if self.gathers:
-                self.gathers.expire(now)
+            try:
+                self._turn(poller, handlers)
+            except Exception:  # noqa: BLE001 - one failure must not stop the node
+                self.drops.note("an error in the node loop", "", traceback.format_exc())
+
+    def _turn(self, poller: zmq.Poller, handlers: dict) -> None:
+        """One turn of the loop: messages, zygote and copier events, then the timed duties."""
+        timeout = min(100, int(self.control.seconds_to_tick(time.monotonic()) * 1000) + 1)
+        if self.membership is not None:
+            timeout = min(timeout, int(self.membership.seconds_to_deadline() * 1000) + 1)
+        events = dict(poller.poll(timeout))
+        for inbox in self.ep.inboxes:
+            if inbox in events:
+                drain(inbox, lambda frames: self._dispatch(frames, handlers), 1000)
+        if self.workers.events_fd in events:
+            self._read_zygote()
+        if self.copier.fd in events:
+            self.copier.run_completions()
+        now = time.monotonic()
+        if self.membership is not None:
+            self.on_member_events(self.membership.tick())
+            if now >= self._next_view:
+                self._next_view = now + VIEW_PERIOD_S
+                self.on_member_events(self.membership.maybe_update_view())
+        if now >= self._next_check:
+            self._next_check = now + LIVENESS_PERIOD_S
+            self._check_liveness()
+        self.control.tick(now)
+        if self.monitor.active:
+            self.monitor.tick(now)
+        if self.gathers:
+            self.gathers.expire(now)
 
     def _dispatch(self, frames: list, handlers: dict) -> None:
         sender = frames[0].bytes.decode(errors="replace")
         try:
+            parse_address(sender)  # replies go there: a sender that is no address is refused now
             msg = decode(frames[1].bytes)
             handler = handlers[msg[0]]
         except Exception:
-            log.warning("dropped a malformed message from %s", sender)
+            self.drops.note("a malformed message", sender)
             return
         try:
             handler(sender, msg, frames[2:])
         except Exception:
-            log.error("error handling %s from %s:\n%s", describe(msg), sender, traceback.format_exc())
+            self.drops.note(f"an error handling {describe(msg)}", sender, traceback.format_exc())
 
     def _handlers(self) -> dict:
         leases, actors, store, pulls, monitor, control = (self.leases, self.actors, self.store, self.pulls,
@@ -395,6 +406,9 @@ class Daemon:
 
     def on_register(self, sender: str, msg: tuple, frames: list) -> None:
         _, kind, pid, worker_id, namespace = msg
+        if not self._vouched(sender, kind, pid):
+            self.drops.note(f"a REGISTER claiming pid {pid!r}", sender)
+            return
         new_driver = self.processes.register(sender, pid, driver=kind != "worker")
         self.send(sender, Msg.REGISTERED, self.node_id, self.store_path, self.store_capacity,
                   self.session_dir, {"resources": self.resources.total, "nodes": dict(self.announced)})
@@ -407,6 +421,19 @@ class Daemon:
             self.control.write(("job_add", sender, {"node_id": self.node_id, "pid": pid,
                                                     "namespace": namespace, "started": time.time()}))
         self.schedule()
+
+    def _vouched(self, sender: str, kind: Any, pid: Any) -> bool:
+        """Whether the kernel vouches for the pid a REGISTER claims: the daemon signals it
+        later (a worker it stops, a driver whose death it watches), so a message's word is
+        not enough. A worker must be a child of our zygote, a driver a process of this user;
+        either must register from this node."""
+        if node_of(sender) != self.node_id or not isinstance(pid, int) or isinstance(pid, bool):
+            return False
+        if pid <= 1 or pid in (os.getpid(), self.workers.zygote_pid):
+            return False
+        if kind == "worker":
+            return parent_of(pid) == self.workers.zygote_pid
+        return kind == "driver" and owned_by_us(pid)
 
     def _read_zygote(self) -> None:
         exited, alive = self.workers.read_events()
@@ -494,6 +521,7 @@ class Daemon:
             "tasks": self.processes.task_totals(),
             "control": self.control_status(),
             "pulls": dict(self.pulls.started),
+            "dropped": dict(self.drops.counts),  # refused messages and handler errors, by kind
         }
         if what == "mesh":
             nodes = [info]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sched.bundles import group_of
-from ..sched.resources import ResourcePool
+from ..sched.resources import ResourcePool, normalize_shape
 from ..wire.messages import Msg
 from .placement import Placement
 from .workers import Worker, WorkerPool
@@ -82,7 +82,12 @@ class LeaseTable:
 
     def on_request_lease(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, shape, strategy, hints = msg
-        req = LeaseRequest(sender, req_id, tuple(shape), strategy=strategy, hints=hints or {})
+        # Any peer may send this: a malformed shape (negative, NaN, not numbers) is refused
+        # here, before it can reach the resource arithmetic (ValueError: the message is dropped).
+        shape = normalize_shape(shape)
+        if not isinstance(hints, dict):
+            hints = {}
+        req = LeaseRequest(sender, req_id, shape, strategy=strategy, hints=hints)
         target = self.placement.choose(req.shape, req.strategy, req.hints)
         if target is not None:
             self.spillback(req, target)

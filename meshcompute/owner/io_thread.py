@@ -25,7 +25,7 @@ import zmq
 
 from .. import exceptions as exc
 from ..wire.messages import Msg, decode, describe, encode
-from ..wire.transport import Endpoint, drain, node_of
+from ..wire.transport import DropLog, Endpoint, drain, node_of, parse_address
 from .objects import Waiter
 
 log = logging.getLogger("meshcompute")
@@ -51,6 +51,7 @@ class IoThread:
         self._early: list = []  # frames that came before the thread ran
         self.handlers: dict[int, Callable] = {Msg.REPLY: self._on_reply}
         self.after_turn: list[Callable[[], None]] = []
+        self.drops = DropLog(log)  # malformed messages and handler errors, logged at a bounded rate
         # Messages sent and received, by type: a dict increment each, read by tests
         # that hold the task path to its message budget (tests/test_message_counts.py).
         self.sent: collections.Counter = collections.Counter()
@@ -234,16 +235,17 @@ class IoThread:
     def _dispatch(self, frames: list) -> None:
         sender = frames[0].bytes.decode(errors="replace")
         try:
+            parse_address(sender)  # replies go there: a sender that is no address is refused now
             msg = decode(frames[1].bytes)
+            handler = self.handlers[msg[0]]
         except Exception:
-            log.warning("dropped a malformed message from %s", sender)
-            return
-        handler = self.handlers.get(msg[0])
-        if handler is None:
-            log.warning("no handler for %s from %s", describe(msg), sender)
+            self.drops.note("a malformed message", sender)
             return
         self.received[msg[0]] += 1
-        handler(sender, msg, frames[2:])
+        try:
+            handler(sender, msg, frames[2:])
+        except Exception:  # one bad message must not cost the others of this turn
+            self.drops.note(f"an error handling {describe(msg)}", sender, traceback.format_exc())
 
     def _on_reply(self, sender, msg, frames) -> None:
         fn = self._reply_fns.pop(msg[1], None)

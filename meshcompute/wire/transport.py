@@ -17,6 +17,7 @@ are secured with CURVE when ``keys`` are given (see auth.py).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import zmq
@@ -150,3 +151,26 @@ class Endpoint:
         if self.auth is not None:
             self.auth.stop()
             self.auth = None
+
+
+class DropLog:
+    """Counts what a loop refuses or fails at (malformed messages, handler errors) and logs
+    it at most once per ``every_s`` seconds per kind, with how many came since: a flood of
+    bad messages must not become a flood of log lines."""
+
+    def __init__(self, logger: Any, every_s: float = 5.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self.counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+
+    def note(self, what: str, sender: str, detail: str = "") -> None:
+        kind = what.split(" ", 3)[:3]
+        key = " ".join(kind)
+        self.counts[key] = self.counts.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.every_s:
+            return
+        self._last[key] = now
+        self.logger.warning("dropped %s from %s (%d of this kind so far)%s", what, sender[:80] or "-",
+                            self.counts[key], f":\n{detail}" if detail else "")
