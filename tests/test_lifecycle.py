@@ -126,3 +126,27 @@ def node_for_kill():
     mesh.init(num_cpus=2, object_store_memory=64 << 20)
     yield
     mesh.shutdown()
+
+
+def test_a_sessions_root_made_by_someone_else_is_refused(tmp_path):
+    """Its session files name the pids `mesh stop` signals: a root another user created
+    first (a predictable name in /tmp) must never be used or acted on."""
+    import subprocess
+    import sys
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to make a directory owned by another user")
+    root = tmp_path / "taken"
+    root.mkdir(mode=0o777)
+    (root / "s20260101000000_1_abcdef").mkdir()
+    (root / "s20260101000000_1_abcdef" / "daemon.json").write_text('{"pid": 1, "address": "x"}')
+    os.chown(root, 54321, 54321)
+    env = dict(os.environ, MESH_SESSIONS_ROOT=str(root))
+    code = ("import meshcompute as m\n"
+            "try:\n    m.init()\nexcept m.exceptions.MeshError as e:\n    print('REFUSED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert "REFUSED" in out.stdout and "belongs to uid 54321" in out.stdout, out.stdout + out.stderr
+    stop = subprocess.run([sys.executable, "-m", "meshcompute.cli", "stop"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert (root / "s20260101000000_1_abcdef").exists(), "mesh stop acted on someone else's sessions"
+    assert "s20260101000000_1_abcdef" not in stop.stdout

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .. import exceptions as exc
-from .sessions import SESSIONS_ROOT, new_session_dir, pid_alive, remove_session
+from .sessions import SESSIONS_ROOT, new_session_dir, pid_alive, remove_session, root_is_ours
 
 
 def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tuple = (),
@@ -167,6 +167,8 @@ def request(info: dict, msg_type: Any, *fields: Any, timeout: float = 5.0) -> An
 def all_sessions() -> list[dict]:
     """Every node on this host whose daemon runs (embedded ones too), newest first."""
     out = []
+    if not root_is_ours():
+        return out  # its files could name anyone's pids: never act on them
     for path in sorted(glob.glob(os.path.join(SESSIONS_ROOT, "*", "daemon.json")), reverse=True):
         try:
             with open(path) as f:

@@ -9,14 +9,25 @@ import os
 import re
 import shutil
 import signal
+import stat
 import time
 
+from ..exceptions import MeshError
 from ..store.spill import MARKER as SPILL_MARKER
 
 _PR_SET_PDEATHSIG = 1
 
-SESSIONS_ROOT = os.environ.get("MESH_SESSIONS_ROOT", f"/tmp/meshcompute-{os.getuid()}")
-"""Where session directories live (one per node daemon, mode 0700)."""
+def _default_root() -> str:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return os.path.join(runtime, "meshcompute")  # per-user, and cleaned at logout
+    return f"/tmp/meshcompute-{os.getuid()}"
+
+
+SESSIONS_ROOT = os.environ.get("MESH_SESSIONS_ROOT") or _default_root()
+"""Where session directories live (one per node daemon, mode 0700): ``$MESH_SESSIONS_ROOT``,
+else ``$XDG_RUNTIME_DIR/meshcompute``, else ``/tmp/meshcompute-<uid>``. It must be this
+user's own directory (``ensure_root``): its contents say which pids to signal."""
 SHM_PREFIX = "meshcompute_"
 """Prefix of arena files in /dev/shm."""
 
@@ -85,8 +96,49 @@ def describe_exit(status: int) -> str:
     return f"ended with status {status}"
 
 
+class SessionsRootError(MeshError):
+    """The sessions root is not this user's private directory."""
+
+
+def ensure_root() -> str:
+    """Make the sessions root (mode 0700), or check that the existing one is safe to use.
+
+    Its session files name pids that ``mesh stop`` signals and directories that
+    ``mesh clean`` removes, so a root made by someone else (a predictable name in
+    /tmp can be taken first), or a link, is refused; one of ours that others can
+    write is made private again.
+    """
+    parent = os.path.dirname(os.path.abspath(SESSIONS_ROOT))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        os.mkdir(SESSIONS_ROOT, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(SESSIONS_ROOT)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise SessionsRootError(f"The sessions directory {SESSIONS_ROOT} is not a directory (a link?). "
+                                "Remove it, or set MESH_SESSIONS_ROOT to a directory of yours.")
+    if st.st_uid != os.getuid():
+        raise SessionsRootError(
+            f"The sessions directory {SESSIONS_ROOT} belongs to uid {st.st_uid}, not to you (uid "
+            f"{os.getuid()}): someone else created it. Remove it, or set MESH_SESSIONS_ROOT to a "
+            "directory of yours.")
+    if st.st_mode & 0o077:
+        os.chmod(SESSIONS_ROOT, 0o700)
+    return SESSIONS_ROOT
+
+
+def root_is_ours() -> bool:
+    """Whether the sessions root exists and is this user's private directory (never raises)."""
+    try:
+        st = os.lstat(SESSIONS_ROOT)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def new_session_dir() -> str:
-    os.makedirs(SESSIONS_ROOT, mode=0o755, exist_ok=True)
+    ensure_root()
     name = f"s{time.strftime('%Y%m%d%H%M%S')}_{os.getpid()}_{os.urandom(3).hex()}"
     path = os.path.join(SESSIONS_ROOT, name)
     os.mkdir(path, 0o700)
@@ -141,7 +193,7 @@ def clean_stale_sessions() -> list[str]:
     """Remove session dirs, arenas and spill files of daemons that are gone (e.g. SIGKILLed)."""
     removed = []
     try:
-        names = os.listdir(SESSIONS_ROOT)
+        names = os.listdir(SESSIONS_ROOT) if root_is_ours() else []  # never act on someone else's
     except FileNotFoundError:
         names = []
     for name in names:
