@@ -154,3 +154,24 @@ def test_borrowed_ref_in_worker_outlives_the_drivers_ref():
     gc.collect()
     time.sleep(0.2)
     assert mesh.get(h.read.remote()) == 9.0
+
+
+@mesh.remote(num_returns=2)
+def _two_puts(i):
+    return mesh.put(("a", i)), mesh.put(("b", i))
+
+
+@mesh.remote
+class _TwoPuts:
+    @mesh.method(num_returns=2)
+    def two(self, i):
+        return mesh.put(("a", i)), mesh.put(("b", i))
+
+
+def test_refs_nested_in_multiple_returns_live_as_long_as_the_outer_refs(node):
+    """Was: the owner let the worker drop its hold on the inner refs (RELEASE_HANDOFF)
+    before its own ADD_BORROWER went out, so about half of them were freed early."""
+    actor = _TwoPuts.remote()
+    for i in range(60):
+        for r0, r1 in (_two_puts.remote(i), actor.two.remote(i)):
+            assert mesh.get(mesh.get(r0)) == ("a", i) and mesh.get(mesh.get(r1)) == ("b", i)

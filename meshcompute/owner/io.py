@@ -31,5 +31,8 @@ class OwnerIo(Protocol):
     def next_req_id(self) -> int:
         """A fresh request id for this process."""
 
+    def on_reply(self, req_id: int, fn: Callable[[Any], None]) -> None:
+        """Call ``fn(value)`` when the REPLY carrying ``req_id`` comes."""
+
     def now(self) -> float:
         """The monotonic clock, in seconds (a test gives its own)."""

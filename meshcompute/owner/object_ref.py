@@ -58,7 +58,7 @@ class ObjectRef:
 
     def __reduce__(self):
         note_contained(self)
-        return (_rebuild_ref, (self._id, self._owner))
+        return (rebuild_ref, (self._id, self._owner))
 
     def future(self) -> concurrent.futures.Future:
         """A ``concurrent.futures.Future`` that completes with the value."""
@@ -68,7 +68,9 @@ class ObjectRef:
         return asyncio.wrap_future(self.future()).__await__()
 
 
-def _rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
+def rebuild_ref(object_id: bytes, owner: str) -> ObjectRef:
+    """A ref that arrived from elsewhere: counted, and noted in the current DeserializeContext
+    (if any) as a borrow to register, instead of registering it in the background."""
     ref = ObjectRef(object_id, owner, _count=False)
     core = context.core
     if core is not None:

@@ -32,10 +32,10 @@ from ..sched.keys import lease_target, scheduling_key
 from ..sched.pipeline import MAX_LEASE_REQUESTS, MAX_PIPELINE, RunTimes, lease_requests_delta, plan_pushes
 from ..wire import ids
 from ..wire.messages import Msg
-from ..wire.serialization import deserialize, serialize
+from ..wire.serialization import DeserializeContext, deserialize, serialize
 from ..wire.transport import node_of
 from .io import OwnerIo
-from .object_ref import ObjectRef
+from .object_ref import rebuild_ref
 from .objects import READY, Entry, ObjectTable, fill
 
 log = logging.getLogger("meshcompute")
@@ -521,7 +521,7 @@ class TaskQueues:
                     self.queues.setdefault(t.key, collections.deque()).appendleft(t)
                     self.dispatch(t.key)
                 continue
-            handoff = False
+            borrows: list = []  # refs inside the results that this process holds for the first time
             for oid, r in zip(t.return_ids, returns):
                 e = self.objects.entries.get(oid)
                 if e is None:  # the owner dropped every ref already; still account frames
@@ -533,11 +533,12 @@ class TaskQueues:
                 pos += fill(e, r, frames[pos:])
                 contained = r[-1]
                 if contained:
-                    handoff = True
-                    e.contained = [ObjectRef(cid, cowner) for cid, cowner in contained]
+                    with DeserializeContext() as ctx:
+                        e.contained = [rebuild_ref(cid, cowner) for cid, cowner in contained]
+                    borrows.extend(ctx.new_borrows)
                 self.objects.resolve(oid, e)
-            if handoff and sender != self.io.address:
-                self._send(sender, Msg.RELEASE_HANDOFF, task_id)
+            if any(r[-1] for r in returns) and sender != self.io.address:
+                self._release_handoff(sender, task_id, borrows)
             t.args = []
             t.holds = []
         for lease in touched:
@@ -546,6 +547,29 @@ class TaskQueues:
             self.dispatch(lease.key)
             if not lease.inflight:
                 self.lease_idle(lease)
+
+    def _release_handoff(self, worker: str, task_id: bytes, borrows: list) -> None:
+        """Let the worker drop its hold on the refs inside a task's results, once their owners
+        know we borrow them: the worker's own objects at once (our ADD_BORROWER travels the
+        same pipe, ahead of RELEASE_HANDOFF), a third process's once it acknowledged."""
+        third = [ref for ref in borrows if ref._owner != worker]
+        for ref in borrows:
+            if ref._owner == worker:
+                self.objects.add_borrow(ref._id, ref._owner)
+        if not third:
+            self._send(worker, Msg.RELEASE_HANDOFF, task_id)
+            return
+        left = [len(third)]
+
+        def acknowledged(_value: Any) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                self._send(worker, Msg.RELEASE_HANDOFF, task_id)
+
+        for ref in third:
+            req_id = self.io.next_req_id()
+            self.io.on_reply(req_id, acknowledged)
+            self.objects.add_borrow(ref._id, ref._owner, req_id)
 
     def _retryable(self, t: Task, r: tuple, frames: list) -> bool:
         """Does this user exception qualify for a retry under retry_exceptions?"""

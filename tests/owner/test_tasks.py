@@ -36,6 +36,7 @@ class FakeIo:
         self._timers: list = []
         self._ids = itertools.count(1)
         self._seq = itertools.count()
+        self.replies: dict = {}
 
     def send(self, peer, msg_type, *fields, frames=()):
         self.sent.append((peer, msg_type, fields))
@@ -51,6 +52,9 @@ class FakeIo:
 
     def now(self):
         return self.clock
+
+    def on_reply(self, req_id, fn):
+        self.replies[req_id] = fn
 
     def advance(self, seconds: float) -> None:
         self.clock += seconds
