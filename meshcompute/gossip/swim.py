@@ -142,6 +142,7 @@ class SwimStats:
     indirect_probes: int = 0
     refutes: int = 0
     suspicions: int = 0
+    dead_downgraded: int = 0  # Dead rumours about members alive here, taken as suspicions
     push_pulls_received: int = 0
     malformed: int = 0
     meta_rejected: int = 0
@@ -805,6 +806,15 @@ class Swim:
         if m is self._me:
             if not self._left:
                 self._refute(inc, now, out, source)
+            return
+        if m.state == ALIVE and inc == m.incarnation and source != self.node_id:
+            # Someone else's verdict about a member we still hold alive at this very
+            # incarnation: it may be stale (a node cut off from it declared it dead, and
+            # the partition just healed). It becomes a suspicion, which the member can
+            # refute, and which ends in death here too if it cannot (or if more
+            # members confirm it). A member already suspected here dies at once.
+            self.stats.dead_downgraded += 1
+            self._suspect(node, inc, source, now, out, rebroadcast)
             return
         m.incarnation = inc
         self._set_state(m, DEAD, now)

@@ -281,10 +281,15 @@ def test_push_pull_dead_is_only_a_suspicion() -> None:
         ([Alive("b", addr("b"), 1), Suspect("b", 0, "x")], ALIVE, 1),  # stale suspicion
         ([Suspect("b", 0, "x"), Alive("b", addr("b"), 0)], SUSPECT, 0),  # refuting needs inc+1
         ([Suspect("b", 3, "x")], SUSPECT, 3),
-        ([Dead("b", 0, "x")], DEAD, 0),
-        ([Dead("b", 0, "x"), Alive("b", addr("b"), 0)], DEAD, 0),
-        ([Dead("b", 0, "x"), Suspect("b", 0, "x")], DEAD, 0),
+        # Another node's Dead about a member alive here at the same incarnation may be stale
+        # (a healed partition): it is a suspicion the member can refute.
+        ([Dead("b", 0, "x")], SUSPECT, 0),
+        ([Dead("b", 0, "x"), Alive("b", addr("b"), 0)], SUSPECT, 0),  # refuting needs inc+1
+        ([Dead("b", 0, "x"), Suspect("b", 0, "x")], SUSPECT, 0),
         ([Dead("b", 0, "x"), Alive("b", addr("b"), 1)], ALIVE, 1),
+        ([Suspect("b", 0, "x"), Dead("b", 0, "y")], DEAD, 0),  # suspected here already: dead at once
+        ([Dead("b", 1, "x")], DEAD, 1),  # the accuser knew a newer incarnation than we do
+        ([Dead("b", 1, "x"), Alive("b", addr("b"), 1)], DEAD, 1),
         ([Alive("b", addr("b"), 2), Dead("b", 1, "x")], ALIVE, 2),
         ([Leave("b", 1)], LEFT, 1),
         ([Leave("b", 1), Alive("b", addr("b"), 1)], LEFT, 1),
@@ -322,6 +327,7 @@ def test_address_change_is_reported() -> None:
 
 def test_dead_members_are_reclaimed() -> None:
     a = mk(peers=("b", "c"), config=QUIET)
+    a.on_packet("x", Suspect("b", 0, "c"), 1.0)  # suspected here: the Dead that follows is final
     a.on_packet("x", Dead("b", 0, "c"), 1.0)
     tick_until(a, 1.0 + QUIET.dead_node_reclaim_time - 0.01)
     assert a.state_of("b") == DEAD
@@ -500,3 +506,17 @@ def test_core_is_pure() -> None:
     ):
         assert forbidden not in src, forbidden
     assert not re.search(r"random\.(random|randint|choice|shuffle|uniform|randrange|sample)\(", src)
+
+
+def test_a_stale_dead_after_a_healed_partition_never_kills_a_live_member() -> None:
+    """Was: at every heal, the node that had been cut off gossiped Dead(b) and a, which had
+    heard from b all along, declared b dead at once; b's refutation brought it back only
+    after its actors, leases and CPUs were lost."""
+    a = mk(peers=("b", "c"), config=QUIET)
+    out = a.on_packet(addr("c"), Dead("b", 0, "c"), 1.0)  # from the node that was cut off
+    assert kinds(out, "b") == [EventKind.SUSPECT] and a.state_of("b") == SUSPECT
+    assert a.stats.dead_downgraded == 1
+    out = a.on_packet(addr("b"), Alive("b", addr("b"), 1), 1.1)  # b refutes
+    assert kinds(out, "b") == [EventKind.ALIVE]
+    events = tick_until(a, 30.0)
+    assert EventKind.DEAD not in kinds(events, "b")
