@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import signal
+import sys
+from typing import Any
 
 import psutil
+
+from ..host.sessions import clean_stale_sessions, keys_for_session, pid_alive, set_parent_death_signal
+from ..store.table import spill_dir_for
+from ..wire import ids
 
 DEFAULT_STORE_FRACTION = 0.3
 """Default store capacity as a share of RAM: Ray's default, leaving 70% for the
@@ -79,3 +88,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gcs-voters", type=int, default=3, choices=(1, 3, 5, 7),
                    help="voters of the control store, when this node starts a new mesh")
     return p.parse_args(argv)
+
+
+def main(daemon_class: Any, argv: list[str] | None = None) -> None:
+    """Run a node daemon (``python -m meshcompute.node.daemon``): parse the command line,
+    make the arena, fork the zygote, serve until SIGTERM or the parent's death, clean up."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.parent_pid:
+        set_parent_death_signal(signal.SIGTERM)
+        if not pid_alive(args.parent_pid):
+            sys.exit(1)
+    os.makedirs(os.path.join(args.session, "logs"), exist_ok=True)
+    clean_stale_sessions()
+    num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
+    num_gpus = args.num_gpus if args.num_gpus is not None else detect_gpus()
+    capacity = args.object_store_memory or default_store_capacity()
+    keys = keys_for_session(args.session)
+    if args.host and keys is None:
+        sys.exit("refusing to serve TCP without the mesh token in the session dir")
+    spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
+    d = daemon_class(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
+               args.parent_pid, ids.random_id(), spill_dir, host=args.host, port=args.port, keys=keys,
+               gcs_voters=args.gcs_voters)
+    d.standalone = args.standalone
+    d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
+    d.create_arena()
+    d.start_zygote()
+
+    def _term(signum, frame):
+        d.running = False
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        d.serve(args.ready_fd)
+    finally:
+        d.stop()

@@ -33,8 +33,6 @@ import json
 import logging
 import mmap
 import os
-import signal
-import sys
 import time
 import traceback
 from typing import Any
@@ -44,23 +42,19 @@ import zmq
 from ..gcs.shell import Control, NodeLink
 from ..host.sessions import (
     arena_path,
-    clean_stale_sessions,
-    keys_for_session,
     owned_by_us,
     parent_of,
     pid_alive,
     remove_session,
-    set_parent_death_signal,
 )
 from ..observe.feed import FeedSource, MonitorFeed
 from ..sched.resources import ResourcePool
 from ..store.shm import ArenaWarmer
 from ..store.table import StoreTable, spill_dir_for
-from ..wire import ids
 from ..wire.messages import Msg, decode, describe, encode
 from ..wire.transport import DropLog, Endpoint, drain, make_address, node_of, parse_address
 from .actors import ActorDirectory
-from .config import default_prefault, default_store_capacity, detect_gpus, node_resources, parse_args
+from .config import default_prefault, node_resources
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
 from .leases import LeaseTable
@@ -599,40 +593,7 @@ class Daemon:
         remove_session(self.session_dir, self.spill_dir)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.parent_pid:
-        set_parent_death_signal(signal.SIGTERM)
-        if not pid_alive(args.parent_pid):
-            sys.exit(1)
-    os.makedirs(os.path.join(args.session, "logs"), exist_ok=True)
-    clean_stale_sessions()
-    num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
-    num_gpus = args.num_gpus if args.num_gpus is not None else detect_gpus()
-    capacity = args.object_store_memory or default_store_capacity()
-    keys = keys_for_session(args.session)
-    if args.host and keys is None:
-        sys.exit("refusing to serve TCP without the mesh token in the session dir")
-    spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
-    d = Daemon(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
-               args.parent_pid, ids.random_id(), spill_dir, host=args.host, port=args.port, keys=keys,
-               gcs_voters=args.gcs_voters)
-    d.standalone = args.standalone
-    d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
-    d.create_arena()
-    d.start_zygote()
-
-    def _term(signum, frame):
-        d.running = False
-
-    signal.signal(signal.SIGTERM, _term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        d.serve(args.ready_fd)
-    finally:
-        d.stop()
-
-
 if __name__ == "__main__":
-    main()
+    from .config import main
+
+    main(Daemon)

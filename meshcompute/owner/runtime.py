@@ -34,8 +34,9 @@ from .actors import ActorCalls
 from .io_thread import IoThread
 from .object_ref import ObjectRef
 from .objects import READY, Entry, ObjectTable, Waiter
+from .records import Task
 from .store_client import StoreClient
-from .tasks import Task, TaskQueues
+from .tasks import TaskQueues
 
 log = logging.getLogger("meshcompute")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..sched.keys import lease_target, scheduling_key
-from ..sched.pipeline import MAX_LEASE_REQUESTS, MAX_PIPELINE, RunTimes, lease_requests_delta, plan_pushes
+from ..sched.pipeline import MAX_LEASE_REQUESTS, RunTimes, lease_requests_delta, plan_pushes
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
@@ -37,6 +37,7 @@ from ..wire.transport import node_of
 from .io import OwnerIo
 from .object_ref import rebuild_ref
 from .objects import READY, Entry, ObjectTable, fill
+from .records import Lease, LeaseRequest, Task, depth_limit
 
 log = logging.getLogger("meshcompute")
 
@@ -49,61 +50,6 @@ returned at once when the daemon says others wait for the CPU (LEASE_REVOKE)."""
 MAX_PREFETCH = 64
 """Arguments of one lease request the granting daemon pulls before it grants (the rest
 are pulled by the worker when it reads them)."""
-
-
-class Task:
-    """An owned task or actor call, from submission to completion."""
-
-    __slots__ = (
-        "task_id", "fn_id", "fn_bytes", "name", "args", "kw_names", "num_returns",
-        "return_ids", "shape", "retries_left", "retry_exceptions", "deps", "lease",
-        "cancelled", "actor_id", "method", "dispatched", "holds", "strategy", "key",
-    )
-
-    def __init__(self) -> None:
-        self.deps = 0
-        self.lease: Lease | None = None
-        self.cancelled = False
-        self.actor_id: bytes | None = None
-        self.dispatched = False
-        self.holds: list = []
-        self.key: tuple = ()
-
-
-class Lease:
-    """A worker leased from a daemon for one scheduling key."""
-
-    __slots__ = ("lease_id", "key", "worker_addr", "worker_id", "gpu_ids", "inflight", "idle_since",
-                 "blocked", "daemon", "runs_long")
-
-    def __init__(self, lease_id, key, worker_addr, worker_id, gpu_ids, daemon) -> None:
-        self.daemon = daemon  # the daemon that granted it: returns and kills go there
-        self.lease_id = lease_id
-        self.key = key
-        self.worker_addr = worker_addr
-        self.worker_id = worker_id
-        self.gpu_ids = gpu_ids
-        self.inflight: dict[bytes, Task] = {}
-        # Whether what it runs is not known to be short. plan_pushes puts such a task alone
-        # on an idle worker, so it is decided by the first task pushed while idle.
-        self.runs_long = False
-        self.idle_since = 0.0
-        self.blocked = False
-
-
-def _depth_limit(lease: Lease) -> int:
-    # sched.pipeline.depth_limit for a lease: what it runs is short or not as a whole
-    # (Lease.runs_long); inlined because it runs for every task submitted.
-    return 0 if lease.blocked else 1 if lease.runs_long else MAX_PIPELINE
-
-
-class LeaseRequest:
-    """A lease request this owner has outstanding at ``daemon``."""
-
-    __slots__ = ("key", "daemon", "shape", "strategy")
-
-    def __init__(self, key: tuple, daemon: str, shape: tuple, strategy: Any) -> None:
-        self.key, self.daemon, self.shape, self.strategy = key, daemon, shape, strategy
 
 
 class TaskQueues:
@@ -206,11 +152,11 @@ class TaskQueues:
             # burst, usually none: this runs for every task submitted, so it stays cheap).
             room = 0
             for ls in leases:
-                free = _depth_limit(ls) - len(ls.inflight)
+                free = depth_limit(ls) - len(ls.inflight)
                 if free > 0:
                     room += free
             if room:
-                slots = [(len(ls.inflight), _depth_limit(ls)) for ls in leases]
+                slots = [(len(ls.inflight), depth_limit(ls)) for ls in leases]
                 short = self.run_times.is_short
                 plan = plan_pushes([short(t.fn_id) for t in itertools.islice(q, room)], slots)
                 batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]

@@ -16,7 +16,8 @@ import pytest
 from meshcompute.owner import context
 from meshcompute.owner.actors import ActorCalls
 from meshcompute.owner.objects import READY, ObjectTable
-from meshcompute.owner.tasks import LEASE_IDLE_S, Task, TaskQueues
+from meshcompute.owner.records import Task
+from meshcompute.owner.tasks import LEASE_IDLE_S, TaskQueues
 from meshcompute.sched.pipeline import MAX_LEASE_REQUESTS
 from meshcompute.wire import ids
 from meshcompute.wire.messages import Msg

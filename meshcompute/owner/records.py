@@ -1,0 +1,66 @@
+"""The owner's records: a task from submission to completion, a lease held, a lease request out.
+
+Plain data with the invariants of their fields; ``TaskQueues`` (tasks.py) and
+``ActorCalls`` (actors.py) change them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..sched.pipeline import MAX_PIPELINE
+
+
+class Task:
+    """An owned task or actor call, from submission to completion."""
+
+    __slots__ = (
+        "task_id", "fn_id", "fn_bytes", "name", "args", "kw_names", "num_returns",
+        "return_ids", "shape", "retries_left", "retry_exceptions", "deps", "lease",
+        "cancelled", "actor_id", "method", "dispatched", "holds", "strategy", "key",
+    )
+
+    def __init__(self) -> None:
+        self.deps = 0
+        self.lease: Lease | None = None
+        self.cancelled = False
+        self.actor_id: bytes | None = None
+        self.dispatched = False
+        self.holds: list = []
+        self.key: tuple = ()
+
+
+class Lease:
+    """A worker leased from a daemon for one scheduling key."""
+
+    __slots__ = ("lease_id", "key", "worker_addr", "worker_id", "gpu_ids", "inflight", "idle_since",
+                 "blocked", "daemon", "runs_long")
+
+    def __init__(self, lease_id, key, worker_addr, worker_id, gpu_ids, daemon) -> None:
+        self.daemon = daemon  # the daemon that granted it: returns and kills go there
+        self.lease_id = lease_id
+        self.key = key
+        self.worker_addr = worker_addr
+        self.worker_id = worker_id
+        self.gpu_ids = gpu_ids
+        self.inflight: dict[bytes, Task] = {}
+        # Whether what it runs is not known to be short. plan_pushes puts such a task alone
+        # on an idle worker, so it is decided by the first task pushed while idle.
+        self.runs_long = False
+        self.idle_since = 0.0
+        self.blocked = False
+
+
+def depth_limit(lease: Lease) -> int:
+    # sched.pipeline.depth_limit for a lease: what it runs is short or not as a whole
+    # (Lease.runs_long); inlined because it runs for every task submitted.
+    return 0 if lease.blocked else 1 if lease.runs_long else MAX_PIPELINE
+
+
+class LeaseRequest:
+    """A lease request this owner has outstanding at ``daemon``."""
+
+    __slots__ = ("key", "daemon", "shape", "strategy")
+
+    def __init__(self, key: tuple, daemon: str, shape: tuple, strategy: Any) -> None:
+        self.key, self.daemon, self.shape, self.strategy = key, daemon, shape, strategy
