@@ -150,3 +150,30 @@ def test_a_sessions_root_made_by_someone_else_is_refused(tmp_path):
                           text=True, timeout=60)
     assert (root / "s20260101000000_1_abcdef").exists(), "mesh stop acted on someone else's sessions"
     assert "s20260101000000_1_abcdef" not in stop.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_whose_zygote_died_before_it_registered_exits_at_once(tmp_path):
+    """Was: a worker forked just as its zygote died never got the parent-death signal
+    (set after the fork) and waited out a 30 s registration with a daemon that was gone."""
+    session = tmp_path / "session"
+    (session / "logs").mkdir(parents=True)
+    (session / "daemon.addr").write_text("gone/daemon@")  # nobody will ever answer
+    # A stand-in zygote forks a worker and dies before the worker starts.
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        zygote = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(0.5)  # the zygote is gone by now
+            from meshcompute.worker import main as worker_main
+            worker_main.main({str(session)!r}, "gone", None, "w1", zygote)
+            os._exit(0)
+        print(pid, flush=True)
+        os._exit(0)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    worker = int(out.stdout.split()[0])
+    start = time.monotonic()
+    assert wait_for(lambda: not pid_alive(worker), timeout=10), "the orphaned worker waited on"
+    assert time.monotonic() - start < 10

@@ -81,8 +81,11 @@ class IoThread:
 
     # ------------------------------------------------------------------ any thread
 
-    def register(self, kind: str, pid: int, worker_id: str, namespace: str) -> tuple:
-        """REGISTER with the daemon and wait for REGISTERED (before the thread starts)."""
+    def register(self, kind: str, pid: int, worker_id: str, namespace: str,
+                 still_wanted: Callable[[], bool] | None = None) -> tuple:
+        """REGISTER with the daemon and wait for REGISTERED (before the thread starts).
+
+        ``still_wanted()`` is asked every 100 ms: a worker whose zygote died stops waiting."""
         self._ep.send(self.daemon_addr, [encode(Msg.REGISTER, kind, pid, worker_id, namespace)])
         poller = zmq.Poller()
         poller.register(self._ep.inbox, zmq.POLLIN)
@@ -94,6 +97,8 @@ class IoThread:
                 if msg[0] == Msg.REGISTERED:
                     return msg
                 self._early.append(frames)  # handled once the I/O thread runs
+            elif still_wanted is not None and not still_wanted():
+                raise exc.MeshError("the process that started this one is gone; not registering")
         raise exc.MeshError(f"the node daemon at {self.daemon_addr} did not answer within 30 s")
 
     def start(self) -> None:

@@ -68,7 +68,7 @@ class Core:
 
     def __init__(self, *, session_dir: str, daemon_addr: str, kind: str, node_id: str,
                  host: str | None = None, keys: Any = None, worker_id: str = "",
-                 namespace: str | None = None, job_id: str = "") -> None:
+                 namespace: str | None = None, job_id: str = "", still_wanted: Any = None) -> None:
         self.kind = kind
         self.worker_id = worker_id or ids.random_id()
         self.session_dir = session_dir
@@ -97,7 +97,7 @@ class Core:
         self.current_actor_id: bytes | None = None
         io.handlers.update(self._handlers())
         # Register with the daemon before the I/O thread exists, on this thread.
-        reply = io.register(kind, self.pid, self.worker_id, self.namespace)
+        reply = io.register(kind, self.pid, self.worker_id, self.namespace, still_wanted)
         (_, _node_id, store_path, self.store_capacity, _session, self.node_meta) = reply
         self.tasks.nodes.update(self.node_meta.get("nodes", {}))  # alive peers' daemons, kept by NODE_STATE
         self.store = StoreClient(store_path, self.store_capacity, node_id, self.request_daemon,

@@ -12,8 +12,12 @@ from ..owner import context
 from ..wire import ids
 
 
-def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> None:
+def main(session_dir: str, node_id: str, host: str | None, worker_id: str, zygote_pid: int) -> None:
     set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != zygote_pid:
+        # The zygote died between the fork and the line above: the signal that would
+        # have ended this worker with it will never come, and nobody is left to serve.
+        os._exit(0)
     ids.reset_after_fork()
     random.seed()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -39,7 +43,8 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str) -> No
     with open(os.path.join(session_dir, "daemon.addr")) as f:
         daemon_addr = f.read().strip()
     core = Core(session_dir=session_dir, daemon_addr=daemon_addr, kind="worker", node_id=node_id,
-                host=host, keys=keys_for_session(session_dir), worker_id=worker_id)
+                host=host, keys=keys_for_session(session_dir), worker_id=worker_id,
+                still_wanted=lambda: os.getppid() == zygote_pid)
     context.core = core
     executor = Executor(core)
     inbox = WorkerInbox(core.io, executor,

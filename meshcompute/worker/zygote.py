@@ -83,6 +83,7 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
                 continue
             if parts[0] == "F":
                 worker_id = parts[1]
+                zygote_pid = os.getpid()
                 pid = os.fork()
                 if pid == 0:
                     os.close(cmd_r)
@@ -93,7 +94,7 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     code = 1
                     try:
-                        worker_main.main(session_dir, node_id, host, worker_id)
+                        worker_main.main(session_dir, node_id, host, worker_id, zygote_pid)
                         code = 0
                     except BaseException:  # noqa: BLE001
                         import traceback
