@@ -250,6 +250,49 @@ def test_connection_without_the_token_is_refused_and_the_node_keeps_serving(mesh
     assert wait_for(lambda: "refused" in open(log_path).read().lower(), timeout=5)
 
 
+DRIVER = """
+import sys, time
+import meshcompute as mesh
+from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On
+mesh.init(address=sys.argv[1])
+
+@mesh.remote
+def hold(s):
+    time.sleep(s)
+
+refs = [hold.options(scheduling_strategy=On(node_id=n, soft=False)).remote(120) for n in sys.argv[2:] for _ in (0, 1)]
+print("submitted", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_drivers_leases_on_other_nodes_come_back(mesh3):
+    """Was: a SIGKILLed driver's leases on other nodes were never released (0 of 2 CPUs
+    free on B and C 30 s later): daemons only noticed the death of their own processes."""
+    from meshcompute.host.launcher import query
+
+    (_, a), (_, b), (_, c) = mesh3["nodes"]
+    seed = a["tcp"].replace("tcp://", "")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, seed, b["node_id"], c["node_id"]],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "submitted"
+
+        def free(info) -> float:
+            return query(info, "node")["resources_available"].get("CPU", 0.0)
+
+        assert wait_for(lambda: free(b) == 0 and free(c) == 0, timeout=30), "the driver's tasks never ran"
+        driver.kill()
+        driver.wait(10)
+        killed = time.monotonic()
+        assert wait_for(lambda: free(b) == 2 and free(c) == 2, timeout=10)
+        assert time.monotonic() - killed < 5
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait(10)
+
+
 def test_sigkill_of_a_node_is_seen_and_its_work_runs_elsewhere(mesh3):
     victim_proc, victim = mesh3["nodes"][2]
     survivors = [info for _, info in mesh3["nodes"][:2]]

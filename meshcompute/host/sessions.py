@@ -81,6 +81,18 @@ def owned_by_us(pid: int) -> bool:
         return False
 
 
+def vouched_pid(kind: object, pid: object, zygote_pid: int) -> bool:
+    """Whether the kernel vouches for the pid a process claims when it registers with its
+    daemon, which signals it later (a worker it stops, a driver whose death it watches),
+    so a message's word is not enough: a worker must be a child of the node's zygote, a
+    driver a live process of this user; never pid 0 or 1, never the daemon or zygote."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid in (os.getpid(), zygote_pid):
+        return False
+    if kind == "worker":
+        return parent_of(pid) == zygote_pid
+    return kind == "driver" and owned_by_us(pid)
+
+
 def describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)

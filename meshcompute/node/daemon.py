@@ -42,10 +42,9 @@ import zmq
 from ..gcs.shell import Control, NodeLink
 from ..host.sessions import (
     arena_path,
-    owned_by_us,
-    parent_of,
     pid_alive,
     remove_session,
+    vouched_pid,
 )
 from ..observe.feed import FeedSource, MonitorFeed
 from ..sched.resources import ResourcePool
@@ -110,7 +109,7 @@ class Daemon:
         self.monitor = MonitorFeed(FeedSource(
             node_id=node_id, address=lambda: self.address, send=self.send,
             forget=lambda addr: self.ep.forget(addr), is_local_process=lambda addr: addr in self.processes.pids,
-            peer_views=self.peer_views, control_status=self.control_status,
+            peer_views=self.peer_views, control_status=lambda: self.control.status(),
             actors=lambda: self.actors.actors.values(), actor_pid=self.actors.worker_pid,
             pids=self.workers.pids, usage=self.usage))
         self.pulls: Pulls | None = None  # once the arena is mapped (serve())
@@ -279,6 +278,7 @@ class Daemon:
             Msg.TIMELINE: self.on_timeline,
             Msg.LIST_OBJECTS: self.on_list_objects,
             Msg.LOCATE_OBJECT: pulls.on_locate_object,
+            Msg.PROCESS_GONE: self.on_process_gone,
             Msg.RAFT: control.on_raft,
             Msg.GCS_REQUEST: control.on_gcs_request,
             Msg.GCS_FORWARD: control.on_gcs_forward,
@@ -417,17 +417,8 @@ class Daemon:
         self.schedule()
 
     def _vouched(self, sender: str, kind: Any, pid: Any) -> bool:
-        """Whether the kernel vouches for the pid a REGISTER claims: the daemon signals it
-        later (a worker it stops, a driver whose death it watches), so a message's word is
-        not enough. A worker must be a child of our zygote, a driver a process of this user;
-        either must register from this node."""
-        if node_of(sender) != self.node_id or not isinstance(pid, int) or isinstance(pid, bool):
-            return False
-        if pid <= 1 or pid in (os.getpid(), self.workers.zygote_pid):
-            return False
-        if kind == "worker":
-            return parent_of(pid) == self.workers.zygote_pid
-        return kind == "driver" and owned_by_us(pid)
+        """A REGISTER must come from this node, with a pid the kernel vouches for."""
+        return node_of(sender) == self.node_id and vouched_pid(kind, pid, self.workers.zygote_pid)
 
     def _read_zygote(self) -> None:
         exited, alive = self.workers.read_events()
@@ -445,15 +436,31 @@ class Daemon:
         self.schedule()
 
     def process_gone(self, addr: str) -> None:
-        """Clean up after a driver or worker that is gone: pins, objects, leases, actors."""
-        if self.processes.gone(addr) and node_of(addr) == self.node_id:
+        """Clean up after a driver or worker that is gone: pins, objects, leases, actors.
+
+        A process of this node may hold leases (and own actors) on other nodes too: their
+        daemons hear of its death (PROCESS_GONE) and clean up the same way."""
+        mine = node_of(addr) == self.node_id
+        if self.processes.gone(addr) and mine:
             self.control.write(("job_finish", addr, time.time()))
+        if mine:
+            for peer, msg_type, *fields in self._peer_requests(Msg.PROCESS_GONE, [addr]):
+                self.send(peer, msg_type, *fields)
         self.ep.forget(addr)
         self.store.process_gone(addr)
         self.pulls.process_gone(addr)
         self.leases.owner_gone(addr)
         self.actors.owner_gone(addr)
         self.monitor.drop(addr)
+
+    def on_process_gone(self, sender: str, msg: tuple, frames: list) -> None:
+        """Another node's processes are gone. Only their own daemon may say so."""
+        node, name, _ = parse_address(sender)
+        if name != "daemon" or not isinstance(msg[1], list):
+            return
+        for addr in msg[1]:
+            if isinstance(addr, str) and node_of(addr) == node and node != self.node_id:
+                self.process_gone(addr)
 
     def stop_work_using(self, resources: set[str], reason: str) -> None:
         """Kill the workers and actors holding any of these resources (a bundle that went away)."""
@@ -486,9 +493,6 @@ class Daemon:
 
     # ---------------------------------------------------------- observability
 
-    def store_statistics(self) -> dict:
-        return self.store.statistics(self.warmer.done if self.warmer is not None else 0)
-
     def usage(self) -> dict:
         """What the monitor feed samples: resources, store, task counters."""
         t = self.store.table
@@ -507,13 +511,13 @@ class Daemon:
             "alive": True,
             "resources_total": dict(self.resources.total),
             "resources_available": {k: max(0.0, v) for k, v in self.resources.available.items()},
-            "store": self.store_statistics(),
+            "store": self.store.statistics(self.warmer.done if self.warmer is not None else 0),
             "workers": len(self.workers.workers),
             "pid": os.getpid(),
             "session_dir": self.session_dir,
             "queued": len(self.leases.pending),
             "tasks": self.processes.task_totals(),
-            "control": self.control_status(),
+            "control": self.control.status(),  # leader, term, commit index, role
             "pulls": dict(self.pulls.started),
             "dropped": dict(self.drops.counts),  # refused messages and handler errors, by kind
         }
@@ -530,14 +534,10 @@ class Daemon:
                     "control": ({"role": p.gcs[0], "term": p.gcs[1], "commit_index": p.gcs[2],
                                  "leader": p.gcs[3] or None} if p.gcs else {}),
                 })
-            self.reply(sender, req_id, {"nodes": nodes, "leader": self.control_status()["leader"],
+            self.reply(sender, req_id, {"nodes": nodes, "leader": self.control.status()["leader"],
                                         "self": self.node_id})
             return
         self.reply(sender, req_id, info)
-
-    def control_status(self) -> dict:
-        """This node's view of the control store: leader, term, commit index, role."""
-        return self.control.status()
 
     def _peer_requests(self, msg_type: Msg, *fields) -> list:
         return [(p.address, msg_type, *fields) for p in self.peer_views().values()

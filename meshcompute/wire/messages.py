@@ -88,6 +88,7 @@ class Msg(IntEnum):
     GCS_ANSWER = 68  # leader's daemon -> forwarding daemon: status and value of a GCS_FORWARD
     # object pulls, continued
     LOCATE_OBJECT = 69  # daemon -> daemons: who holds a sealed copy? REPLY with the holder's address or None
+    PROCESS_GONE = 70  # daemon -> daemons: these processes of mine are gone: release what they hold with you
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -147,6 +148,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.GCS_FORWARD: ("uid", "op"),
     Msg.GCS_ANSWER: ("uid", "status", "value"),
     Msg.LOCATE_OBJECT: ("req_id", "object_id"),
+    Msg.PROCESS_GONE: ("addresses",),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"
