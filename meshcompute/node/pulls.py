@@ -243,8 +243,7 @@ class Pulls:
                 continue
             p.retries += 1
             p.progress_at = now
-            for offset in sorted(p.missing):
-                self.send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset))
+            self._ask_missing(p)
 
     def process_gone(self, addr: str) -> None:
         """A peer daemon is gone: chunk requests of its that waited for a pin go too."""
@@ -275,9 +274,13 @@ class Pulls:
         # have them); then every chunk still missing.
         if 0 not in p.missing:
             self.send(p.source, Msg.PULL_CHUNK, p.oid, 0, min(PULL_CHUNK_BYTES, p.size))
+        self._ask_missing(p)
+        self._request_chunks(p)
+
+    def _ask_missing(self, p: Pull) -> None:
+        """Ask the source again for every chunk asked for and not yet written."""
         for offset in sorted(p.missing):
             self.send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset))
-        self._request_chunks(p)
 
     # ------------------------------------------------------------ serving out
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sched.pipeline import MAX_PIPELINE
-
 
 class Task:
     """An owned task or actor call, from submission to completion."""
@@ -49,12 +47,6 @@ class Lease:
         self.runs_long = False
         self.idle_since = 0.0
         self.blocked = False
-
-
-def depth_limit(lease: Lease) -> int:
-    # sched.pipeline.depth_limit for a lease: what it runs is short or not as a whole
-    # (Lease.runs_long); inlined because it runs for every task submitted.
-    return 0 if lease.blocked else 1 if lease.runs_long else MAX_PIPELINE
 
 
 class LeaseRequest:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..sched.keys import lease_target, scheduling_key
-from ..sched.pipeline import MAX_LEASE_REQUESTS, RunTimes, lease_requests_delta, plan_pushes
+from ..sched.pipeline import MAX_LEASE_REQUESTS, RunTimes, depth_limit, lease_requests_delta, plan_pushes
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
@@ -37,7 +37,7 @@ from ..wire.transport import node_of
 from .io import OwnerIo
 from .object_ref import rebuild_ref
 from .objects import READY, Entry, ObjectTable, fill
-from .records import Lease, LeaseRequest, Task, depth_limit
+from .records import Lease, LeaseRequest, Task
 
 log = logging.getLogger("meshcompute")
 
@@ -152,11 +152,11 @@ class TaskQueues:
             # burst, usually none: this runs for every task submitted, so it stays cheap).
             room = 0
             for ls in leases:
-                free = depth_limit(ls) - len(ls.inflight)
+                free = depth_limit(ls.runs_long, ls.blocked) - len(ls.inflight)
                 if free > 0:
                     room += free
             if room:
-                slots = [(len(ls.inflight), depth_limit(ls)) for ls in leases]
+                slots = [(len(ls.inflight), depth_limit(ls.runs_long, ls.blocked)) for ls in leases]
                 short = self.run_times.is_short
                 plan = plan_pushes([short(t.fn_id) for t in itertools.islice(q, room)], slots)
                 batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]
@@ -164,13 +164,13 @@ class TaskQueues:
                     self._push(lease, batch)
         self._size_requests(key, q, leases)
 
-    def _size_requests(self, key: tuple, q: collections.deque | None, leases=()) -> None:
+    def _size_requests(self, key: tuple, q: collections.deque | None, leases=(), defer: bool = True) -> None:
         queued = len(q) if q else 0
         if self.requests_out[key] >= MAX_LEASE_REQUESTS and queued >= MAX_LEASE_REQUESTS + len(leases):
             return  # a burst: as many requests out as allowed, and the queue needs them all
         idle = sum(1 for ls in leases if not ls.inflight and not ls.blocked)
         want = lease_requests_delta(queued, self.requests_out[key], idle)
-        if want > 0 and self.request_delay:
+        if want > 0 and self.request_delay and defer:
             if key not in self._deferred:
                 self._deferred.add(key)
                 self.io.call_later(self.request_delay, self._deferred_requests, key)
@@ -179,10 +179,7 @@ class TaskQueues:
 
     def _deferred_requests(self, key: tuple) -> None:
         self._deferred.discard(key)
-        q = self.queues.get(key)
-        leases = self.leases.get(key, ())
-        idle = sum(1 for ls in leases if not ls.inflight and not ls.blocked)
-        self._send_requests(key, q, lease_requests_delta(len(q) if q else 0, self.requests_out[key], idle))
+        self._size_requests(key, self.queues.get(key), self.leases.get(key, ()), defer=False)
 
     def _send_requests(self, key: tuple, q: collections.deque | None, want: int) -> None:
         if want > 0:
@@ -224,28 +221,26 @@ class TaskQueues:
             self.requests_out[key] -= 1
             self._send(req.daemon, Msg.CANCEL_LEASE_REQUEST, req_id)
 
-    def locality(self, t: Task) -> dict:
-        """Bytes of the task's arguments held by each node's store."""
-        where: dict[str, int] = {}
-        if not t.args:
-            return where
-        for item in t.args:
-            if item[0] == "r":
-                e = self.objects.entries.get(item[1]._id)
-                if e is not None and e.loc is not None:
-                    where[e.node] = where.get(e.node, 0) + e.loc[1]
-        return where
-
-    def stored_args(self, t: Task) -> list[tuple[bytes, int, str]]:
-        """``(object id, size, node)`` of the task's arguments held in a node's store: the daemon
-        that grants the lease pulls those it lacks first, so the task never waits for them."""
-        out = []
+    def _stored(self, t: Task):
+        """``(object id, size, node)`` of each of the task's arguments held in a node's store."""
         for item in t.args:
             if item[0] == "r":
                 e = self.objects.entries.get(item[1]._id)
                 if e is not None and e.loc is not None and e.node:
-                    out.append((item[1]._id, e.loc[1], e.node))
-        return out[:MAX_PREFETCH]
+                    yield item[1]._id, e.loc[1], e.node
+
+    def locality(self, t: Task) -> dict:
+        """Bytes of the task's arguments held by each node's store."""
+        where: dict[str, int] = {}
+        if t.args:
+            for _, size, node in self._stored(t):
+                where[node] = where.get(node, 0) + size
+        return where
+
+    def stored_args(self, t: Task) -> list[tuple[bytes, int, str]]:
+        """The stored arguments (``_stored``) named in a lease request: the daemon that grants
+        it pulls those it lacks first, so the task never waits for them."""
+        return list(itertools.islice(self._stored(t), MAX_PREFETCH))
 
     def _send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
         self.io.send(peer, msg_type, *fields, frames=frames)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Sequence
 
 __all__ = ["SHORT_TASK_S", "MAX_PIPELINE", "MAX_LEASE_REQUESTS", "RunTimes", "depth_limit",
            "plan_pushes", "lease_requests_delta"]
@@ -71,16 +71,17 @@ class RunTimes:
         self._mean.pop(fn_id, None)
 
 
-def depth_limit(inflight_short: Iterable[bool], blocked: bool = False) -> int:
+def depth_limit(runs_long: bool, blocked: bool = False) -> int:
     """The ``depth_limit`` of a lease for ``plan_pushes``.
 
-    ``inflight_short``: for each task in flight on it, whether it is known to
-    be short. A lease whose worker is blocked takes nothing (0); one that runs
+    ``runs_long``: whether what it runs is not known to be short (plan_pushes puts
+    such a task alone on an idle lease, so a lease runs one of those or only short
+    ones). A lease whose worker is blocked takes nothing (0); one that runs
     something not known short takes nothing more (1: only when idle).
     """
     if blocked:
         return 0
-    return MAX_PIPELINE if all(inflight_short) else 1
+    return 1 if runs_long else MAX_PIPELINE
 
 
 def plan_pushes(queue: Sequence[bool], slots: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:

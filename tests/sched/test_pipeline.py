@@ -86,18 +86,18 @@ def test_random_plans_keep_the_rules():
         check_plan(queue, slots, plan_pushes(queue, slots))
 
 
-# (case, tasks in flight known short, blocked, depth limit)
+# (case, runs something not known short, blocked, depth limit)
 DEPTHS = [
-    ("idle", [], False, MAX_PIPELINE),
-    ("short ones", [S, S], False, MAX_PIPELINE),
-    ("a long one", [S, L], False, 1),
-    ("blocked", [S], True, 0),
+    ("idle or short ones", False, False, MAX_PIPELINE),
+    ("a long one", True, False, 1),
+    ("blocked", False, True, 0),
+    ("blocked, long", True, True, 0),
 ]
 
 
-@pytest.mark.parametrize("inflight, blocked, expected", [c[1:] for c in DEPTHS], ids=[c[0] for c in DEPTHS])
-def test_depth_limit(inflight, blocked, expected):
-    assert depth_limit(inflight, blocked) == expected
+@pytest.mark.parametrize("runs_long, blocked, expected", [c[1:] for c in DEPTHS], ids=[c[0] for c in DEPTHS])
+def test_depth_limit(runs_long, blocked, expected):
+    assert depth_limit(runs_long, blocked) == expected
 
 
 # ----------------------------------------------------------------- RunTimes
