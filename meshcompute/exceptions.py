@@ -17,7 +17,11 @@ __all__ = [
     "ActorDiedError",
     "ObjectLostError",
     "OwnerDiedError",
+    "ObjectReconstructionFailedError",
+    "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError",
     "NodeDiedError",
+    "LocalNodeDiedError",
     "TaskCancelledError",
     "ObjectStoreFullError",
     "ControlStoreUnavailableError",
@@ -147,11 +151,37 @@ class ObjectLostError(MeshError):
 
 
 class OwnerDiedError(ObjectLostError):
-    """The process that owned the object (the one that created the ref) died."""
+    """The process that owned the object (the one that created the ref) died.
+
+    An object lives as long as its owner: once the owner is gone (its process
+    exited or was killed, or its node died), every borrower's ``get`` raises
+    this, within the mesh's failure-detection time.  Create long-lived objects
+    in a process that outlives their readers (the driver, or a detached actor)."""
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    """Every copy of a task's result was lost (its node died) and re-running the
+    task to rebuild it failed: the message says why."""
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    """A lost result was not rebuilt because its task's ``max_retries`` are used up."""
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    """A lost result was not rebuilt because the owner no longer kept the task that
+    made it: lineage is bounded (``MESH_LINEAGE_MAX_BYTES``), and the oldest entries
+    go first.  Keep fewer results alive at once, or raise the bound."""
 
 
 class NodeDiedError(MeshError):
     """The node the task or object lived on died."""
+
+
+class LocalNodeDiedError(NodeDiedError):
+    """The daemon of this process's own node died, so nothing more can run or be
+    read here: every blocked call raises this.  Start the node again (``mesh
+    start``, or a new ``init()``) and resubmit."""
 
 
 class TaskCancelledError(MeshError):

@@ -18,6 +18,8 @@ EXPECTED_EXCEPTIONS = {
     "MeshError", "TaskError", "GetTimeoutError", "WorkerCrashedError", "ActorError", "ActorDiedError",
     "ObjectLostError", "OwnerDiedError", "NodeDiedError", "TaskCancelledError", "ObjectStoreFullError",
     "RayError", "RayTaskError", "RayActorError", "ControlStoreUnavailableError", "PlacementGroupRemovedError",
+    "ObjectReconstructionFailedError", "ObjectReconstructionFailedMaxAttemptsExceededError",
+    "ObjectReconstructionFailedLineageEvictedError", "LocalNodeDiedError",
 }
 
 
@@ -32,6 +34,10 @@ def test_exception_hierarchy():
     for name in EXPECTED_EXCEPTIONS:
         assert issubclass(getattr(exceptions, name), exceptions.MeshError)
     assert issubclass(exceptions.OwnerDiedError, exceptions.ObjectLostError)
+    for name in ("ObjectReconstructionFailedMaxAttemptsExceededError", "ObjectReconstructionFailedLineageEvictedError"):
+        assert issubclass(getattr(exceptions, name), exceptions.ObjectReconstructionFailedError)
+    assert issubclass(exceptions.ObjectReconstructionFailedError, exceptions.ObjectLostError)
+    assert issubclass(exceptions.LocalNodeDiedError, exceptions.NodeDiedError)
     assert issubclass(exceptions.ActorDiedError, exceptions.ActorError)
     assert issubclass(exceptions.GetTimeoutError, TimeoutError)
 

@@ -40,12 +40,7 @@ from typing import Any
 import zmq
 
 from ..gcs.shell import Control, NodeLink
-from ..host.sessions import (
-    arena_path,
-    pid_alive,
-    remove_session,
-    vouched_pid,
-)
+from ..host.sessions import arena_path, pid_alive, remove_session, vouched_pid
 from ..observe.feed import FeedSource, MonitorFeed
 from ..sched.resources import ResourcePool
 from ..store.shm import ArenaWarmer
@@ -405,7 +400,7 @@ class Daemon:
             return
         new_driver = self.processes.register(sender, pid, driver=kind != "worker")
         self.send(sender, Msg.REGISTERED, self.node_id, self.store_path, self.store_capacity,
-                  self.session_dir, {"resources": self.resources.total, "nodes": dict(self.announced)})
+                  self.session_dir, {"resources": self.resources.total, "nodes": dict(self.announced), "pid": os.getpid()})
         if kind == "worker":
             w = self.workers.registered(worker_id, pid, sender)
             if not self.actors.worker_registered(w):
@@ -446,6 +441,8 @@ class Daemon:
         if mine:
             for peer, msg_type, *fields in self._peer_requests(Msg.PROCESS_GONE, [addr]):
                 self.send(peer, msg_type, *fields)
+        for local in [a for a in self.processes.pids if node_of(a) == self.node_id and a != addr]:
+            self.send(local, Msg.PROCESS_GONE, [addr])  # borrowers of its objects: OwnerDiedError
         self.ep.forget(addr)
         self.store.process_gone(addr)
         self.pulls.process_gone(addr)

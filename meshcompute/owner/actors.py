@@ -3,8 +3,11 @@
 Calls to one actor go out in submission order, one ACTOR_CALL each, straight to
 the actor's worker; the actor's daemon only publishes its state (ACTOR_STATE)
 to subscribers.  Invariant: a call is in ``queue`` while the actor is not
-ALIVE (or calls before it are still queued), in ``inflight`` once sent, and is
-retried or failed when the actor restarts or dies, per ``max_task_retries``.
+ALIVE, its arguments are not all ready, or calls before it are still queued;
+in ``inflight`` once sent; and is retried or failed when the actor restarts or
+dies, per ``max_task_retries``.  As in Ray, the caller resolves a call's
+arguments before sending it, so an actor never waits on a value that may never
+come (its owner died): it only reads values that exist.
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ class ActorClient:
 class ActorCalls:
     """Every actor this process calls or created."""
 
-    def __init__(self, io: OwnerIo, fail: Callable[[object, BaseException], None]) -> None:
+    def __init__(self, io: OwnerIo, fail: Callable[[object, BaseException], None],
+                 failed_arg: Callable[[object], bool]) -> None:
         self.io = io
         self._fail = fail  # complete a call with a system error (TaskQueues.fail)
+        self._failed_arg = failed_arg  # complete a call with its failed argument's error (TaskQueues)
         self.actors: dict[bytes, ActorClient] = {}
 
     def client(self, actor_id: bytes, daemon: str | None = None, subscribe: bool = True) -> ActorClient:
@@ -65,12 +70,27 @@ class ActorCalls:
         if a.state == "DEAD":
             self._fail(t, exc.ActorDiedError(a.reason or "The actor is dead.", t.actor_id.hex()))
             return
-        if a.state == "ALIVE" and not a.queue:
-            self._send_call(a, t)
-        elif front:
+        if front:
             a.queue.appendleft(t)
         else:
             a.queue.append(t)
+        self._pump(a)
+
+    def dependency_ready(self, t) -> None:
+        """The last pending argument of a queued call became ready."""
+        a = self.actors.get(t.actor_id)
+        if a is not None:
+            self._pump(a)
+
+    def _pump(self, a: ActorClient) -> None:
+        """Send the queued calls, in order, up to the first whose arguments are not ready."""
+        if a.state != "ALIVE":
+            return
+        q = a.queue
+        while q and q[0].deps == 0:
+            t = q.popleft()
+            if not self._failed_arg(t):
+                self._send_call(a, t)
 
     def _send_call(self, a: ActorClient, t) -> None:
         frames: list = []
@@ -130,8 +150,7 @@ class ActorCalls:
             a.queue.extendleft(reversed(retry))
         if state == "ALIVE":
             a.addr = addr
-            while a.queue:
-                self._send_call(a, a.queue.popleft())
+            self._pump(a)
         elif state == "DEAD":
             while a.queue:
                 t = a.queue.popleft()

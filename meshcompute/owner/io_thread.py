@@ -30,6 +30,9 @@ from .objects import Waiter
 
 log = logging.getLogger("meshcompute")
 
+NO_ANSWER = ("error", "no answer: the node's daemon is gone")
+"""What a request waiting for a reply is woken with when the answer cannot come."""
+
 
 class IoThread:
     def __init__(self, *, session_dir: str, daemon_addr: str, node_id: str, name: str,
@@ -41,6 +44,7 @@ class IoThread:
         self._ep = Endpoint(self._ctx, node_id, name, session_dir, host=host, keys=keys)
         self.address = self._ep.address
         self.closed = False
+        self.local_node_died: BaseException | None = None  # our daemon is gone: requests fail with it
         self._cmds: collections.deque = collections.deque()
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._sleeping = False
@@ -141,6 +145,8 @@ class IoThread:
 
         ``on_late(value)`` runs on the I/O thread if the answer comes after the timeout.
         """
+        if self.local_node_died is not None:
+            raise self.local_node_died
         req_id = next(self._req_ids)
         w = self.expect_reply(req_id)
         self.post(self.send, peer, msg_type, req_id, *fields)
@@ -149,7 +155,18 @@ class IoThread:
                 self.post(self._expect_late, req_id, w, on_late)
             self._replies.pop(req_id, None)
             raise exc.GetTimeoutError(f"no answer from {peer} to {msg_type.name} within {timeout} s")
+        if w.value is NO_ANSWER:
+            raise self.local_node_died or exc.MeshError(f"no answer from {peer}: it is gone")
         return w.value
+
+    def node_died(self, error: BaseException) -> None:
+        """Our daemon is gone (I/O thread): every request waiting for an answer, and every
+        later one, fails with ``error``."""
+        self.local_node_died = error
+        waiting, self._replies = self._replies, {}
+        for w in waiting.values():
+            w.value = NO_ANSWER
+            w.event.set()
 
     def _expect_late(self, req_id: int, w: Waiter, on_late: Any) -> None:
         if w.event.is_set():  # it came while we were timing out

@@ -9,6 +9,12 @@ the results and alone decides when a value is freed.  A value lives while
   on their first ref and deregister when their last one dies,
 * a value that contains it is alive (``Entry.contained``).
 
+A borrowed value lives as long as its owner: when the owner's process or node
+dies (PROCESS_GONE, NODE_STATE from our daemon), every borrowed entry of it
+that is not already held here inline completes with ``OwnerDiedError``, and
+later requests to it fail at once instead of waiting for an answer that never
+comes.
+
 Every method here runs on the I/O thread except the two counted under
 ``ref_lock`` by the runtime.  Invariant: an owned entry is removed only by
 ``maybe_free``, and only when it is ready and nothing above holds it.
@@ -16,6 +22,7 @@ Every method here runs on the I/O thread except the two counted under
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -24,12 +31,22 @@ from typing import Any
 from .. import exceptions as exc
 from ..wire.messages import Msg
 from ..wire.serialization import Serialized, serialize
+from ..wire.transport import node_of
 from .io import OwnerIo
 from .object_ref import ObjectRef
 
 log = logging.getLogger("meshcompute")
 
 PENDING, READY = 0, 1
+
+DEAD_OWNERS_KEPT = 10_000
+"""Dead processes remembered, so that a ref to one of their objects arriving late
+fails at once (the oldest are forgotten first)."""
+
+LOST_RECHECK_S = 2.0
+"""When a reader reports that a copy could not be read from a node this owner still
+believes alive, the owner answers again after this long (s): by then the node is
+either declared dead (the object is being rebuilt) or reachable again."""
 
 
 class Entry:
@@ -71,13 +88,17 @@ class Waiter:
 class ObjectTable:
     """Entries by object id, local ref counts, borrowers; answers GET_OBJECT."""
 
-    def __init__(self, io: OwnerIo, on_dependency_ready: Callable[[Any], None]) -> None:
+    def __init__(self, io: OwnerIo, on_dependency_ready: Callable[[Any], None],
+                 on_freed: Callable[[bytes], None] = lambda oid: None) -> None:
         self.io = io
         self.entries: dict[bytes, Entry] = {}
         # Local ObjectRef counts, changed from any thread under ref_lock.
         self.ref_lock = threading.Lock()
         self.ref_counts: dict[bytes, int] = {}
         self._dependency_ready = on_dependency_ready  # a task's last pending argument became ready
+        self._freed = on_freed  # an owned entry was freed (lineage counts it)
+        self.dead_owners: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.dead_nodes: set[str] = set()
 
     def entry(self, oid: bytes, owner: str) -> Entry:
         """The entry of ``oid``, made (not owned) if this process has none yet."""
@@ -114,6 +135,7 @@ class ObjectTable:
             self.io.send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), e.node)
         e.contained = []  # drops our holds on refs inside the value
         e.value = None
+        self._freed(oid)
 
     def on_add_borrower(self, sender: str, msg: tuple, frames: list) -> None:
         _, oids, req_id = msg
@@ -194,9 +216,22 @@ class ObjectTable:
         self.io.send(peer, Msg.OBJECT_VALUE, oid, fields, frames=bufs)
 
     def on_get_object(self, sender: str, msg: tuple, frames: list) -> None:
-        oid = msg[1]
+        _, oid, lost_on = msg
         e = self.entries.get(oid)
         if e is None or not e.owned:
+            self.io.send(sender, Msg.OBJECT_VALUE, oid, ("lost",))
+        elif e.state != READY:
+            e.getters.append(sender)
+        elif lost_on and e.loc is not None and e.node == lost_on:
+            # The reader could not read the copy we know of: answer once that node is
+            # declared dead (the value is rebuilt, then sent) or a moment has passed.
+            self.io.call_later(LOST_RECHECK_S, self._answer, sender, oid)
+        else:
+            self.send_value(sender, oid, e)
+
+    def _answer(self, sender: str, oid: bytes) -> None:
+        e = self.entries.get(oid)
+        if e is None:
             self.io.send(sender, Msg.OBJECT_VALUE, oid, ("lost",))
         elif e.state == READY:
             self.send_value(sender, oid, e)
@@ -211,10 +246,79 @@ class ObjectTable:
         fill(e, fields, frames)
         self.set_ready(oid, e)
 
-    def request_value(self, oid: bytes, e: Entry) -> None:
-        if not e.requested:
-            e.requested = True
-            self.io.send(e.owner, Msg.GET_OBJECT, oid)
+    def request_value(self, oid: bytes, e: Entry, lost_on: str = "") -> None:
+        if e.requested:
+            return
+        e.requested = True
+        if self.owner_dead(e.owner):
+            # Completed on the next turn: the caller may still be counting arguments.
+            self.io.call_later(0, self._fail_borrowed, [oid], f"its owner {e.owner} died")
+        else:
+            self.io.send(e.owner, Msg.GET_OBJECT, oid, lost_on)
+
+    def refetch(self, oid: bytes, owner: str, lost_on: str, w: Waiter) -> None:
+        """A copy on ``lost_on`` could not be read: ask the owner again (it rebuilds the
+        value if that node died) and count ``w`` down when the answer comes."""
+        e = self.entry(oid, owner)
+        if e.owned:  # our own: wait for a rebuild if one runs, else look again
+            if e.state == READY:
+                self.io.call_later(LOST_RECHECK_S if e.node == lost_on else 0, self._recheck, oid, w)
+                return
+        elif e.state == READY:
+            e.state, e.loc, e.node, e.requested = PENDING, None, "", False
+        e.waiters.append(w)
+        if not e.owned:
+            self.request_value(oid, e, lost_on)
+
+    def forget_unreferenced(self, oid: bytes) -> None:
+        """Drop a borrowed entry made only to refetch a task argument (no ref holds it)."""
+        e = self.entries.get(oid)
+        if e is not None and not e.owned and oid not in self.ref_counts and not e.waiters and not e.dependents:
+            del self.entries[oid]
+
+    def _recheck(self, oid: bytes, w: Waiter) -> None:
+        e = self.entries.get(oid)
+        if e is None or e.state == READY:
+            w.done_ids.append(oid)
+            w.event.set()
+        else:
+            e.waiters.append(w)
+
+    # ------------------------------------------------------------- owner death
+
+    def owner_dead(self, owner: str) -> bool:
+        return owner in self.dead_owners or node_of(owner) in self.dead_nodes
+
+    def owners_died(self, addrs: list[str]) -> None:
+        """These processes are gone: what we borrow from them is lost."""
+        for addr in addrs:
+            self.dead_owners[addr] = None
+        while len(self.dead_owners) > DEAD_OWNERS_KEPT:
+            self.dead_owners.popitem(last=False)
+        gone = set(addrs)
+        self._fail_borrowed([oid for oid, e in self.entries.items() if not e.owned and e.owner in gone],
+                            "its owner died")
+
+    def node_died(self, node_id: str) -> None:
+        """A node is gone: what we borrow from its processes is lost."""
+        self.dead_nodes.add(node_id)
+        self._fail_borrowed([oid for oid, e in self.entries.items()
+                             if not e.owned and node_of(e.owner) == node_id], f"its owner's node {node_id} died")
+
+    def node_alive(self, node_id: str) -> None:
+        self.dead_nodes.discard(node_id)
+
+    def _fail_borrowed(self, oids: list[bytes], why: str) -> None:
+        for oid in oids:
+            e = self.entries.get(oid)
+            if e is None or (e.state == READY and e.loc is None):
+                continue  # gone, or its value is here already
+            e.loc, e.node, e.is_error = None, "", True
+            e.value = serialize(exc.OwnerDiedError(
+                f"Object {oid.hex()} is lost: {why} ({e.owner}). An object lives as long as the "
+                "process that created it.", object_id=oid.hex()), True)
+            if e.state != READY:
+                self.set_ready(oid, e)
 
     # ------------------------------------------------------------- get / wait
 

@@ -23,6 +23,7 @@ class Task:
         self.lease: Lease | None = None
         self.cancelled = False
         self.actor_id: bytes | None = None
+        self.method: str | None = None
         self.dispatched = False
         self.holds: list = []
         self.key: tuple = ()

@@ -26,11 +26,13 @@ import time
 from typing import Any
 
 from .. import exceptions as exc
+from ..host.sessions import pid_alive
 from ..observe.output import print_output
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize, serialize
 from .actors import ActorCalls
+from .control import ControlRequests, gcs_result
 from .io_thread import IoThread
 from .object_ref import ObjectRef
 from .objects import READY, Entry, ObjectTable, Waiter
@@ -44,6 +46,13 @@ STATS_PERIOD_S = 0.5
 """A process reports its task counters (TASK_STATS) at most this often, and only
 while they change: a timer armed by task activity, never a message per task."""
 
+DAEMON_CHECK_S = 1.0
+"""How often (s) a driver checks that its node's daemon is alive."""
+
+READ_ATTEMPTS = 5
+"""Reads of one object tried before its loss is final: between them the owner is asked
+where it is now (it may be rebuilding it, or its node may not be declared dead yet)."""
+
 CHILD_LEASE_DELAY_S = 0.002
 """Seconds a worker waits before asking a lease for a child task it submitted:
 long enough for the common ``get(child.remote())`` to take the child inline
@@ -51,16 +60,6 @@ with no message at all, short against any task worth a lease."""
 
 __all__ = ["Core", "Task", "READY", "Entry", "gcs_result"]
 
-
-def gcs_result(op: tuple, status: str, value: Any) -> Any:
-    """The value of a control store answer, or the exception it stands for."""
-    if status == "ok":
-        return value
-    if status == "unavailable":
-        raise exc.ControlStoreUnavailableError(value)
-    if op[0] == "pg_wait":
-        raise exc.PlacementGroupRemovedError(value)
-    raise exc.MeshError(f"the control store refused {op[0]}: {value}")
 
 
 class Core:
@@ -84,10 +83,12 @@ class Core:
         self.request = io.request
         self.sent, self.received = io.sent, io.received
         self._blocked_depth = 0
-        self.objects = ObjectTable(io, self._dependency_ready)
+        self.objects = ObjectTable(io, self._dependency_ready, lambda oid: self.tasks.lineage.entry_freed(oid))
         self.tasks = TaskQueues(io, self.objects)
-        self.actors = ActorCalls(io, self.tasks.fail)
+        self.actors = ActorCalls(io, self.tasks.fail, self.tasks.failed_arg)
         self.tasks.actors = self.actors
+        self.control = ControlRequests(io, self.objects, self.request_daemon)
+        self.gcs_request, self.gcs_promise = self.control.request, self.control.promise
         self.executor: Any = None  # set in workers, with attach_executor()
         self.worker: Any = None  # a worker's WorkerInbox
         self.log_to_driver = True  # a driver prints the lines its tasks' workers ship
@@ -132,6 +133,29 @@ class Core:
     def start(self) -> None:
         """Start the I/O thread (workers first attach their executor)."""
         self.io.start()
+        if self.executor is None and self.node_meta.get("pid"):
+            self.post(self._watch_daemon, int(self.node_meta["pid"]))
+
+    def _watch_daemon(self, pid: int) -> None:
+        """A driver looks after its node's daemon: if it died, every blocked call fails
+        with LocalNodeDiedError instead of waiting for answers that cannot come."""
+        if self.io.closed:
+            return
+        if pid_alive(pid):
+            self.io.call_later(DAEMON_CHECK_S, self._watch_daemon, pid)
+            return
+        err = exc.LocalNodeDiedError(
+            f"The daemon of this process's node (pid {pid}) died, so nothing more can run or be read "
+            "here. Start the node again (mesh start, or a new init()) and resubmit.")
+        log.error("%s", err)
+        self.io.node_died(err)
+        for t in list(self.tasks.tasks.values()):
+            self.tasks.fail(t, err)
+        ser = serialize(err, True)
+        for oid, e in list(self.objects.entries.items()):
+            if e.state != READY:
+                e.value, e.loc, e.is_error = ser, None, True
+                self.objects.set_ready(oid, e)
 
     def _post_daemon(self, msg_type: Msg, *fields) -> None:
         """Send to our daemon from any thread (through the I/O thread)."""
@@ -143,42 +167,6 @@ class Core:
 
     def request_daemon(self, msg_type: Msg, *fields, timeout: float | None = 60.0, on_late: Any = None) -> Any:
         return self.io.request(self.daemon_addr, msg_type, *fields, timeout=timeout, on_late=on_late)
-
-    def gcs_request(self, op: tuple, timeout: float | None = None) -> Any:
-        """A control store read or write through our daemon; returns its value.
-
-        Raises ControlStoreUnavailableError when the store has had no quorum for
-        ``timeout`` seconds (default 10), MeshError when it refused the request.
-        """
-        t = 10.0 if timeout is None else float(timeout)
-        status, value = self.request_daemon(Msg.GCS_REQUEST, op, t, timeout=t + 30.0)
-        return gcs_result(op, status, value)
-
-    def gcs_promise(self, op: tuple, timeout: float | None, convert: Any = None) -> ObjectRef:
-        """An ObjectRef that becomes the value of a control store request (or its error)."""
-        oid = ids.object_id(ids.new_task_id(), 0)
-        ref = ObjectRef(oid, self.address)
-        self.post(self._io_gcs_promise, oid, op, timeout, convert)
-        return ref
-
-    def _io_gcs_promise(self, oid: bytes, op: tuple, timeout: float | None, convert: Any) -> None:
-        e = Entry(True, self.address)
-        self.objects.entries[oid] = e
-        req_id = self.io.next_req_id()
-
-        def finish(answer: Any) -> None:
-            try:
-                value, is_error = gcs_result(op, *answer), False
-                if convert is not None:
-                    value = convert(value)
-            except Exception as err:
-                value, is_error = err, True
-            e.value = serialize(value, is_error)
-            e.is_error = is_error
-            self.objects.resolve(oid, e)
-
-        self.io.on_reply(req_id, finish)
-        self._send_daemon(Msg.GCS_REQUEST, req_id, op, 1e9 if timeout is None else timeout)
 
     def _handlers(self) -> dict:
         objects, tasks, actors = self.objects, self.tasks, self.actors
@@ -196,6 +184,7 @@ class Core:
             Msg.ADD_BORROWER: objects.on_add_borrower,
             Msg.REMOVE_BORROWER: objects.on_remove_borrower,
             Msg.NODE_STATE: self._on_node_state,
+            Msg.PROCESS_GONE: self._on_process_gone,
             Msg.TIMELINE: self._on_timeline,
             Msg.WORKER_OUTPUT: self._on_worker_output,
         }
@@ -206,11 +195,22 @@ class Core:
         _, node_id, state, address = msg
         self.tasks.on_node_state(node_id, state, address)
         if state == "alive":
+            self.objects.node_alive(node_id)
             return
         reason = f"node {node_id} {'died' if state == 'dead' else 'left'}"
+        self.objects.node_died(node_id)  # first: what we borrow from there fails, rebuilds see it dead
         self.tasks.on_node_gone(node_id, reason)
         self.actors.on_node_gone(node_id, reason)
         self.io.forget_node(node_id)
+
+    def _on_process_gone(self, sender, msg, frames) -> None:
+        """Processes died somewhere in the mesh (our daemon says so): what we borrow from them is lost."""
+        if sender != self.daemon_addr or not isinstance(msg[1], list):
+            return
+        gone = [a for a in msg[1] if isinstance(a, str)]
+        self.objects.owners_died(gone)
+        for addr in gone:
+            self.io.forget(addr)
 
     def close(self) -> None:
         # Return every lease first, so the daemon can reuse the workers at once.
@@ -257,10 +257,12 @@ class Core:
                 self.post(self.objects.add_borrow, ref._id, ref._owner)
             else:
                 req_id = self.io.next_req_id()
-                waits.append(self.io.expect_reply(req_id))
+                waits.append((ref._owner, self.io.expect_reply(req_id)))
                 self.post(self.objects.add_borrow, ref._id, ref._owner, req_id)
-        for w in waits:
-            w.event.wait(10)
+        for owner, w in waits:  # up to 10 s each, less if the owner is known dead meanwhile
+            deadline = time.monotonic() + 10
+            while not w.event.wait(0.25) and time.monotonic() < deadline and not self.objects.owner_dead(owner):
+                pass
 
     # ---------------------------------------------------------------- get / wait
 
@@ -348,19 +350,19 @@ class Core:
                 raise exc.GetTimeoutError(
                     f"get() timed out after {timeout} s with {len(unique) - len(ready)} of "
                     f"{len(unique)} objects not ready")
-        return [self._materialize(ref, deadline, timeout) for ref in refs]
+        return [self._materialize(ref._id, deadline, timeout) for ref in refs]
 
-    def _materialize(self, ref: ObjectRef, deadline: float | None, timeout: float | None) -> Any:
-        e = self.objects.entries.get(ref._id)
+    def _materialize(self, oid: bytes, deadline: float | None, timeout: float | None) -> Any:
+        e = self.objects.entries.get(oid)
         if e is None or e.state != READY:  # freed under us: can only happen for lost objects
-            raise exc.ObjectLostError(object_id=ref.hex())
+            raise exc.ObjectLostError(object_id=oid.hex())
         if e.loc is not None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                value = self.read_store(ref._id, e.node, e.loc[1], e.owner, left)
+                value = self.read_store(oid, e.node, e.loc[1], e.owner, left)
             except exc.GetTimeoutError:
                 raise exc.GetTimeoutError(f"get() timed out after {timeout} s reading object "
-                                          f"{ref.hex()} from node {e.node}") from None
+                                          f"{oid.hex()} from node {e.node}") from None
         else:
             v = e.value
             with DeserializeContext() as ctx:
@@ -378,7 +380,24 @@ class Core:
 
         ``timeout`` bounds the whole read, a pull from another node included
         (None: a local read waits up to 60 s, a pull as long as it makes progress).
+        A copy that cannot be read (its node died) is asked for again from its
+        owner, which rebuilds it if it can (lineage) or answers with the error.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(READ_ATTEMPTS):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return self._read_store_once(oid, node, size, owner, left)
+            except exc.ObjectLostError:
+                if attempt == READ_ATTEMPTS - 1 or self.io.local_node_died is not None:
+                    raise
+            where = self._refetch(oid, owner, node, deadline)
+            if where[0] == "v":
+                return where[1]
+            node, size = where[1], where[2]
+        raise AssertionError("unreachable")
+
+    def _read_store_once(self, oid: bytes, node: str, size: int, owner: str, timeout: float | None) -> Any:
         if timeout is None and (not node or node == self.node_id):
             timeout = 60.0
         unpin = self.store._unpin
@@ -389,6 +408,30 @@ class Core:
         if new_borrows:
             self.register_borrows(new_borrows, owner)
         return value
+
+    def _refetch(self, oid: bytes, owner: str, lost_on: str, deadline: float | None) -> tuple:
+        """Ask the owner where ``oid`` is now (it could not be read from ``lost_on``):
+        ("s", node, size) of the current copy, or ("v", value) if it came inline.
+        Raises the object's error (rebuild failed, owner died) or GetTimeoutError."""
+        w = Waiter(1)
+        self.post(self.objects.refetch, oid, owner, lost_on, w)
+        self._block()  # a rebuild may need this CPU
+        try:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not w.event.wait(left):
+                raise exc.GetTimeoutError(f"object {oid.hex()} was lost on node {lost_on} and not rebuilt in time")
+        finally:
+            self._unblock()
+        e = self.objects.entries.get(oid)
+        try:
+            if e is None or e.state != READY:
+                raise exc.ObjectLostError(object_id=oid.hex())
+            if e.loc is not None and not e.is_error:
+                return ("s", e.node, e.loc[1])
+            value = self._materialize(oid, deadline, None)
+            return ("v", value)
+        finally:
+            self.post(self.objects.forget_unreferenced, oid)
 
     def future_for(self, ref: ObjectRef):
         import concurrent.futures
@@ -448,9 +491,11 @@ class Core:
     def _io_submit(self, t: Task) -> None:
         self.note_activity()
         self.tasks.submit(t)
+        if self.io.local_node_died is not None:
+            self.tasks.fail(t, self.io.local_node_died)
 
     def _dependency_ready(self, t: Task) -> None:
-        self.tasks.task_ready(t)
+        self.tasks.dependency_ready(t)
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         self.post(self.tasks.cancel, ids.task_of(ref._id), force)

@@ -35,8 +35,10 @@ from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
 from ..wire.transport import node_of
 from .io import OwnerIo
+from .lineage import Lineage
 from .object_ref import rebuild_ref
 from .objects import READY, Entry, ObjectTable, fill
+from .reconstruct import rebuild
 from .records import Lease, LeaseRequest, Task
 
 log = logging.getLogger("meshcompute")
@@ -74,6 +76,8 @@ class TaskQueues:
         self.request_delay = 0.0  # s before new lease requests go out (a worker's children: runtime.py)
         self._deferred: set[tuple] = set()
         self.nodes: dict[str, str] = {}  # alive peer node id -> its daemon's address (NODE_STATE)
+        self.lineage = Lineage()
+        self.lineage.owned_by = io.address
 
     # ----------------------------------------------------------- submission
 
@@ -82,9 +86,15 @@ class TaskQueues:
         owner = self.io.address
         for oid in t.return_ids:
             self.objects.entries[oid] = Entry(True, owner)
+        if t.actor_id is None:
+            self.lineage.submitted(t)
+        self._count_deps(t)
         if t.actor_id is not None:
-            self.actors.enqueue(t)
-            return
+            self.actors.enqueue(t)  # sent once its arguments are ready, in submission order
+        elif t.deps == 0:
+            self.task_ready(t)
+
+    def _count_deps(self, t: Task) -> None:
         for item in t.args:
             if item[0] != "r":
                 continue
@@ -95,19 +105,28 @@ class TaskQueues:
                 e.dependents.append(t)
                 if not e.owned:
                     self.objects.request_value(ref._id, e)
-        if t.deps == 0:
+
+    def dependency_ready(self, t: Task) -> None:
+        """The last pending argument of ``t`` became ready."""
+        if t.actor_id is not None:
+            self.actors.dependency_ready(t)
+        else:
             self.task_ready(t)
 
-    def task_ready(self, t: Task) -> None:
-        if t.cancelled or t.task_id not in self.tasks:
-            return
-        # An argument that is an error fails the task without running it.
+    def failed_arg(self, t: Task) -> bool:
+        """Complete ``t`` with the error of its first argument that is one; True if it had one
+        (an argument that is an error fails the task without running it)."""
         for item in t.args:
             if item[0] == "r":
                 e = self.objects.entries.get(item[1]._id)
                 if e is not None and e.is_error:
                     self.complete_with_error_of(t, e)
-                    return
+                    return True
+        return False
+
+    def task_ready(self, t: Task) -> None:
+        if t.cancelled or t.task_id not in self.tasks or self.failed_arg(t):
+            return
         locality = self.locality(t)
         if locality:
             t.key = scheduling_key(t.shape, t.strategy, locality)
@@ -408,6 +427,9 @@ class TaskQueues:
             if node_of(req.daemon) == node_id:
                 req.daemon = self.io.daemon_addr
                 self._send(self.io.daemon_addr, Msg.REQUEST_LEASE, req_id, req.shape, req.strategy, {})
+        # Our results stored there are gone: run their tasks again (lineage).
+        rebuild(self, [oid for oid, e in self.objects.entries.items()
+                       if e.owned and e.state == READY and e.loc is not None and e.node == node_id])
 
     def on_tasks_bounced(self, sender: str, msg: tuple, frames: list) -> None:
         """A worker blocked in get() hands back tasks it has not started."""
@@ -465,10 +487,10 @@ class TaskQueues:
             borrows: list = []  # refs inside the results that this process holds for the first time
             for oid, r in zip(t.return_ids, returns):
                 e = self.objects.entries.get(oid)
-                if e is None:  # the owner dropped every ref already; still account frames
+                if e is None or e.state == READY:  # freed already, or a rebuild's result that was not lost
                     if r[0] == "v":
                         pos += r[2]
-                    if r[0] == "s":
+                    if r[0] == "s" and (e is None or e.node != r[4]):
                         self._send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), r[4])
                     continue
                 pos += fill(e, r, frames[pos:])
@@ -480,6 +502,8 @@ class TaskQueues:
                 self.objects.resolve(oid, e)
             if any(r[-1] for r in returns) and sender != self.io.address:
                 self._release_handoff(sender, task_id, borrows)
+            if t.actor_id is None:
+                self.lineage.finished(t)
             t.args = []
             t.holds = []
         for lease in touched:

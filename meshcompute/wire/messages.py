@@ -59,7 +59,7 @@ class Msg(IntEnum):
     TASKS_BOUNCED = 42  # worker hands back tasks it has not started (it blocked)
     CANCEL_TASK = 43
     ACTOR_CALL = 44  # caller pushes one method call to an actor
-    GET_OBJECT = 45  # borrower asks the owner for an object's value or location
+    GET_OBJECT = 45  # borrower asks the owner for an object's value or location (lost_on: a node whose copy failed)
     OBJECT_VALUE = 46
     ADD_BORROWER = 47
     REMOVE_BORROWER = 48
@@ -88,7 +88,7 @@ class Msg(IntEnum):
     GCS_ANSWER = 68  # leader's daemon -> forwarding daemon: status and value of a GCS_FORWARD
     # object pulls, continued
     LOCATE_OBJECT = 69  # daemon -> daemons: who holds a sealed copy? REPLY with the holder's address or None
-    PROCESS_GONE = 70  # daemon -> daemons: these processes of mine are gone: release what they hold with you
+    PROCESS_GONE = 70  # daemon -> daemons and its own processes: these processes are gone
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -123,7 +123,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.TASKS_BOUNCED: ("task_ids",),
     Msg.CANCEL_TASK: ("task_id", "force"),
     Msg.ACTOR_CALL: ("call",),
-    Msg.GET_OBJECT: ("object_id",),
+    Msg.GET_OBJECT: ("object_id", "lost_on"),
     Msg.OBJECT_VALUE: ("object_id", "value"),
     Msg.ADD_BORROWER: ("object_ids", "req_id"),
     Msg.REMOVE_BORROWER: ("object_ids",),

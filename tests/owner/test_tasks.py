@@ -88,7 +88,7 @@ def owner(monkeypatch):
     tasks_box: list = []
     objects = ObjectTable(io, lambda t: tasks_box[0].task_ready(t))
     tasks = TaskQueues(io, objects)
-    tasks.actors = ActorCalls(io, tasks.fail)
+    tasks.actors = ActorCalls(io, tasks.fail, tasks.failed_arg)
     tasks_box.append(tasks)
     return io, tasks, objects
 
