@@ -173,3 +173,47 @@ def test_a_driver_whose_node_dies_gets_local_node_died_error():
             driver.kill()
             driver.wait(10)
         stop_node(info)
+
+
+@mesh.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def incr(self, delay=0.0):
+        time.sleep(delay)
+        self.n += 1
+        return self.n, mesh.get_runtime_context().get_node_id()
+
+    def where(self):
+        return mesh.get_runtime_context().get_node_id()
+
+
+@mesh.remote
+def call_through(handle):
+    return mesh.get(handle.where.remote(), timeout=60)
+
+
+@pytest.mark.timeout(120)
+def test_actors_on_a_dead_node_are_placed_again_keeping_names_and_retrying_calls(mesh3):
+    """Was: a max_restarts=2 actor whose node was SIGKILLed raised ActorDiedError, its
+    in-flight call was not retried, and its name was gone."""
+    victim_proc, victim = mesh3[2]
+    there = victim["node_id"]
+    survivor = Counter.options(name="survivor", namespace="death", max_restarts=2, max_task_retries=-1,
+                               scheduling_strategy=On(node_id=there, soft=True)).remote()
+    pinned = Counter.options(max_restarts=2, scheduling_strategy=On(node_id=there, soft=False)).remote()
+    once = Counter.options(scheduling_strategy=On(node_id=there, soft=True)).remote()
+    assert mesh.get([survivor.where.remote(), pinned.where.remote(), once.where.remote()], timeout=30) == [there] * 3
+    running = survivor.incr.remote(2.0)
+    time.sleep(0.5)
+    os.kill(victim["pid"], signal.SIGKILL)
+    victim_proc.wait(10)
+    n, where = mesh.get(running, timeout=60)  # retried on the new instance
+    assert n == 1 and where != there
+    assert mesh.get(mesh.get_actor("survivor", namespace="death").where.remote(), timeout=30) == where
+    assert mesh.get(call_through.remote(survivor), timeout=60) == where  # a handle that crossed processes
+    with pytest.raises(exc.ActorDiedError, match="soft=False"):
+        mesh.get(pinned.where.remote(), timeout=30)
+    with pytest.raises(exc.ActorDiedError, match="max_restarts"):
+        mesh.get(once.where.remote(), timeout=30)

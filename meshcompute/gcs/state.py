@@ -58,7 +58,8 @@ WRITES = frozenset({
     "init", "node_add", "node_dead", "job_add", "job_finish", "actor_put", "name_claim", "name_release",
     "kv_put", "kv_del", "kv_cas", "pg_create", "pg_place", "pg_ack", "pg_remove",
 })
-READS = frozenset({"kv_get", "kv_list", "name_lookup", "pg_get", "pg_table", "nodes", "actors", "jobs", "info"})
+READS = frozenset({"kv_get", "kv_list", "name_lookup", "pg_get", "pg_table", "nodes", "actors", "actor", "jobs",
+                   "info"})
 
 PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -159,7 +160,12 @@ class GcsState:
             return False
         rec["state"] = "DEAD"
         for actor_id, a in list(self.actors.items()):
-            if a.get("node_id") == node_id and a["state"] != "DEAD":
+            if a.get("node_id") != node_id or a["state"] == "DEAD":
+                continue
+            if _restartable(a) and not str(a.get("owner", "")).startswith(node_id + "/"):
+                # Its owner (alive elsewhere) places it again; the name stays with it.
+                a.update(state="RESTARTING", node_id=None, reason=f"its node {node_id} died; restarting elsewhere")
+            else:
                 self._actor_dead(actor_id, a, "its node died")
         for pg in self.pgs.values():
             lost = {i for i, n in pg.nodes.items() if n == node_id}
@@ -187,6 +193,9 @@ class GcsState:
         if job is None or job["finished"] is not None:
             return False
         job["finished"] = when
+        for actor_id, a in list(self.actors.items()):  # nobody is left to restart these
+            if a.get("owner") == job_key and a["state"] == "RESTARTING" and a.get("node_id") is None:
+                self._actor_dead(actor_id, a, "its node died and its owner exited before restarting it")
         finished = [k for k, j in self.jobs.items() if j["finished"] is not None]
         for k in finished[:max(0, len(finished) - MAX_FINISHED_JOBS)]:
             del self.jobs[k]
@@ -369,6 +378,9 @@ class GcsState:
             return {nid: dict(rec) for nid, rec in self.nodes.items()}
         if name == "actors":
             return {aid: dict(rec) for aid, rec in self.actors.items()}
+        if name == "actor":
+            rec = self.actors.get(op[1])
+            return dict(rec) if rec is not None else None
         if name == "jobs":
             return {k: dict(j) for k, j in self.jobs.items()}
         if name == "info":
@@ -407,6 +419,12 @@ class GcsState:
         s.job_count = img["jobs_ever"]
         s.applied_index = img["applied"]
         return s
+
+
+def _restartable(a: dict) -> bool:
+    """Has this actor restarts left (``max_restarts`` -1 is unlimited)?"""
+    limit = a.get("max_restarts", 0)
+    return limit == -1 or (isinstance(limit, int) and int(a.get("restarts", 0)) < limit)
 
 
 def _check_bytes(*values: Any) -> None:

@@ -43,6 +43,18 @@ class Actor:
     seq: int = 0  # version of the state last written to the control store
 
 
+def _restarts(spec: dict) -> int:
+    """Restarts an actor had before this node: its owner places it again when its node dies."""
+    n = spec.get("restarts", 0)
+    return n if type(n) is int and n >= 0 else 0
+
+
+def _first_seq(spec: dict) -> int:
+    """The control store keeps the record with the highest seq: each placement starts far
+    above what the one before it can have reached, so the newest placement wins."""
+    return _restarts(spec) << 20
+
+
 class ControlStore(Protocol):
     """What the actor directory asks of the control store (gcs/shell.py's Control)."""
 
@@ -138,7 +150,8 @@ class ActorDirectory:
         """The actor's entry in the control store's actor table."""
         address = self.address()
         return {"class_name": spec.get("class_name"), "node_id": self.node_id, "daemon": address,
-                "state": "PENDING", "restarts": 0, "owner": spec.get("owner"), "seq": 0,
+                "state": "PENDING", "restarts": _restarts(spec), "max_restarts": spec.get("max_restarts", 0),
+                "owner": spec.get("owner"), "seq": _first_seq(spec),
                 "detached": spec.get("lifetime") == "detached", "name": spec.get("name") or "",
                 "namespace": spec.get("namespace") or "", "meta": dict(spec["handle_meta"], daemon=address)}
 
@@ -147,7 +160,7 @@ class ActorDirectory:
         name, ns = spec.get("name"), spec.get("namespace") or ""
         shape = tuple(spec["shape"])
         a = Actor(actor_id, spec, frames, sender, name, ns, shape, spec.get("max_restarts", 0),
-                  spec.get("lifetime") == "detached")
+                  spec.get("lifetime") == "detached", restarts=_restarts(spec), seq=_first_seq(spec))
         a.subscribers.add(sender)
         self.actors[actor_id] = a
         self.reply(sender, req_id, ("ok", actor_id, self.address()))

@@ -23,12 +23,17 @@ from .io import OwnerIo
 
 log = logging.getLogger("meshcompute")
 
+LOOK_EVERY_S = 0.5
+"""How often (s) a caller of an actor whose node died asks the control store where it went."""
+LOOK_FOR_S = 60.0
+"""How long (s) a caller waits for such an actor to be placed again before failing its calls."""
+
 
 class ActorClient:
     """A caller's view of one actor."""
 
     __slots__ = ("actor_id", "addr", "state", "queue", "inflight", "reason", "subscribed", "release_when_idle",
-                 "daemon")
+                 "daemon", "spec", "frames", "restarts", "looking")
 
     def __init__(self, actor_id: bytes, daemon: str) -> None:
         self.actor_id = actor_id
@@ -40,6 +45,10 @@ class ActorClient:
         self.subscribed = False
         self.release_when_idle = False
         self.daemon = daemon  # the daemon of the node hosting the actor
+        self.spec: dict | None = None  # the creator's: how to make it again (all of it only if max_restarts != 0)
+        self.frames: list = []
+        self.restarts = 0
+        self.looking = False  # a caller asks the control store where it went after its node died
 
 
 class ActorCalls:
@@ -51,6 +60,7 @@ class ActorCalls:
         self._fail = fail  # complete a call with a system error (TaskQueues.fail)
         self._failed_arg = failed_arg  # complete a call with its failed argument's error (TaskQueues)
         self.actors: dict[bytes, ActorClient] = {}
+        self.alive_node: Callable[[str], bool] = lambda node_id: True  # the runtime says which nodes live
 
     def client(self, actor_id: bytes, daemon: str | None = None, subscribe: bool = True) -> ActorClient:
         a = self.actors.get(actor_id)
@@ -58,7 +68,10 @@ class ActorCalls:
             a = self.actors[actor_id] = ActorClient(actor_id, daemon or self.io.daemon_addr)
         if subscribe and not a.subscribed:
             a.subscribed = True
-            self.io.send(a.daemon, Msg.SUBSCRIBE_ACTOR, actor_id)
+            if self.alive_node(node_of(a.daemon)):
+                self.io.send(a.daemon, Msg.SUBSCRIBE_ACTOR, actor_id)
+            else:  # a handle older than its node's death: where did it go?
+                self._on_actor_lost(a, f"its node {node_of(a.daemon)} is gone")
         return a
 
     def daemon_of(self, actor_id: bytes, hint: str | None) -> str:
@@ -135,6 +148,8 @@ class ActorCalls:
             log.warning("%s", reason)
         old_addr = a.addr
         a.state, a.reason = state, reason or a.reason
+        if isinstance(restarts, int) and restarts > a.restarts:
+            a.restarts = restarts
         if state in ("RESTARTING", "DEAD") or (state == "ALIVE" and old_addr and addr != old_addr):
             if old_addr:
                 self.io.forget(old_addr)
@@ -160,14 +175,82 @@ class ActorCalls:
         self.on_actor_state(self.io.daemon_addr, (Msg.ACTOR_STATE, actor_id, "DEAD", None, 0, reason), [])
 
     def on_node_gone(self, node_id: str, reason: str) -> None:
+        """Actors on a dead node: their creator places them again (within max_restarts, where
+        their strategy allows); other callers ask the control store where they went."""
         for a in list(self.actors.values()):
-            if a.addr and node_of(a.addr) == node_id:
-                self.set_dead(a.actor_id, reason)
+            if a.state == "DEAD" or node_of(a.daemon) != node_id:
+                continue
+            if a.spec is None:
+                self._on_actor_lost(a, reason)
+                continue
+            limit = a.spec.get("max_restarts", 0)
+            strategy = a.spec.get("strategy")
+            if limit != -1 and a.restarts >= limit:
+                self.set_dead(a.actor_id, f"{reason}, and its max_restarts ({limit}) are used up")
+            elif isinstance(strategy, tuple) and strategy[:2] == ("node", node_id) and not strategy[2]:
+                self.set_dead(a.actor_id, f"{reason}, and its scheduling strategy pins it there (soft=False)")
+            else:
+                self._place_again(a, reason)
+
+    def _place_again(self, a: ActorClient, reason: str) -> None:
+        restarts = a.restarts + 1
+        self.on_actor_state(a.daemon, (Msg.ACTOR_STATE, a.actor_id, "RESTARTING", None, restarts,
+                                       f"{reason}; restarting it elsewhere"), [])
+        spec = dict(a.spec, restarts=restarts, spilled=False)
+        self._create_at(a, spec, self.io.daemon_addr, hops=3)
+
+    def _create_at(self, a: ActorClient, spec: dict, daemon: str, hops: int) -> None:
+        req_id = self.io.next_req_id()
+        spec["req_id"] = req_id
+
+        def answered(value) -> None:
+            if value[0] == "spill" and hops > 1:
+                self._create_at(a, dict(spec, spilled=True), value[1], hops - 1)
+            elif value[0] == "ok":
+                a.daemon = value[2]  # it publishes the new instance's state to us (its creator)
+            else:
+                self.set_dead(a.actor_id, f"it could not be placed again: {value[1] if len(value) > 1 else value}")
+
+        self.io.on_reply(req_id, answered)
+        self.io.send(daemon, Msg.CREATE_ACTOR, a.actor_id, spec, frames=a.frames)
+
+    def _on_actor_lost(self, a: ActorClient, reason: str) -> None:
+        """Not ours: it is placed again by its creator, or dead; the control store says which."""
+        self.on_actor_state(a.daemon, (Msg.ACTOR_STATE, a.actor_id, "RESTARTING", None, a.restarts,
+                                       f"{reason}; waiting for it to be placed again"), [])
+        if not a.looking:
+            a.looking = True
+            self._look(a, self.io.now() + LOOK_FOR_S, reason)
+
+    def _look(self, a: ActorClient, until: float, reason: str) -> None:
+        req_id = self.io.next_req_id()
+
+        def found(answer) -> None:
+            status, rec = answer if isinstance(answer, tuple) and len(answer) == 2 else ("error", None)
+            where = rec.get("daemon") if isinstance(rec, dict) else None
+            if status == "ok" and (rec is None or rec.get("state") == "DEAD"):
+                a.looking = False
+                self.set_dead(a.actor_id, rec.get("reason", reason) if rec else reason)
+            elif status == "ok" and isinstance(where, str) and self.alive_node(node_of(where)):
+                a.looking, a.daemon, a.subscribed = False, where, False
+                self.client(a.actor_id)  # subscribe there: its state (and address) follow
+            elif self.io.now() >= until:
+                a.looking = False
+                self.set_dead(a.actor_id, f"{reason}, and it was not placed again within {LOOK_FOR_S:.0f} s")
+            else:
+                self.io.call_later(LOOK_EVERY_S, self._look, a, until, reason)
+
+        self.io.on_reply(req_id, found)
+        self.io.send(self.io.daemon_addr, Msg.GCS_REQUEST, req_id, ("actor", a.actor_id), 5.0)
 
     def create(self, actor_id: bytes, spec: dict, frames: list, daemon: str) -> None:
         a = self.client(actor_id, daemon, subscribe=False)
         a.subscribed = True  # the daemon subscribes the creator
         a.daemon = daemon
+        if spec.get("max_restarts", 0) != 0:
+            a.spec, a.frames = spec, list(frames)  # to place it again if its node dies
+        else:
+            a.spec = {"max_restarts": 0}  # ours, never placed again: its calls fail at once then
         self.io.send(daemon, Msg.CREATE_ACTOR, actor_id, spec, frames=frames)
 
     def kill(self, actor_id: bytes, no_restart: bool, hint: str | None) -> None:

@@ -391,6 +391,31 @@ def test_node_dead_marks_its_actors_dead_and_frees_their_names():
     assert log("name_claim", "ns", "x", b"A5", {}) == ("ok",)
 
 
+def test_node_dead_leaves_a_restartable_actor_restarting_with_its_name_until_its_owner_exits():
+    log = Log()
+    log("node_add", "n1", {})
+    log("name_claim", "ns", "x", b"A1", {"node_id": "n1", "state": "ALIVE", "max_restarts": 2, "restarts": 1,
+                                         "owner": "n2/p_driver@"})
+    log("actor_put", b"A2", {"node_id": "n1", "state": "ALIVE", "max_restarts": 1, "restarts": 1,
+                             "owner": "n2/p_driver@"})  # used up
+    log("actor_put", b"A3", {"node_id": "n1", "state": "ALIVE", "max_restarts": -1, "owner": "n1/p_driver@"})
+    assert log("node_dead", "n1") is True
+    actors = log.read("actors")
+    assert {a: r["state"] for a, r in actors.items()} == {b"A1": "RESTARTING", b"A2": "DEAD", b"A3": "DEAD"}
+    assert log.read("name_lookup", "ns", "x")[0] == b"A1"
+    assert log.read("actor", b"A1")["node_id"] is None
+    # Placed again by its owner: the new node's record (a higher seq) takes over.
+    log("actor_put", b"A1", {"node_id": "n3", "state": "ALIVE", "seq": 1 << 20})
+    assert log.read("actor", b"A1")["state"] == "ALIVE"
+    # An owner that exits before placing it again leaves nobody to do it.
+    log("actor_put", b"A4", {"node_id": "n1", "state": "ALIVE", "max_restarts": 1, "owner": "n2/p_other@"})
+    log("node_add", "n1", {})
+    log("node_dead", "n1")
+    log("job_add", "n2/p_other@", {})
+    log("job_finish", "n2/p_other@", 1.0)
+    assert log.read("actor", b"A4")["state"] == "DEAD"
+
+
 # --------------------------------------------------------- placement groups
 
 
@@ -692,10 +717,10 @@ def test_an_unknown_read_raises_value_error():
 
 def test_every_read_op_is_served_on_an_empty_state():
     s = GcsState()
-    args = {"kv_get": (b"k",), "kv_list": (b"",), "name_lookup": ("ns", "n"), "pg_get": ("pg",)}
+    args = {"kv_get": (b"k",), "kv_list": (b"",), "name_lookup": ("ns", "n"), "pg_get": ("pg",), "actor": (b"A",)}
     got = {op: s.read((op, *args.get(op, ()))) for op in sorted(READS)}
     assert got == {
-        "actors": {}, "info": {"config": {}, "applied": 0, "nodes": 0, "actors": 0, "names": 0, "jobs": 0,
+        "actor": None, "actors": {}, "info": {"config": {}, "applied": 0, "nodes": 0, "actors": 0, "names": 0, "jobs": 0,
                                "placement_groups": 0, "kv_keys": 0},
         "jobs": {}, "kv_get": None, "kv_list": [], "name_lookup": None, "nodes": {}, "pg_get": None,
         "pg_table": {},
