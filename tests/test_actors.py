@@ -237,3 +237,46 @@ def test_actor_runtime_context_and_method_errors():
         _ = c.no_such_method
     with pytest.raises(TypeError, match="incr.remote"):
         c.incr()
+
+
+@mesh.remote
+class Holder:
+    def __init__(self):
+        self.handles = []
+
+    def keep(self, handles):
+        self.handles = handles
+
+    def drop(self):
+        self.handles = []
+        import gc
+
+        gc.collect()
+
+    def call(self):
+        return mesh.get(self.handles[0].pid.remote())
+
+
+def test_an_unnamed_actor_lives_while_a_handle_to_it_lives_in_any_process():
+    """Was: a handle that left its creator kept the actor alive until the creator exited."""
+    import gc
+
+    from .conftest import pid_alive, wait_for
+
+    lone = Counter.remote()
+    lone_pid = mesh.get(lone.pid.remote())
+    del lone
+    gc.collect()
+    assert wait_for(lambda: not pid_alive(lone_pid), timeout=10), "a dropped handle's actor kept running"
+
+    shared = Counter.remote()
+    pid = mesh.get(shared.pid.remote())
+    holder = Holder.remote()
+    mesh.get(holder.keep.remote([shared]))
+    del shared
+    gc.collect()
+    time.sleep(1.0)
+    assert pid_alive(pid), "the actor stopped while another process still held a handle"
+    assert mesh.get(holder.call.remote(), timeout=30) == pid
+    mesh.get(holder.drop.remote())
+    assert wait_for(lambda: not pid_alive(pid), timeout=10), "the last handle is gone, the actor runs on"

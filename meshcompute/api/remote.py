@@ -225,9 +225,10 @@ class ActorClass:
         if answer[0] == "error":
             raise ValueError(answer[1])
         if answer[0] == "exists":
-            return ActorHandle(answer[1], answer[2], owned=False)
+            return ActorHandle(answer[1], answer[2])
         handle_meta["daemon"] = answer[2]  # where the actor lives: its state comes from there
-        handle = ActorHandle(actor_id, handle_meta, owned=True, named=bool(opts.get("name")) or lifetime == "detached")
+        named = bool(opts.get("name")) or lifetime == "detached"
+        handle = ActorHandle(actor_id, handle_meta, None if named else core.actor_token(actor_id))
         handle._arg_holds = [item[1] for item in items if item[0] == "r"]
         return handle
 
@@ -251,17 +252,18 @@ class ActorMethod:
 class ActorHandle:
     """A handle to an actor: ``handle.method.remote(...)`` calls it.
 
-    Handles can be passed to tasks and other actors.  An unnamed actor stops when
-    its creator's handles are all gone or its creator exits; a named or detached
-    actor lives until ``kill()`` (or, if not detached, until its creator exits).
+    Handles can be passed to tasks and other actors.  An unnamed actor stops once
+    every handle to it is gone, in every process (handles are counted like refs),
+    or when its creator exits; a named or detached actor lives until ``kill()``
+    (or, if not detached, until its creator exits).
     """
 
-    def __init__(self, actor_id: bytes, meta: dict, owned: bool = False, named: bool = False) -> None:
+    def __init__(self, actor_id: bytes, meta: dict, token: ObjectRef | None = None) -> None:
         self._actor_id = actor_id
         self._meta = meta
-        self._owned = owned
-        self._named = named
-        self._escaped = False
+        # An unnamed actor's handles each hold a ref to one token object its creator owns:
+        # the token is freed, and the actor stopped, when the last handle anywhere is gone.
+        self._token = token
         self._arg_holds: list = []
 
     def __getattr__(self, name: str) -> ActorMethod:
@@ -287,10 +289,7 @@ class ActorHandle:
         return _unwrap(core.submit(t), num_returns)
 
     def __reduce__(self):
-        # A handle that leaves this process keeps the actor alive until its creator
-        # exits (handles are not reference counted across processes).
-        self._escaped = True
-        return (_rebuild_handle, (self._actor_id, self._meta))
+        return (_rebuild_handle, (self._actor_id, self._meta, self._token))
 
     def __repr__(self) -> str:
         return f"ActorHandle({self._meta.get('class_name')}, {self._actor_id.hex()})"
@@ -301,18 +300,9 @@ class ActorHandle:
     def __hash__(self) -> int:
         return hash(self._actor_id)
 
-    def __del__(self) -> None:
-        if self._owned and not self._named and not self._escaped:
-            core = context.core
-            if core is not None and not core._closed:
-                try:
-                    core.release_actor(self._actor_id)
-                except Exception:
-                    pass
 
-
-def _rebuild_handle(actor_id: bytes, meta: dict) -> ActorHandle:
-    return ActorHandle(actor_id, meta)
+def _rebuild_handle(actor_id: bytes, meta: dict, token: ObjectRef | None = None) -> ActorHandle:
+    return ActorHandle(actor_id, meta, token)
 
 
 def make_remote(target: Any, options: dict) -> Any:

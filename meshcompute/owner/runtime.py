@@ -83,7 +83,8 @@ class Core:
         self.request = io.request
         self.sent, self.received = io.sent, io.received
         self._blocked_depth = 0
-        self.objects = ObjectTable(io, self._dependency_ready, lambda oid: self.tasks.lineage.entry_freed(oid))
+        self.objects = ObjectTable(io, self._dependency_ready, self._entry_freed)
+        self._actor_tokens: dict[bytes, bytes] = {}  # token object id -> the unnamed actor it keeps alive
         self.tasks = TaskQueues(io, self.objects)
         self.actors = ActorCalls(io, self.tasks.fail, self.tasks.failed_arg)
         self.tasks.actors = self.actors
@@ -526,9 +527,24 @@ class Core:
         """Kill an actor; with no_restart, calls made after this fail at once here."""
         self.post(self.actors.kill, actor_id, no_restart, hint)
 
-    def release_actor(self, actor_id: bytes) -> None:
-        """The creator's last handle is gone: stop the actor once its calls finish."""
-        self.post(self.actors.release, actor_id)
+    def actor_token(self, actor_id: bytes) -> ObjectRef:
+        """The token object an unnamed actor's handles hold (user thread): when the last
+        ref to it anywhere is gone, the actor is stopped once its calls finish."""
+        oid = ids.object_id(actor_id, 0xFFFFFFFF)
+        ref = ObjectRef(oid, self.address)
+        self.post(self._make_token, oid, actor_id)
+        return ref
+
+    def _make_token(self, oid: bytes, actor_id: bytes) -> None:
+        self._actor_tokens[oid] = actor_id
+        self.objects.put_done(oid, ("v", serialize(None)), [], self.node_id)
+
+    def _entry_freed(self, oid: bytes) -> None:
+        actor_id = self._actor_tokens.pop(oid, None)
+        if actor_id is not None:
+            self.actors.release(actor_id)
+        else:
+            self.tasks.lineage.entry_freed(oid)
 
     # ------------------------------------------------------------ worker side
 
