@@ -188,6 +188,9 @@ class Counter:
     def where(self):
         return mesh.get_runtime_context().get_node_id()
 
+    def pid(self):
+        return os.getpid()
+
 
 @mesh.remote
 def call_through(handle):
@@ -217,3 +220,46 @@ def test_actors_on_a_dead_node_are_placed_again_keeping_names_and_retrying_calls
         mesh.get(pinned.where.remote(), timeout=30)
     with pytest.raises(exc.ActorDiedError, match="max_restarts"):
         mesh.get(once.where.remote(), timeout=30)
+
+
+@mesh.remote(max_retries=3)
+def nap(i):
+    time.sleep(3.0)
+    return i
+
+
+@pytest.mark.timeout(120)
+def test_a_node_taken_for_dead_that_returns_gets_its_cpus_back_and_keeps_one_instance_of_each_actor(mesh3):
+    """Was: when a driver heard a node died it dropped its leases there without returning
+    them; if the node was only unreachable, its CPUs stayed leased to nobody."""
+    from meshcompute.host.launcher import query
+
+    _, frozen = mesh3[2]
+    there = frozen["node_id"]
+    actor = Counter.options(max_restarts=1, scheduling_strategy=On(node_id=there, soft=True)).remote()
+    assert mesh.get(actor.where.remote(), timeout=30) == there
+    old_pid = mesh.get(pid_of.remote(actor), timeout=30)
+    refs = [nap.options(scheduling_strategy=On(node_id=there, soft=True)).remote(i) for i in range(2)]
+    assert wait_for(lambda: query(frozen, "node")["resources_available"].get("CPU") == 0, timeout=20)
+    os.kill(frozen["pid"], signal.SIGSTOP)  # unreachable, not dead
+    try:
+        assert wait_for(lambda: not [n for n in mesh.nodes() if n["NodeID"] == there and n["Alive"]], timeout=20)
+        assert mesh.get(refs, timeout=60) == [0, 1]  # retried elsewhere
+        assert mesh.get(actor.where.remote(), timeout=60) != there  # placed again elsewhere
+    finally:
+        os.kill(frozen["pid"], signal.SIGCONT)
+    # Back: the leases dropped there are handed back, and the old instance of the actor stops.
+    assert wait_for(lambda: query(frozen, "node")["resources_available"].get("CPU") == 2, timeout=20)
+    assert wait_for(lambda: not _alive(old_pid), timeout=20)
+    assert mesh.get(actor.where.remote(), timeout=30) != there
+
+
+@mesh.remote
+def pid_of(handle):
+    return mesh.get(handle.pid.remote())
+
+
+def _alive(pid: int) -> bool:
+    from meshcompute.host.sessions import pid_alive
+
+    return pid_alive(pid)

@@ -378,8 +378,10 @@ class Daemon:
             peer = peers.get(node_id)
             if peer is not None and peer.state in ("alive", "suspect"):
                 del self.gone_nodes[node_id]  # it came back
+                self.pulls.node_back(node_id)
             elif now >= when:
                 del self.gone_nodes[node_id]
+                self.pulls.node_forgotten(node_id)
                 for addr in [a for a in list(self.processes.pids) + list(self.ep.out) if node_of(a) == node_id]:
                     self.process_gone(addr)
                 self.actors.node_gone(node_id)

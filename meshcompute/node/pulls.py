@@ -92,6 +92,8 @@ class Pulls:
         self.started: collections.Counter = collections.Counter()
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
         self.serving: dict[tuple[str, bytes], list] = {}  # (peer, oid) -> chunk requests waiting for the pin
+        # Transfer pins we hold at daemons declared dead: released (PULL_DONE) if they come back.
+        self.owed_done: dict[str, set[bytes]] = {}
 
     # ------------------------------------------------------------ pulling in
 
@@ -215,6 +217,8 @@ class Pulls:
         self.pulls.pop(p.oid, None)
         table = self.store.table
         if not ok:
+            if p.source is not None:  # gave up on a live source: its transfer pin goes too
+                self.send(p.source, Msg.PULL_DONE, p.oid)
             self.store.send_replies(table.free([p.oid]))
             for reader, req_id in p.waiters:
                 if req_id is not None:
@@ -250,10 +254,22 @@ class Pulls:
         for key in [k for k in self.serving if k[0] == addr]:
             del self.serving[key]
 
+    def node_back(self, node_id: str) -> None:
+        """A node declared dead is alive after all: release the transfer pins we hold there."""
+        for daemon in [d for d in self.owed_done if node_of(d) == node_id]:
+            for oid in self.owed_done.pop(daemon):
+                self.send(daemon, Msg.PULL_DONE, oid)
+
+    def node_forgotten(self, node_id: str) -> None:
+        """A dead node stayed dead: nothing of ours there to release."""
+        for daemon in [d for d in self.owed_done if node_of(d) == node_id]:
+            del self.owed_done[daemon]
+
     def node_gone(self, node_id: str) -> None:
         """Pulls from a node that died or left go on from another copy, if a live daemon
         holds one (a node that pulled it earlier); else they fail (their readers hear None)."""
         for p in [p for p in self.pulls.values() if p.source is not None and node_of(p.source) == node_id]:
+            self.owed_done.setdefault(p.source, set()).add(p.oid)
             p.source = None  # nothing is asked for until a new source is found
             self.locate(p.oid, lambda holders, p=p: self._resume(p, holders))
 

@@ -61,6 +61,7 @@ class ActorCalls:
         self._failed_arg = failed_arg  # complete a call with its failed argument's error (TaskQueues)
         self.actors: dict[bytes, ActorClient] = {}
         self.alive_node: Callable[[str], bool] = lambda node_id: True  # the runtime says which nodes live
+        self.left_behind: dict[str, list[tuple[str, bytes]]] = {}  # dead node -> (its daemon, actor placed again)
 
     def client(self, actor_id: bytes, daemon: str | None = None, subscribe: bool = True) -> ActorClient:
         a = self.actors.get(actor_id)
@@ -141,6 +142,8 @@ class ActorCalls:
     def on_actor_state(self, sender: str, msg: tuple, frames: list) -> None:
         _, actor_id, state, addr, restarts, reason = msg
         a = self.actors.get(actor_id)
+        if a is not None and sender != a.daemon and sender != self.io.daemon_addr:
+            return  # from where it lived before it was placed again: not about this instance
         if a is None:
             a = self.actors[actor_id] = ActorClient(actor_id, self.io.daemon_addr)
             a.subscribed = True
@@ -193,6 +196,8 @@ class ActorCalls:
                 self._place_again(a, reason)
 
     def _place_again(self, a: ActorClient, reason: str) -> None:
+        # Should that node come back, its instance is stopped (node_back): one instance only.
+        self.left_behind.setdefault(node_of(a.daemon), []).append((a.daemon, a.actor_id))
         restarts = a.restarts + 1
         self.on_actor_state(a.daemon, (Msg.ACTOR_STATE, a.actor_id, "RESTARTING", None, restarts,
                                        f"{reason}; restarting it elsewhere"), [])
@@ -242,6 +247,11 @@ class ActorCalls:
 
         self.io.on_reply(req_id, found)
         self.io.send(self.io.daemon_addr, Msg.GCS_REQUEST, req_id, ("actor", a.actor_id), 5.0)
+
+    def node_back(self, node_id: str) -> None:
+        """A node we took for dead is alive: stop the instances we placed again elsewhere."""
+        for daemon, actor_id in self.left_behind.pop(node_id, ()):
+            self.io.send(daemon, Msg.KILL_ACTOR, actor_id, True)
 
     def create(self, actor_id: bytes, spec: dict, frames: list, daemon: str) -> None:
         a = self.client(actor_id, daemon, subscribe=False)

@@ -192,6 +192,14 @@ class ObjectTable:
             e.value, e.is_error = ser, True
             self.resolve(oid, e)
 
+    def fail_pending(self, error: BaseException) -> None:
+        """Complete every value still awaited here (owned or borrowed) with ``error``."""
+        ser = serialize(error, True)
+        for oid, e in list(self.entries.items()):
+            if e.state != READY:
+                e.value, e.loc, e.is_error = ser, None, True
+                self.set_ready(oid, e)
+
     def put_done(self, oid: bytes, where: tuple, contained: list, node_id: str) -> None:
         """A ``put`` (or a large argument) is stored: ("v", Serialized) or ("s", offset, size)."""
         e = Entry(True, self.io.address)

@@ -28,6 +28,7 @@ from typing import Any
 from .. import exceptions as exc
 from ..host.sessions import pid_alive
 from ..observe.output import print_output
+from ..observe.stats import StatsReporter
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize, serialize
@@ -41,10 +42,6 @@ from .store_client import StoreClient
 from .tasks import TaskQueues
 
 log = logging.getLogger("meshcompute")
-
-STATS_PERIOD_S = 0.5
-"""A process reports its task counters (TASK_STATS) at most this often, and only
-while they change: a timer armed by task activity, never a message per task."""
 
 DAEMON_CHECK_S = 1.0
 """How often (s) a driver checks that its node's daemon is alive."""
@@ -94,8 +91,8 @@ class Core:
         self.executor: Any = None  # set in workers, with attach_executor()
         self.worker: Any = None  # a worker's WorkerInbox
         self.log_to_driver = True  # a driver prints the lines its tasks' workers ship
-        self._stats_armed = False
-        self._stats_sent: Any = None
+        self.stats = StatsReporter(io.call_later, self.task_stats, lambda c: self._send_daemon(Msg.TASK_STATS, c))
+        self.note_activity = self.stats.note_activity
         self.current_task_id: bytes | None = None
         self.current_actor_id: bytes | None = None
         io.handlers.update(self._handlers())
@@ -153,11 +150,7 @@ class Core:
         self.io.node_died(err)
         for t in list(self.tasks.tasks.values()):
             self.tasks.fail(t, err)
-        ser = serialize(err, True)
-        for oid, e in list(self.objects.entries.items()):
-            if e.state != READY:
-                e.value, e.loc, e.is_error = ser, None, True
-                self.objects.set_ready(oid, e)
+        self.objects.fail_pending(err)
 
     def _post_daemon(self, msg_type: Msg, *fields) -> None:
         """Send to our daemon from any thread (through the I/O thread)."""
@@ -197,6 +190,9 @@ class Core:
         _, node_id, state, address = msg
         self.tasks.on_node_state(node_id, state, address)
         if state == "alive":
+            if node_id in self.objects.dead_nodes:  # it was only unreachable: reconcile
+                self.tasks.node_back(node_id)
+                self.actors.node_back(node_id)
             self.objects.node_alive(node_id)
             return
         reason = f"node {node_id} {'died' if state == 'dead' else 'left'}"
@@ -560,11 +556,6 @@ class Core:
 
     # ---------------------------------------------------------- observability
 
-    def note_activity(self) -> None:
-        if not self._stats_armed:
-            self._stats_armed = True
-            self.io.call_later(STATS_PERIOD_S, self._send_stats)
-
     def task_stats(self) -> dict:
         """Tasks this process runs (a worker) and holds queued (any owner)."""
         ex = self.executor
@@ -574,14 +565,6 @@ class Core:
         finished = ex.tasks_finished
         return {"running": max(0, ex.tasks_started - finished), "queued": queued + ex.queue.qsize(),
                 "finished": finished}
-
-    def _send_stats(self) -> None:
-        self._stats_armed = False
-        stats = self.task_stats()
-        if stats != self._stats_sent:
-            self._stats_sent = stats
-            self._send_daemon(Msg.TASK_STATS, stats)
-            self.note_activity()  # look once more: the counters are still moving
 
     def _on_worker_output(self, sender, msg, frames) -> None:
         lines = msg[1]

@@ -76,6 +76,7 @@ class TaskQueues:
         self.request_delay = 0.0  # s before new lease requests go out (a worker's children: runtime.py)
         self._deferred: set[tuple] = set()
         self.nodes: dict[str, str] = {}  # alive peer node id -> its daemon's address (NODE_STATE)
+        self.abandoned: dict[str, list[tuple]] = {}  # node taken for dead -> what to hand back if it returns
         self.lineage = Lineage()
         self.lineage.owned_by = io.address
 
@@ -105,6 +106,17 @@ class TaskQueues:
                 e.dependents.append(t)
                 if not e.owned:
                     self.objects.request_value(ref._id, e)
+
+    def _requeue(self, key: tuple, ts: list[Task]) -> None:
+        """Put tasks back at the head of their queue, except those with an argument being
+        rebuilt meanwhile (its node died): they wait for it again."""
+        entries, ready = self.objects.entries, []
+        for t in ts:
+            if all(item[0] != "r" or entries[item[1]._id].state == READY for item in t.args):
+                ready.append(t)
+            else:
+                self._count_deps(t)
+        self.queues.setdefault(key, collections.deque()).extendleft(reversed(ready))
 
     def dependency_ready(self, t: Task) -> None:
         """The last pending argument of ``t`` became ready."""
@@ -230,9 +242,6 @@ class TaskQueues:
         else:
             self.nodes.pop(node_id, None)
 
-    def _waiting_at(self, daemon: str) -> bool:
-        return any(req.daemon == daemon for req in self.requests.values())
-
     def withdraw(self, key: tuple, n: int) -> None:
         """Cancel ``n`` of the key's outstanding lease requests, newest first."""
         for req_id in sorted((r for r, req in self.requests.items() if req.key == key), reverse=True)[:n]:
@@ -338,7 +347,7 @@ class TaskQueues:
             self.lease_idle(lease)
 
     def lease_idle(self, lease: Lease) -> None:
-        if self.revoke_until > self.io.now() or self._waiting_at(lease.daemon):
+        if self.revoke_until > self.io.now() or any(r.daemon == lease.daemon for r in self.requests.values()):
             # We wait for another lease there ourselves: this worker is what it needs.
             self.return_lease(lease)
             return
@@ -414,13 +423,18 @@ class TaskQueues:
                     f"The worker running {t.name} died ({reason}) and max_retries is used up."))
         lease.inflight.clear()
         if retry:
-            self.queues.setdefault(lease.key, collections.deque()).extendleft(reversed(retry))
+            self._requeue(lease.key, retry)
         self.dispatch(lease.key)
 
     def on_node_gone(self, node_id: str, reason: str) -> None:
-        """What ran or waited on a dead node fails over."""
+        """What ran or waited on a dead node fails over.  Its leases are remembered: if the
+        node was only unreachable, they go back when it returns (node_back)."""
         for lease in list(self.lease_by_id.values()):
             if node_of(lease.worker_addr) == node_id:
+                # A busy worker still runs tasks that now run elsewhere: it is stopped.
+                self.abandoned.setdefault(node_id, []).append(
+                    (lease.daemon, Msg.KILL_WORKER, lease.worker_id) if lease.inflight
+                    else (lease.daemon, Msg.RETURN_LEASE, lease.lease_id))
                 self.on_worker_died(self.io.daemon_addr, (Msg.WORKER_DIED, lease.lease_id, lease.worker_id,
                                                           reason), [])
         for req_id, req in list(self.requests.items()):
@@ -428,8 +442,14 @@ class TaskQueues:
                 req.daemon = self.io.daemon_addr
                 self._send(self.io.daemon_addr, Msg.REQUEST_LEASE, req_id, req.shape, req.strategy, {})
         # Our results stored there are gone: run their tasks again (lineage).
+        # (Were they only unreachable, the rebuilt copies replace them: nothing reads the old ones.)
         rebuild(self, [oid for oid, e in self.objects.entries.items()
                        if e.owned and e.state == READY and e.loc is not None and e.node == node_id])
+
+    def node_back(self, node_id: str) -> None:
+        """A node we took for dead is alive: hand back the leases we dropped there."""
+        for daemon, msg_type, field in self.abandoned.pop(node_id, ()):
+            self._send(daemon, msg_type, field)
 
     def on_tasks_bounced(self, sender: str, msg: tuple, frames: list) -> None:
         """A worker blocked in get() hands back tasks it has not started."""
@@ -444,7 +464,7 @@ class TaskQueues:
             t.dispatched = False
             back.setdefault(t.key, []).append(t)
         for key, ts in back.items():
-            self.queues.setdefault(key, collections.deque()).extendleft(reversed(ts))
+            self._requeue(key, ts)
             self.dispatch(key)
 
     # ----------------------------------------------------------- results
@@ -481,7 +501,7 @@ class TaskQueues:
                 if t.actor_id is not None:
                     self.actors.enqueue(t, front=True)
                 else:
-                    self.queues.setdefault(t.key, collections.deque()).appendleft(t)
+                    self._requeue(t.key, [t])
                     self.dispatch(t.key)
                 continue
             borrows: list = []  # refs inside the results that this process holds for the first time
