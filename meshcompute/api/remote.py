@@ -194,7 +194,7 @@ class ActorClass:
         core = _core()
         opts = self._options
         if self._class_bytes is None:
-            self._class_bytes = dumps_function(self._cls)
+            self._class_bytes = dumps_function(self._cls, "actor class")
         # Actors need 1 CPU to be placed by default but hold none while alive (as in Ray).
         shape = _shape(opts, 0.0)
         items, kw_names = core.prepare_args(args, kwargs)

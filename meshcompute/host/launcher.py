@@ -143,7 +143,7 @@ def request(info: dict, msg_type: Any, *fields: Any, timeout: float = 5.0) -> An
 
     from ..wire.ids import random_id
     from ..wire.messages import Msg, decode, encode
-    from ..wire.transport import Endpoint
+    from ..wire.transport import Endpoint, recv
 
     ctx = zmq.Context()
     ep = Endpoint(ctx, info["node_id"], f"cli_{random_id()}", info["session_dir"])
@@ -154,7 +154,7 @@ def request(info: dict, msg_type: Any, *fields: Any, timeout: float = 5.0) -> An
             left = deadline - time.monotonic()
             if left <= 0 or not ep.inbox.poll(int(left * 1000) + 1):
                 break
-            frames = ep.inbox.recv_multipart()
+            frames = recv(ep.inbox, copy=True)
             msg = decode(frames[1])
             if msg[0] == Msg.REPLY and msg[1] == 1:
                 return msg[2]

@@ -227,7 +227,7 @@ class Daemon:
         sender = frames[0].bytes.decode(errors="replace")
         try:
             parse_address(sender)  # replies go there: a sender that is no address is refused now
-            msg = decode(frames[1].bytes)
+            msg = decode(frames[1])
             handler = handlers[msg[0]]
         except Exception:
             self.drops.note("a malformed message", sender)

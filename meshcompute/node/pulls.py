@@ -27,7 +27,8 @@ log = logging.getLogger("meshcompute.daemon")
 
 PULL_CHUNK_BYTES = 8 << 20
 """Bytes per chunk of an object pull: large enough to amortise a message, small
-enough that a window of them stays modest."""
+enough that a window of them stays modest.  With lz4's worst-case growth it stays
+within wire.transport.MAX_FRAME_BYTES, so a chunk travels whole, zero-copy."""
 PULL_WINDOW = 4
 """Chunk requests a pull keeps in flight (the credit window)."""
 SAMPLE_BYTES = 65536

@@ -25,7 +25,7 @@ import zmq
 
 from ..wire.ids import random_id
 from ..wire.messages import Msg, decode, encode
-from ..wire.transport import Endpoint, node_of, parse_address
+from ..wire.transport import Endpoint, node_of, parse_address, recv
 from .feed import DEFAULT_TTL_S, HEARTBEAT_S, LIVENESS_BEATS
 
 SUBSCRIBE_WAIT_S = 2.0
@@ -212,7 +212,7 @@ class MonitorClient:
         changed = False
         for _ in range(1000):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv(sock, zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 break
             try:

@@ -25,7 +25,7 @@ import zmq
 
 from .. import exceptions as exc
 from ..wire.messages import Msg, decode, describe, encode
-from ..wire.transport import DropLog, Endpoint, drain, node_of, parse_address
+from ..wire.transport import DropLog, Endpoint, drain, node_of, parse_address, recv
 from .objects import Waiter
 
 log = logging.getLogger("meshcompute")
@@ -96,8 +96,8 @@ class IoThread:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if poller.poll(100):
-                frames = self._ep.inbox.recv_multipart(copy=False)
-                msg = decode(frames[1].bytes)
+                frames = recv(self._ep.inbox)
+                msg = decode(frames[1])
                 if msg[0] == Msg.REGISTERED:
                     return msg
                 self._early.append(frames)  # handled once the I/O thread runs
@@ -258,7 +258,7 @@ class IoThread:
         sender = frames[0].bytes.decode(errors="replace")
         try:
             parse_address(sender)  # replies go there: a sender that is no address is refused now
-            msg = decode(frames[1].bytes)
+            msg = decode(frames[1])
             handler = self.handlers[msg[0]]
         except Exception:
             self.drops.note("a malformed message", sender)

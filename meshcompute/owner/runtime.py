@@ -31,7 +31,14 @@ from ..observe.output import print_output
 from ..observe.stats import StatsReporter
 from ..wire import ids
 from ..wire.messages import Msg
-from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize, serialize
+from ..wire.serialization import (
+    INLINE_ARGS_BYTES,
+    INLINE_THRESHOLD,
+    DeserializeContext,
+    Serialized,
+    deserialize,
+    serialize,
+)
 from .actors import ActorCalls
 from .control import ControlRequests, gcs_result
 from .io_thread import IoThread
@@ -459,17 +466,23 @@ class Core:
     # ------------------------------------------------------------------ submit
 
     def prepare_args(self, args: tuple, kwargs: dict) -> tuple[list, tuple]:
-        """Turn call arguments into ("r", ref) / ("v", Serialized) items (user thread)."""
-        items = [self._prepare_arg(a) for a in args]
-        kw_names = tuple(kwargs)
-        items.extend(self._prepare_arg(v) for v in kwargs.values())
-        return items, kw_names
+        """Turn call arguments into ("r", ref) / ("v", Serialized) items (user thread).
 
-    def _prepare_arg(self, value: Any) -> tuple:
+        Small arguments travel inline until they add up to INLINE_ARGS_BYTES."""
+        items = []
+        room = INLINE_ARGS_BYTES
+        for value in (*args, *kwargs.values()):
+            item = self._prepare_arg(value, room)
+            if item[0] == "v":
+                room -= item[1].size
+            items.append(item)
+        return items, tuple(kwargs)
+
+    def _prepare_arg(self, value: Any, room: int) -> tuple:
         if isinstance(value, ObjectRef):
             return ("r", value)
         ser = serialize(value)
-        if ser.size <= INLINE_THRESHOLD:
+        if ser.size <= min(INLINE_THRESHOLD, room):
             return ("v", ser)
         return ("r", self._put_serialized(ser))  # large arguments go through the store once, like a put
 

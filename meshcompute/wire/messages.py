@@ -162,8 +162,9 @@ def encode(msg_type: Msg, *fields: Any) -> bytes:
     return _dumps((int(msg_type), *fields), 5)
 
 
-def decode(header: bytes) -> tuple:
-    """Unpickle a header; raises ValueError for anything that is not a known message."""
+def decode(header: Any) -> tuple:
+    """Unpickle a header (bytes, a received frame, or a bytearray joined from parts);
+    raises ValueError for anything that is not a known message."""
     msg = _loads(header)
     if not isinstance(msg, tuple) or not msg or msg[0] not in _KNOWN:
         raise ValueError("not a meshcompute message")

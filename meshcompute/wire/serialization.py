@@ -27,6 +27,17 @@ INLINE_THRESHOLD = 100 * 1024
 """Values whose pickled size is at most this many bytes travel inside messages;
 larger ones go through the node's shared-memory store (Ray uses the same 100 KiB)."""
 
+INLINE_ARGS_BYTES = 10 << 20
+"""The arguments of one call travel inline while their sum stays within this; the rest
+go through the store, as large ones do (Ray's task_rpc_inlined_bytes_limit is the same
+10 MiB).  It keeps a task's message, and a batch of them, well within one message's
+bound (transport.MAX_SPLIT_BYTES) however many small arguments a call has."""
+
+MAX_FUNCTION_BYTES = 100 << 20
+"""The most a pickled remote function or actor class may weigh.  It travels in task and
+actor messages (split into frames, transport.py), which have a bound; one this large has
+captured data in its closure or globals, which belongs in the store (Ray refuses ~95 MiB)."""
+
 _tls = threading.local()
 _SIMPLE = frozenset({type(None), bool, int, float, str, bytes, complex})
 
@@ -112,7 +123,16 @@ class _FunctionPickler(cloudpickle.CloudPickler):
                                           cloudpickle.CloudPickler.dispatch_table)
 
 
-def dumps_function(fn: Any) -> bytes:
+def dumps_function(fn: Any, kind: str = "remote function") -> bytes:
+    """Pickle a function or class to travel to workers; raises ValueError over MAX_FUNCTION_BYTES."""
     buf = io.BytesIO()
     _FunctionPickler(buf, protocol=5).dump(fn)
-    return buf.getvalue()
+    data = buf.getvalue()
+    if len(data) > MAX_FUNCTION_BYTES:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise ValueError(
+            f"the {kind} {name!r} pickles to {len(data) / 2**20:.1f} MiB, more than the "
+            f"{MAX_FUNCTION_BYTES >> 20} MiB a function or class may travel as: it captures large data "
+            f"(in its closure, defaults or a global it uses). Put the data in the object store with "
+            f"put() and pass the ref as an argument instead.")
+    return data
