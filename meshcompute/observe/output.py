@@ -70,7 +70,7 @@ class OutputShipper:
                 self._keep(sink, prefix, [line[:MAX_LINE] for line in complete])
                 arm = self._arm()
         if arm and self.core is not None:
-            self.core.post(self.core._arm_output)
+            self.core.post(self.core.worker.arm_output)
 
     def _keep(self, sink: str, prefix: str, lines: list) -> None:
         out = self._lines.setdefault(sink, [])
@@ -96,7 +96,7 @@ class OutputShipper:
                 self._keep(sink, key[1], [self._partial.pop(key)])
             arm = self._arm()
         if arm and self.core is not None:
-            self.core.post(self.core._arm_output)
+            self.core.post(self.core.worker.arm_output)
 
     def take(self) -> dict[str, list]:
         with self._lock:

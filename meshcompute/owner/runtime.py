@@ -564,9 +564,6 @@ class Core:
     def bounce(self, owner_tasks: dict[str, list[bytes]]) -> None:
         self.post(self.worker.bounce, owner_tasks)
 
-    def _arm_output(self) -> None:
-        self.worker.arm_output()
-
     # ---------------------------------------------------------- observability
 
     def task_stats(self) -> dict:
