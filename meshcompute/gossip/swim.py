@@ -807,12 +807,13 @@ class Swim:
             if not self._left:
                 self._refute(inc, now, out, source)
             return
-        if m.state == ALIVE and inc == m.incarnation and source != self.node_id:
-            # Someone else's verdict about a member we still hold alive at this very
-            # incarnation: it may be stale (a node cut off from it declared it dead, and
-            # the partition just healed). It becomes a suspicion, which the member can
-            # refute, and which ends in death here too if it cannot (or if more
-            # members confirm it). A member already suspected here dies at once.
+        if source != self.node_id:
+            # Someone else's verdict about a member we hold alive or suspect: it may be
+            # stale (a node cut off from it declared it dead, and the partition just
+            # healed, and it keeps gossiping that verdict for a while). It only counts
+            # as a suspicion (a confirmation of ours, if we suspect it already): the
+            # member can refute it, and it dies here only when our own suspicion times
+            # out. Otherwise each heal would kill healthy members.
             self.stats.dead_downgraded += 1
             self._suspect(node, inc, source, now, out, rebroadcast)
             return

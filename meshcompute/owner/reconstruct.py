@@ -73,7 +73,9 @@ def rebuild(queues: Any, oids: list[bytes]) -> int:
                 todo.append(ref._id)
         queues.tasks[tid] = t
         again.append(t)
-        log.info("rebuilding the results of %s (task %s): they were lost with their node", t.name, tid.hex())
+    if again:
+        log.info("running %d task(s) again to rebuild results lost with their node (%s first)",
+                 len(again), again[0].name)
     # Queued tasks that read a value now being rebuilt wait for it again.
     for q in queues.queues.values():
         waiting = [t for t in q if any(item[0] == "r" and item[1]._id in reset for item in t.args)]
