@@ -32,6 +32,7 @@ from .api.session import (
     timeline,
     wait,
 )
+from .owner.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from .owner.object_ref import ObjectRef
 
 __version__ = "0.1.0"
@@ -39,7 +40,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ActorClass",
     "ActorHandle",
+    "DynamicObjectRefGenerator",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
     "available_resources",

@@ -263,6 +263,8 @@ def test_an_unnamed_actor_lives_while_a_handle_to_it_lives_in_any_process():
 
     from .conftest import pid_alive, wait_for
 
+    # A handle dropped right after a call: the call keeps the actor alive until it is done.
+    assert [mesh.get(Counter.remote().incr.remote(), timeout=30) for _ in range(5)] == [1] * 5
     lone = Counter.remote()
     lone_pid = mesh.get(lone.pid.remote())
     del lone

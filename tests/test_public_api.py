@@ -8,7 +8,8 @@ import meshcompute as mesh
 from meshcompute import exceptions
 
 EXPECTED = {
-    "ActorClass", "ActorHandle", "ObjectRef", "RemoteFunction", "RuntimeContext",
+    "ActorClass", "ActorHandle", "ObjectRef", "RemoteFunction", "RuntimeContext", "ObjectRefGenerator",
+    "DynamicObjectRefGenerator",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
     "put", "remote", "shutdown", "timeline", "wait", "kv", "util",

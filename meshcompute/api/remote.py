@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..owner import context
+from ..owner.generators import ObjectRefGenerator
 from ..owner.object_ref import ObjectRef
 from ..owner.runtime import Task
 from ..sched.bundles import in_bundle
@@ -15,7 +16,8 @@ from ..wire import ids
 from ..wire.serialization import dumps_function, serialize
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
-                 "num_returns", "scheduling_strategy", "name", "runtime_env", "max_calls",
+                 "num_returns", "_generator_backpressure_num_objects", "scheduling_strategy", "name",
+                 "runtime_env", "max_calls",
                  "accelerator_type", "label_selector", "placement_group", "placement_group_bundle_index"}
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts", "max_task_retries",
                   "max_concurrency", "name", "namespace", "lifetime", "scheduling_strategy",
@@ -106,9 +108,8 @@ class RemoteFunction:
         if self._prepared is None:
             self._ensure_pickled()
             opts = self._options
-            num_returns = opts.get("num_returns", 1)
-            if not isinstance(num_returns, int) or num_returns < 0:
-                raise ValueError(f"num_returns must be a non-negative int, got {num_returns!r}")
+            num_returns = _num_returns_wire(opts.get("num_returns", 1),
+                                            opts.get("_generator_backpressure_num_objects"))
             max_retries = opts.get("max_retries", 3)
             retry_exc = opts.get("retry_exceptions", False)
             if isinstance(retry_exc, list):
@@ -135,8 +136,41 @@ class RemoteFunction:
         return _unwrap(core.submit(t), num_returns)
 
 
-def _unwrap(refs: list, num_returns: int) -> Any:
-    """One ref, None, or the list, as Ray returns them for num_returns 1, 0, n."""
+def _create_actor(core: Any, actor_id: bytes, spec: dict, frames: list) -> tuple:
+    """Create an actor through our daemon, or the peer it sends us to: the daemon's answer."""
+    daemon = core.daemon_addr
+    for _ in range(3):
+        req_id = core.io.next_req_id()
+        spec["req_id"] = req_id
+        w = core.io.expect_reply(req_id)
+        core.post(core.actors.create, actor_id, spec, frames, daemon)
+        if not w.event.wait(60):
+            raise exc.MeshError("the node daemon did not answer the actor creation within 60 s")
+        if w.value[0] != "spill":
+            return w.value
+        daemon = w.value[1]
+        spec["spilled"] = True
+    return w.value
+
+
+def _num_returns_wire(num_returns: Any, window: Any = None) -> Any:
+    """An int, or for a generator ("streaming"|"dynamic", backpressure window or None)."""
+    if num_returns in ("streaming", "dynamic"):
+        if window is not None and (type(window) is not int or window < 1) and window != -1:
+            raise ValueError(f"_generator_backpressure_num_objects must be a positive int or -1, got {window!r}")
+        return (num_returns, None if window in (None, -1) or num_returns == "dynamic" else window)
+    if type(num_returns) is not int or num_returns < 0:
+        raise ValueError(f'num_returns must be a non-negative int, "streaming" or "dynamic", got {num_returns!r}')
+    return num_returns
+
+
+def _unwrap(refs: list, num_returns: Any) -> Any:
+    """One ref, None, or the list, as Ray returns them for num_returns 1, 0, n; for a generator
+    task, an ObjectRefGenerator ("streaming") or the one ref to its refs ("dynamic")."""
+    if isinstance(num_returns, tuple):
+        if num_returns[0] == "dynamic":
+            return refs[0]
+        return ObjectRefGenerator(ids.task_of(refs[0]._id), refs[0])
     if num_returns == 1:
         return refs[0]
     if num_returns == 0:
@@ -153,7 +187,7 @@ def _strategy_wire(strategy: Any) -> Any:
     return None
 
 
-def method(*, num_returns: int = 1, concurrency_group: str | None = None) -> Any:
+def method(*, num_returns: int | str = 1, concurrency_group: str | None = None) -> Any:
     """Decorate an actor method to set its options, e.g. ``@method(num_returns=2)``."""
 
     def deco(fn):
@@ -221,7 +255,7 @@ class ActorClass:
             "get_if_exists": opts.get("get_if_exists", False), "handle_meta": handle_meta,
             "strategy": _strategy_wire(opts.get("scheduling_strategy")),
         }
-        answer = core.request_actor_create(actor_id, spec, frames)
+        answer = _create_actor(core, actor_id, spec, frames)
         if answer[0] == "error":
             raise ValueError(answer[1])
         if answer[0] == "exists":
@@ -233,14 +267,22 @@ class ActorClass:
         return handle
 
 
+_METHOD_OPTIONS = {"num_returns", "_generator_backpressure_num_objects"}
+
+
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: Any, window: int | None = None) -> None:
         self._handle = handle
         self._name = name
-        self._num_returns = num_returns
+        self._num_returns = _num_returns_wire(num_returns, window)
 
     def options(self, **options: Any) -> ActorMethod:
-        return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns))
+        """A copy with ``num_returns`` (and ``_generator_backpressure_num_objects``) replaced."""
+        _check_options(options, _METHOD_OPTIONS, f"an actor method ({self._name})")
+        num_returns = options.get("num_returns", self._num_returns)
+        if isinstance(num_returns, tuple):
+            num_returns = num_returns[0]
+        return ActorMethod(self._handle, self._name, num_returns, options.get("_generator_backpressure_num_objects"))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._handle._call(self._name, self._num_returns, args, kwargs)
@@ -286,6 +328,8 @@ class ActorHandle:
         t.retries_left = self._meta.get("max_task_retries", 0)
         t.retry_exceptions = False
         t.strategy = self._meta.get("daemon")  # for actor calls: the actor's daemon
+        if self._token is not None:  # a call keeps its actor alive until it is done
+            t.holds = [self._token]
         return _unwrap(core.submit(t), num_returns)
 
     def __reduce__(self):

@@ -7,7 +7,7 @@ is rebuilt first, and so on back through the lineage.  A re-run counts against
 the task's ``max_retries``.  What cannot be rebuilt completes with an error
 that says why:
 
-* a ``put`` object, or an actor call's result: ``ObjectLostError`` (no task to re-run);
+* a ``put`` object, an actor call's result or a generator's item: ``ObjectLostError``;
 * a task whose spec was evicted: ``ObjectReconstructionFailedLineageEvictedError``;
 * a task whose retries are used up: ``ObjectReconstructionFailedMaxAttemptsExceededError``.
 
@@ -98,8 +98,8 @@ def _why_not(spec: Task | None, tid: bytes, lineage: Any) -> BaseException | Non
             "raise the bound).")
     if spec is None:
         return exc.ObjectLostError(
-            "The object was lost with its node and cannot be rebuilt: it was made by put() or by an "
-            "actor call, which lineage cannot run again.")
+            "The object was lost with its node and cannot be rebuilt: it was made by put(), an actor "
+            "call or a generator task, which lineage cannot run again.")
     if spec.retries_left == 0:
         return exc.ObjectReconstructionFailedMaxAttemptsExceededError(
             f"The object was lost with its node and cannot be rebuilt: {spec.name} has used up its "

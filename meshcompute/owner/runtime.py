@@ -46,6 +46,7 @@ from .object_ref import ObjectRef
 from .objects import READY, Entry, ObjectTable, Waiter
 from .records import Task
 from .store_client import StoreClient
+from .streams import Stream, Streams
 from .tasks import TaskQueues
 
 log = logging.getLogger("meshcompute")
@@ -93,6 +94,7 @@ class Core:
         self.actors = ActorCalls(io, self.tasks.fail, self.tasks.failed_arg)
         self.tasks.actors = self.actors
         self.actors.alive_node = lambda node: node == self.node_id or node in self.tasks.nodes
+        self.streams = Streams(io, self.objects, self.tasks._release_handoff)
         self.control = ControlRequests(io, self.objects, self.request_daemon)
         self.gcs_request, self.gcs_promise = self.control.request, self.control.promise
         self.executor: Any = None  # set in workers, with attach_executor()
@@ -180,6 +182,7 @@ class Core:
             Msg.WORKER_DIED: tasks.on_worker_died,
             Msg.TASKS_DONE: tasks.on_tasks_done,
             Msg.TASKS_BOUNCED: tasks.on_tasks_bounced,
+            Msg.STREAM_ITEM: self.streams.on_stream_item,
             Msg.ACTOR_STATE: actors.on_actor_state,
             Msg.GET_OBJECT: objects.on_get_object,
             Msg.OBJECT_VALUE: objects.on_object_value,
@@ -494,7 +497,10 @@ class Core:
         return ref
 
     def submit(self, t: Task) -> list[ObjectRef]:
-        t.return_ids = [ids.object_id(t.task_id, i + 1) for i in range(max(1, t.num_returns))]
+        if isinstance(t.num_returns, tuple):  # a generator: its one return is its completion (streams.py)
+            t.return_ids = [ids.object_id(t.task_id, 0)]
+        else:
+            t.return_ids = [ids.object_id(t.task_id, i + 1) for i in range(max(1, t.num_returns))]
         refs = [ObjectRef(oid, self.address) for oid in t.return_ids]
         self.post(self._io_submit, t)
         return refs
@@ -502,11 +508,17 @@ class Core:
     def _io_submit(self, t: Task) -> None:
         self.note_activity()
         self.tasks.submit(t)
+        if isinstance(t.num_returns, tuple):
+            self.tasks.lineage.needed.pop(t.task_id, None)  # its items cannot be rebuilt
+            self.streams.open(t.task_id, t.num_returns[0] == "dynamic", t.num_returns[1])
         if self.io.local_node_died is not None:
             self.tasks.fail(t, self.io.local_node_died)
 
-    def _dependency_ready(self, t: Task) -> None:
-        self.tasks.dependency_ready(t)
+    def _dependency_ready(self, t: Any) -> None:
+        if isinstance(t, Stream):
+            self.streams.completed(t)
+        else:
+            self.tasks.dependency_ready(t)
 
     def cancel(self, ref: ObjectRef, force: bool) -> None:
         self.post(self.tasks.cancel, ids.task_of(ref._id), force)
@@ -515,22 +527,6 @@ class Core:
 
     def actor_daemon(self, actor_id: bytes, hint: str | None) -> str:
         return self.actors.daemon_of(actor_id, hint)
-
-    def request_actor_create(self, actor_id: bytes, spec: dict, frames: list) -> tuple:
-        """Create an actor through our daemon, or the peer it sends us to."""
-        daemon = self.daemon_addr
-        for _ in range(3):
-            req_id = self.io.next_req_id()
-            spec["req_id"] = req_id
-            w = self.io.expect_reply(req_id)
-            self.post(self.actors.create, actor_id, spec, frames, daemon)
-            if not w.event.wait(60):
-                raise exc.MeshError("the node daemon did not answer the actor creation within 60 s")
-            if w.value[0] != "spill":
-                return w.value
-            daemon = w.value[1]
-            spec["spilled"] = True
-        return w.value
 
     def kill_actor(self, actor_id: bytes, no_restart: bool, hint: str | None) -> None:
         """Kill an actor; with no_restart, calls made after this fail at once here."""

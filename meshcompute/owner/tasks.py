@@ -309,12 +309,11 @@ class TaskQueues:
 
     def steal(self, oids: list[bytes]) -> list:
         """Take our own queued children of these objects to run inline (a blocked parent's help)."""
-        out = []
-        keys = set()
+        out, keys = [], set()
         for oid in oids:
             t = self.tasks.get(ids.task_of(oid))
             if (t is None or t.dispatched or t.deps or t.actor_id is not None or t.cancelled
-                    or any(k != "CPU" or v > 1 for k, v in t.shape)):
+                    or type(t.num_returns) is not int or any(k != "CPU" or v > 1 for k, v in t.shape)):
                 continue
             q = self.queues.get(t.key)
             if not q or t not in q:

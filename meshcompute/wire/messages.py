@@ -89,6 +89,8 @@ class Msg(IntEnum):
     # object pulls, continued
     LOCATE_OBJECT = 69  # daemon -> daemons: who holds a sealed copy? REPLY with the holder's address or None
     PROCESS_GONE = 70  # daemon -> daemons and its own processes: these processes are gone
+    STREAM_ITEM = 71  # worker -> owner: a generator task yielded its next value
+    STREAM_CONSUMED = 72  # owner -> worker: the consumer took this many items (backpressure)
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -149,6 +151,8 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.GCS_ANSWER: ("uid", "status", "value"),
     Msg.LOCATE_OBJECT: ("req_id", "object_id"),
     Msg.PROCESS_GONE: ("addresses",),
+    Msg.STREAM_ITEM: ("task_id", "index", "value"),
+    Msg.STREAM_CONSUMED: ("task_id", "consumed"),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"

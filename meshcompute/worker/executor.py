@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import itertools
 import os
 import queue
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..owner.object_ref import ObjectRef
+from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
 
@@ -51,6 +53,8 @@ class Executor:
         self._main_ident = threading.get_ident()
         self._base_cuda = os.environ.get("CUDA_VISIBLE_DEVICES")
         self._inline_depth = 0
+        self._stream_cv = threading.Condition()  # backpressure of generator tasks
+        self._consumed: dict[bytes, int] = {}  # stream task id -> items its consumer took
         # Observability, kept off the messages: counters read by the I/O thread's
         # periodic TASK_STATS, spans read on a TIMELINE request.
         self.tasks_started = 0
@@ -207,6 +211,8 @@ class Executor:
             fn = self._load_fn(fn_id, fn_bytes)
             args = self._resolve_args(args_wire, frames, owner)
             result = _call(fn, args, kw_names)
+            if isinstance(num_returns, (tuple, list)):
+                result = self._stream(owner, task_id, result, num_returns, name)
             error = None
         except _Cancelled:
             error = exc.TaskCancelledError(task_id=task_id.hex())
@@ -246,7 +252,7 @@ class Executor:
         if error is not None:
             values = [error] * len(return_ids)
             is_error = True
-        elif num_returns == 1 or num_returns == 0:
+        elif num_returns == 1 or num_returns == 0 or isinstance(num_returns, (tuple, list)):
             values = [result]
             is_error = False
         else:
@@ -260,29 +266,98 @@ class Executor:
                 is_error = True
         returns, frames, handoff = [], [], []
         for oid, value in zip(return_ids, values):
-            try:
-                ser = serialize(value, is_error)
-            except Exception as e:  # noqa: BLE001 - an unpicklable result is the task's error
-                ser = serialize(exc.TaskError("serializing the result", traceback.format_exc(), None,
-                                              os.getpid(), core.node_id), True)
-                del e
-            contained = [(r._id, r._owner) for r in ser.contained]
-            handoff.extend(ser.contained)
-            try:
-                where = core.put_serialized(ser, owner=owner, object_id=oid)
-            except exc.ObjectStoreFullError as e:
-                ser = serialize(e, True)
-                where = ("v", ser)
-            if where[0] == "v":
-                returns.append(("v", ser.meta, len(ser.buffers), ser.is_error, contained))
-                frames.extend(ser.buffers)
-            else:
-                returns.append(("s", where[1], where[2], ser.is_error, core.node_id, contained))
+            fields, bufs, contained = self._store_value(owner, oid, value, is_error)
+            returns.append(fields)
+            frames.extend(bufs)
+            handoff.extend(contained)
         core.send_done(owner, (task_id, returns, duration), frames, handoff or None)
+
+    def _store_value(self, owner: str, oid: bytes, value: Any, is_error: bool) -> tuple[tuple, list, list]:
+        """Serialize a result, inline or into the store: (its wire fields, frames, refs inside)."""
+        core = self.core
+        try:
+            ser = serialize(value, is_error)
+        except Exception:  # noqa: BLE001 - an unpicklable result is the task's error
+            ser = serialize(exc.TaskError("serializing the result", traceback.format_exc(), None,
+                                          os.getpid(), core.node_id), True)
+        contained = [(r._id, r._owner) for r in ser.contained]
+        try:
+            where = core.put_serialized(ser, owner=owner, object_id=oid)
+        except exc.ObjectStoreFullError as e:
+            ser = serialize(e, True)
+            where = ("v", ser)
+        if where[0] == "v":
+            return ("v", ser.meta, len(ser.buffers), ser.is_error, contained), list(ser.buffers), ser.contained
+        return ("s", where[1], where[2], ser.is_error, core.node_id, contained), [], ser.contained
 
     def _send_error(self, owner: str, spec: tuple, error: BaseException) -> None:
         task_id, return_ids, num_returns = spec[0], spec[-1], spec[-2]
         self._finish(owner, task_id, return_ids, num_returns, None, error, 0.0)
+
+    # ------------------------------------------------------------ generators
+
+    def _stream(self, owner: str, task_id: bytes, gen: Any, how: tuple, name: str) -> Any:
+        """Send each value ``gen`` yields to its owner as it comes (streams.py); returns the
+        completion value (None, or the list of refs for ``num_returns="dynamic"``)."""
+        if not inspect.isgenerator(gen) and not hasattr(gen, "__next__"):
+            raise TypeError(f'{name} was called with num_returns="{how[0]}" but returned '
+                            f"{type(gen).__name__}, not a generator: use yield")
+        refs: list = []
+        for i in itertools.count():
+            self._await_consumer(task_id, i, how[1])
+            try:
+                value = next(gen)
+            except StopIteration:
+                break
+            except BaseException as e:  # noqa: BLE001 - the consumer gets it as the next item
+                self._send_item(owner, task_id, i, self._wrap(name, e), True)
+                raise
+            self._send_item(owner, task_id, i, value, False, refs if how[0] == "dynamic" else None)
+        return self._completion(how, refs)
+
+    async def _astream(self, owner: str, task_id: bytes, gen: Any, how: tuple, name: str) -> Any:
+        refs: list = []
+        for i in itertools.count():
+            if how[1] is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self._await_consumer, task_id, i, how[1])
+            try:
+                value = await gen.__anext__()
+            except StopAsyncIteration:
+                break
+            except BaseException as e:  # noqa: BLE001
+                self._send_item(owner, task_id, i, self._wrap(name, e), True)
+                raise
+            self._send_item(owner, task_id, i, value, False, refs if how[0] == "dynamic" else None)
+        return self._completion(how, refs)
+
+    def _completion(self, how: tuple, refs: list) -> Any:
+        if how[0] != "dynamic":
+            return None
+        from ..owner.generators import DynamicObjectRefGenerator
+
+        return DynamicObjectRefGenerator(refs)
+
+    def _await_consumer(self, task_id: bytes, i: int, window: int | None) -> None:
+        """Backpressure: item ``i`` is made only once the consumer took item ``i - window``."""
+        if window is None:
+            return
+        with self._stream_cv:
+            while i - self._consumed.get(task_id, 0) >= window:
+                self._stream_cv.wait(1.0)
+
+    def stream_consumed(self, task_id: bytes, n: int) -> None:
+        """I/O thread: the owner's consumer took ``n`` items of this stream."""
+        with self._stream_cv:
+            self._consumed[task_id] = max(n, self._consumed.get(task_id, 0))
+            self._stream_cv.notify_all()
+
+    def _send_item(self, owner: str, task_id: bytes, i: int, value: Any, is_error: bool,
+                   refs: list | None = None) -> None:
+        oid = ids.object_id(task_id, i + 1)
+        fields, frames, contained = self._store_value(owner, oid, value, is_error)
+        self.core.post(self.core.worker.stream_item, owner, task_id, i, fields, frames, contained)
+        if refs is not None:
+            refs.append(ObjectRef(oid, owner))
 
     # ---------------------------------------------------------- observability
 
@@ -324,7 +399,8 @@ class Executor:
             cls = deserialize(spec["class_bytes"], [])
             args = self._resolve_args(spec["args"], frames, spec["owner"])
             self.actor = _call(cls, args, spec["kw_names"])
-            is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls, inspect.isfunction))
+            is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                           for _, m in inspect.getmembers(cls, inspect.isfunction))
             concurrency = spec.get("max_concurrency") or (1000 if is_async else 1)
             if is_async:
                 self._start_async_loop(concurrency)
@@ -386,6 +462,8 @@ class Executor:
             result = _call(fn, args, kw_names)
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
+            if isinstance(num_returns, (tuple, list)):
+                result = self._stream(caller, task_id, result, num_returns, f"{type(self.actor).__name__}.{method}")
         except _Cancelled:
             error = exc.TaskCancelledError(task_id=task_id.hex())
         except BaseException as e:  # noqa: BLE001
@@ -417,6 +495,13 @@ class Executor:
                 result = _call(fn, args, kw_names)
                 if inspect.isawaitable(result):
                     result = await result
+                if isinstance(num_returns, (tuple, list)):
+                    name = f"{type(self.actor).__name__}.{method}"
+                    if inspect.isasyncgen(result):
+                        result = await self._astream(caller, task_id, result, num_returns, name)
+                    else:  # a plain generator: off the loop, it may block
+                        result = await asyncio.get_running_loop().run_in_executor(
+                            None, self._stream, caller, task_id, result, num_returns, name)
             except BaseException as e:  # noqa: BLE001
                 error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
             duration = time.perf_counter() - start

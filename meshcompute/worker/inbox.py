@@ -15,6 +15,7 @@ from typing import Any
 
 from ..observe.output import OUTPUT_FLUSH_S
 from ..sched.pipeline import SHORT_TASK_S
+from ..wire import ids
 from ..wire.messages import Msg
 
 PIPELINE_PATIENCE_S = 10 * SHORT_TASK_S
@@ -47,6 +48,7 @@ class WorkerInbox:
             Msg.BECOME_ACTOR: self.on_become_actor,
             Msg.RELEASE_HANDOFF: self.on_release_handoff,
             Msg.TIMELINE: self.on_timeline,
+            Msg.STREAM_CONSUMED: lambda sender, msg, frames: self.executor.stream_consumed(msg[1], int(msg[2])),
         }
 
     def on_push_tasks(self, sender: str, msg: tuple, frames: list) -> None:
@@ -113,6 +115,13 @@ class WorkerInbox:
             self.done_out[owner] = [(result, frames)]
         else:
             batch.append((result, frames))
+
+    def stream_item(self, owner: str, task_id: bytes, index: int, fields: tuple, frames: list,
+                    handoff: list) -> None:
+        """A generator task yielded: the value goes to its owner now, ahead of the task's end."""
+        if handoff:  # refs inside it are held until the owner holds them (keyed by the item's id)
+            self.handoff[ids.object_id(task_id, index + 1)] = handoff
+        self.io.send(owner, Msg.STREAM_ITEM, task_id, index, fields, frames=frames)
 
     def flush_if_any(self) -> None:
         if self.done_out:
