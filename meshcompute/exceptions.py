@@ -15,6 +15,7 @@ __all__ = [
     "WorkerCrashedError",
     "ActorError",
     "ActorDiedError",
+    "PendingCallsLimitExceeded",
     "ObjectLostError",
     "OwnerDiedError",
     "ObjectReconstructionFailedError",
@@ -140,6 +141,11 @@ class ActorDiedError(ActorError):
     def __init__(self, message: str = "The actor died.", actor_id: str | None = None) -> None:
         self.actor_id = actor_id
         super().__init__(message)
+
+
+class PendingCallsLimitExceeded(MeshError):
+    """An actor call was refused: as many calls to it as its ``max_pending_calls``
+    are pending already, from this process."""
 
 
 class ObjectLostError(MeshError):

@@ -20,7 +20,7 @@ EXPECTED_EXCEPTIONS = {
     "ObjectLostError", "OwnerDiedError", "NodeDiedError", "TaskCancelledError", "ObjectStoreFullError",
     "RayError", "RayTaskError", "RayActorError", "ControlStoreUnavailableError", "PlacementGroupRemovedError",
     "ObjectReconstructionFailedError", "ObjectReconstructionFailedMaxAttemptsExceededError",
-    "ObjectReconstructionFailedLineageEvictedError", "LocalNodeDiedError",
+    "ObjectReconstructionFailedLineageEvictedError", "LocalNodeDiedError", "PendingCallsLimitExceeded",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from types import SimpleNamespace
 from typing import Any
 
 from .. import exceptions as exc
@@ -14,6 +15,8 @@ from ..owner.runtime import Task
 from ..sched.bundles import in_bundle
 from ..wire import ids
 from ..wire.serialization import dumps_function, serialize
+from ..worker.runtime_env import WithEnv
+from . import runtime_env
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
                  "num_returns", "_generator_backpressure_num_objects", "scheduling_strategy", "name",
@@ -32,6 +35,16 @@ def _core():
     return core
 
 
+_REFUSED = {
+    "max_calls": "workers are long-lived here; a task that leaks memory can exit itself (os._exit) and "
+                 "be retried, or run in an actor you restart",
+    "label_selector": "nodes have no labels; use custom resources (resources={...}) to pick nodes",
+    "concurrency_groups": "use max_concurrency (threads) or async methods",
+}
+"""Ray options that meshcompute does not implement: refused with what to do instead
+(their neutral values, None/0/{}, are accepted)."""
+
+
 def _check_options(opts: dict, allowed: set, what: str) -> None:
     unknown = set(opts) - allowed
     if unknown:
@@ -41,6 +54,13 @@ def _check_options(opts: dict, allowed: set, what: str) -> None:
         v = opts.get(key)
         if v is not None and (not isinstance(v, (int, float)) or v < 0):
             raise ValueError(f"{key} must be a non-negative number, got {v!r}")
+    for key, instead in _REFUSED.items():
+        if opts.get(key):
+            raise ValueError(f"{key} is not supported by meshcompute: {instead}")
+    runtime_env.check(opts.get("runtime_env"))  # a bad one fails when declared, not when called
+    if "max_pending_calls" in opts and (type(opts["max_pending_calls"]) is not int or opts["max_pending_calls"] == 0
+                                        or opts["max_pending_calls"] < -1):
+        raise ValueError(f"max_pending_calls must be a positive int or -1, got {opts['max_pending_calls']!r}")
 
 
 def _shape(opts: dict, default_cpus: float) -> tuple:
@@ -55,7 +75,12 @@ def _shape(opts: dict, default_cpus: float) -> tuple:
         if k in ("CPU", "GPU"):
             raise ValueError(f"use num_cpus / num_gpus instead of resources={{{k!r}: ...}}")
         res[k] = float(v)
+    if opts.get("accelerator_type"):  # as Ray: a node offering this accelerator has the resource
+        res[f"accelerator_type:{opts['accelerator_type']}"] = 0.001
     strategy = opts.get("scheduling_strategy")
+    if opts.get("placement_group") not in (None, "default"):  # Ray's older spelling of the strategy
+        strategy = SimpleNamespace(placement_group=opts["placement_group"],
+                                   placement_group_bundle_index=opts.get("placement_group_bundle_index", -1))
     node_id = getattr(strategy, "node_id", None)
     if node_id and not getattr(strategy, "soft", False):
         res[f"node:{node_id}"] = 0.001
@@ -87,6 +112,7 @@ class RemoteFunction:
         self.__doc__ = getattr(fn, "__doc__", None)
         self.__wrapped__ = fn
         self._prepared: tuple | None = None
+        self._env_fns: dict[str, tuple[bytes, bytes]] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Remote functions cannot be called directly. Use {self.__name__}.remote(...) "
@@ -118,14 +144,26 @@ class RemoteFunction:
             self._prepared = (_shape(opts, 1.0), num_returns, max_retries, retry_exc, strategy)
         return self._prepared
 
+    def _with_env(self, core: Any) -> tuple[bytes, bytes]:
+        """The function as it travels: wrapped with its runtime_env when it has one."""
+        env = runtime_env.merge(core.runtime_env, runtime_env.check(self._options.get("runtime_env")))
+        if not env:
+            return self._fn_bytes, self._fn_id
+        key = repr(sorted(env.items()))
+        cached = self._env_fns.get(key)
+        if cached is None:
+            wrapped = WithEnv(self._fn_bytes, runtime_env.wire(env, core.put), self.__qualname__)
+            fn_bytes = dumps_function(wrapped)
+            cached = self._env_fns[key] = (fn_bytes, hashlib.blake2b(fn_bytes, digest_size=12).digest())
+        return cached
+
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         core = _core()
         shape, num_returns, max_retries, retry_exc, strategy = self._prepare()
         t = Task()
         t.task_id = ids.new_task_id()
-        t.fn_id = self._fn_id
-        t.fn_bytes = self._fn_bytes
-        t.name = self.__qualname__
+        t.fn_bytes, t.fn_id = self._with_env(core)
+        t.name = self._options.get("name") or self.__qualname__
         t.args, t.kw_names = core.prepare_args(args, kwargs)
         t.num_returns = num_returns
         t.shape = shape
@@ -188,7 +226,11 @@ def _strategy_wire(strategy: Any) -> Any:
 
 
 def method(*, num_returns: int | str = 1, concurrency_group: str | None = None) -> Any:
-    """Decorate an actor method to set its options, e.g. ``@method(num_returns=2)``."""
+    """Decorate an actor method to set its options, e.g. ``@method(num_returns=2)`` or
+    ``@method(num_returns="streaming")``."""
+    _num_returns_wire(num_returns)
+    if concurrency_group is not None:
+        raise ValueError(f"concurrency_group is not supported by meshcompute: {_REFUSED['concurrency_groups']}")
 
     def deco(fn):
         fn.__mesh_num_returns__ = num_returns
@@ -243,7 +285,8 @@ class ActorClass:
         actor_id = ids.new_task_id()
         namespace = opts.get("namespace") or core.namespace
         handle_meta = {"class_name": self.__name__, "methods": self._methods(),
-                       "max_task_retries": opts.get("max_task_retries", 0)}
+                       "max_task_retries": opts.get("max_task_retries", 0),
+                       "max_pending_calls": opts.get("max_pending_calls", -1)}
         lifetime = opts.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
             raise ValueError("lifetime must be None, 'detached' or 'non_detached'")
@@ -254,6 +297,8 @@ class ActorClass:
             "name": opts.get("name"), "namespace": namespace, "lifetime": lifetime,
             "get_if_exists": opts.get("get_if_exists", False), "handle_meta": handle_meta,
             "strategy": _strategy_wire(opts.get("scheduling_strategy")),
+            "runtime_env": runtime_env.wire(runtime_env.merge(core.runtime_env,
+                                                              runtime_env.check(opts.get("runtime_env"))), core.put),
         }
         answer = _create_actor(core, actor_id, spec, frames)
         if answer[0] == "error":
@@ -316,6 +361,14 @@ class ActorHandle:
 
     def _call(self, method_name: str, num_returns: int, args: tuple, kwargs: dict) -> Any:
         core = _core()
+        limit = self._meta.get("max_pending_calls", -1)
+        if limit != -1:
+            client = core.actors.actors.get(self._actor_id)
+            pending = len(client.queue) + len(client.inflight) if client is not None else 0
+            if pending >= limit:
+                raise exc.PendingCallsLimitExceeded(
+                    f"{pending} calls to {self._meta.get('class_name')} are pending, its max_pending_calls "
+                    f"({limit}): wait for some to finish before submitting more")
         t = Task()
         t.task_id = ids.new_task_id()
         t.actor_id = self._actor_id

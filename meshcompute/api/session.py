@@ -20,6 +20,8 @@ from ..owner.object_ref import ObjectRef
 from ..owner.runtime import Core
 from ..wire.messages import Msg
 from .remote import ActorHandle, make_remote
+from .runtime_env import check as check_runtime_env
+from .runtime_env import forget_uploads
 
 log = logging.getLogger("meshcompute")
 
@@ -29,12 +31,36 @@ _session_dir: str | None = None
 _atexit_registered = False
 
 
-def _ensure_log_handler() -> None:
+def _ensure_log_handler(fmt: str | None = None) -> None:
     if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("(meshcompute) %(levelname)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(fmt or "(meshcompute) %(levelname)s: %(message)s"))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
+
+
+_NEUTRAL = {
+    "local_mode": (False, "local_mode is deprecated in Ray and not supported: call the function directly "
+                          "(f.__wrapped__(...)) to debug it in this process"),
+    "include_dashboard": (None, "there is no dashboard: `mesh top` shows the mesh live, `mesh status` and "
+                                "mesh.util.state list it"),
+    "dashboard_host": (None, "there is no dashboard (see `mesh top`)"),
+    "dashboard_port": (None, "there is no dashboard (see `mesh top`)"),
+    "job_config": (None, "pass runtime_env= and namespace= to init() directly"),
+    "labels": (None, "nodes have no labels; give them custom resources (mesh start --resources)"),
+    "_system_config": (None, "meshcompute has no system config overrides"),
+    "_temp_dir": (None, "session directories live under $XDG_RUNTIME_DIR/meshcompute (or MESH_SESSIONS_ROOT)"),
+}
+"""Ray ``init`` options meshcompute has no use for: accepted at a value that changes
+nothing (False, None, or empty), refused otherwise with what to do instead."""
+
+
+def _check_ray_options(options: dict) -> None:
+    for key, value in options.items():
+        if key not in _NEUTRAL:
+            raise TypeError(f"init() got an unexpected keyword argument {key!r}")
+        neutral, instead = _NEUTRAL[key]
+        if value not in (neutral, False, None) and value != {}:
+            raise ValueError(f"init({key}={value!r}) is not supported: {instead}")
 
 
 def _start_embedded(num_cpus, num_gpus, resources, object_store_memory) -> dict:
@@ -58,7 +84,11 @@ def init(
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
-    **_ray_compat: Any,
+    runtime_env: dict | None = None,
+    configure_logging: bool = True,
+    logging_level: int | str = logging.INFO,
+    logging_format: str | None = None,
+    **ray_options: Any,
 ) -> dict:
     """Connect this process to a mesh, starting an embedded local node if needed.
 
@@ -75,6 +105,14 @@ def init(
         ignore_reinit_error: return quietly if already initialized.
         log_to_driver: print what tasks and actors print (their stdout and stderr
             lines, prefixed ``(name pid=..., node=...)``) on this process's stderr.
+        runtime_env: the default ``runtime_env`` of this driver's tasks and actors
+            (``env_vars``, ``working_dir``, ``py_modules``; see api/runtime_env.py).
+        configure_logging, logging_level, logging_format: meshcompute's own log
+            lines (on stderr unless the program configured logging itself).
+
+    Ray's other ``init`` options are accepted only at values that change nothing
+    here (``local_mode=False``, ``include_dashboard=None/False``, ...); any other
+    value raises ``ValueError`` saying what to use instead.
 
     Returns a dict describing the node (``node_id``, ``session_dir``, ...).
     """
@@ -85,7 +123,11 @@ def init(
                 return {"node_id": context.core.node_id, "session_dir": context.core.session_dir}
             raise RuntimeError("meshcompute is already initialized; call shutdown() first, "
                                "or pass ignore_reinit_error=True")
-        _ensure_log_handler()
+        _check_ray_options(ray_options)
+        default_env = check_runtime_env(runtime_env)
+        if configure_logging:
+            _ensure_log_handler(logging_format)
+            log.setLevel(logging_level)
         address = address or os.environ.get("MESH_ADDRESS")
         if address is None:
             info = find_node(None)
@@ -104,6 +146,7 @@ def init(
                     node_id=info["node_id"], host=info.get("host"),
                     keys=keys_for_session(info["session_dir"]), namespace=namespace)
         core.log_to_driver = bool(log_to_driver)
+        core.runtime_env = default_env
         core.start()
         context.core = core
         if not _atexit_registered:
@@ -147,6 +190,7 @@ def shutdown() -> None:
             core.close()
         proc, _daemon_proc = _daemon_proc, None
         session, _session_dir = _session_dir, None
+        forget_uploads()
         if proc is not None:
             proc.terminate()
             try:

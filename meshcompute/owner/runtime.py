@@ -100,6 +100,7 @@ class Core:
         self.executor: Any = None  # set in workers, with attach_executor()
         self.worker: Any = None  # a worker's WorkerInbox
         self.log_to_driver = True  # a driver prints the lines its tasks' workers ship
+        self.runtime_env: dict = {}  # init(runtime_env=...): the default of this driver's tasks and actors
         self.stats = StatsReporter(io.call_later, self.task_stats, lambda c: self._send_daemon(Msg.TASK_STATS, c))
         self.note_activity = self.stats.note_activity
         self.current_task_id: bytes | None = None

@@ -396,6 +396,10 @@ class Executor:
         self.last_sink = spec["owner"]
         error = None
         try:
+            if spec.get("runtime_env"):  # first: the class may live in its working_dir
+                from .runtime_env import apply
+
+                apply(spec["runtime_env"])
             cls = deserialize(spec["class_bytes"], [])
             args = self._resolve_args(spec["args"], frames, spec["owner"])
             self.actor = _call(cls, args, spec["kw_names"])

@@ -1,0 +1,133 @@
+"""``runtime_env``: what a task or actor needs around it, checked and packaged where it is submitted.
+
+Supported, as in Ray:
+
+* ``env_vars``: ``{name: value}`` strings, set around each task (for an actor's life);
+* ``working_dir``: a local directory (or ``.zip``); the task runs in a copy of it,
+  importable, unpacked once per node;
+* ``py_modules``: local directories (or ``.zip`` files) put on the import path.
+
+Directories travel once: each is zipped, named by the hash of its content, put in
+the object store by the submitting process, and unpacked by each node on first use.
+Anything else (``pip``, ``conda``, ``container``, ...) raises ``ValueError``: nothing
+is accepted and ignored.  A driver's ``init(runtime_env=...)`` is the default of
+its tasks and actors; theirs override it key by key (``env_vars`` merge).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+import zipfile
+from typing import Any
+
+SUPPORTED = ("env_vars", "working_dir", "py_modules")
+MAX_PACKAGE_BYTES = 100 * 1024 * 1024
+"""A working_dir or py_module zips to at most this (as Ray's 100 MiB limit): bigger data
+belongs in the object store or on shared storage."""
+_SKIP_DIRS = {"__pycache__", ".git", ".hg", ".svn", ".venv", "node_modules", ".mypy_cache", ".pytest_cache"}
+
+_uploaded: dict[str, Any] = {}  # content hash -> the ref this process keeps alive for its packages
+_lock = threading.Lock()
+
+
+def check(env: Any) -> dict:
+    """Validate a runtime_env; returns a plain dict (raises ValueError saying what is wrong)."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise ValueError(f"runtime_env must be a dict, got {type(env).__name__}")
+    unknown = sorted(set(env) - set(SUPPORTED))
+    if unknown:
+        raise ValueError(f"runtime_env key(s) {', '.join(map(repr, unknown))} are not supported; meshcompute "
+                         f"supports {', '.join(SUPPORTED)}. Install packages on every node instead of 'pip'.")
+    out: dict = {}
+    if env.get("env_vars"):
+        ev = env["env_vars"]
+        if not isinstance(ev, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ev.items()):
+            raise ValueError("runtime_env['env_vars'] must map str to str")
+        out["env_vars"] = dict(ev)
+    if env.get("working_dir"):
+        out["working_dir"] = _local_path(env["working_dir"], "working_dir")
+    if env.get("py_modules"):
+        mods = env["py_modules"]
+        if not isinstance(mods, (list, tuple)):
+            raise ValueError("runtime_env['py_modules'] must be a list of local directories or .zip files")
+        out["py_modules"] = [_local_path(m, "py_modules") for m in mods]
+    return out
+
+
+def merge(base: dict, over: dict) -> dict:
+    """A task's runtime_env over its driver's: key by key, env_vars merged."""
+    out = dict(base, **over)
+    if "env_vars" in base and "env_vars" in over:
+        out["env_vars"] = dict(base["env_vars"], **over["env_vars"])
+    return out
+
+
+def wire(env: dict, put: Any) -> dict:
+    """What travels with the task: directories replaced by (hash, ref) of their zip."""
+    out: dict = {}
+    if env.get("env_vars"):
+        out["env_vars"] = env["env_vars"]
+    if env.get("working_dir"):
+        out["working_dir"] = _package(env["working_dir"], put)
+    if env.get("py_modules"):
+        # A module directory is importable by its name: it is packed under that name.
+        out["py_modules"] = [_package(m, put, os.path.basename(m) if os.path.isdir(m) else "")
+                             for m in env["py_modules"]]
+    return out
+
+
+def _local_path(value: Any, key: str) -> str:
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(f"runtime_env[{key!r}] must be a local path, got {value!r}")
+    path = os.path.abspath(os.fspath(value))
+    if "://" in os.fspath(value):
+        raise ValueError(f"runtime_env[{key!r}]: remote URIs are not supported ({value}); give a local path")
+    if not (os.path.isdir(path) or (os.path.isfile(path) and path.endswith(".zip"))):
+        raise ValueError(f"runtime_env[{key!r}]: {path} is not a directory or a .zip file")
+    return path
+
+
+def _package(path: str, put: Any, prefix: str = "") -> tuple[str, Any]:
+    data = _zip(path, prefix)
+    sha = hashlib.sha256(data).hexdigest()[:32]
+    with _lock:
+        ref = _uploaded.get(sha)
+        if ref is None:
+            ref = _uploaded[sha] = put(data)
+    return sha, ref
+
+
+def _zip(path: str, prefix: str = "") -> bytes:
+    """A deterministic zip of a directory (sorted, fixed timestamps; its files under
+    ``prefix/`` if given), or the .zip itself."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+    else:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
+                for name in sorted(files):
+                    full = os.path.join(root, name)
+                    info = zipfile.ZipInfo(os.path.join(prefix, os.path.relpath(full, path)),
+                                           date_time=(1980, 1, 1, 0, 0, 0))
+                    info.external_attr = (os.stat(full).st_mode & 0xFFFF) << 16
+                    with open(full, "rb") as f:
+                        z.writestr(info, f.read(), zipfile.ZIP_DEFLATED)
+        data = buf.getvalue()
+    if len(data) > MAX_PACKAGE_BYTES:
+        raise ValueError(f"runtime_env: {path} packs to {len(data) >> 20} MiB, more than "
+                         f"{MAX_PACKAGE_BYTES >> 20} MiB; put large data in the object store instead")
+    return data
+
+
+def forget_uploads() -> None:
+    """shutdown(): the refs to packaged directories go with the session."""
+    with _lock:
+        _uploaded.clear()

@@ -1,0 +1,120 @@
+"""Runtime environments where they take effect: in the worker, around a task or for an actor's life.
+
+What travels (api/runtime_env.py makes it): ``{"env_vars": {name: value},
+"working_dir": (sha, ref), "py_modules": [(sha, ref), ...]}``, each directory
+a zip in the object store, named by the hash of its content.  A node unpacks
+each one once into ``<session>/runtime_envs/<sha>`` and every worker there
+uses that copy.  A task's environment is applied around it and undone after
+(variables restored, the previous directory and import path back); an actor's
+stays for its life.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import os
+import sys
+import zipfile
+from collections.abc import Iterator
+from typing import Any
+
+
+def _unpacked(sha: str, ref: Any) -> str:
+    """The node's copy of a packaged directory, unpacked on first use (atomically)."""
+    from ..owner import context
+
+    core = context.core
+    root = os.path.join(core.session_dir, "runtime_envs")
+    path = os.path.join(root, sha)
+    if not os.path.isdir(path):
+        os.makedirs(root, exist_ok=True)
+        data = core.get([ref])[0]
+        tmp = f"{path}.tmp{os.getpid()}"
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            z.extractall(tmp)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # another worker of this node unpacked it first
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+@contextlib.contextmanager
+def applied(env: dict) -> Iterator[None]:
+    """Apply ``env`` for the duration of the block, then restore what was there.
+
+    A worker runs tasks of different environments one after another: modules
+    imported from this one's directories are forgotten after the task, so the next
+    task imports its own version of a module of the same name."""
+    saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
+    saved_cwd, saved_path = os.getcwd(), list(sys.path)
+    dirs: list[str] = []
+    try:
+        dirs = apply(env)
+        yield
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        if dirs:
+            prefixes = tuple(d + os.sep for d in dirs)
+            for name, mod in list(sys.modules.items()):
+                if (getattr(mod, "__file__", None) or "").startswith(prefixes):
+                    del sys.modules[name]
+
+
+def apply(env: dict) -> list[str]:
+    """Apply ``env`` to this process (an actor's, for its whole life); returns its directories."""
+    os.environ.update(env.get("env_vars", {}))
+    dirs = []
+    for sha, ref in env.get("py_modules", ()):
+        dirs.append(_unpacked(sha, ref))
+        sys.path.insert(0, dirs[-1])
+    if env.get("working_dir"):
+        dirs.append(_unpacked(*env["working_dir"]))
+        os.chdir(dirs[-1])
+        sys.path.insert(0, dirs[-1])
+    return dirs
+
+
+class WithEnv:
+    """A remote function with its runtime environment: what a task ships when it has one.
+
+    The function travels pickled inside, and is unpickled only once the environment
+    is applied: it may live in a module of the working_dir or py_modules."""
+
+    def __init__(self, fn_bytes: bytes, env: dict, name: str) -> None:
+        self.fn_bytes = fn_bytes
+        self.env = env
+        self.__name__ = self.__qualname__ = name
+
+    def __getstate__(self) -> dict:
+        return {"fn_bytes": self.fn_bytes, "env": self.env, "__name__": self.__name__,
+                "__qualname__": self.__qualname__}
+
+    def _load(self) -> Any:
+        fn = self.__dict__.get("_fn")
+        if fn is None:
+            from ..wire.serialization import deserialize
+
+            fn = self.__dict__["_fn"] = deserialize(self.fn_bytes, [])
+        return fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with applied(self.env):
+            fn = self._load()
+            if not inspect.isgeneratorfunction(fn):
+                return fn(*args, **kwargs)
+        return self._generate(fn, args, kwargs)
+
+    def _generate(self, fn: Any, args: tuple, kwargs: dict) -> Iterator[Any]:
+        with applied(self.env):
+            yield from fn(*args, **kwargs)
