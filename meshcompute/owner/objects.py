@@ -43,6 +43,10 @@ DEAD_OWNERS_KEPT = 10_000
 """Dead processes remembered, so that a ref to one of their objects arriving late
 fails at once (the oldest are forgotten first)."""
 
+BORROWERS_GRACE_S = 10.0
+"""After a node is declared dead, how long (s) its processes' borrows of our objects are
+kept in case it comes back (the daemons wait as long before they release its holds)."""
+
 LOST_RECHECK_S = 2.0
 """When a reader reports that a copy could not be read from a node this owner still
 believes alive, the owner answers again after this long (s): by then the node is
@@ -306,12 +310,28 @@ class ObjectTable:
         gone = set(addrs)
         self._fail_borrowed([oid for oid, e in self.entries.items() if not e.owned and e.owner in gone],
                             "its owner died")
+        # A dead borrower never says REMOVE_BORROWER: what only it held is freed now.
+        for oid, e in list(self.entries.items()):
+            if e.owned and e.borrowers & gone:
+                e.borrowers -= gone
+                self.maybe_free(oid, e)
 
     def node_died(self, node_id: str) -> None:
-        """A node is gone: what we borrow from its processes is lost."""
+        """A node is gone: what we borrow from its processes is lost.  Its processes'
+        borrows of ours are dropped only if it is still dead after a grace: it may
+        have been taken for dead wrongly, and its borrowers still read."""
         self.dead_nodes.add(node_id)
         self._fail_borrowed([oid for oid, e in self.entries.items()
                              if not e.owned and node_of(e.owner) == node_id], f"its owner's node {node_id} died")
+        self.io.call_later(BORROWERS_GRACE_S, self._drop_borrowers_of, node_id)
+
+    def _drop_borrowers_of(self, node_id: str) -> None:
+        if node_id not in self.dead_nodes:
+            return  # it came back
+        for oid, e in list(self.entries.items()):
+            if e.owned and any(node_of(b) == node_id for b in e.borrowers):
+                e.borrowers = {b for b in e.borrowers if node_of(b) != node_id}
+                self.maybe_free(oid, e)
 
     def node_alive(self, node_id: str) -> None:
         self.dead_nodes.discard(node_id)

@@ -196,3 +196,22 @@ def test_an_actor_call_waits_for_its_arguments_before_it_is_sent(owner):
     tasks.on_tasks_done("n1/p_w@", (Msg.TASKS_DONE, [(f.task_id, [("v", b"N.", 0, False, [])], 0.01)]), [])
     sent = [f[0][0] for _, m, f in io.take() if m == Msg.ACTOR_CALL]
     assert sent == [call.task_id, second.task_id]
+
+
+def test_a_dead_borrower_no_longer_keeps_an_object(owner):
+    io, tasks, objects = owner
+    t = _task()
+    _run(io, tasks, t, N2_WORKER, "n2")
+    oid = t.return_ids[0]
+    reader, remote_reader = "n1/p_reader@", "n3/p_far@tcp://10.0.0.3:7003"
+    objects.on_add_borrower(reader, (Msg.ADD_BORROWER, [oid], None), [])
+    objects.on_add_borrower(remote_reader, (Msg.ADD_BORROWER, [oid], None), [])
+    _drop(objects, oid)
+    assert oid in objects.entries  # borrowed
+    objects.owners_died([reader])
+    assert oid in objects.entries  # the far reader still holds it
+    _die(tasks, objects, "n3")
+    io.advance(5.0)
+    assert oid in objects.entries  # its node may come back yet
+    io.advance(10.0)
+    assert oid not in objects.entries
