@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 
+from ..host.proctitle import set_title
 from ..host.sessions import clean_stale_sessions, keys_for_session, pid_alive, set_parent_death_signal
 from ..store.table import spill_dir_for
 from ..wire import ids
@@ -108,8 +109,10 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
     if args.host and keys is None:
         sys.exit("refusing to serve TCP without the mesh token in the session dir")
     spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
+    node_id = ids.random_id()
+    set_title("mesh-daemon", f"{node_id[:8]} {args.host or 'embedded'}")
     d = daemon_class(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
-               args.parent_pid, ids.random_id(), spill_dir, host=args.host, port=args.port, keys=keys,
+               args.parent_pid, node_id, spill_dir, host=args.host, port=args.port, keys=keys,
                gcs_voters=args.gcs_voters)
     d.standalone = args.standalone
     d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]

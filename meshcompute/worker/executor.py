@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import exceptions as exc
+from ..host.proctitle import set_title
 from ..owner.object_ref import ObjectRef
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
@@ -317,6 +318,7 @@ class Executor:
         core.current_actor_id = actor_id
         self.bounce_enabled = False
         self.actor_label = spec.get("class_name", "actor")
+        set_title("mesh-actor", f"{self.actor_label} {core.node_id[:8]}")
         self.log_ctx = (spec["owner"], self.actor_label)
         self.last_sink = spec["owner"]
         error = None
