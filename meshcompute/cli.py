@@ -116,7 +116,8 @@ def _print_started(info: dict, tcp: str, join: list[str]) -> None:
     else:
         console.print("  To add a machine, run there (it serves on its own address toward this one; "
                       "--host picks another):")
-    console.print(f"    [bold]mesh join {tcp} --token {mesh_token}[/]", soft_wrap=True)
+    # The token in the environment, not on the command line, where every local user's `ps` sees it.
+    console.print(f"    [bold]MESH_TOKEN={mesh_token} mesh join {tcp}[/]", soft_wrap=True)
     console.print("  Drivers on this machine: [bold]mesh.init()[/] (or address=\"auto\").")
 
 

@@ -52,9 +52,9 @@ def started():
     try:
         r = mesh("start", "--port", "0")
         assert r.returncode == 0, r.stdout + r.stderr
-        line = re.search(r"mesh join (\S+) --token (\S+)", r.stdout)
+        line = re.search(r"MESH_TOKEN=(\S+) mesh join (\S+)", r.stdout)
         assert line, r.stdout
-        yield line.group(1), line.group(2), r.stdout
+        yield line.group(2), line.group(1), r.stdout
     finally:
         _stop_all_standing()
 
