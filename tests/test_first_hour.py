@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -281,3 +282,40 @@ def _nothing_left():
         stop_node(info)
     assert wait_for(lambda: not any(pid_alive(int(i["pid"])) for i in left), timeout=10)
     assert not left, f"left running: {[i['node_id'] for i in left]}"
+
+
+# ------------------------------------------------------------------- the demo
+
+
+@pytest.mark.timeout(120)
+def test_the_demo_shows_the_cli_an_error_with_its_traceback_and_what_next():
+    import glob
+
+    import psutil
+
+    def demo_pids() -> set[int]:
+        out = set()
+        for p in psutil.process_iter(["cmdline"]):
+            if any("mesh-demo-" in part for part in p.info["cmdline"] or ()):
+                out.add(p.pid)
+        return out
+
+    pattern = os.path.join(tempfile.gettempdir(), "mesh-demo-*")
+    before, dirs = demo_pids(), set(glob.glob(pattern))
+    start = time.monotonic()
+    # One stream, unbuffered: the order of what the driver and its tasks print is part of the test.
+    r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "demo.py")], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=100, cwd=REPO,
+                       env=dict(ENV, PYTHONUNBUFFERED="1"))
+    out = r.stdout
+    assert r.returncode == 0, out
+    assert time.monotonic() - start < 60
+    for shown in ("$ mesh start", "$ mesh status", "$ mesh memory", "$ mesh stop", "What to try next"):
+        assert shown in out, shown
+    # The remote traceback starts at the user's code, after what the task printed.
+    assert out.index("parsing 'forty-two'") < out.index("Traceback (most recent call last)")
+    trace = out[out.index("Traceback (most recent call last)"):out.index("$ mesh status")]
+    assert 'in parse_age\n    return int(text)' in trace and "ValueError: invalid literal" in trace
+    assert "executor.py" not in trace, trace
+    assert wait_for(lambda: not (demo_pids() - before), timeout=10), demo_pids() - before
+    assert set(glob.glob(pattern)) == dirs

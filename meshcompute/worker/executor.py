@@ -237,10 +237,15 @@ class Executor:
         self._finish(owner, task_id, return_ids, num_returns, result, error, duration)
 
     def _wrap(self, name: str, e: BaseException) -> exc.TaskError:
-        tb = traceback.format_exc()
         if isinstance(e, exc.TaskError):
             return e  # a nested failure keeps its original traceback
-        return exc.TaskError(name, tb, e, os.getpid(), self.core.node_id)
+        # The traceback starts at the user's code: the frames of this module that called it
+        # (running the task, calling the function) say nothing to the reader.
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(e), e, tb))
+        return exc.TaskError(name, text, e, os.getpid(), self.core.node_id)
 
     def _finish(self, owner, task_id, return_ids, num_returns, result, error, duration) -> None:
         core = self.core
