@@ -71,11 +71,18 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
             proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=res, object_store_memory=object_store_memory, token=token,
                                     standalone=True, voters=voters, spill_dir=spill_dir)
-            joined = not join or wait_joined(info, JOIN_WAIT_S)
+            try:
+                joined = not join or wait_joined(info, JOIN_WAIT_S)
+            except KeyboardInterrupt:
+                joined = None
     except Exception as e:  # noqa: BLE001 - shown to the user
         console.print(f"[red]The node did not start:[/] {e}")
         raise typer.Exit(1) from None
     tcp = info["tcp"].replace("tcp://", "")
+    if joined is None:  # interrupted: not left behind half joined
+        stop_node(info)
+        proc.wait(10)
+        raise typer.Exit(130)
     if not joined:
         # Left running, it would serve alone and be the default of every later command.
         stop_node(info)

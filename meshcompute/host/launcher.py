@@ -88,6 +88,13 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
                 if not chunk:
                     break
                 line += chunk
+    except BaseException:
+        # Interrupted (Ctrl-C) while it starts: a standing node runs in a session of its
+        # own, so nothing else would ever stop it.
+        proc.kill()
+        proc.wait()
+        remove_session(session)
+        raise
     finally:
         os.close(ready_r)
     info = json.loads(line) if line.endswith(b"\n") else {}
