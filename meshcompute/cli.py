@@ -13,25 +13,42 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="meshcompute: a peer-to-peer compute mesh for Python.", no_args_is_help=True,
-                  add_completion=False, rich_markup_mode="rich")
+app = typer.Typer(
+    help="meshcompute: a peer-to-peer compute mesh for Python.\n\n"
+         "Every option shows the environment variable that sets its default ([dim]env var: MESH_...[/]). "
+         "Shell completion: [bold]mesh --install-completion[/] (bash, zsh, fish, PowerShell).",
+    no_args_is_help=True, add_completion=True, rich_markup_mode="rich")
 console = Console()
+err = Console(stderr=True)  # what is said about a command (which mesh) goes here: stdout may be --json
 
 DEFAULT_PORT = 7777
+JOIN_WAIT_S = 6.0
+"""How long (s) `mesh join` waits for the mesh to take the new node in before it gives up
+(the checks before it take at most a few seconds more: the whole stays within ~10 s)."""
 
 
 def _token(token: Optional[str]) -> Optional[str]:
-    return token or os.environ.get("MESH_TOKEN") or None
+    return (token or "").strip() or None
 
 
-def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
-           token, block: bool, voters: int | None = None) -> None:
-    from .host.launcher import start_node
+def _address(address: Optional[str]) -> Optional[str]:
+    # $MESH_ADDRESS is shared with init(), where "local" and "auto" also have a meaning.
+    return None if address in (None, "", "auto", "local") else address
 
-    try:
-        res = json.loads(resources) if resources else None
-    except ValueError as e:
-        raise typer.BadParameter(f"--resources must be JSON, e.g. '{{\"accel\": 2}}': {e}") from None
+
+# The options `mesh start` and `mesh join` share, with the variables that set their defaults.
+_NUM_CPUS = typer.Option(None, envvar="MESH_NUM_CPUS", help="CPUs to offer (default: all).")
+_NUM_GPUS = typer.Option(None, envvar="MESH_NUM_GPUS", help="GPUs to offer (default: detected).")
+_RESOURCES = typer.Option(None, envvar="MESH_RESOURCES", help="Custom resources as JSON, e.g. '{\"accel\": 2}'.")
+_STORE = typer.Option(None, envvar="MESH_OBJECT_STORE_MEMORY",
+                      help="Bytes of shared memory for objects (default: 30% of RAM).")
+_SPILL_DIR = typer.Option(None, envvar="MESH_SPILL_DIR",
+                          help="Directory for objects spilled from the store (default: in the node's session "
+                               "dir, which may be in RAM: point it at a disk).")
+_BLOCK = typer.Option(False, help="Stay in the foreground until interrupted.")
+
+
+def _check_token(token: Optional[str]) -> None:
     if token:
         from .wire.auth import MeshKeys
 
@@ -39,27 +56,42 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
             MeshKeys.from_token(token)
         except (TypeError, ValueError) as e:
             raise typer.BadParameter(str(e)) from None
-    if join and not token:
-        console.print("[red]Joining needs the mesh's token:[/] pass --token or set MESH_TOKEN "
-                      "(`mesh start` printed it).")
-        raise typer.Exit(2)
+
+
+def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
+           token, block: bool, voters: int | None = None, spill_dir: str | None = None) -> None:
+    from .host.launcher import start_node, stop_node, wait_joined
+
+    try:
+        res = json.loads(resources) if resources else None
+    except ValueError as e:
+        raise typer.BadParameter(f"--resources must be JSON, e.g. '{{\"accel\": 2}}': {e}") from None
     try:
         with console.status("starting the node" + (f" and joining {join[0]}" if join else "")):
             proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=res, object_store_memory=object_store_memory, token=token,
-                                    standalone=True, voters=voters)
+                                    standalone=True, voters=voters, spill_dir=spill_dir)
+            try:
+                joined = not join or wait_joined(info, JOIN_WAIT_S)
+            except KeyboardInterrupt:
+                joined = None
     except Exception as e:  # noqa: BLE001 - shown to the user
         console.print(f"[red]The node did not start:[/] {e}")
         raise typer.Exit(1) from None
-    with open(os.path.join(info["session_dir"], "token")) as f:
-        mesh_token = f.read().strip()
     tcp = info["tcp"].replace("tcp://", "")
-    console.print(f"[green]Node {info['node_id']} serves at[/] [bold]{tcp}[/]")
-    console.print(f"  resources: {info['resources'].get('CPU')} CPU, "
-                  f"{int(info['store_capacity']) >> 20} MiB object store")
-    console.print("  To add a machine, run there:")
-    console.print(f"    [bold]mesh join {tcp} --token {mesh_token}[/]", soft_wrap=True)
-    console.print("  Drivers on this machine: [bold]mesh.init()[/] (or address=\"auto\").")
+    if joined is None:  # interrupted: not left behind half joined
+        stop_node(info)
+        proc.wait(10)
+        raise typer.Exit(130)
+    if not joined:
+        # Left running, it would serve alone and be the default of every later command.
+        stop_node(info)
+        proc.wait(10)
+        console.print(f"[red]{join[0]} did not take the node in within {JOIN_WAIT_S:g} s[/] (it answered "
+                      f"the checks, so it may not reach this node back at {tcp}: a firewall, or pass "
+                      "--host with an address of this machine that it can reach). The node was stopped.")
+        raise typer.Exit(1)
+    _print_started(info, tcp, join)
     if block:
         def _stop(*_):
             proc.terminate()
@@ -69,50 +101,157 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         proc.wait()
 
 
+def _print_started(info: dict, tcp: str, join: list[str]) -> None:
+    from .host.meshes import mesh_name
+    from .host.netcheck import is_loopback, machine_addresses
+
+    with open(os.path.join(info["session_dir"], "token")) as f:
+        mesh_token = f.read().strip()
+    host = tcp.rpartition(":")[0]
+    verb = f"joined the mesh through {join[0]}" if join else "started a new mesh"
+    console.print(f"[green]Node {info['node_id']} {verb}[/] (mesh {mesh_name(info)}); it serves at [bold]{tcp}[/]")
+    console.print(f"  resources: {info['resources'].get('CPU')} CPU, "
+                  f"{int(info['store_capacity']) >> 20} MiB object store")
+    if is_loopback(host) and not join:
+        addrs = machine_addresses()
+        console.print(f"  It serves on {host}: only this machine can reach it. For a mesh of several "
+                      "machines, serve on an address they reach: [bold]mesh stop[/], then [bold]mesh start "
+                      f"--host {addrs[0] if addrs else 'IP'}[/]"
+                      + (f" (this machine's addresses: {', '.join(addrs)})" if len(addrs) > 1 else "") + ".")
+    if is_loopback(host):
+        console.print("  Another node on this machine:")
+    else:
+        console.print("  To add a machine, run there (it serves on its own address toward this one; "
+                      "--host picks another):")
+    # The token in the environment, not on the command line, where every local user's `ps` sees it.
+    console.print(f"    [bold]MESH_TOKEN={mesh_token} mesh join {tcp}[/]", soft_wrap=True)
+    console.print("  Drivers on this machine: [bold]mesh.init()[/] (or address=\"auto\").")
+
+
 @app.command()
 def start(
-    host: str = typer.Option("127.0.0.1", help="IP address to serve the mesh on."),
-    port: int = typer.Option(DEFAULT_PORT, help="TCP port (0 picks a free one)."),
-    num_cpus: Optional[float] = typer.Option(None, help="CPUs to offer (default: all)."),
-    num_gpus: Optional[int] = typer.Option(None, help="GPUs to offer (default: detected)."),
-    resources: Optional[str] = typer.Option(None, help="Custom resources as JSON, e.g. '{\"accel\": 2}'."),
-    object_store_memory: Optional[int] = typer.Option(None, help="Bytes of shared memory for objects."),
-    token: Optional[str] = typer.Option(None, help="The mesh's secret (default: $MESH_TOKEN, or a new one)."),
-    block: bool = typer.Option(False, help="Stay in the foreground until interrupted."),
-    voters: int = typer.Option(3, help="How many of the first nodes vote in the control store: 1, 3, 5 or 7. "
-                                       "A majority of them must be up for names, placement groups and the KV."),
+    host: str = typer.Option("127.0.0.1", envvar="MESH_HOST",
+                             help="IP address to serve the mesh on. The default serves this machine only; "
+                                  "for other machines to join, give an address of this machine they reach."),
+    port: int = typer.Option(DEFAULT_PORT, envvar="MESH_PORT", help="TCP port (0 picks a free one)."),
+    num_cpus: Optional[float] = _NUM_CPUS,
+    num_gpus: Optional[int] = _NUM_GPUS,
+    resources: Optional[str] = _RESOURCES,
+    object_store_memory: Optional[int] = _STORE,
+    token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
+                                        help="The mesh's secret (default: a new one, printed)."),
+    block: bool = _BLOCK,
+    voters: int = typer.Option(3, envvar="MESH_VOTERS",
+                               help="How many of the first nodes vote in the control store: 1, 3, 5 or 7. "
+                                    "A majority of them must be up for names, placement groups and the KV."),
+    spill_dir: Optional[str] = _SPILL_DIR,
+    allow_second_mesh: bool = typer.Option(False, help="Start a new mesh even though one runs on this machine "
+                                                       "already (then each command says which it talks to)."),
 ) -> None:
     """Start the first node of a new mesh and print how others join it.
 
     Example: mesh start --host 10.0.0.5 --port 7777
     """
+    from .host.launcher import local_nodes
+
     if voters not in (1, 3, 5, 7):
         raise typer.BadParameter("--voters must be 1, 3, 5 or 7")
-    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, _token(token), block, voters)
+    token = _token(token)
+    _check_token(token)
+    running = local_nodes()
+    if running and not allow_second_mesh:
+        n = running[0]
+        more = f" (and {len(running) - 1} more nodes)" if len(running) > 1 else ""
+        console.print(f"[red]A mesh already runs on this machine:[/] node {n['node_id']} at "
+                      f"{(n.get('tcp') or '').replace('tcp://', '')}{more}. Its drivers and commands use it; "
+                      "[bold]mesh status[/] shows it, [bold]mesh stop[/] stops it. To run a second, separate "
+                      "mesh beside it: [bold]mesh start --allow-second-mesh --port 0[/].")
+        raise typer.Exit(1)
+    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, token, block, voters, spill_dir)
 
 
 @app.command()
 def join(
     peer: str = typer.Argument(..., help="host:port of any live member."),
-    host: str = typer.Option("127.0.0.1", help="IP address to serve on."),
-    port: int = typer.Option(0, help="TCP port (0 picks a free one)."),
-    num_cpus: Optional[float] = typer.Option(None, help="CPUs to offer (default: all)."),
-    num_gpus: Optional[int] = typer.Option(None, help="GPUs to offer (default: detected)."),
-    resources: Optional[str] = typer.Option(None, help="Custom resources as JSON."),
-    object_store_memory: Optional[int] = typer.Option(None, help="Bytes of shared memory for objects."),
-    token: Optional[str] = typer.Option(None, help="The mesh's secret (default: $MESH_TOKEN)."),
-    block: bool = typer.Option(False, help="Stay in the foreground until interrupted."),
+    host: Optional[str] = typer.Option(None, envvar="MESH_HOST",
+                                       help="IP address to serve on (default: this machine's address toward "
+                                            "the peer, so that the mesh can reach it)."),
+    port: int = typer.Option(0, envvar="MESH_PORT", help="TCP port (0 picks a free one)."),
+    num_cpus: Optional[float] = _NUM_CPUS,
+    num_gpus: Optional[int] = _NUM_GPUS,
+    resources: Optional[str] = _RESOURCES,
+    object_store_memory: Optional[int] = _STORE,
+    token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
+                                        help="The mesh's secret (`mesh start` printed it)."),
+    block: bool = _BLOCK,
+    spill_dir: Optional[str] = _SPILL_DIR,
 ) -> None:
     """Start a node that joins an existing mesh through any live member.
 
-    Example: mesh join 10.0.0.5:7777 --host 10.0.0.6 --token <token>
+    It checks the address, that the member answers and that the token is the mesh's
+    before it starts, and that the mesh took the node in after; on any failure it
+    exits non-zero, saying why, and leaves no node behind.
+
+    Example: mesh join 10.0.0.5:7777 --token <token>
     """
-    _start(host, port, [peer], num_cpus, num_gpus, resources, object_store_memory, _token(token), block)
+    from .host.netcheck import (
+        handshake_problem,
+        is_loopback,
+        local_ip_towards,
+        parse_peer,
+        resolve,
+        tcp_problem,
+    )
+
+    token = _token(token)
+    if not token:
+        console.print("[red]Joining needs the mesh's token:[/] pass --token or set MESH_TOKEN "
+                      "(`mesh start` printed it).")
+        raise typer.Exit(2)
+    _check_token(token)
+    try:
+        peer_host, peer_port = parse_peer(peer)
+        peer_ip = resolve(peer_host)
+    except ValueError as e:
+        console.print(f"[red]Cannot join:[/] {e}")
+        raise typer.Exit(2) from None
+    if host is None:
+        host = local_ip_towards(peer_ip)
+        if host is None:
+            console.print(f"[red]Cannot join {peer}:[/] this machine has no route to {peer_ip}.")
+            raise typer.Exit(1)
+    elif is_loopback(host) and not is_loopback(peer_ip):
+        console.print(f"[red]Cannot join {peer} serving on {host}:[/] that member is on another machine and "
+                      f"could not reach this node there; leave --host out (this machine's address toward "
+                      f"it is {local_ip_towards(peer_ip) or 'unknown'}) or give an address it can reach.")
+        raise typer.Exit(2)
+    with console.status(f"checking {peer}"):
+        problem = tcp_problem(peer_ip, peer_port) or handshake_problem(peer_ip, peer_port, token)
+    if problem:
+        console.print(f"[red]Cannot join {peer}:[/] {problem}")
+        raise typer.Exit(1)
+    _start(host, port, [f"{peer_ip}:{peer_port}"], num_cpus, num_gpus, resources, object_store_memory, token,
+           block, spill_dir=spill_dir)
+
+
+def _say_which_mesh(info: dict) -> None:
+    """When this machine runs nodes of several meshes, say (on stderr) which one a command talks to."""
+    from .host.launcher import local_nodes
+    from .host.meshes import group_by_mesh, mesh_name
+
+    groups = group_by_mesh(local_nodes())
+    if len(groups) < 2:
+        return
+    tcp = (info.get("tcp") or "").replace("tcp://", "") or "its session dir"
+    err.print(f"[dim]mesh {mesh_name(info)}, through node {info['node_id'][:8]} at {tcp} (this machine runs "
+              f"{len(groups)} meshes: --address or $MESH_ADDRESS picks another node)[/]")
 
 
 @app.command()
 def status(
-    address: Optional[str] = typer.Option(None, help="host:port of a node on this machine (default: the newest)."),
+    address: Optional[str] = typer.Option(None, envvar="MESH_ADDRESS",
+                                          help="host:port or node id of a node on this machine (default: the "
+                                               "newest)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show every node of the mesh: state, resources, object store, and its part in the
@@ -120,12 +259,9 @@ def status(
 
     Example: mesh status --json
     """
-    from .host.launcher import find_node, query
+    from .host.launcher import query
 
-    info = find_node(address)
-    if info is None:
-        console.print("No meshcompute node runs on this machine. Start one with [bold]mesh start[/].")
-        raise typer.Exit(1)
+    info = _node_or_exit(address, standing=True)
     view = query(info, "mesh")
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2, sort_keys=True) + "\n")
@@ -165,11 +301,14 @@ def stop() -> None:
     )
 
     from .host.launcher import local_nodes, stop_node
+    from .host.meshes import group_by_mesh, mesh_name
 
     nodes = local_nodes()
     if not nodes:
         console.print("No node is running on this machine.")
         return
+    several = len(group_by_mesh(nodes)) > 1
+    names = {info["node_id"]: f" of mesh {mesh_name(info)}" if several else "" for info in nodes}
     columns = (SpinnerColumn(), TextColumn("stopping nodes"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("stop", total=len(nodes))
@@ -182,13 +321,16 @@ def stop() -> None:
         # In parallel: each waits up to 10 s for its daemon to leave the mesh and exit.
         with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
             for info in pool.map(_stop, nodes):
-                progress.console.print(f"stopped node {info['node_id']} ({info.get('tcp', '')})")
+                progress.console.print(f"stopped node {info['node_id']} ({info.get('tcp', '')})"
+                                       f"{names[info['node_id']]}")
 
 
-def _node_or_exit(address: Optional[str]) -> dict:
-    from .host.launcher import find_any_node
+def _node_or_exit(address: Optional[str], standing: bool = False) -> dict:
+    """The node of this machine a command talks to (``standing``: only `mesh start`/`join` ones)."""
+    from .host.launcher import find_any_node, find_node
 
-    info = find_any_node(address)
+    address = _address(address)
+    info = find_node(address) if standing else find_any_node(address)
     if info is None:
         if address:
             console.print(f"No meshcompute node of this machine matches {address!r}. "
@@ -196,15 +338,17 @@ def _node_or_exit(address: Optional[str]) -> dict:
         else:
             console.print("No meshcompute node runs on this machine. Start one with [bold]mesh start[/].")
         raise typer.Exit(1)
+    _say_which_mesh(info)
     return info
 
 
 @app.command()
 def top(
-    address: Optional[str] = typer.Option(None, help="host:port or node id of a member (default: the newest "
-                                          "node on this machine)."),
-    token: Optional[str] = typer.Option(None, help="The mesh's secret, to watch a member on another machine "
-                                        "(default: $MESH_TOKEN)."),
+    address: Optional[str] = typer.Option(None, envvar="MESH_ADDRESS",
+                                          help="host:port or node id of a member (default: the newest node on "
+                                               "this machine)."),
+    token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
+                                        help="The mesh's secret, to watch a member on another machine."),
     once: bool = typer.Option(False, help="Print one screen as text and exit (for scripts and logs)."),
     width: int = typer.Option(80, help="Width of the --once screen."),
     height: int = typer.Option(24, help="Height of the --once screen."),
@@ -220,10 +364,13 @@ def top(
     from .observe.client import connect, wait_for_snapshot
     from .observe.top import Rates, render_text, run
 
+    address = _address(address)
     info = find_any_node(address)
     tok = _token(token)
     if info is None and not (address and tok):
         _node_or_exit(address)
+    if info is not None:
+        _say_which_mesh(info)
     try:
         client = connect(info, address=address, token=tok)
     except ValueError as e:
@@ -250,7 +397,8 @@ def top(
 @app.command()
 def timeline(
     output: str = typer.Option("timeline.json", "--output", "-o", help="Where to write the trace."),
-    address: Optional[str] = typer.Option(None, help="host:port or node id of a node on this machine."),
+    address: Optional[str] = typer.Option(None, envvar="MESH_ADDRESS",
+                                          help="host:port or node id of a node on this machine."),
 ) -> None:
     """Write a Chrome/Perfetto trace of the mesh's recent tasks (one lane per worker).
 
@@ -275,7 +423,8 @@ def timeline(
 
 @app.command()
 def memory(
-    address: Optional[str] = typer.Option(None, help="host:port or node id of a node on this machine."),
+    address: Optional[str] = typer.Option(None, envvar="MESH_ADDRESS",
+                                          help="host:port or node id of a node on this machine."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     limit: int = typer.Option(100, help="Show at most this many objects (largest first)."),
 ) -> None:
@@ -346,8 +495,9 @@ def _group_objects(records: list[dict]) -> list[dict]:
 
 @app.command()
 def logs(
-    node: Optional[str] = typer.Argument(None, help="Node id (or a prefix of it), host:port or session dir "
-                                         "of a node on this machine (default: the newest)."),
+    node: Optional[str] = typer.Argument(None, envvar="MESH_ADDRESS",
+                                         help="Node id (or a prefix of it), host:port or session dir "
+                                              "of a node on this machine (default: the newest)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing what is appended."),
     lines: int = typer.Option(50, "--lines", "-n", help="Print the last N lines of each log first."),
 ) -> None:

@@ -20,12 +20,19 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
                num_cpus: float | None = None, num_gpus: int | None = None,
                resources: dict | None = None, object_store_memory: int | None = None,
                token: str | None = None, parent_pid: int = 0, standalone: bool = False,
-               extra_env: dict | None = None, voters: int | None = None) -> tuple[subprocess.Popen, dict]:
+               extra_env: dict | None = None, voters: int | None = None,
+               spill_dir: str | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node daemon and wait until it serves; returns (process, info).
 
     ``voters``: for the first node of a mesh, how many nodes vote in its control
-    store (1, 3, 5 or 7; default 3).
+    store (1, 3, 5 or 7; default 3).  ``spill_dir``: where the node spills objects
+    (default ``$MESH_SPILL_DIR``, else its session dir).  Raises MeshError saying why
+    when it cannot start (:class:`~.netcheck.PortInUse` for a port that is taken).
     """
+    if host is not None and port:
+        from .netcheck import check_port_free
+
+        check_port_free(host, port)  # before anything is made: the message names the holder
     session = new_session_dir()
     logs = os.path.join(session, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -62,6 +69,8 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
         cmd += ["--standalone"]
     if voters is not None:
         cmd += ["--gcs-voters", str(int(voters))]
+    if spill_dir:
+        cmd += ["--spill-dir", spill_dir]
     with open(os.path.join(logs, "daemon.log"), "ab") as out:
         proc = subprocess.Popen(cmd, pass_fds=(ready_w,), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -79,20 +88,62 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
                 if not chunk:
                     break
                 line += chunk
-    finally:
-        os.close(ready_r)
-    if not line.endswith(b"\n"):
+    except BaseException:
+        # Interrupted (Ctrl-C) while it starts: a standing node runs in a session of its
+        # own, so nothing else would ever stop it.
         proc.kill()
         proc.wait()
-        tail = ""
-        try:
-            with open(os.path.join(logs, "daemon.log")) as f:
-                tail = f.read()[-2000:]
-        except OSError:
-            pass
         remove_session(session)
-        raise exc.MeshError(f"the node daemon failed to start. Its log ends with:\n{tail}")
-    return proc, json.loads(line)
+        raise
+    finally:
+        os.close(ready_r)
+    info = json.loads(line) if line.endswith(b"\n") else {}
+    if "error" in info or not line.endswith(b"\n"):
+        _fail_start(proc, session, info.get("error"), host, port)
+    return proc, info
+
+
+def _fail_start(proc: subprocess.Popen, session: str, error: str | None, host: str | None, port: int) -> None:
+    """A daemon that did not come up: stop it, clean up after it, and raise with the cause."""
+    if error is None:
+        proc.kill()  # it did not say why: it may hang; no need to wait for it
+    try:
+        proc.wait(10)  # one that said why is cleaning up after itself
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    tail = ""
+    try:
+        with open(os.path.join(session, "logs", "daemon.log")) as f:
+            tail = f.read()[-2000:].strip()
+    except OSError:
+        pass
+    remove_session(session)
+    if error and "Address already in use" in error and host is not None:
+        from .netcheck import PortInUse, describe_holder
+
+        raise PortInUse(f"port {port} on {host} is in use by {describe_holder(port)}")
+    if error:
+        raise exc.MeshError(f"the node daemon failed to start: {error}")
+    code = proc.returncode
+    said = f"; its log ends with:\n{tail}" if tail else " and left no log"
+    raise exc.MeshError(f"the node daemon failed to start (exit status {code}){said}")
+
+
+def wait_joined(info: dict, timeout: float) -> bool:
+    """Whether the node comes to know another live member within ``timeout`` s (a joining
+    node learns the mesh's members only from a member's answer, so none means none came)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            view = query(info, "mesh", timeout=max(0.2, min(1.0, deadline - time.monotonic())))
+            if any(n["node_id"] != info["node_id"] and n.get("state") == "alive" for n in view["nodes"]):
+                return True
+        except exc.MeshError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def local_nodes() -> list[dict]:

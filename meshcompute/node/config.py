@@ -12,6 +12,7 @@ from typing import Any
 
 import psutil
 
+from ..host.proctitle import set_title
 from ..host.sessions import clean_stale_sessions, keys_for_session, pid_alive, set_parent_death_signal
 from ..store.table import spill_dir_for
 from ..wire import ids
@@ -108,20 +109,40 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
     if args.host and keys is None:
         sys.exit("refusing to serve TCP without the mesh token in the session dir")
     spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
+    node_id = ids.random_id()
+    set_title("mesh-daemon", f"{node_id[:8]} {args.host or 'embedded'}")
     d = daemon_class(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
-               args.parent_pid, ids.random_id(), spill_dir, host=args.host, port=args.port, keys=keys,
+               args.parent_pid, node_id, spill_dir, host=args.host, port=args.port, keys=keys,
                gcs_voters=args.gcs_voters)
     d.standalone = args.standalone
     d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
-    d.create_arena()
-    d.start_zygote()
 
     def _term(signum, frame):
         d.running = False
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    failure_fd = None
     try:
+        d.create_arena()
+        d.start_zygote()
+        # A copy of the ready pipe, taken after the zygote's fork so no worker holds it:
+        # a node that fails before it serves says why there (its log goes with its
+        # session dir, which stop() removes).
+        failure_fd = os.dup(args.ready_fd) if args.ready_fd is not None else None
         d.serve(args.ready_fd)
+    except Exception as e:
+        if failure_fd is not None and not os.path.exists(os.path.join(args.session, "daemon.json")):
+            _report_failure(failure_fd, e)
+        raise
     finally:
+        if failure_fd is not None:
+            os.close(failure_fd)
         d.stop()
+
+
+def _report_failure(fd: int, error: Exception) -> None:
+    try:
+        os.write(fd, (json.dumps({"error": f"{type(error).__name__}: {error}"}) + "\n").encode())
+    except OSError:
+        pass

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import time
 from typing import Any
 
 import zmq
 
+from ..host.netcheck import local_ip_towards
 from ..wire.ids import random_id
 from ..wire.messages import Msg, decode, encode
 from ..wire.transport import Endpoint, node_of, parse_address, recv
@@ -42,10 +42,23 @@ class MonitorState:
         self.applied = 0
         self.generation = 0  # bumped by every snapshot (rates must not span two)
 
-    def apply_snapshot(self, seq: int, snapshot: dict) -> None:
+    def apply_snapshot(self, seq: int, snapshot: dict, moved: bool = False) -> None:
+        """Take a snapshot. ``moved``: it comes from another member than the last one, which
+        may never have heard of the actors of a node that died (a daemon follows other
+        nodes' actors only while it serves a "mesh" view): those stay, shown DEAD."""
+        old = self.data
         self.seq = int(seq)
         self.data = dict(snapshot)
         self.generation += 1
+        if moved:
+            nodes = {k[5:]: (v or {}).get("state") for k, v in self.data.items() if k.startswith("node/")}
+            for key, actor in old.items():
+                node_state = nodes.get((actor or {}).get("node"))
+                if key.startswith("actor/") and key not in self.data and node_state not in ("alive", "suspect"):
+                    if actor.get("state") != "DEAD":
+                        actor = {**actor, "state": "DEAD", "pid": None,
+                                 "reason": f"its node {'left' if node_state == 'left' else 'died'}"}
+                    self.data[key] = actor
 
     def apply_update(self, seq: int, changes: list) -> str:
         """``"applied"``, ``"stale"`` (dropped), ``"gap"`` (resubscribe) or ``"no-snapshot"``."""
@@ -78,20 +91,6 @@ class MonitorState:
         return sum(int((n.get("tasks") or {}).get("finished", 0)) for n in self.nodes())
 
 
-def _local_ip_towards(host: str) -> str:
-    """The address of this machine that ``host`` can reach us on."""
-    if host.startswith("127.") or host == "localhost":
-        return "127.0.0.1"
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        s.connect((host, 9))
-        return s.getsockname()[0]
-    except OSError:
-        return "0.0.0.0"
-    finally:
-        s.close()
-
-
 class MonitorClient:
     """Subscribes to a daemon's monitor feed and keeps it alive (or moves elsewhere)."""
 
@@ -105,7 +104,7 @@ class MonitorClient:
         host = None
         self._dir: str | None = None
         if tcp:
-            host = _local_ip_towards(tcp[len("tcp://"):].rpartition(":")[0])
+            host = local_ip_towards(tcp[len("tcp://"):].rpartition(":")[0]) or "0.0.0.0"
             node = "mon" + random_id()[:13]  # not a mesh node: every daemon answers over TCP
             self._dir = sock_dir = tempfile.mkdtemp(prefix="mesh-top-")
         else:
@@ -234,7 +233,7 @@ class MonitorClient:
             _, req_id, seq, snapshot = msg
             if req_id is not None and req_id != self._pending_req:
                 return False
-            self.state.apply_snapshot(seq, snapshot)
+            self.state.apply_snapshot(seq, snapshot, moved=self.watched not in (None, node_of(sender)))
             self._pending_req = None
             self._last_heard = time.monotonic()
             self.connected = True

@@ -5,9 +5,9 @@ write goes to the log file (``<session>/logs/worker-<id>.log``) at once, and eac
 complete line written while a task or actor runs is also kept, tagged with its
 prefix (``f pid=123, node=3f9a1c2e``), for the process that owns the running task
 (the actor's creator for an actor).  The worker's I/O thread sends what was kept
-as one ``WORKER_OUTPUT`` per owner at most every ``OUTPUT_FLUSH_S`` (and just
-before a batch of results when that much time has passed), never one message per
-line.  The owner's driver prints the lines to its stderr (``init(log_to_driver=False)``
+as one ``WORKER_OUTPUT`` per owner at most every ``OUTPUT_FLUSH_S``, and always
+just before a batch of results (on the same pipe, so a task's lines reach the
+driver before its result or error), never one message per line.  The owner's driver prints the lines to its stderr (``init(log_to_driver=False)``
 turns that off); an owner that is itself a worker passes them on to its own owner.
 """
 

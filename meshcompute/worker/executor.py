@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import exceptions as exc
+from ..host.proctitle import set_title
 from ..owner.object_ref import ObjectRef
 from ..wire import ids
 from ..wire.messages import Msg
@@ -242,10 +243,15 @@ class Executor:
         self._finish(owner, task_id, return_ids, num_returns, result, error, duration)
 
     def _wrap(self, name: str, e: BaseException) -> exc.TaskError:
-        tb = traceback.format_exc()
         if isinstance(e, exc.TaskError):
             return e  # a nested failure keeps its original traceback
-        return exc.TaskError(name, tb, e, os.getpid(), self.core.node_id)
+        # The traceback starts at the user's code: the frames of this module that called it
+        # (running the task, calling the function) say nothing to the reader.
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(type(e), e, tb))
+        return exc.TaskError(name, text, e, os.getpid(), self.core.node_id)
 
     def _finish(self, owner, task_id, return_ids, num_returns, result, error, duration) -> None:
         core = self.core
@@ -392,6 +398,7 @@ class Executor:
         core.current_actor_id = actor_id
         self.bounce_enabled = False
         self.actor_label = spec.get("class_name", "actor")
+        set_title("mesh-actor", f"{self.actor_label} {core.node_id[:8]}")
         self.log_ctx = (spec["owner"], self.actor_label)
         self.last_sink = spec["owner"]
         error = None

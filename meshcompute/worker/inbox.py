@@ -130,7 +130,11 @@ class WorkerInbox:
     def flush(self) -> None:
         """Send this turn's results, one TASKS_DONE per owner (after the lines they printed)."""
         output = self.output
-        if output is not None and output.ready and time.monotonic() - self.out_last >= OUTPUT_FLUSH_S:
+        if output is not None and output.ready:
+            # Lines first, whatever the interval since the last batch: on the same pipe they
+            # reach the driver before the results, so what a failing task printed is shown
+            # before its error (a driver that exits on that error would lose it otherwise).
+            # Still one WORKER_OUTPUT per turn at most, never one per line.
             self.flush_output()
         self._activity()
         out, self.done_out = self.done_out, {}

@@ -7,6 +7,7 @@ import random
 import signal
 import sys
 
+from ..host.proctitle import set_title
 from ..host.sessions import keys_for_session, set_parent_death_signal
 from ..owner import context
 from ..wire import ids
@@ -18,6 +19,7 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str, zygot
         # The zygote died between the fork and the line above: the signal that would
         # have ended this worker with it will never come, and nobody is left to serve.
         os._exit(0)
+    set_title("mesh-worker", node_id[:8])
     ids.reset_after_fork()
     random.seed()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

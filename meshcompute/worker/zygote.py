@@ -20,11 +20,13 @@ import select
 import signal
 import sys
 
+from ..host.proctitle import set_title
 from ..host.sessions import set_parent_death_signal
 
 
 def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str | None) -> None:
     set_parent_death_signal(signal.SIGKILL)
+    set_title("mesh-zygote", node_id[:8])
     os.setpgid(0, 0)
     try:
         import numpy  # noqa: F401 - preloaded so workers share it
