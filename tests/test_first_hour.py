@@ -200,7 +200,7 @@ def test_help_shows_environment_variables_and_completion_is_available():
 # ---------------------------------------------------------- processes, output
 
 DRIVER = textwrap.dedent("""
-    import json, os, sys
+    import json, os, sys, time
     import meshcompute as mesh
 
     mesh.init(num_cpus=1, object_store_memory=64 << 20)
@@ -216,19 +216,29 @@ DRIVER = textwrap.dedent("""
         raise ValueError(f"boom {i}")
 
     def title(pid):
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\\0", b" ").decode().strip()
-        with open(f"/proc/{pid}/comm") as f:
-            return cmd, f.read().strip()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\\0", b" ").decode().strip()
+            with open(f"/proc/{pid}/comm") as f:
+                return cmd, f.read().strip()
+        except FileNotFoundError:  # a spare worker the node let go meanwhile: look again
+            return "", ""
 
     if sys.argv[1] == "titles":
         import psutil
-        actor = mesh.get(Counter.remote().pid.remote())
+        counter = Counter.remote()  # held: an actor whose last handle is gone stops
+        actor = mesh.get(counter.pid.remote())
         daemon = [p for p in psutil.Process().children() if "meshcompute.node.daemon" in " ".join(p.cmdline())][0]
         zygote = daemon.children()[0]
-        workers = [w.pid for w in zygote.children() if w.pid != actor]
-        print(json.dumps({"daemon": title(daemon.pid), "zygote": title(zygote.pid),
-                          "worker": title(workers[0]), "actor": title(actor)}), flush=True)
+        # A worker forked a moment ago names itself once it runs: give each the time to.
+        for _ in range(100):
+            workers = [w.pid for w in zygote.children() if w.pid != actor]
+            seen = {"daemon": title(daemon.pid), "zygote": title(zygote.pid),
+                    "worker": title(workers[0]), "actor": title(actor)}
+            if all(seen[r][1].startswith("mesh-") for r in seen):
+                break
+            time.sleep(0.1)
+        print(json.dumps(seen), flush=True)
     else:
         for i in range(20):
             try:

@@ -352,6 +352,7 @@ class ActorHandle:
         # the token is freed, and the actor stopped, when the last handle anywhere is gone.
         self._token = token
         self._arg_holds: list = []
+        self._pending: list = []  # results of calls not done yet (with max_pending_calls)
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_meta", {}).get("methods", {})
@@ -363,12 +364,12 @@ class ActorHandle:
         core = _core()
         limit = self._meta.get("max_pending_calls", -1)
         if limit != -1:
-            client = core.actors.actors.get(self._actor_id)
-            pending = len(client.queue) + len(client.inflight) if client is not None else 0
-            if pending >= limit:
+            entries = core.objects.entries  # a call is pending until its first result is ready
+            self._pending = [r for r in self._pending if (e := entries.get(r._id)) is None or e.state != 1]
+            if len(self._pending) >= limit:
                 raise exc.PendingCallsLimitExceeded(
-                    f"{pending} calls to {self._meta.get('class_name')} are pending, its max_pending_calls "
-                    f"({limit}): wait for some to finish before submitting more")
+                    f"{len(self._pending)} calls to {self._meta.get('class_name')} from this handle are pending, "
+                    f"its max_pending_calls ({limit}): wait for some to finish before submitting more")
         t = Task()
         t.task_id = ids.new_task_id()
         t.actor_id = self._actor_id
@@ -383,7 +384,10 @@ class ActorHandle:
         t.strategy = self._meta.get("daemon")  # for actor calls: the actor's daemon
         if self._token is not None:  # a call keeps its actor alive until it is done
             t.holds = [self._token]
-        return _unwrap(core.submit(t), num_returns)
+        refs = core.submit(t)
+        if limit != -1:
+            self._pending.append(refs[0])
+        return _unwrap(refs, num_returns)
 
     def __reduce__(self):
         return (_rebuild_handle, (self._actor_id, self._meta, self._token))
