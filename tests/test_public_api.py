@@ -30,6 +30,7 @@ EXPECTED_UTIL = {
 
 # meshcompute.util's modules, reachable as attributes (imported on first use), and their names.
 EXPECTED_UTIL_MODULES = {
+    "futures": {"MeshExecutor", "MeshFuture"},
     "multiprocessing": {"AsyncResult", "IMapIterator", "Pool", "TimeoutError"},
     "scheduling_strategies": {"NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"},
 }

@@ -22,3 +22,8 @@ def _run(name: str) -> None:
 @pytest.mark.timeout(180)
 def test_multiprocessing_pool_example():
     _run("ray_util_multiprocessing.py")
+
+
+@pytest.mark.timeout(180)
+def test_futures_executor_example():
+    _run("ray_util_futures.py")
