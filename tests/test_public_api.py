@@ -32,6 +32,7 @@ EXPECTED_UTIL = {
 EXPECTED_UTIL_MODULES = {
     "futures": {"MeshExecutor", "MeshFuture"},
     "multiprocessing": {"AsyncResult", "IMapIterator", "Pool", "TimeoutError"},
+    "queue": {"Empty", "Full", "Queue"},
     "scheduling_strategies": {"NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"},
 }
 

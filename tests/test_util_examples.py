@@ -27,3 +27,8 @@ def test_multiprocessing_pool_example():
 @pytest.mark.timeout(180)
 def test_futures_executor_example():
     _run("ray_util_futures.py")
+
+
+@pytest.mark.timeout(180)
+def test_queue_example():
+    _run("ray_util_queue.py")

@@ -1,9 +1,9 @@
 """Utilities shaped like ``ray.util``.
 
 ``ActorPool`` and the placement group functions are here; the modules
-``multiprocessing`` (``Pool``), ``futures`` (``MeshExecutor``) and
-``scheduling_strategies`` are attributes too, imported on first use so that
-``import meshcompute`` stays light.
+``multiprocessing`` (``Pool``), ``futures`` (``MeshExecutor``), ``queue``
+(``Queue``) and ``scheduling_strategies`` are attributes too, imported on first
+use so that ``import meshcompute`` stays light.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .placement_group import (
     remove_placement_group,
 )
 
-_SUBMODULES = ("futures", "multiprocessing", "scheduling_strategies")
+_SUBMODULES = ("futures", "multiprocessing", "queue", "scheduling_strategies")
 
 
 def __getattr__(name: str) -> Any:
