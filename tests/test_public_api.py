@@ -31,6 +31,7 @@ EXPECTED_UTIL = {
 # meshcompute.util's modules, reachable as attributes (imported on first use), and their names.
 EXPECTED_UTIL_MODULES = {
     "futures": {"MeshExecutor", "MeshFuture"},
+    "joblib": {"register_mesh", "register_ray"},
     "multiprocessing": {"AsyncResult", "IMapIterator", "Pool", "TimeoutError"},
     "queue": {"Empty", "Full", "Queue"},
     "scheduling_strategies": {"NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"},

@@ -32,3 +32,9 @@ def test_futures_executor_example():
 @pytest.mark.timeout(180)
 def test_queue_example():
     _run("ray_util_queue.py")
+
+
+@pytest.mark.timeout(180)
+def test_joblib_example():
+    pytest.importorskip("sklearn")
+    _run("ray_util_joblib.py")
