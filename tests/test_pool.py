@@ -218,6 +218,21 @@ def test_imap_reads_an_endless_input_lazily(node):
     assert first == [x * x for x in range(25)]
 
 
+def slow_source():
+    yield 1
+    time.sleep(1.0)
+    yield 2
+
+
+def test_imap_sends_an_item_of_a_slow_input_as_soon_as_it_is_read(node):
+    with Pool(1) as pool:
+        it = pool.imap(square, slow_source())
+        start = time.monotonic()
+        assert next(it) == 1
+        assert time.monotonic() - start < 0.8  # not held back until the input ends
+        assert list(it) == [4]
+
+
 def test_options_take_effect_or_raise(node):
     with pytest.raises(ValueError, match="positive"):
         Pool(0)

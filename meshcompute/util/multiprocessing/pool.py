@@ -10,13 +10,16 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from multiprocessing import TimeoutError
 from typing import Any
 
 from ...api.session import init, is_initialized
 from .._chunks import CALL, ONE, STAR, Chunk, Failure, Stream, WaitTimeout, split
 from .._workers import DEPTH, Engine, check_processes
+
+FEED_BATCH = 1024
+"""Chunks read at once from an input that is already in memory."""
 
 
 class AsyncResult:
@@ -123,16 +126,30 @@ class IMapIterator:
             # enough queued that every call can be as full as the measured item cost allows
             return max(chunksize, engine.items_per_call(func)) * engine.processes * DEPTH * 2
 
+        # An input already in memory (a list, a range) is read many chunks at a time; any other
+        # is read a chunk at a time, so an item is sent as soon as it is read, however slow
+        # the next one is to come.
+        batch = FEED_BATCH if isinstance(iterable, Sized) else 1
+
         def feed() -> None:
             error = None
+            index = 0
             try:
                 it = iter(iterable)
-                for index in itertools.count():
+                while True:
                     self._stream.wait_for_room(limit)
-                    items = list(itertools.islice(it, chunksize))
-                    if not items:
+                    room = max(1, (limit() - self._stream.outstanding_items) // chunksize)
+                    chunks = []
+                    for _ in range(min(batch, room)):
+                        items = list(itertools.islice(it, chunksize))
+                        if not items:
+                            break
+                        chunks.append(Chunk(self._stream, index, func, mode, items))
+                        index += 1
+                    if chunks:
+                        self._stream.add(chunks, from_feeder=True)
+                    if len(chunks) < min(batch, room):
                         break
-                    self._stream.add([Chunk(self._stream, index, func, mode, items)], from_feeder=True)
             except BaseException as e:  # the input itself raised, or the pool was terminated
                 error = e
             finally:
