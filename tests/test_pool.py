@@ -255,3 +255,24 @@ def test_options_take_effect_or_raise(node):
             pool.map(square, [1], chunksize=0)
         with pytest.raises(NotImplementedError):
             pickle.dumps(pool)
+
+
+@mesh.remote
+def pool_inside_a_task(n):
+    with Pool(2) as pool:
+        return sum(pool.map(square, range(n)))
+
+
+def test_a_pool_inside_a_task(node):
+    assert mesh.get(pool_inside_a_task.remote(1000), timeout=60) == sum(x * x for x in range(1000))
+
+
+# Last in the file: it shuts its node down.
+def test_shutdown_fails_the_pools_work_and_starts_nothing(fresh_node):
+    pool = Pool(2)
+    pending = pool.map_async(time.sleep, [0.5] * 4, chunksize=1)
+    mesh.shutdown()
+    with pytest.raises(exceptions.MeshError, match="shut down"):
+        pending.get(timeout=10)
+    del pool
+    assert not mesh.is_initialized()  # the pool's threads never init() again

@@ -155,6 +155,7 @@ def _when_ready(core: Any, ref: Any, fn: Callable[[], None]) -> None:
 
 
 _STOP = object()
+_IDLE = object()  # a second passed without events: time to check that the mesh is still there
 RUNNING, CLOSED, TERMINATED = "running", "closed", "terminated"
 
 
@@ -316,8 +317,12 @@ class Engine:
                 try:
                     ev = self._events.get(timeout=1.0)
                 except queue.Empty:
-                    if context.core is not self._core:
-                        self.terminate(exc.MeshError("meshcompute was shut down while the pool had work"))
+                    ev = _IDLE
+                if context.core is not self._core and ev is not _STOP:
+                    # shut down: fail what is left, and call nothing (any call would init() anew)
+                    self.terminate(exc.MeshError("meshcompute was shut down while the pool had work"))
+                    continue
+                if ev is _IDLE:
                     continue
                 while True:  # take every event waiting before sending more
                     if ev is _STOP:
@@ -435,7 +440,7 @@ class Engine:
             return  # an earlier actor of this slot: its chunks were failed already
         slot.in_flight -= 1
         try:
-            results = get(call.ref)
+            results = self._core.get([call.ref])[0]  # ready: no wait (and never an init())
         except exc.ActorDiedError as e:
             self._actor_died(slot, call, e)
             return
