@@ -99,6 +99,7 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):
         self._config: dict[str, Any] = {}
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
+        """Workers for ``n_jobs``: as asked, or counted back from the mesh's CPUs when negative."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs is None:
@@ -110,6 +111,12 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):
     def configure(self, n_jobs: int = 1, parallel: Any = None, ray_remote_args: dict[str, Any] | None = None,
                   max_nbytes: int | None = None, mmap_mode: str | None = "r", temp_folder: str | None = None,
                   **settings: Any) -> int:
+        """Start the pool for one ``Parallel`` call; returns its number of workers.
+
+        ``max_nbytes`` and ``mmap_mode`` are joblib's (arrays over ``max_nbytes`` are shared
+        through the object store, read-only or copied); the other settings joblib passes
+        every backend only steer its own choice of backend.
+        """
         unknown = set(settings) - _JOBLIB_SETTINGS
         if unknown:
             raise ValueError(f"unknown option(s) for the mesh joblib backend: {', '.join(sorted(unknown))}")
@@ -136,15 +143,17 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):
         return n_jobs
 
     def submit(self, func: Any, callback: Any = None) -> Any:
+        """Run one batch on the pool; ``callback`` gets the outcome, success or failure."""
         func = self._share_large_args(func)
         if self.inner_max_num_threads is not None:
             func = _ThreadLimitedCall(func, self.inner_max_num_threads)
         return self._pool.apply_async(func, callback=lambda value: callback(("ok", value)),
                                       error_callback=lambda error: callback(("error", error)))
 
-    apply_async = submit  # the name joblib before 1.5 calls
+    apply_async = submit  # the name older joblib versions call
 
     def retrieve_result_callback(self, out: tuple[str, Any]) -> Any:
+        """The batch's result, or its exception raised."""
         kind, value = out
         if kind == "error":
             raise value
@@ -172,12 +181,14 @@ class MeshBackend(AutoBatchingMixin, ParallelBackendBase):
         return _SharedArgsCall(batch) if found else batch
 
     def terminate(self) -> None:
+        """End of a ``Parallel`` call: stop the workers, forget the shared arrays."""
         if self._pool is not None:
             self._pool.terminate()
             self._pool = None
         self._shared.clear()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A batch failed: stop everything, and start afresh if joblib will submit again."""
         self.terminate()
         if ensure_ready:
             self.configure(parallel=self.parallel, **self._config)
