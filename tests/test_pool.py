@@ -84,6 +84,7 @@ def test_map_starmap_apply_and_imaps_give_multiprocessing_results(node):
         assert pool.apply(dict, (), {"a": 1}) == {"a": 1}
         assert list(pool.imap(square, range(50))) == [x * x for x in range(50)]
         assert list(pool.imap(square, range(50), chunksize=7)) == [x * x for x in range(50)]
+        assert list(pool.imap(square, range(5), chunksize=None)) == [0, 1, 4, 9, 16]
         assert sorted(pool.imap_unordered(square, range(50), chunksize=3)) == [x * x for x in range(50)]
         assert pool.map_async(square, range(4)).get(timeout=30) == [0, 1, 4, 9]
         assert pool.starmap_async(pow, [(2, 2)]).get(timeout=30) == [4]

@@ -291,17 +291,21 @@ class Pool:
         """``starmap`` returning an ``AsyncResult``."""
         return self._map_async(func, iterable, chunksize, STAR, callback, error_callback)
 
-    def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
-        """Results of ``func`` over ``iterable`` in order, as they come; the input is read lazily."""
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = 1) -> Iterator:
+        """Results of ``func`` over ``iterable`` in order, as they come; the input is read lazily.
+
+        ``chunksize``: items per chunk (None means 1); quick chunks still travel
+        several to a call.
+        """
         self._check_running()
         _check_chunksize(chunksize)
-        return IMapIterator(self, func, iterable, chunksize, ordered=True)
+        return IMapIterator(self, func, iterable, chunksize or 1, ordered=True)
 
-    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = 1) -> Iterator:
         """Results of ``func`` over ``iterable`` in the order they finish."""
         self._check_running()
         _check_chunksize(chunksize)
-        return IMapIterator(self, func, iterable, chunksize, ordered=False)
+        return IMapIterator(self, func, iterable, chunksize or 1, ordered=False)
 
     # ------------------------------------------------------------ lifecycle
 
