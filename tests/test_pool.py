@@ -3,6 +3,7 @@ and work packed into few messages."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import multiprocessing
 import os
@@ -256,6 +257,21 @@ def test_options_take_effect_or_raise(node):
             pool.map(square, [1], chunksize=0)
         with pytest.raises(NotImplementedError):
             pickle.dumps(pool)
+
+
+def test_processes_are_spread_over_nodes_in_proportion_to_their_cpus(node, monkeypatch):
+    from meshcompute.util import _workers
+
+    here = context.core.node_id
+    view = [{"NodeID": here, "Alive": True, "Resources": {"CPU": 8.0}},
+            {"NodeID": "b", "Alive": True, "Resources": {"CPU": 2.0}},
+            {"NodeID": "gone", "Alive": False, "Resources": {"CPU": 4.0}}]
+    monkeypatch.setattr(_workers, "nodes", lambda: view)
+    assert collections.Counter(_workers.spread(10)) == {here: 8, "b": 2}
+    assert _workers.spread(5) == [here, "b", here, here, here]  # interleaved, this node first
+    assert _workers.spread(1) == [here]
+    monkeypatch.setattr(_workers, "nodes", lambda: view[:1])
+    assert _workers.spread(3) == [None, None, None]  # one node: it places them itself
 
 
 @mesh.remote

@@ -36,10 +36,11 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..api.remote import ActorHandle, make_remote
-from ..api.session import cluster_resources, get, kill
+from ..api.session import cluster_resources, get, kill, nodes
 from ..owner import context
 from ..owner.objects import Waiter
 from ._chunks import DONE, ONE, QUEUED, SENT, STAR, Chunk, Failure
+from .scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger("meshcompute")
 
@@ -111,10 +112,11 @@ class PoolWorker:
 
 
 class _Slot:
-    __slots__ = ("actor", "in_flight", "chunks", "retiring", "gen")
+    __slots__ = ("actor", "home", "in_flight", "chunks", "retiring", "gen")
 
-    def __init__(self, actor: ActorHandle) -> None:
+    def __init__(self, actor: ActorHandle, home: str | None) -> None:
         self.actor = actor
+        self.home = home  # the node its actors are placed on (None: wherever the node decides)
         self.in_flight = 0
         self.chunks = 0
         self.retiring = False
@@ -159,6 +161,36 @@ _IDLE = object()  # a second passed without events: time to check that the mesh 
 RUNNING, CLOSED, TERMINATED = "running", "closed", "terminated"
 
 
+PLACEMENT_OPTIONS = {"scheduling_strategy", "num_cpus", "num_gpus", "resources", "memory",
+                     "placement_group", "accelerator_type", "label_selector"}
+"""Actor options that place the processes; without them the engine spreads them itself."""
+
+
+def spread(processes: int) -> list[str | None]:
+    """A node for each process, in proportion to the CPUs of the live nodes (ties: this node
+    first), interleaved. The processes hold no CPU, so a node would otherwise place them all
+    on itself: a pool sized to the whole mesh would crowd one node while the others idle."""
+    cpus = {n["NodeID"]: n["Resources"].get("CPU", 0.0) for n in nodes() if n["Alive"]}
+    cpus = {node: c for node, c in cpus.items() if c > 0}
+    if len(cpus) < 2:
+        return [None] * processes
+    here = context.core.node_id
+    total = sum(cpus.values())
+    share = {node: processes * c / total for node, c in cpus.items()}
+    counts = {node: int(q) for node, q in share.items()}
+    by_remainder = sorted(share, key=lambda node: (counts[node] - share[node], node != here, node))
+    for node in by_remainder[:processes - sum(counts.values())]:
+        counts[node] += 1
+    order = sorted(counts, key=lambda node: (node != here, node))
+    homes: list[str | None] = []
+    while len(homes) < processes:
+        for node in order:
+            if counts[node]:
+                homes.append(node)
+                counts[node] -= 1
+    return homes
+
+
 def check_processes(processes: int | None, remote_args: dict, what: str) -> int:
     """The number of actors, defaulting to the mesh's CPUs; a clear error if they cannot all be placed."""
     cpus = int(cluster_resources().get("CPU", 0))
@@ -192,7 +224,8 @@ class Engine:
         self._costs: collections.OrderedDict[int, list] = collections.OrderedDict()  # id(func) -> [func, s/item]
         self._calls: dict[bytes, _Call] = {}  # in flight, by result id (dispatcher thread only)
         self._kicked = False  # a wake-up for submitted chunks is on its way to the dispatcher
-        self._slots = [_Slot(self._new_actor()) for _ in range(processes)]
+        homes = spread(processes) if not PLACEMENT_OPTIONS & set(remote_args or {}) else [None] * processes
+        self._slots = [_Slot(self._new_actor(home), home) for home in homes]
         self._stopped = threading.Event()
         try:
             get([s.actor.ready.remote() for s in self._slots])
@@ -208,8 +241,11 @@ class Engine:
     def processes(self) -> int:
         return len(self._slots)
 
-    def _new_actor(self) -> ActorHandle:
-        return self._cls.remote(self._initializer, self._initargs)
+    def _new_actor(self, home: str | None) -> ActorHandle:
+        cls = self._cls
+        if home is not None:  # soft: a node that died or filled up does not stop the pool
+            cls = cls.options(scheduling_strategy=NodeAffinitySchedulingStrategy(home, soft=True))
+        return cls.remote(self._initializer, self._initargs)
 
     # ------------------------------------------------------------ callers' side
 
@@ -477,7 +513,7 @@ class Engine:
             kill(slot.actor)
         except Exception:  # already dead
             pass
-        slot.actor = self._new_actor()
+        slot.actor = self._new_actor(slot.home)
         slot.gen += 1
         slot.in_flight = 0
         slot.chunks = 0

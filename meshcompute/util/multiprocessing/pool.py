@@ -192,7 +192,9 @@ class Pool:
         ray_remote_args: actor options for the processes, e.g. ``{"num_cpus": 1}``
             to reserve a CPU each, or ``{"resources": {...}}``.
 
-    The processes hold no CPU unless ``ray_remote_args`` asks for it, as in Ray.
+    The processes hold no CPU unless ``ray_remote_args`` asks for it, as in Ray, and are
+    spread over the mesh's nodes in proportion to their CPUs (unless ``ray_remote_args``
+    places them: ``num_cpus``, ``resources``, ``scheduling_strategy``...).
     ``with Pool() as p:`` terminates the pool on exit, as ``multiprocessing`` does.
     """
 
