@@ -24,6 +24,21 @@ EXPECTED_EXCEPTIONS = {
 }
 
 
+EXPECTED_UTIL = {
+    "ActorPool", "PlacementGroup", "get_placement_group", "placement_group", "placement_group_table",
+    "remove_placement_group",
+}
+
+# meshcompute.util's modules, reachable as attributes (imported on first use), and their names.
+EXPECTED_UTIL_MODULES = {
+    "futures": {"MeshExecutor", "MeshFuture"},
+    "joblib": {"register_mesh", "register_ray"},
+    "multiprocessing": {"AsyncResult", "IMapIterator", "Pool", "TimeoutError"},
+    "queue": {"Empty", "Full", "Queue"},
+    "scheduling_strategies": {"NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"},
+}
+
+
 def test_exports_are_locked():
     assert set(mesh.__all__) == EXPECTED
     for name in EXPECTED:
@@ -60,3 +75,15 @@ def test_util_scheduling_strategies_importable_as_in_ray():
 
     s = NodeAffinitySchedulingStrategy(node_id="abc", soft=True)
     assert s.node_id == "abc" and s.soft
+
+
+def test_util_surface_is_locked():
+    import importlib
+
+    assert set(mesh.util.__all__) == EXPECTED_UTIL
+    assert set(mesh.util._SUBMODULES) == set(EXPECTED_UTIL_MODULES)
+    for name, names in EXPECTED_UTIL_MODULES.items():
+        module = getattr(mesh.util, name)
+        assert module is importlib.import_module(f"meshcompute.util.{name}")
+        assert set(module.__all__) == names, name
+        assert name in dir(mesh.util)
