@@ -547,7 +547,7 @@ def clean() -> None:
 
 
 def main() -> None:
-    app()
+    app(prog_name="mesh")  # also under `python -m meshcompute.cli`: help and completion say `mesh`
 
 
 if __name__ == "__main__":

@@ -193,8 +193,10 @@ def test_help_shows_environment_variables_and_completion_is_available():
         for name in names:
             assert f"env var: {name}" in out, (cmd, name)
     assert "--install-completion" in mesh("--help").stdout
-    r = mesh("--show-completion", "bash", env=dict(ENV, SHELL="/bin/bash"))
-    assert r.returncode == 0 and "complete" in r.stdout, r.stdout + r.stderr
+    # What a shell's completion asks, through the protocol the installed script uses
+    # (--show-completion would guess the shell from the parent processes).
+    r = mesh(env=dict(ENV, _MESH_COMPLETE="complete_bash", COMP_WORDS="mesh sta", COMP_CWORD="1"))
+    assert r.returncode == 0 and r.stdout.split() == ["start", "status"], r.stdout + r.stderr
 
 
 # ---------------------------------------------------------- processes, output
