@@ -292,7 +292,7 @@ class ActorClass:
             raise ValueError("lifetime must be None, 'detached' or 'non_detached'")
         spec = {
             "req_id": None, "class_bytes": self._class_bytes, "class_name": self.__name__,
-            "args": wire, "kw_names": kw_names, "shape": shape, "owner": core.address,
+            "args": wire, "kw_names": kw_names, "shape": shape, "owner": core.address, "job_id": core.job_id,
             "max_restarts": opts.get("max_restarts", 0), "max_concurrency": opts.get("max_concurrency"),
             "name": opts.get("name"), "namespace": namespace, "lifetime": lifetime,
             "get_if_exists": opts.get("get_if_exists", False), "handle_meta": handle_meta,

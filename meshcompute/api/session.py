@@ -16,6 +16,7 @@ from .. import exceptions as _exc
 from ..host.launcher import find_node, start_node
 from ..host.sessions import keys_for_session, remove_session
 from ..owner import context
+from ..owner.jobs import register_driver
 from ..owner.object_ref import ObjectRef
 from ..owner.runtime import Core
 from ..wire.messages import Msg
@@ -148,6 +149,7 @@ def init(
         core.log_to_driver = bool(log_to_driver)
         core.runtime_env = default_env
         core.start()
+        register_driver(core.io, core.tasks, core.node_id, core.namespace)  # its job id, for get_job_id()
         context.core = core
         if not _atexit_registered:
             atexit.register(shutdown)
@@ -437,6 +439,8 @@ class RuntimeContext:
         return aid.hex() if aid else None
 
     def get_job_id(self) -> str:
+        """The driver's job id (``%08x``, from the control store's jobs table); in a task or an
+        actor, the job of the driver that submitted it (of the actor's creator for actors)."""
         return self._core.job_id or ""
 
     def get_accelerator_ids(self) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ Tables:
   restarts, meta}; a node's death marks its actors DEAD.
 * ``names``: (namespace, name) -> actor id, unique per namespace; a name whose
   actor is DEAD may be claimed again.
-* ``jobs``: driver address -> {node_id, started, finished, pid}.
+* ``jobs``: driver address -> {job_id, node_id, pid, namespace, entrypoint, started, finished}.
 * ``pgs``: placement group id -> :class:`PG` (bundles, strategy, the node of
   each bundle, a state machine of its own, below).
 * ``kv``: bytes -> bytes, the user's key-value store (``meshcompute.kv``).
@@ -94,7 +94,8 @@ class PG:
     def record(self) -> dict:
         return {"placement_group_id": self.pg_id, "name": self.name, "strategy": self.strategy,
                 "bundles": {i: dict(b) for i, b in enumerate(self.bundles)}, "state": self.state,
-                "bundles_to_node_id": dict(self.nodes), "attempt": self.attempt, "reason": self.reason}
+                "bundles_to_node_id": dict(self.nodes), "attempt": self.attempt, "reason": self.reason,
+                "creator": self.creator}
 
     def holds(self) -> bool:
         """Whether the assigned nodes should hold their bundles' resources."""
@@ -183,9 +184,15 @@ class GcsState:
     def _w_job_add(self, job_key: str, info: dict) -> Any:
         if not isinstance(info, dict):
             raise TypeError("job_add takes a dict")
-        if job_key not in self.jobs:
+        job = self.jobs.get(job_key)
+        if job is None:
             self.job_count += 1
             self.jobs[job_key] = dict(info, job_id=f"{self.job_count:08x}", finished=None)
+        else:
+            # The driver's own job_add (to learn its id) and its daemon's may commit in
+            # either order: the record takes what the first lacks (e.g. the entrypoint).
+            for k, v in info.items():
+                job.setdefault(k, v)
         return self.jobs[job_key]["job_id"]
 
     def _w_job_finish(self, job_key: str, when: float) -> Any:

@@ -151,7 +151,7 @@ class ActorDirectory:
         address = self.address()
         return {"class_name": spec.get("class_name"), "node_id": self.node_id, "daemon": address,
                 "state": "PENDING", "restarts": _restarts(spec), "max_restarts": spec.get("max_restarts", 0),
-                "owner": spec.get("owner"), "seq": _first_seq(spec),
+                "owner": spec.get("owner"), "job_id": spec.get("job_id") or "", "seq": _first_seq(spec),
                 "detached": spec.get("lifetime") == "detached", "name": spec.get("name") or "",
                 "namespace": spec.get("namespace") or "", "meta": dict(spec["handle_meta"], daemon=address)}
 
@@ -239,8 +239,9 @@ class ActorDirectory:
             self.send(sub, Msg.ACTOR_STATE, a.actor_id, a.state, addr, a.restarts, reason)
         self.on_changed(a)
         a.seq += 1
-        self.control().write(("actor_put", a.actor_id, {"state": a.state, "restarts": a.restarts,
-                                                         "reason": reason, "seq": a.seq}))
+        # The pid too: list_actors reads the actor table, and only this node knows the process.
+        self.control().write(("actor_put", a.actor_id, {"state": a.state, "restarts": a.restarts, "reason": reason,
+                                                         "seq": a.seq, "pid": self.worker_pid(a)}))
 
     def on_subscribe_actor(self, sender: str, msg: tuple, frames: list) -> None:
         a = self.actors.get(msg[1])

@@ -543,10 +543,10 @@ class Daemon:
                 if p.state in ("alive", "suspect") and p.address]
 
     def on_timeline(self, sender: str, msg: tuple, frames: list) -> None:
-        """Collect the recent task spans of our workers (and, for "mesh", of every node's)."""
+        """Collect our workers' task spans and running tasks, and our drivers' and workers' unfinished
+        tasks (and, for "mesh", every node's): mesh timeline and list_tasks."""
         _, req_id, scope = msg
-        requests = [(w.addr, Msg.TIMELINE, "worker") for w in self.workers.workers.values()
-                    if w.addr and w.state in ("idle", "leased", "actor")]
+        requests = [(a, Msg.TIMELINE, "worker") for a in self.workers.serving() + list(self.processes.drivers)]
         if scope == "mesh":
             requests += self._peer_requests(Msg.TIMELINE, "node")
         self.gathers.gather(sender, req_id, requests, [], 2.5 if scope == "mesh" else 1.5, flatten_lanes)

@@ -169,6 +169,10 @@ class WorkerPool:
     def idle(self) -> list[Worker]:
         return [w for w in self.workers.values() if w.state == "idle"]
 
+    def serving(self) -> list[str]:
+        """The addresses of the workers that answer requests (registered and not stopping)."""
+        return [w.addr for w in self.workers.values() if w.addr and w.state in ("idle", "leased", "actor")]
+
     def kill(self, worker_id: str | None, expected: bool = False) -> bool:
         """SIGKILL a worker (its exit then comes back through read_events)."""
         w = self.workers.get(worker_id) if worker_id else None

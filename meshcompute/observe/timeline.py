@@ -16,6 +16,7 @@ from typing import Any
 
 def build_trace(lanes: list[dict]) -> list[dict]:
     """Trace events from the lanes a TIMELINE request returns."""
+    lanes = [lane for lane in lanes if lane.get("kind") != "driver"]  # drivers run no tasks: no lane
     nodes = sorted({lane.get("node_id", "?") for lane in lanes})
     node_pid = {node: i + 1 for i, node in enumerate(nodes)}
     events: list[dict] = []
@@ -31,7 +32,7 @@ def build_trace(lanes: list[dict]) -> list[dict]:
         events.append({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid,
                        "args": {"name": f"{label} pid={tid}"}})
         cat = "actor_call" if lane.get("actor") else "task"
-        for name, start, dur, task_id in lane.get("events", ()):
+        for name, start, dur, task_id, *_ in lane.get("events", ()):
             events.append({
                 "name": str(name), "cat": cat, "ph": "X",
                 "ts": round(start * 1e6, 3), "dur": round(max(dur, 0.0) * 1e6, 3),

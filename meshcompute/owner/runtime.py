@@ -42,6 +42,7 @@ from ..wire.serialization import (
 from .actors import ActorCalls
 from .control import ControlRequests, gcs_result
 from .io_thread import IoThread
+from .listing import driver_lane
 from .object_ref import ObjectRef
 from .objects import READY, Entry, ObjectTable, Waiter
 from .records import Task
@@ -66,20 +67,18 @@ with no message at all, short against any task worth a lease."""
 __all__ = ["Core", "Task", "READY", "Entry", "gcs_result"]
 
 
-
 class Core:
     """The runtime of one driver or worker process (see the module docstring)."""
 
     def __init__(self, *, session_dir: str, daemon_addr: str, kind: str, node_id: str,
                  host: str | None = None, keys: Any = None, worker_id: str = "",
-                 namespace: str | None = None, job_id: str = "", still_wanted: Any = None) -> None:
+                 namespace: str | None = None, still_wanted: Any = None) -> None:
         self.kind = kind
         self.worker_id = worker_id or ids.random_id()
         self.session_dir = session_dir
         self.daemon_addr = daemon_addr
         self.node_id = node_id
         self.namespace = namespace or ids.random_id()
-        self.job_id = job_id
         self.pid = os.getpid()
         self.io = io = IoThread(session_dir=session_dir, daemon_addr=daemon_addr, node_id=node_id,
                                 name=f"p_{self.worker_id}", host=host, keys=keys)
@@ -125,6 +124,11 @@ class Core:
         # them at once, it runs them inline (wait_ready), and asking for a lease
         # would only be withdrawn again.
         self.tasks.request_delay = CHILD_LEASE_DELAY_S
+
+    @property
+    def job_id(self) -> str:
+        """A driver's job (learned after it registers: owner/jobs.py); a worker's is that of its task."""
+        return self.tasks.job_id
 
     @property
     def output(self) -> Any:
@@ -587,8 +591,7 @@ class Core:
         if self.worker is not None:
             self.worker.on_timeline(sender, msg, frames)
             return
-        lane = {"node_id": self.node_id, "pid": self.pid, "worker_id": self.worker_id, "events": []}
-        self.io.send(sender, Msg.REPLY, msg[1], lane)
+        self.io.send(sender, Msg.REPLY, msg[1], driver_lane(self.node_id, self.pid, self.worker_id, self.tasks))
 
     # ------------------------------------------------------------------- info
 

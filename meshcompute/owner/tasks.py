@@ -74,6 +74,7 @@ class TaskQueues:
         self.revoke_until = 0.0
         self.stale_grants = 0  # grants that crossed our withdrawal (returned at once); tests read it
         self.request_delay = 0.0  # s before new lease requests go out (a worker's children: runtime.py)
+        self.job_id = ""  # the job pushed tasks belong to: a driver's own, or that of the task a worker runs
         self._deferred: set[tuple] = set()
         self.nodes: dict[str, str] = {}  # alive peer node id -> its daemon's address (NODE_STATE)
         self.abandoned: dict[str, list[tuple]] = {}  # node taken for dead -> what to hand back if it returns
@@ -305,7 +306,8 @@ class TaskQueues:
             t.lease = lease
             t.dispatched = True
             lease.inflight[t.task_id] = t
-        self._send(lease.worker_addr, Msg.PUSH_TASKS, lease.lease_id, lease.gpu_ids, specs, frames=frames)
+        self._send(lease.worker_addr, Msg.PUSH_TASKS, lease.lease_id, lease.gpu_ids, specs, self.job_id,
+                   frames=frames)
 
     def steal(self, oids: list[bytes]) -> list:
         """Take our own queued children of these objects to run inline (a blocked parent's help)."""

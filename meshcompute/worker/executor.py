@@ -23,13 +23,16 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..host.proctitle import set_title
+from ..owner.listing import MAX_LISTED, pending_tasks
 from ..owner.object_ref import ObjectRef
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
 
 TIMELINE_SPANS = 10000
-"""Recent task spans a worker keeps for ``mesh timeline`` (a ring buffer)."""
+"""Recent task spans a worker keeps for ``mesh timeline`` and ``list_tasks`` (a ring buffer)."""
+ERROR_MESSAGE_CHARS = 300
+"""How much of a failed task's error its span keeps (``list_tasks``' error_message)."""
 
 
 class _Cancelled(BaseException):
@@ -60,7 +63,10 @@ class Executor:
         # periodic TASK_STATS, spans read on a TIMELINE request.
         self.tasks_started = 0
         self.tasks_finished = 0
+        # (name, start, duration, task id, (error type, message) or None, job id) per task
         self.timeline: collections.deque = collections.deque(maxlen=TIMELINE_SPANS)
+        self.running: dict[bytes, tuple] = {}  # task id -> (name, start, job id) while it runs
+        self.actor_job = ""  # the job that created the actor hosted here
         self._wall_offset = time.time() - time.perf_counter()
         self.log_ctx: tuple | None = None  # (owner to ship printed lines to, label)
         self.last_sink: str | None = None
@@ -129,7 +135,7 @@ class Executor:
         saved = (core.current_task_id, self._current, getattr(core, "gpu_ids", ()))
         self._inline_depth += 1
         try:
-            self._run_task(core.address, (), spec, frames)
+            self._run_task(core.address, (), spec, frames, core.tasks.job_id)  # its parent's job
         finally:
             self._inline_depth -= 1
             core.current_task_id, core.gpu_ids = saved[0], saved[2]
@@ -144,7 +150,7 @@ class Executor:
             item = q.get()
             kind = item[0]
             if kind == "task":
-                self._run_task(item[1], item[2], item[3], item[4])
+                self._run_task(item[1], item[2], item[3], item[4], item[5])
             elif kind == "call":
                 self._run_call(*item[1:])
             elif kind == "actor":
@@ -186,13 +192,14 @@ class Executor:
             self._fns[fn_id] = fn
         return fn
 
-    def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list) -> None:
+    def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list, job: str) -> None:
         task_id, fn_id, fn_bytes, name, args_wire, kw_names, num_returns, return_ids = spec
         core = self.core
         if task_id in self._cancelled:
             self._cancelled.discard(task_id)
             self._send_error(owner, spec, exc.TaskCancelledError(task_id=task_id.hex()))
             return
+        core.tasks.job_id = job  # get_job_id(), and the job of the children it submits
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         core.current_task_id = task_id
@@ -207,6 +214,7 @@ class Executor:
             self.last_sink = sink
         self.tasks_started += 1
         start = time.perf_counter()
+        self.running[task_id] = (name, start, job)
         fn = None
         try:
             fn = self._load_fn(fn_id, fn_bytes)
@@ -228,6 +236,7 @@ class Executor:
                 self._current = None
                 self._cancel_target = None
             core.current_task_id = None
+            self.running.pop(task_id, None)
             if gpu_ids:
                 if self._base_cuda is None:
                     os.environ.pop("CUDA_VISIBLE_DEVICES", None)
@@ -235,7 +244,7 @@ class Executor:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self._base_cuda
         duration = time.perf_counter() - start
         self.tasks_finished += 1
-        self.timeline.append((name, start, duration, task_id))
+        self.timeline.append((name, start, duration, task_id, _error_of(error), job))
         if self.actor_id is None:
             self.log_ctx = saved_ctx
             if core.output is not None:
@@ -368,21 +377,17 @@ class Executor:
     # ---------------------------------------------------------- observability
 
     def timeline_lane(self) -> dict:
-        """This worker's recent task spans, wall-clock seconds (I/O thread)."""
-        for _ in range(3):
-            try:
-                spans = list(self.timeline)
-                break
-            except RuntimeError:  # appended to meanwhile
-                continue
-        else:
-            spans = []
+        """This worker's recent task spans, wall-clock seconds (I/O thread), with the tasks
+        running here and those it submitted that wait (``list_tasks``)."""
+        spans, running = _copy(self.timeline), _copy(self.running.items())
         off = self._wall_offset
         core = self.core
         return {
-            "node_id": core.node_id, "pid": core.pid, "worker_id": core.worker_id,
-            "actor": self.actor_label,
-            "events": [(name, start + off, dur, tid.hex()) for name, start, dur, tid in spans],
+            "kind": "worker", "node_id": core.node_id, "pid": core.pid, "worker_id": core.worker_id,
+            "actor": self.actor_label, "actor_id": self.actor_id.hex() if self.actor_id else None,
+            "events": [(name, start + off, dur, tid.hex(), err, job) for name, start, dur, tid, err, job in spans],
+            "running": [(name, start + off, tid.hex(), job) for tid, (name, start, job) in running[:MAX_LISTED]],
+            "pending": pending_tasks(core.tasks),
         }
 
     def log_sink(self) -> str | None:
@@ -398,6 +403,7 @@ class Executor:
         core.current_actor_id = actor_id
         self.bounce_enabled = False
         self.actor_label = spec.get("class_name", "actor")
+        self.actor_job = core.tasks.job_id = str(spec.get("job_id") or "")  # the creator's job, as in Ray
         set_title("mesh-actor", f"{self.actor_label} {core.node_id[:8]}")
         self.log_ctx = (spec["owner"], self.actor_label)
         self.last_sink = spec["owner"]
@@ -464,6 +470,8 @@ class Executor:
             core.current_task_id = task_id
         self.tasks_started += 1
         start = time.perf_counter()
+        label = f"{self.actor_label}.{method}"
+        self.running[task_id] = (label, start, self.actor_job)
         result = error = None
         try:
             if self.actor is None:
@@ -485,9 +493,10 @@ class Executor:
                     self._current = None
                     self._cancel_target = None
                 core.current_task_id = None
+            self.running.pop(task_id, None)
         duration = time.perf_counter() - start
         self.tasks_finished += 1
-        self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
+        self.timeline.append((label, start, duration, task_id, _error_of(error), self.actor_job))
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
     async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
@@ -496,6 +505,8 @@ class Executor:
         async with self._sem:
             self.tasks_started += 1
             start = time.perf_counter()
+            label = f"{self.actor_label}.{method}"
+            self.running[task_id] = (label, start, self.actor_job)
             try:
                 if any(a[0] == "r" for a in args_wire):
                     args = await asyncio.get_running_loop().run_in_executor(
@@ -515,10 +526,30 @@ class Executor:
                             None, self._stream, caller, task_id, result, num_returns, name)
             except BaseException as e:  # noqa: BLE001
                 error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
+            self.running.pop(task_id, None)
             duration = time.perf_counter() - start
             self.tasks_finished += 1
-            self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
+            self.timeline.append((label, start, duration, task_id, _error_of(error), self.actor_job))
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
+
+
+def _copy(items: Any) -> list:
+    """A list of what another thread may be changing (a deque or a dict's items)."""
+    for _ in range(3):
+        try:
+            return list(items)
+        except RuntimeError:  # changed meanwhile
+            continue
+    return []
+
+
+def _error_of(error: BaseException | None) -> tuple | None:
+    """Ray's error_type and a one-line message of a task's error, kept with its span."""
+    if error is None:
+        return None
+    kind = "TASK_CANCELLED" if isinstance(error, exc.TaskCancelledError) else "TASK_EXECUTION_EXCEPTION"
+    cause = getattr(error, "cause", None) or error
+    return kind, f"{type(cause).__name__}: {cause}"[:ERROR_MESSAGE_CHARS]
 
 
 def _call(fn: Any, args: list, kw_names: tuple) -> Any:

@@ -438,7 +438,7 @@ def test_pg_create_starts_pending_and_rejects_duplicates():
     assert log.read("pg_get", "pg1") == {
         "placement_group_id": "pg1", "name": "", "strategy": "PACK",
         "bundles": {0: {"CPU": 1.0}, 1: {"GPU": 1.0}}, "state": "PENDING", "bundles_to_node_id": {},
-        "attempt": 0, "reason": "",
+        "attempt": 0, "reason": "", "creator": "drv",
     }
     assert log("pg_create", "pg1", [{"CPU": 9.0}], "SPREAD", "x", "drv") is False
     assert log.read("pg_get", "pg1")["strategy"] == "PACK"
