@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+from enum import Enum
 from typing import Optional
 
 import typer
@@ -436,11 +437,12 @@ def memory(
     Example: mesh memory --json
     """
     from .host.launcher import request
+    from .observe.state import group_objects
     from .wire.messages import Msg
 
     info = _node_or_exit(address)
     records = request(info, Msg.LIST_OBJECTS, "mesh", timeout=15)
-    objects = _group_objects(records if isinstance(records, list) else [])
+    objects = group_objects(records if isinstance(records, list) else [])
     if as_json:
         sys.stdout.write(json.dumps(objects, indent=2, sort_keys=True) + "\n")
         return
@@ -469,28 +471,72 @@ def memory(
     console.print(f"{len(objects)} objects{more}: {human_bytes(in_mem)} in memory, {human_bytes(spilled)} spilled")
 
 
-def _group_objects(records: list[dict]) -> list[dict]:
-    """Store records of every node, one entry per object with where its copies are."""
-    by_id: dict[str, dict] = {}
-    for r in records:
-        o = by_id.get(r["object_id"])
-        if o is None:
-            o = by_id[r["object_id"]] = {"object_id": r["object_id"], "size": r["size"], "owner": r["owner"],
-                                         "owner_pid": None, "copies": [], "pins": 0, "spilled": False,
-                                         "state": "sealed"}
-        o["copies"].append({"node_id": r["node_id"], "primary": r["primary"], "in_memory": r["in_memory"],
-                            "spilled": r["spilled"], "pins": r["pins"]})
-        o["pins"] += r["pins"]
-        o["spilled"] = o["spilled"] or r["spilled"]
-        if r["primary"]:
-            o["owner_pid"] = r.get("owner_pid")
-            if not r["sealed"]:
-                o["state"] = "being written"
-            elif r["freed"]:
-                o["state"] = "freed, still mapped"
-    for o in by_id.values():
-        o["copies"].sort(key=lambda c: (not c["primary"], c["node_id"]))
-    return sorted(by_id.values(), key=lambda o: (-o["size"], o["object_id"]))
+# What `mesh list` lists (observe/state.py's KINDS), spelled out to keep the CLI's start light.
+Listed = Enum("Listed", [(k, k) for k in "nodes actors tasks objects placement-groups jobs".split()], type=str)
+Summarized = Enum("Summarized", {"tasks": "tasks"}, type=str)
+_ADDRESS = typer.Option(None, envvar="MESH_ADDRESS", help="host:port or node id of a node on this machine.")
+_TIMEOUT = typer.Option(30.0, help="Seconds to wait for the mesh's answer.")
+
+
+@app.command("list")
+def list_(
+    kind: Listed = typer.Argument(..., help="What to list."),
+    filters: Optional[list[str]] = typer.Option(None, "--filter", "-f",
+                                                help="KEY=VALUE or KEY!=VALUE on a field; repeat it: all must hold."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    limit: int = typer.Option(100, help="Show at most this many."),
+    detail: bool = typer.Option(False, "--detail", help="Every field, not only the default ones."),
+    address: Optional[str] = _ADDRESS,
+    timeout: float = _TIMEOUT,
+) -> None:
+    """List the mesh's nodes, actors, tasks, objects, placement groups or jobs, as `ray list` does.
+
+    Example: mesh list actors --filter state=ALIVE --filter class_name=Counter
+    """
+    from .observe.state import check_filters, collect, parse_filter, select, table
+
+    try:
+        parsed = check_filters(kind.value, [parse_filter(f) for f in filters or ()])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    records, total = select(kind.value, _ask(address, timeout, lambda s: collect(s, kind.value)), parsed, limit, detail)
+    _print(records, as_json, lambda: table(kind.value, records, total))
+
+
+@app.command()
+def summary(
+    kind: Summarized = typer.Argument(Summarized.tasks, help="What to summarize."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    address: Optional[str] = _ADDRESS,
+    timeout: float = _TIMEOUT,
+) -> None:
+    """Count the mesh's recent tasks by function and state, as Ray's `ray summary tasks`.
+
+    Example: mesh summary tasks
+    """
+    from .observe.state import collect, summarize_tasks, summary_table
+
+    result = summarize_tasks(_ask(address, timeout, lambda s: collect(s, "tasks")))
+    _print(result, as_json, lambda: summary_table(result))
+
+
+def _ask(address: Optional[str], timeout: float, read):
+    """What ``read(source)`` reads through a node of this machine, or exit 1 saying why it could not."""
+    from .exceptions import MeshError
+    from .observe.state import Source
+
+    try:
+        return read(Source.for_node(_node_or_exit(address), timeout))
+    except MeshError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+
+
+def _print(value, as_json: bool, render) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    else:
+        console.print(render())
 
 
 @app.command()

@@ -21,10 +21,10 @@ import zmq
 
 import meshcompute as mesh
 from meshcompute import exceptions
-from meshcompute.cli import _group_objects
 from meshcompute.host.launcher import request, start_node, stop_node
 from meshcompute.host.sessions import keys_for_session
 from meshcompute.observe.client import MonitorState, connect, wait_for_snapshot
+from meshcompute.observe.state import group_objects as _group_objects
 from meshcompute.owner import context
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from meshcompute.wire.ids import random_id

@@ -36,6 +36,8 @@ EXPECTED_UTIL_MODULES = {
     "multiprocessing": {"AsyncResult", "IMapIterator", "Pool", "TimeoutError"},
     "queue": {"Empty", "Full", "Queue"},
     "scheduling_strategies": {"NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"},
+    "state": {"list_actors", "list_jobs", "list_nodes", "list_objects", "list_placement_groups", "list_tasks",
+              "summarize_tasks"},
 }
 
 

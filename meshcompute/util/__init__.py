@@ -2,9 +2,10 @@
 
 ``ActorPool`` and the placement group functions are here; the modules
 ``multiprocessing`` (``Pool``), ``futures`` (``MeshExecutor``), ``queue``
-(``Queue``), ``joblib`` (``register_mesh``, ``register_ray``) and
-``scheduling_strategies`` are attributes too, imported on first use so that
-``import meshcompute`` stays light (and joblib is needed only by ``register_mesh``).
+(``Queue``), ``joblib`` (``register_mesh``, ``register_ray``), ``state``
+(``list_actors``, ``list_tasks``, ...) and ``scheduling_strategies`` are
+attributes too, imported on first use so that ``import meshcompute`` stays
+light (and joblib is needed only by ``register_mesh``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .placement_group import (
     remove_placement_group,
 )
 
-_SUBMODULES = ("futures", "joblib", "multiprocessing", "queue", "scheduling_strategies")
+_SUBMODULES = ("futures", "joblib", "multiprocessing", "queue", "scheduling_strategies", "state")
 
 
 def __getattr__(name: str) -> Any:
