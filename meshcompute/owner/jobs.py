@@ -27,11 +27,15 @@ JOB_WAIT_S = 2.0
 quorum the answer comes later, once one forms (the request stays up to
 JOB_REQUEST_S), and ``get_job_id()`` is '' until then."""
 JOB_REQUEST_S = 30.0
+ENTRYPOINT_CHARS = 1000
+"""A driver's command line kept in the jobs table at most (``python -c`` takes a whole
+program: the table is replicated, and kept in every snapshot)."""
 
 
 def entrypoint() -> str:
     """The driver's command line, as Ray shows a driver job's entrypoint."""
-    return shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    text = shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    return text if len(text) <= ENTRYPOINT_CHARS else text[:ENTRYPOINT_CHARS - 3] + "..."
 
 
 def register_driver(io: Any, tasks: Any, node_id: str, namespace: str) -> None:
