@@ -500,7 +500,7 @@ def list_(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     records, total = select(kind.value, _ask(address, timeout, lambda s: collect(s, kind.value)), parsed, limit, detail)
-    _print(records, as_json, lambda: table(kind.value, records, total))
+    _print(records, as_json, lambda: table(kind.value, records, total, console.width))
 
 
 @app.command()

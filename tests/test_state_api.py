@@ -4,6 +4,7 @@ of a real 3-node loopback mesh, filtered across its nodes, from a driver and fro
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -72,6 +73,31 @@ def test_records_read_as_attributes_and_dump_as_json():
     assert r.state == "ALIVE" and r["pid"] == 3 and json.loads(json.dumps(r)) == {"state": "ALIVE", "pid": 3}
     with pytest.raises(AttributeError):
         r.colour  # noqa: B018
+
+
+def test_tables_fit_the_terminal_or_become_blocks_of_lines():
+    from rich.console import Console
+
+    from meshcompute.observe.state import table
+
+    tasks = [{"task_id": f"{'ab' * 10}{i:04x}", "name": "train", "state": "PENDING_NODE_ASSIGNMENT",
+              "job_id": "00000001", "actor_id": None, "type": "NORMAL_TASK", "func_or_class_name": "train",
+              "node_id": "c" * 16, "worker_id": None, "worker_pid": None, "error_type": None} for i in range(3)]
+
+    def shown(width: int) -> list[str]:
+        console = Console(width=width, record=True, file=io.StringIO())
+        console.print(table("tasks", tasks, 5, width))
+        return console.export_text().splitlines()
+
+    wide = shown(200)
+    header = next(line for line in wide if "task_id" in line).split()
+    assert header == [f for f in DEFAULT_FIELDS["tasks"] if f != "func_or_class_name"]  # the same as name
+    assert wide[0].startswith("tasks: 3, 2 more not shown") and sum(tasks[0]["task_id"] in w for w in wide) == 1
+    assert all(len(line.rstrip()) <= 200 for line in wide)
+    narrow = shown(60)
+    assert [line.split()[0] for line in narrow if line.startswith("task_id")] == ["task_id"] * 3
+    assert any(line.split() == ["state", "PENDING_NODE_ASSIGNMENT"] for line in narrow)
+    assert all(len(line.rstrip()) <= 60 for line in narrow)
 
 
 def test_nodes_merge_the_control_store_table_with_gossip():

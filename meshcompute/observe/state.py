@@ -419,25 +419,58 @@ def _text(field: str, value: Any) -> str:
     return str(value)
 
 
-def table(kind: str, records: list[dict], total: int) -> Any:
-    """A rich table of ``records`` (their fields are the columns), with how many were left out."""
+def table(kind: str, records: list[dict], total: int, width: int = 80) -> Any:
+    """A rich table of ``records`` (their fields are the columns) for a terminal ``width``
+    columns wide, with how many were left out."""
     from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     fields = list(records[0]) if records else list(DEFAULT_FIELDS[kind])
-    if "ray_namespace" in fields and "namespace" in fields:
-        fields.remove("namespace")  # the same value twice
+    for same, twin in (("namespace", "ray_namespace"), ("func_or_class_name", "name")):
+        if same in fields and twin in fields and all(r.get(same) == r.get(twin) for r in records):
+            fields.remove(same)  # the same value twice (--json keeps both)
     more = f", {total - len(records)} more not shown (--limit)" if total > len(records) else ""
-    t = Table(title=f"{kind}: {len(records)}{more}", box=box.SIMPLE_HEAD, title_justify="left")
+    title = f"{kind}: {len(records)}{more}"
     rows = [[_text(f, r.get(f)) for f in fields] for r in records]
-    for i, f in enumerate(fields):
-        # On a narrow terminal long ids fold over lines (whole, to copy into a filter) and the
-        # short words keep their width; a wide one shows every cell on one line.
-        longest = max([len(f)] + [len(row[i]) for row in rows])
-        t.add_column(f, overflow="fold", min_width=8 if f.endswith("_id") else min(longest, 12))
+    natural = [max([len(f)] + [len(row[i]) for row in rows]) for i, f in enumerate(fields)]
+    room = width - 3 * len(fields) - 1  # what the cells may take: the rest is padding and edges
+    widths: list[int | None] = [None] * len(fields)  # rich's own, each cell on one line
+    if sum(natural) > room:
+        # Long ids fold over lines (whole, to copy into a filter), sharing what the short
+        # words leave; below 8 characters each record becomes a block of "field  value" lines
+        # instead (rich would crop whole columns).
+        ids = [i for i, f in enumerate(fields) if f.endswith("_id")]
+        widths = [None if i in ids else min(n, max(12, len(f))) for i, (f, n) in enumerate(zip(fields, natural))]
+        share = (room - sum(w for w in widths if w)) // max(1, len(ids))
+        for i in ids:
+            widths[i] = min(natural[i], share)
+            if share < max(8, len(fields[i])):
+                share = -1  # not even the header fits
+        left = room - sum(w for w in widths if w)
+        for i, n in enumerate(natural):  # what the ids did not need goes to the long words
+            grow = max(0, min(left, n - (widths[i] or n)))
+            widths[i] = (widths[i] or 0) + grow
+            left -= grow
+        if share < 0 or sum(w for w in widths if w) > room:
+            widths = []
+    if widths:
+        t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+        for f, w in zip(fields, widths):
+            t.add_column(f, overflow="fold", width=w)
+        for row in rows:
+            t.add_row(*row)
+        return t
+    blocks: list[Any] = [Text(title + "\n")]
     for row in rows:
-        t.add_row(*row)
-    return t
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold", no_wrap=True)
+        grid.add_column(overflow="fold")
+        for f, value in zip(fields, row):
+            grid.add_row(f, value)
+        blocks += [grid, Text("")]
+    return Group(*blocks)
 
 
 def summary_table(summary: dict) -> Any:
