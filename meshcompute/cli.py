@@ -46,6 +46,8 @@ _SPILL_DIR = typer.Option(None, envvar="MESH_SPILL_DIR",
                           help="Directory for objects spilled from the store (default: in the node's session "
                                "dir, which may be in RAM: point it at a disk).")
 _BLOCK = typer.Option(False, help="Stay in the foreground until interrupted.")
+_METRICS_PORT = typer.Option(None, envvar="MESH_METRICS_PORT",
+                             help="Serve Prometheus metrics on this TCP port (0: any free one; default: off).")
 
 
 def _check_token(token: Optional[str]) -> None:
@@ -59,7 +61,8 @@ def _check_token(token: Optional[str]) -> None:
 
 
 def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
-           token, block: bool, voters: int | None = None, spill_dir: str | None = None) -> None:
+           token, block: bool, voters: int | None = None, spill_dir: str | None = None,
+           metrics_port: int | None = None) -> None:
     from .host.launcher import start_node, stop_node, wait_joined
 
     try:
@@ -70,7 +73,8 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         with console.status("starting the node" + (f" and joining {join[0]}" if join else "")):
             proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=res, object_store_memory=object_store_memory, token=token,
-                                    standalone=True, voters=voters, spill_dir=spill_dir)
+                                    standalone=True, voters=voters, spill_dir=spill_dir,
+                                    metrics_port=metrics_port)
             try:
                 joined = not join or wait_joined(info, JOIN_WAIT_S)
             except KeyboardInterrupt:
@@ -112,6 +116,8 @@ def _print_started(info: dict, tcp: str, join: list[str]) -> None:
     console.print(f"[green]Node {info['node_id']} {verb}[/] (mesh {mesh_name(info)}); it serves at [bold]{tcp}[/]")
     console.print(f"  resources: {info['resources'].get('CPU')} CPU, "
                   f"{int(info['store_capacity']) >> 20} MiB object store")
+    if info.get("metrics"):
+        console.print(f"  Prometheus metrics: [bold]{info['metrics']}[/]")
     if is_loopback(host) and not join:
         addrs = machine_addresses()
         console.print(f"  It serves on {host}: only this machine can reach it. For a mesh of several "
@@ -145,6 +151,7 @@ def start(
                                help="How many of the first nodes vote in the control store: 1, 3, 5 or 7. "
                                     "A majority of them must be up for names, placement groups and the KV."),
     spill_dir: Optional[str] = _SPILL_DIR,
+    metrics_port: Optional[int] = _METRICS_PORT,
     allow_second_mesh: bool = typer.Option(False, help="Start a new mesh even though one runs on this machine "
                                                        "already (then each command says which it talks to)."),
 ) -> None:
@@ -167,7 +174,8 @@ def start(
                       "[bold]mesh status[/] shows it, [bold]mesh stop[/] stops it. To run a second, separate "
                       "mesh beside it: [bold]mesh start --allow-second-mesh --port 0[/].")
         raise typer.Exit(1)
-    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, token, block, voters, spill_dir)
+    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, token, block, voters, spill_dir,
+           metrics_port)
 
 
 @app.command()
@@ -185,6 +193,7 @@ def join(
                                         help="The mesh's secret (`mesh start` printed it)."),
     block: bool = _BLOCK,
     spill_dir: Optional[str] = _SPILL_DIR,
+    metrics_port: Optional[int] = _METRICS_PORT,
 ) -> None:
     """Start a node that joins an existing mesh through any live member.
 
@@ -231,7 +240,7 @@ def join(
         console.print(f"[red]Cannot join {peer}:[/] {problem}")
         raise typer.Exit(1)
     _start(host, port, [f"{peer_ip}:{peer_port}"], num_cpus, num_gpus, resources, object_store_memory, token,
-           block, spill_dir=spill_dir)
+           block, spill_dir=spill_dir, metrics_port=metrics_port)
 
 
 def _say_which_mesh(info: dict) -> None:

@@ -21,12 +21,13 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
                resources: dict | None = None, object_store_memory: int | None = None,
                token: str | None = None, parent_pid: int = 0, standalone: bool = False,
                extra_env: dict | None = None, voters: int | None = None,
-               spill_dir: str | None = None) -> tuple[subprocess.Popen, dict]:
+               spill_dir: str | None = None, metrics_port: int | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node daemon and wait until it serves; returns (process, info).
 
     ``voters``: for the first node of a mesh, how many nodes vote in its control
     store (1, 3, 5 or 7; default 3).  ``spill_dir``: where the node spills objects
-    (default ``$MESH_SPILL_DIR``, else its session dir).  Raises MeshError saying why
+    (default ``$MESH_SPILL_DIR``, else its session dir).  ``metrics_port``: serve Prometheus
+    metrics there (0: any free port; the URL is ``info["metrics"]``).  Raises MeshError saying why
     when it cannot start (:class:`~.netcheck.PortInUse` for a port that is taken).
     """
     if host is not None and port:
@@ -71,6 +72,8 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
         cmd += ["--gcs-voters", str(int(voters))]
     if spill_dir:
         cmd += ["--spill-dir", spill_dir]
+    if metrics_port is not None:
+        cmd += ["--metrics-port", str(int(metrics_port))]
     with open(os.path.join(logs, "daemon.log"), "ab") as out:
         proc = subprocess.Popen(cmd, pass_fds=(ready_w,), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)

@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
     p.add_argument("--join", default="", help="comma-separated host:port of live members")
     p.add_argument("--standalone", action="store_true", help="started by `mesh start`/`mesh join`")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this TCP port (0: any free port; default: off)")
     p.add_argument("--gcs-voters", type=int, default=3, choices=(1, 3, 5, 7),
                    help="voters of the control store, when this node starts a new mesh")
     return p.parse_args(argv)
@@ -115,6 +117,7 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
                args.parent_pid, node_id, spill_dir, host=args.host, port=args.port, keys=keys,
                gcs_voters=args.gcs_voters)
     d.standalone = args.standalone
+    d.metrics_port = args.metrics_port  # node/metrics.py
     d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
 
     def _term(signum, frame):

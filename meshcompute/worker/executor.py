@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..host.proctitle import set_title
+from ..observe.stats import FunctionStats
 from ..owner.object_ref import ObjectRef
 from ..wire import ids
 from ..wire.messages import Msg
@@ -60,6 +61,7 @@ class Executor:
         # periodic TASK_STATS, spans read on a TIMELINE request.
         self.tasks_started = 0
         self.tasks_finished = 0
+        self.fn_stats = FunctionStats()  # by function: finished, failed, durations (metrics)
         self.timeline: collections.deque = collections.deque(maxlen=TIMELINE_SPANS)
         self._wall_offset = time.time() - time.perf_counter()
         self.log_ctx: tuple | None = None  # (owner to ship printed lines to, label)
@@ -235,6 +237,7 @@ class Executor:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self._base_cuda
         duration = time.perf_counter() - start
         self.tasks_finished += 1
+        self.fn_stats.record(name, duration, error is not None)
         self.timeline.append((name, start, duration, task_id))
         if self.actor_id is None:
             self.log_ctx = saved_ctx
@@ -487,6 +490,7 @@ class Executor:
                 core.current_task_id = None
         duration = time.perf_counter() - start
         self.tasks_finished += 1
+        self.fn_stats.record(f"{self.actor_label}.{method}", duration, error is not None)
         self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
@@ -517,6 +521,7 @@ class Executor:
                 error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
             duration = time.perf_counter() - start
             self.tasks_finished += 1
+            self.fn_stats.record(f"{self.actor_label}.{method}", duration, error is not None)
             self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
