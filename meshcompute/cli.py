@@ -45,7 +45,10 @@ _STORE = typer.Option(None, envvar="MESH_OBJECT_STORE_MEMORY",
 _SPILL_DIR = typer.Option(None, envvar="MESH_SPILL_DIR",
                           help="Directory for objects spilled from the store (default: in the node's session "
                                "dir, which may be in RAM: point it at a disk).")
-_BLOCK = typer.Option(False, help="Stay in the foreground until interrupted.")
+_BLOCK = typer.Option(False, help="Stay in the foreground until interrupted (SIGINT or SIGTERM: the node leaves "
+                                   "the mesh); the node also stops if this command is killed.")
+_LOGS = typer.Option(False, "--logs", help="With --block: print the node's daemon and worker logs as they grow "
+                                           "(for a container's log).")
 _METRICS_PORT = typer.Option(None, envvar="MESH_METRICS_PORT",
                              help="Serve Prometheus metrics on this TCP port (0: any free one; default: off).")
 
@@ -62,7 +65,7 @@ def _check_token(token: Optional[str]) -> None:
 
 def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
            token, block: bool, voters: int | None = None, spill_dir: str | None = None,
-           metrics_port: int | None = None) -> None:
+           metrics_port: int | None = None, logs: bool = False) -> None:
     from .host.launcher import start_node, stop_node, wait_joined
 
     try:
@@ -73,8 +76,8 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         with console.status("starting the node" + (f" and joining {join[0]}" if join else "")):
             proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=res, object_store_memory=object_store_memory, token=token,
-                                    standalone=True, voters=voters, spill_dir=spill_dir,
-                                    metrics_port=metrics_port)
+                                    standalone=True, voters=voters, spill_dir=spill_dir, metrics_port=metrics_port,
+                                    parent_pid=os.getpid() if block else 0)  # --block: it dies with us
             try:
                 joined = not join or wait_joined(info, JOIN_WAIT_S)
             except KeyboardInterrupt:
@@ -97,12 +100,22 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         raise typer.Exit(1)
     _print_started(info, tcp, join)
     if block:
+        stopping = []
+
         def _stop(*_):
-            proc.terminate()
+            stopping.append(True)
+            proc.terminate()  # the node leaves the mesh, stops its workers and cleans up
 
         signal.signal(signal.SIGINT, _stop)
         signal.signal(signal.SIGTERM, _stop)
-        proc.wait()
+        if logs:
+            from .observe.logs import follow_logs
+
+            follow_logs(os.path.join(info["session_dir"], "logs"), {}, sys.stdout, alive=lambda: proc.poll() is None)
+        code = proc.wait()
+        if not stopping:
+            console.print(f"[red]The node stopped by itself[/] (exit status {code}).")
+            raise typer.Exit(1)
 
 
 def _print_started(info: dict, tcp: str, join: list[str]) -> None:
@@ -147,6 +160,7 @@ def start(
     token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
                                         help="The mesh's secret (default: a new one, printed)."),
     block: bool = _BLOCK,
+    logs: bool = _LOGS,
     voters: int = typer.Option(3, envvar="MESH_VOTERS",
                                help="How many of the first nodes vote in the control store: 1, 3, 5 or 7. "
                                     "A majority of them must be up for names, placement groups and the KV."),
@@ -175,7 +189,7 @@ def start(
                       "mesh beside it: [bold]mesh start --allow-second-mesh --port 0[/].")
         raise typer.Exit(1)
     _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, token, block, voters, spill_dir,
-           metrics_port)
+           metrics_port, logs)
 
 
 @app.command()
@@ -192,6 +206,7 @@ def join(
     token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
                                         help="The mesh's secret (`mesh start` printed it)."),
     block: bool = _BLOCK,
+    logs: bool = _LOGS,
     spill_dir: Optional[str] = _SPILL_DIR,
     metrics_port: Optional[int] = _METRICS_PORT,
 ) -> None:
@@ -240,7 +255,7 @@ def join(
         console.print(f"[red]Cannot join {peer}:[/] {problem}")
         raise typer.Exit(1)
     _start(host, port, [f"{peer_ip}:{peer_port}"], num_cpus, num_gpus, resources, object_store_memory, token,
-           block, spill_dir=spill_dir, metrics_port=metrics_port)
+           block, spill_dir=spill_dir, metrics_port=metrics_port, logs=logs)
 
 
 def _say_which_mesh(info: dict) -> None:
