@@ -37,11 +37,13 @@ def _address(address: Optional[str]) -> Optional[str]:
 
 
 # The options `mesh start` and `mesh join` share, with the variables that set their defaults.
-_NUM_CPUS = typer.Option(None, envvar="MESH_NUM_CPUS", help="CPUs to offer (default: all).")
+_NUM_CPUS = typer.Option(None, envvar="MESH_NUM_CPUS",
+                         help="CPUs to offer (default: all, at most the container's CPU limit).")
 _NUM_GPUS = typer.Option(None, envvar="MESH_NUM_GPUS", help="GPUs to offer (default: detected).")
 _RESOURCES = typer.Option(None, envvar="MESH_RESOURCES", help="Custom resources as JSON, e.g. '{\"accel\": 2}'.")
 _STORE = typer.Option(None, envvar="MESH_OBJECT_STORE_MEMORY",
-                      help="Bytes of shared memory for objects (default: 30% of RAM).")
+                      help="Bytes of shared memory for objects (default: 30% of RAM or of the container's "
+                           "memory limit).")
 _SPILL_DIR = typer.Option(None, envvar="MESH_SPILL_DIR",
                           help="Directory for objects spilled from the store (default: in the node's session "
                                "dir, which may be in RAM: point it at a disk).")
