@@ -279,16 +279,33 @@ def status(
                                           help="host:port or node id of a node on this machine (default: the "
                                                "newest)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    local: bool = typer.Option(False, "--local", help="Only this machine's node: no other node is asked."),
+    check: bool = typer.Option(False, "--check", help="Print nothing and exit 0 if this machine's node answers "
+                                                      "and the mesh took it in, else say why and exit 1 "
+                                                      "(a readiness probe)."),
+    alive: bool = typer.Option(False, "--alive", help="With --check: only that the node answers (a liveness "
+                                                      "probe: a node still waiting to be taken in is alive)."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for the node's answer."),
 ) -> None:
     """Show every node of the mesh: state, resources, object store, and its part in the
     control store (role, Raft term and commit index; other nodes' as gossiped).
 
-    Example: mesh status --json
+    Example: mesh status --json; in a probe: mesh status --local --check
     """
-    from .host.launcher import query
+    from .host.launcher import find_node, node_problem, query
 
+    if check:
+        problem = node_problem(find_node(_address(address)), timeout, member=not alive)
+        if problem:
+            console.print(problem, soft_wrap=True)
+            raise typer.Exit(1)
+        return
     info = _node_or_exit(address, standing=True)
-    view = query(info, "mesh")
+    if local:
+        me = query(info, "node", timeout=timeout)
+        view = {"nodes": [me], "self": me["node_id"], "leader": (me.get("control") or {}).get("leader")}
+    else:
+        view = query(info, "mesh", timeout=timeout)
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2, sort_keys=True) + "\n")
         return

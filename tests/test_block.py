@@ -4,6 +4,7 @@ by itself makes the command exit non-zero; `--logs` prints the node's log."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -88,3 +89,34 @@ def test_a_node_that_dies_by_itself_makes_the_command_fail(blocking):
     assert proc.wait(15) == 1
     assert "The node stopped by itself" in out_path.read_text()
     assert not any(pid_alive(p) for p in _session_pids(info["session_dir"]))
+
+
+def _mesh(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshcompute.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env=ENV, timeout=60)
+
+
+@pytest.mark.timeout(90)
+def test_status_check_is_a_probe_of_this_machines_node(blocking):
+    proc, info, _ = blocking
+    ok = _mesh("status", "--local", "--check")
+    assert ok.returncode == 0 and ok.stdout == "", ok.stdout + ok.stderr
+    assert _mesh("status", "--check", "--alive").returncode == 0
+    local = _mesh("status", "--local", "--json")
+    assert local.returncode == 0, local.stderr
+    view = json.loads(local.stdout)
+    assert [n["node_id"] for n in view["nodes"]] == [info["node_id"]] and view["leader"] == info["node_id"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    gone = _mesh("status", "--local", "--check")
+    assert gone.returncode == 1 and "no meshcompute node runs on this machine" in gone.stdout
+
+
+def test_a_node_not_yet_taken_in_is_alive_but_not_ready(monkeypatch):
+    from meshcompute.host import launcher
+
+    monkeypatch.setattr(launcher, "query", lambda info, what, timeout: {"node_id": "n1", "control": {"role": "joining"}})
+    assert "has not taken it in yet" in launcher.node_problem({"node_id": "n1"})
+    assert launcher.node_problem({"node_id": "n1"}, member=False) is None
+    monkeypatch.setattr(launcher, "query", lambda info, what, timeout: {"node_id": "n1", "control": {"role": "learner"}})
+    assert launcher.node_problem({"node_id": "n1"}) is None

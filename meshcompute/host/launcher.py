@@ -184,6 +184,22 @@ def stop_node(info: dict, timeout: float = 10.0) -> bool:
     return True
 
 
+def node_problem(info: dict | None, timeout: float = 5.0, member: bool = True) -> str | None:
+    """Why this machine's node is not alive (``member``: or not yet a member of its mesh, i.e.
+    the control store has not taken it in); None when it is (``mesh status --check``)."""
+    if info is None:
+        return "no meshcompute node runs on this machine"
+    try:
+        me = query(info, "node", timeout=timeout)
+    except exc.MeshError as e:
+        return str(e)
+    role = (me.get("control") or {}).get("role")
+    if member and role in (None, "joining"):
+        return (f"node {me.get('node_id')} answers, but the mesh's control store has not taken it in yet "
+                "(it needs a control store leader with a quorum)")
+    return None
+
+
 def query(info: dict, what: str = "mesh", timeout: float = 5.0) -> Any:
     """Ask a node on this host for NODE_INFO without becoming a driver."""
     from ..wire.messages import Msg
