@@ -150,7 +150,8 @@ def _node_env(tmp: pathlib.Path, **extra) -> dict:
     root = tmp / "sessions"
     root.mkdir(mode=0o700, parents=True)
     env = dict(os.environ, MESH_SESSIONS_ROOT=str(root), MESH_NUM_CPUS="1", MESH_OBJECT_STORE_MEMORY=str(64 << 20),
-               MESH_HOST="127.0.0.1", MESH_PORT="0", COLUMNS="200", **extra)
+               MESH_HOST="127.0.0.1", MESH_PORT="0", COLUMNS="200")
+    env.update(extra)
     for name in ("MESH_ADDRESS", "MESH_JOIN", "MESH_FOUNDER", "MESH_METRICS_PORT"):
         if name not in extra:
             env.pop(name, None)
@@ -222,3 +223,52 @@ def test_mesh_node_refuses_a_malformed_join_list(tmp_path):
     r = subprocess.run([sys.executable, "-m", "meshcompute.host.container"], env=env, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 1 and "MESH_JOIN" in r.stderr, shlex.join([r.stdout, r.stderr])
+
+
+DRIVER = """
+import meshcompute as mesh
+mesh.init()
+@mesh.remote
+def square(x):
+    return (x * x, mesh.get_runtime_context().get_node_id())
+out = mesh.get([square.remote(i) for i in range(50)])
+assert [v for v, _ in out] == [i * i for i in range(50)]
+here = mesh.get_runtime_context().get_node_id()
+print("ran on", sorted({n for _, n in out}), "driver node", here, "elsewhere", here not in {n for _, n in out})
+raise SystemExit(3)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_mesh_node_runs_a_driver_on_a_node_of_no_cpu_and_leaves_with_its_exit_status(short_tmp):
+    from meshcompute.wire.auth import generate_token
+
+    token = generate_token()
+    env1 = _node_env(short_tmp / "a", MESH_TOKEN=token)
+    p1 = _spawn(env1, short_tmp / "a.out")
+    try:
+        first = wait_for(lambda: _sessions(env1), timeout=30)
+        assert first, (short_tmp / "a.out").read_text()
+        env2 = _node_env(short_tmp / "job", MESH_TOKEN=token, MESH_JOIN=first[0]["tcp"].replace("tcp://", ""),
+                         MESH_NUM_CPUS="0")
+        job = subprocess.run([sys.executable, "-m", "meshcompute.host.container", "--", sys.executable, "-c",
+                              DRIVER], env=env2, capture_output=True, text=True, timeout=90)
+        assert job.returncode == 3, job.stdout + job.stderr
+        assert "elsewhere True" in job.stdout and first[0]["node_id"] in job.stdout, job.stdout
+        assert not os.listdir(env2["MESH_SESSIONS_ROOT"])  # the driver's node left
+        p1.send_signal(signal.SIGTERM)
+        assert p1.wait(20) == 0
+    finally:
+        if p1.poll() is None:
+            p1.kill()
+            p1.wait(10)
+        for env in (env1, locals().get("env2")):
+            for info in _sessions(env) if env else []:
+                os.kill(int(info["pid"]), signal.SIGKILL)
+
+
+def test_mesh_node_refuses_the_examples_placeholder_token(tmp_path):
+    env = _node_env(tmp_path, MESH_TOKEN="REPLACE-ME-with-a-random-secret-of-32-characters-or-more")
+    r = subprocess.run([sys.executable, "-m", "meshcompute.host.container"], env=env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "placeholder" in r.stderr

@@ -19,6 +19,11 @@ Environment (every other ``MESH_*`` option variable reaches the command as usual
 ``MESH_JOIN_RETRY_S``
     Seconds between rounds of asking the members (default 1).
 
+``mesh-node COMMAND...`` runs a driver instead (a Kubernetes Job): once a member answers,
+a node of this machine joins through it (``mesh join``; ``MESH_NUM_CPUS=0`` keeps the
+work off it), ``COMMAND`` runs (its ``init()`` finds that node), and the node leaves;
+the exit status is the command's.
+
 Nodes that find a member join it whatever their name, so a founder that restarts while
 the mesh lives joins it again instead of starting a second mesh.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -111,18 +117,45 @@ def plan(env: Mapping[str, str], hostname: str, find: Callable[[], tuple[str, in
         sleep(retry)
 
 
-def main() -> None:
-    """``mesh-node``: see the module's documentation."""
+def run_driver(peer: str, command: list[str]) -> int:
+    """Join through ``peer`` with a node of this machine, run ``command`` (a driver, which finds
+    that node), stop the node, and return the command's exit status (128 + signal if killed)."""
+    mesh = [sys.executable, "-m", "meshcompute.cli"]
+    if subprocess.run([*mesh, "join", peer]).returncode != 0:
+        return 1
+    try:
+        child = subprocess.Popen(command)
+        signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+        code = child.wait()
+    finally:
+        subprocess.run([*mesh, "stop"], stdout=subprocess.DEVNULL)
+    return 128 - code if code < 0 else code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``mesh-node``, or ``mesh-node COMMAND...`` to run a driver on a node that joins the mesh for
+    it (``MESH_JOIN`` needed) and leaves when it ends; see the module's documentation."""
+    command = sys.argv[1:] if argv is None else argv
+    command = command[1:] if command[:1] == ["--"] else command
     # Until it becomes the node, SIGTERM just ends the wait.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     env = dict(os.environ)
     token = env.get("MESH_TOKEN") or None
+    if token and token.startswith("REPLACE-ME"):
+        sys.exit("mesh-node: MESH_TOKEN is the example's placeholder: put a secret of your own in its place "
+                 "(docs/operating.md)")
     join = env.get("MESH_JOIN", "")
+    if command and not join.strip():
+        sys.exit("mesh-node: running a driver needs MESH_JOIN, the members of the mesh to join")
+    if command:
+        env.pop("MESH_FOUNDER", None)  # a driver's node never starts a mesh of its own
     try:
         args = plan(env, socket.gethostname(), lambda: answering(candidates(join), token),
                     say=lambda text: print(text, flush=True))
     except ValueError as e:  # MESH_JOIN is not HOST:PORT
         sys.exit(f"mesh-node: MESH_JOIN: {e}")
+    if command:
+        sys.exit(run_driver(args[1], command))
     if args[0] == "start" and not env.get("MESH_HOST"):
         host = own_address()  # others must reach it: not the loopback default of `mesh start`
         if host:
