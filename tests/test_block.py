@@ -118,5 +118,14 @@ def test_a_node_not_yet_taken_in_is_alive_but_not_ready(monkeypatch):
     monkeypatch.setattr(launcher, "query", lambda info, what, timeout: {"node_id": "n1", "control": {"role": "joining"}})
     assert "has not taken it in yet" in launcher.node_problem({"node_id": "n1"})
     assert launcher.node_problem({"node_id": "n1"}, member=False) is None
-    monkeypatch.setattr(launcher, "query", lambda info, what, timeout: {"node_id": "n1", "control": {"role": "learner"}})
+    def control(**ctl):
+        monkeypatch.setattr(launcher, "query", lambda info, what, timeout: {"node_id": "n1", "control": ctl})
+
+    control(role="learner", voters=["a", "b", "c"], learners=["n1"], target_voters=3)
+    assert launcher.node_problem({"node_id": "n1"}) is None
+    # A voter left and its replacement is not promoted yet: nobody is ready until it is.
+    control(role="follower", voters=["a", "b"], learners=["n1"], target_voters=3)
+    assert "2 of its 3 voters" in launcher.node_problem({"node_id": "n1"})
+    assert launcher.node_problem({"node_id": "n1"}, member=False) is None
+    control(role="leader", voters=["a", "n1"], learners=[], target_voters=3)  # two nodes: two voters
     assert launcher.node_problem({"node_id": "n1"}) is None

@@ -185,18 +185,27 @@ def stop_node(info: dict, timeout: float = 10.0) -> bool:
 
 
 def node_problem(info: dict | None, timeout: float = 5.0, member: bool = True) -> str | None:
-    """Why this machine's node is not alive (``member``: or not yet a member of its mesh, i.e.
-    the control store has not taken it in); None when it is (``mesh status --check``)."""
+    """Why this machine's node is not alive, or with ``member`` not a settled member of its mesh;
+    None when it is (``mesh status --check``).
+
+    Settled: the control store has taken the node in, and has every voter it can have (a
+    learner waits to be promoted while there are fewer voters than the mesh asks for).  So
+    a rolling restart that waits for readiness takes down the next voter only once the one
+    before was replaced, and the voters keep their majority."""
     if info is None:
         return "no meshcompute node runs on this machine"
     try:
         me = query(info, "node", timeout=timeout)
     except exc.MeshError as e:
         return str(e)
-    role = (me.get("control") or {}).get("role")
-    if member and role in (None, "joining"):
+    ctl = me.get("control") or {}
+    if member and ctl.get("role") in (None, "joining"):
         return (f"node {me.get('node_id')} answers, but the mesh's control store has not taken it in yet "
                 "(it needs a control store leader with a quorum)")
+    voters, learners = len(ctl.get("voters") or ()), len(ctl.get("learners") or ())
+    if member and voters < min(int(ctl.get("target_voters") or 0), voters + learners):
+        return (f"node {me.get('node_id')} answers, but the control store has {voters} of its "
+                f"{ctl.get('target_voters')} voters while a learner waits to be promoted")
     return None
 
 
