@@ -198,9 +198,10 @@ def test_mesh_node_starts_then_another_joins_and_sigterm_makes_each_leave(short_
         procs.append(p2)
         assert wait_for(lambda: "joined the mesh through" in (tmp_path / "b.out").read_text(), timeout=40), \
             (tmp_path / "b.out").read_text()
-        check = subprocess.run([sys.executable, "-m", "meshcompute.cli", "status", "--local", "--check"],
-                               env=env2, capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, check.stdout
+        # Ready once the learner it joined as is promoted (a mesh of two: two voters).
+        assert wait_for(lambda: subprocess.run([sys.executable, "-m", "meshcompute.cli", "status", "--local",
+                                                "--check"], env=env2, capture_output=True, timeout=30).returncode == 0,
+                        timeout=20, interval=0.5)
         for p, env in ((p2, env2), (p1, env1)):
             pids = [int(n["pid"]) for n in _sessions(env)]
             p.send_signal(signal.SIGTERM)

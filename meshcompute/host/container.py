@@ -13,7 +13,7 @@ Environment (every other ``MESH_*`` option variable reaches the command as usual
     several addresses (a Kubernetes headless service), and any live one will do.
     Unset: start a new mesh.
 ``MESH_FOUNDER``
-    The host name (``$HOSTNAME``) of the one node that starts the mesh when no member
+    The host name (``$HOSTNAME``, else the machine's) of the one node that starts the mesh when no member
     of ``MESH_JOIN`` answers within ``MESH_FOUNDER_WAIT_S`` (default 10 s); e.g. the
     first pod of a StatefulSet, ``meshcompute-0``.  Every other node waits for a member.
 ``MESH_JOIN_RETRY_S``
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     if command:
         env.pop("MESH_FOUNDER", None)  # a driver's node never starts a mesh of its own
     try:
-        args = plan(env, socket.gethostname(), lambda: answering(candidates(join), token),
+        args = plan(env, env.get("HOSTNAME") or socket.gethostname(), lambda: answering(candidates(join), token),
                     say=lambda text: print(text, flush=True))
     except ValueError as e:  # MESH_JOIN is not HOST:PORT
         sys.exit(f"mesh-node: MESH_JOIN: {e}")
