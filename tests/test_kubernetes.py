@@ -157,6 +157,7 @@ def test_autoscaling_leaves_replicas_to_the_hpa_and_asks_for_the_demand_metric()
                                              "name": sts["metadata"]["name"]}
     assert hpa["spec"]["maxReplicas"] == 7
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "mesh_cpus_wanted"
+    assert "as: mesh_cpus_wanted" in (ROOT / "docs" / "operating.md").read_text()  # the adapter's rule
 
 
 def test_helmlite_renders_the_subset_and_refuses_the_rest():
