@@ -78,7 +78,8 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         with console.status("starting the node" + (f" and joining {join[0]}" if join else "")):
             proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=res, object_store_memory=object_store_memory, token=token,
-                                    standalone=True, voters=voters, spill_dir=spill_dir, metrics_port=metrics_port,
+                                    standalone=True, voters=voters, spill_dir=spill_dir,
+                                    metrics_port=metrics_port,
                                     parent_pid=os.getpid() if block else 0)  # --block: it dies with us
             try:
                 joined = not join or wait_joined(info, JOIN_WAIT_S)
@@ -113,7 +114,8 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         if logs:
             from .observe.logs import follow_logs
 
-            follow_logs(os.path.join(info["session_dir"], "logs"), {}, sys.stdout, alive=lambda: proc.poll() is None)
+            follow_logs(os.path.join(info["session_dir"], "logs"), {}, sys.stdout,
+                        alive=lambda: proc.poll() is None)
         code = proc.wait()
         if not stopping:
             console.print(f"[red]The node stopped by itself[/] (exit status {code}).")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -115,8 +114,7 @@ def wait_until(predicate, timeout: float = 20.0) -> bool:
 
 
 def _run_workload(pods, host: int):
-    tmp = tempfile.mkdtemp(prefix="mopw-")
-    stop, out = os.path.join(tmp, "stop"), os.path.join(tmp, "out.json")
+    stop, out = os.path.join(pods.scratch, "stop"), os.path.join(pods.scratch, "out.json")
     job = pods.job(host, [sys.executable, "-c", WORKLOAD, stop, out])
 
     def progress() -> int:

@@ -75,7 +75,9 @@ def answering(cands: list[tuple[str, int]], token: str | None,
 
 
 def _problem(host: str, port: int, token: str | None) -> str | None:
-    return tcp_problem(host, port, PROBE_S) or (handshake_problem(host, port, token, PROBE_S) if token else None)
+    if token is None:
+        return tcp_problem(host, port, PROBE_S)
+    return tcp_problem(host, port, PROBE_S) or handshake_problem(host, port, token, PROBE_S)
 
 
 def own_address() -> str | None:
@@ -111,8 +113,9 @@ def plan(env: Mapping[str, str], hostname: str, find: Callable[[], tuple[str, in
                 "MESH_FOUNDER)")
             return ["start", "--block", "--logs"]
         if rounds % 10 == 0:
+            left = max(0.0, wait - (clock() - started))
             say(f"mesh-node: waiting for a member of {join} to answer"
-                + (f" (starting a new mesh in {max(0.0, wait - (clock() - started)):.0f} s)" if founder else ""))
+                + (f" (starting a new mesh in {left:.0f} s)" if founder else ""))
         rounds += 1
         sleep(retry)
 
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     if command:
         env.pop("MESH_FOUNDER", None)  # a driver's node never starts a mesh of its own
     try:
-        args = plan(env, env.get("HOSTNAME") or socket.gethostname(), lambda: answering(candidates(join), token),
+        hostname = env.get("HOSTNAME") or socket.gethostname()
+        args = plan(env, hostname, lambda: answering(candidates(join), token),
                     say=lambda text: print(text, flush=True))
     except ValueError as e:  # MESH_JOIN is not HOST:PORT
         sys.exit(f"mesh-node: MESH_JOIN: {e}")

@@ -21,7 +21,8 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
                resources: dict | None = None, object_store_memory: int | None = None,
                token: str | None = None, parent_pid: int = 0, standalone: bool = False,
                extra_env: dict | None = None, voters: int | None = None,
-               spill_dir: str | None = None, metrics_port: int | None = None) -> tuple[subprocess.Popen, dict]:
+               spill_dir: str | None = None,
+               metrics_port: int | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node daemon and wait until it serves; returns (process, info).
 
     ``voters``: for the first node of a mesh, how many nodes vote in its control

@@ -19,8 +19,8 @@ from ..store.table import spill_dir_for
 from ..wire import ids
 
 DEFAULT_STORE_FRACTION = 0.3
-"""Default store capacity as a share of RAM (or of the container's memory limit): Ray's default, leaving 70% for the
-heaps of the driver and workers; also capped by /dev/shm's free space."""
+"""Default store capacity as a share of RAM (or of a container's memory limit): Ray's default,
+leaving 70% for the heaps of the driver and workers; also capped by /dev/shm's free space."""
 PREFAULT_MAX = 512 << 20
 """At most this much of the arena is pre-allocated in the background (a quarter
 of the capacity below 2 GiB); ``MESH_STORE_PREFAULT`` (bytes, 0 = off) overrides."""

@@ -99,7 +99,8 @@ class NodeMetrics:
         snap["mesh_tasks_failed"] = [((name,), rec[1]) for name, rec in fns]
         snap["mesh_task_duration_seconds"] = [((name,), rec[3], rec[2]) for name, rec in fns]
         states = collections.Counter(w.state for w in self.src.workers.workers.values())
-        snap["mesh_workers"] = [((s,), states.get(s, 0)) for s in ("starting", "idle", "leased", "actor", "stopping")]
+        snap["mesh_workers"] = [((s,), states.get(s, 0))
+                                for s in ("starting", "idle", "leased", "actor", "stopping")]
         actors = collections.Counter(a.state for a in self.src.actors.actors.values())
         snap["mesh_actors"] = [((s,), actors.get(s, 0)) for s in ("PENDING", "ALIVE", "RESTARTING", "DEAD")]
 

@@ -25,24 +25,31 @@ from .stats import LATENCY_BUCKETS
 
 # name: (type, labels besides "node", help). Counters are exposed with the suffix _total.
 FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "mesh_node_info": ("gauge", ("address",), "1 for the node that serves these metrics, labelled with its address"),
+    "mesh_node_info": ("gauge", ("address",),
+                       "1 for the node that serves these metrics, labelled with its address"),
     "mesh_resource_total": ("gauge", ("resource",), "Resources the node offers (CPU, GPU, memory, custom)"),
     "mesh_resource_available": ("gauge", ("resource",), "Resources free now (not leased, not reserved)"),
-    "mesh_tasks_submitted": ("counter", (), "Tasks and actor calls submitted by the drivers and workers of this node"),
+    "mesh_tasks_submitted": ("counter", (),
+                             "Tasks and actor calls submitted by the drivers and workers of this node"),
     "mesh_tasks_running": ("gauge", (), "Tasks and actor calls running in this node's workers"),
-    "mesh_tasks_queued": ("gauge", (), "Tasks waiting in this node's owners for a worker, or in workers to start"),
+    "mesh_tasks_queued": ("gauge", (),
+                          "Tasks waiting in this node's owners for a worker, or in workers to start"),
     "mesh_tasks_finished": ("counter", ("function",),
-                            "Tasks and actor calls that ended on this node (with a result or an error), by function"),
+                            "Tasks and actor calls that ended here (with a result or an error), by function"),
     "mesh_tasks_failed": ("counter", ("function",), "Of those, the attempts that raised, by function"),
-    "mesh_task_duration_seconds": ("histogram", ("function",), "How long tasks and actor calls ran, by function"),
+    "mesh_task_duration_seconds": ("histogram", ("function",),
+                                   "How long tasks and actor calls ran, by function"),
     "mesh_leases": ("gauge", (), "Workers leased from this node to owners now"),
     "mesh_lease_requests_pending": ("gauge", (), "Lease requests waiting at this node for resources"),
     "mesh_lease_requests_infeasible": ("gauge", (), "Of those, the requests no live node could ever run"),
     "mesh_pending_demand": ("gauge", ("resource",), "Resources asked for by the lease requests waiting here"),
     "mesh_infeasible_demand": ("gauge", ("resource",), "Resources asked for by the infeasible ones"),
-    "mesh_infeasible_shapes": ("gauge", ("shape",), "Infeasible lease requests by resource shape (at most 16 shapes)"),
-    "mesh_workers": ("gauge", ("state",), "Worker processes by state (starting, idle, leased, actor, stopping)"),
-    "mesh_actors": ("gauge", ("state",), "Actors placed on this node by state (PENDING, ALIVE, RESTARTING, DEAD)"),
+    "mesh_infeasible_shapes": ("gauge", ("shape",),
+                               "Infeasible lease requests by resource shape (at most 16 shapes)"),
+    "mesh_workers": ("gauge", ("state",),
+                     "Worker processes by state (starting, idle, leased, actor, stopping)"),
+    "mesh_actors": ("gauge", ("state",),
+                    "Actors placed on this node by state (PENDING, ALIVE, RESTARTING, DEAD)"),
     "mesh_object_store_used_bytes": ("gauge", (), "Bytes of the shared-memory store in use"),
     "mesh_object_store_capacity_bytes": ("gauge", (), "Size of the shared-memory store"),
     "mesh_object_store_objects": ("gauge", (), "Objects in the store (in memory or spilled)"),
@@ -52,9 +59,12 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "mesh_object_store_pulled_bytes": ("counter", (), "Bytes of objects copied here from other nodes"),
     "mesh_object_store_pulls": ("counter", ("cause",),
                                 "Pulls started: prefetch (a task's argument) or read (a get on this node)"),
-    "mesh_gossip_members": ("gauge", ("state",), "Members of the mesh by gossip state, as this node sees them"),
-    "mesh_gossip_suspicions": ("counter", (), "Times this node began to suspect a member (its own probe or a rumour)"),
-    "mesh_gossip_probe_failures": ("counter", (), "Probes this node sent that got no answer, direct or indirect"),
+    "mesh_gossip_members": ("gauge", ("state",),
+                            "Members of the mesh by gossip state, as this node sees them"),
+    "mesh_gossip_suspicions": ("counter", (),
+                               "Times this node began to suspect a member (its own probe or a rumour)"),
+    "mesh_gossip_probe_failures": ("counter", (),
+                                   "Probes this node sent that got no answer, direct or indirect"),
     "mesh_gossip_refutes": ("counter", (), "Suspicions about this node that it refuted"),
     "mesh_control_role": ("gauge", ("role",), "1 for this node's role in the control store's Raft group"),
     "mesh_control_term": ("gauge", (), "The control store's Raft term, as this node knows it"),
@@ -88,7 +98,8 @@ class SnapshotCollector:
                 for values, counts, total in snap.get(name, ()):
                     fam.add_metric([self.node_id, *values], _cumulative(counts), total)
             else:
-                fam = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(name, text, labels=names)
+                family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                fam = family(name, text, labels=names)
                 for values, value in snap.get(name, ()):
                     fam.add_metric([self.node_id, *values], value)
             yield fam

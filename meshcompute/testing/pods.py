@@ -45,6 +45,7 @@ class Pods:
         self.procs: dict[int, subprocess.Popen] = {}  # ordinal -> the running pod's mesh-node
         self.roots: dict[int, str] = {}  # ordinal -> its sessions directory (its /tmp)
         self.logs = tempfile.mkdtemp(prefix="mop-logs-")
+        self.scratch = tempfile.mkdtemp(prefix="mop-scratch-")  # for the tests' files; removed by close()
         self.incarnation = 0
 
     def host(self, k: int) -> int:
@@ -96,16 +97,16 @@ class Pods:
         if root:
             # A pod's processes all die with it (a container's PID namespace): here, with the
             # command (parent-death signal); left-overs of a SIGKILL are cleaned like /tmp is.
-            subprocess.run([sys.executable, "-m", "meshcompute.cli", "clean"], capture_output=True, timeout=30,
-                           env=dict(os.environ, MESH_SESSIONS_ROOT=root))
+            subprocess.run([sys.executable, "-m", "meshcompute.cli", "clean"], capture_output=True,
+                           timeout=30, env=dict(os.environ, MESH_SESSIONS_ROOT=root))
             shutil.rmtree(root, ignore_errors=True)
 
     def ready(self, k: int) -> bool:
         """The readiness probe of pod ``k``."""
         if k not in self.procs or self.procs[k].poll() is not None:
             return False
-        r = self.bed.exec(self.host(k), [sys.executable, "-m", "meshcompute.cli", "status", "--local", "--check",
-                                         "--timeout", "4"], env=self.env(k), timeout=30)
+        probe = [sys.executable, "-m", "meshcompute.cli", "status", "--local", "--check", "--timeout", "4"]
+        r = self.bed.exec(self.host(k), probe, env=self.env(k), timeout=30)
         return r.returncode == 0
 
     def wait_ready(self, ks, timeout: float = 90.0) -> float:
@@ -163,8 +164,9 @@ class Pods:
         os.chmod(root, 0o700)
         service = ",".join(f"{self.bed.address(h)}:{PORT}" for h in self.bed.hosts)
         job_env = {key: v for key, v in os.environ.items() if not key.startswith("MESH_")}
-        job_env.update(HOSTNAME=f"{self.name}-job", MESH_TOKEN=self.token, MESH_JOIN=service, MESH_NUM_CPUS="0",
-                       MESH_SESSIONS_ROOT=root, MESH_OBJECT_STORE_MEMORY=str(128 << 20), **env)
+        job_env.update(HOSTNAME=f"{self.name}-job", MESH_TOKEN=self.token, MESH_JOIN=service,
+                       MESH_NUM_CPUS="0", MESH_SESSIONS_ROOT=root, MESH_OBJECT_STORE_MEMORY=str(128 << 20))
+        job_env.update(env)
         self.roots[-host] = root
         out = open(os.path.join(self.logs, f"job-{host}.log"), "w")
         proc = self.bed.spawn(host, [sys.executable, "-m", "meshcompute.host.container", "--", *command],
@@ -190,3 +192,4 @@ class Pods:
         for k in list(self.roots):
             self._forget(k)
         shutil.rmtree(self.logs, ignore_errors=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
