@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from typing import Optional
@@ -68,7 +67,7 @@ def _check_token(token: Optional[str]) -> None:
 def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
            token, block: bool, voters: int | None = None, spill_dir: str | None = None,
            metrics_port: int | None = None, logs: bool = False) -> None:
-    from .host.launcher import start_node, stop_node, wait_joined
+    from .host.launcher import run_in_foreground, start_node, stop_node, wait_joined
 
     try:
         res = json.loads(resources) if resources else None
@@ -103,21 +102,15 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         raise typer.Exit(1)
     _print_started(info, tcp, join)
     if block:
-        stopping = []
-
-        def _stop(*_):
-            stopping.append(True)
-            proc.terminate()  # the node leaves the mesh, stops its workers and cleans up
-
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
+        follow = None
         if logs:
             from .observe.logs import follow_logs
 
-            follow_logs(os.path.join(info["session_dir"], "logs"), {}, sys.stdout,
-                        alive=lambda: proc.poll() is None)
-        code = proc.wait()
-        if not stopping:
+            def follow(alive):
+                follow_logs(os.path.join(info["session_dir"], "logs"), {}, sys.stdout, alive=alive)
+
+        code = run_in_foreground(proc, follow)
+        if code is not None:
             console.print(f"[red]The node stopped by itself[/] (exit status {code}).")
             raise typer.Exit(1)
 

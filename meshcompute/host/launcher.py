@@ -134,6 +134,24 @@ def _fail_start(proc: subprocess.Popen, session: str, error: str | None, host: s
     raise exc.MeshError(f"the node daemon failed to start (exit status {code}){said}")
 
 
+def run_in_foreground(proc: subprocess.Popen, follow: Any = None) -> int | None:
+    """Wait for a node started with this process as its parent (``mesh start --block``) until it
+    stops: SIGINT or SIGTERM make it leave the mesh and stop (then None); a node that stops by
+    itself gives its exit status.  ``follow(alive)``, if given, runs meanwhile (printing logs)."""
+    stopping = []
+
+    def _stop(*_):
+        stopping.append(True)
+        proc.terminate()  # the node leaves the mesh, stops its workers and cleans up
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if follow is not None:
+        follow(lambda: proc.poll() is None)
+    code = proc.wait()
+    return None if stopping else code
+
+
 def wait_joined(info: dict, timeout: float) -> bool:
     """Whether the node comes to know another live member within ``timeout`` s (a joining
     node learns the mesh's members only from a member's answer, so none means none came)."""
