@@ -175,7 +175,8 @@ class GcsServer:
         return {"role": role, "term": st.term, "commit": st.commit, "applied": st.applied,
                 "leader": self.node_names.get(st.lead) if st.lead else None,
                 "voters": sorted(self.node_names.get(v, str(v)) for v in cs.voters),
-                "learners": sorted(self.node_names.get(v, str(v)) for v in cs.learners)}
+                "learners": sorted(self.node_names.get(v, str(v)) for v in cs.learners),
+                "target_voters": int(self.state.config.get("voters", 3))}
 
     # -------------------------------------------------------------- requests
 

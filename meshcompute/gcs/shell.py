@@ -244,7 +244,8 @@ class Control:
     def status(self) -> dict:
         st = self.server.status()
         return {"leader": st["leader"], "term": st["term"], "commit_index": st["commit"], "role": st["role"],
-                "applied": st["applied"], "voters": st["voters"], "learners": st["learners"]}
+                "applied": st["applied"], "voters": st["voters"], "learners": st["learners"],
+                "target_voters": st["target_voters"]}
 
     # ---------------------------------------------------- placement groups
 

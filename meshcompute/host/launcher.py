@@ -21,12 +21,14 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
                resources: dict | None = None, object_store_memory: int | None = None,
                token: str | None = None, parent_pid: int = 0, standalone: bool = False,
                extra_env: dict | None = None, voters: int | None = None,
-               spill_dir: str | None = None) -> tuple[subprocess.Popen, dict]:
+               spill_dir: str | None = None,
+               metrics_port: int | None = None) -> tuple[subprocess.Popen, dict]:
     """Start a node daemon and wait until it serves; returns (process, info).
 
     ``voters``: for the first node of a mesh, how many nodes vote in its control
     store (1, 3, 5 or 7; default 3).  ``spill_dir``: where the node spills objects
-    (default ``$MESH_SPILL_DIR``, else its session dir).  Raises MeshError saying why
+    (default ``$MESH_SPILL_DIR``, else its session dir).  ``metrics_port``: serve Prometheus
+    metrics there (0: any free port; the URL is ``info["metrics"]``).  Raises MeshError saying why
     when it cannot start (:class:`~.netcheck.PortInUse` for a port that is taken).
     """
     if host is not None and port:
@@ -71,6 +73,8 @@ def start_node(*, host: str | None = None, port: int = 0, join: list[str] | tupl
         cmd += ["--gcs-voters", str(int(voters))]
     if spill_dir:
         cmd += ["--spill-dir", spill_dir]
+    if metrics_port is not None:
+        cmd += ["--metrics-port", str(int(metrics_port))]
     with open(os.path.join(logs, "daemon.log"), "ab") as out:
         proc = subprocess.Popen(cmd, pass_fds=(ready_w,), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env, start_new_session=True)
@@ -130,6 +134,24 @@ def _fail_start(proc: subprocess.Popen, session: str, error: str | None, host: s
     raise exc.MeshError(f"the node daemon failed to start (exit status {code}){said}")
 
 
+def run_in_foreground(proc: subprocess.Popen, follow: Any = None) -> int | None:
+    """Wait for a node started with this process as its parent (``mesh start --block``) until it
+    stops: SIGINT or SIGTERM make it leave the mesh and stop (then None); a node that stops by
+    itself gives its exit status.  ``follow(alive)``, if given, runs meanwhile (printing logs)."""
+    stopping = []
+
+    def _stop(*_):
+        stopping.append(True)
+        proc.terminate()  # the node leaves the mesh, stops its workers and cleans up
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if follow is not None:
+        follow(lambda: proc.poll() is None)
+    code = proc.wait()
+    return None if stopping else code
+
+
 def wait_joined(info: dict, timeout: float) -> bool:
     """Whether the node comes to know another live member within ``timeout`` s (a joining
     node learns the mesh's members only from a member's answer, so none means none came)."""
@@ -179,6 +201,31 @@ def stop_node(info: dict, timeout: float = 10.0) -> bool:
     # A daemon that was killed could not clean up after itself.
     remove_session(info["session_dir"])
     return True
+
+
+def node_problem(info: dict | None, timeout: float = 5.0, member: bool = True) -> str | None:
+    """Why this machine's node is not alive, or with ``member`` not a settled member of its mesh;
+    None when it is (``mesh status --check``).
+
+    Settled: the control store has taken the node in, and has every voter it can have (a
+    learner waits to be promoted while there are fewer voters than the mesh asks for).  So
+    a rolling restart that waits for readiness takes down the next voter only once the one
+    before was replaced, and the voters keep their majority."""
+    if info is None:
+        return "no meshcompute node runs on this machine"
+    try:
+        me = query(info, "node", timeout=timeout)
+    except exc.MeshError as e:
+        return str(e)
+    ctl = me.get("control") or {}
+    if member and ctl.get("role") in (None, "joining"):
+        return (f"node {me.get('node_id')} answers, but the mesh's control store has not taken it in yet "
+                "(it needs a control store leader with a quorum)")
+    voters, learners = len(ctl.get("voters") or ()), len(ctl.get("learners") or ())
+    if member and voters < min(int(ctl.get("target_voters") or 0), voters + learners):
+        return (f"node {me.get('node_id')} answers, but the control store has {voters} of its "
+                f"{ctl.get('target_voters')} voters while a learner waits to be promoted")
+    return None
 
 
 def query(info: dict, what: str = "mesh", timeout: float = 5.0) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -18,8 +19,8 @@ from ..store.table import spill_dir_for
 from ..wire import ids
 
 DEFAULT_STORE_FRACTION = 0.3
-"""Default store capacity as a share of RAM: Ray's default, leaving 70% for the
-heaps of the driver and workers; also capped by /dev/shm's free space."""
+"""Default store capacity as a share of RAM (or of a container's memory limit): Ray's default,
+leaving 70% for the heaps of the driver and workers; also capped by /dev/shm's free space."""
 PREFAULT_MAX = 512 << 20
 """At most this much of the arena is pre-allocated in the background (a quarter
 of the capacity below 2 GiB); ``MESH_STORE_PREFAULT`` (bytes, 0 = off) overrides."""
@@ -32,8 +33,99 @@ def default_prefault(capacity: int) -> int:
     return min(capacity // 4, PREFAULT_MAX)
 
 
-def default_store_capacity() -> int:
+CGROUP_ROOT = "/sys/fs/cgroup"
+_UNLIMITED = 1 << 60  # cgroup v1 says "no limit" with a number near 2**63
+
+
+def cgroup_limits(root: str = CGROUP_ROOT,
+                  self_cgroup: str = "/proc/self/cgroup") -> tuple[float | None, int | None]:
+    """The CPUs (quota / period) and the bytes of memory that this process's cgroup allows, None
+    where it sets no limit or none can be read: the tightest of its cgroup and the cgroup's
+    ancestors, in cgroup v2 (``cpu.max``, ``memory.max``) or v1 (``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``, ``memory.limit_in_bytes``).  A container's limits (Kubernetes
+    ``resources.limits``, ``docker run --cpus/--memory``) are these."""
+    try:
+        with open(self_cgroup) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None, None
+    paths: dict[str, str] = {}
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(",") if parts[1] else [""]:
+                paths[controller] = parts[2]
+    cpus: float | None = None
+    mem: int | None = None
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):  # v2: one hierarchy
+        for d in _cgroup_dirs(root, paths.get("", "/")):
+            cpus = _tighter(cpus, _cpu_v2(d))
+            mem = _tighter(mem, _read_int(os.path.join(d, "memory.max")))
+        return cpus, mem
+    for base in (os.path.join(root, "cpu"), os.path.join(root, "cpu,cpuacct")):
+        for d in _cgroup_dirs(base, paths.get("cpu", "/")):
+            quota = _read_int(os.path.join(d, "cpu.cfs_quota_us"))
+            period = _read_int(os.path.join(d, "cpu.cfs_period_us"))
+            if quota is not None and quota > 0 and period:
+                cpus = _tighter(cpus, quota / period)
+    for d in _cgroup_dirs(os.path.join(root, "memory"), paths.get("memory", "/")):
+        limit = _read_int(os.path.join(d, "memory.limit_in_bytes"))
+        mem = _tighter(mem, limit if limit is not None and limit < _UNLIMITED else None)
+    return cpus, mem
+
+
+def _cgroup_dirs(base: str, path: str) -> list[str]:
+    """``base/path`` and its ancestors up to ``base`` that exist (in a container the mount is the
+    container's own cgroup, and the path the kernel shows may be the host's)."""
+    parts = [p for p in path.split("/") if p]
+    dirs = [os.path.join(base, *parts[:i]) for i in range(len(parts), -1, -1)]
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else None  # "max": no limit
+
+
+def _cpu_v2(d: str) -> float | None:
+    try:
+        with open(os.path.join(d, "cpu.max")) as f:
+            quota, _, period = f.read().strip().partition(" ")
+        return int(quota) / int(period or 100000) if quota != "max" else None
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _tighter(a, b):
+    return b if a is None else a if b is None else min(a, b)
+
+
+def detect_cpus(limits: tuple[float | None, int | None] | None = None) -> float:
+    """CPUs to offer by default: those this process may run on (affinity), at most its cgroup's
+    CPU quota rounded down (at least 1: a pod limited to 2.5 CPUs runs 2 one-CPU tasks at once)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = (limits or cgroup_limits())[0]
+    if quota is not None:
+        n = min(n, max(1, math.floor(quota)))
+    return float(n)
+
+
+def memory_total(limits: tuple[float | None, int | None] | None = None) -> int:
+    """This machine's RAM, or the cgroup's memory limit when that is lower (a container)."""
     total = psutil.virtual_memory().total
+    limit = (limits or cgroup_limits())[1]
+    return min(total, limit) if limit else total
+
+
+def default_store_capacity() -> int:
+    total = memory_total()
     try:
         st = os.statvfs("/dev/shm")
         shm_free = st.f_bavail * st.f_frsize
@@ -55,12 +147,13 @@ def detect_gpus() -> int:
 
 def node_resources(node_id: str, num_cpus: float, num_gpus: int, store_capacity: int,
                    custom: dict | None) -> dict[str, float]:
-    """The node's resource totals: CPU, GPU, memory (RAM less the store), the store,
+    """The node's resource totals: CPU, GPU, memory (RAM, or the container's memory limit, less
+    the store), the store,
     custom resources, and the ``node:<id>`` marker that hard affinity asks for."""
     total: dict[str, float] = {"CPU": float(num_cpus)}
     if num_gpus:
         total["GPU"] = float(num_gpus)
-    mem = psutil.virtual_memory().total
+    mem = memory_total()
     total["memory"] = float(max(0, mem - store_capacity))
     total["object_store_memory"] = float(store_capacity)
     for k, v in (custom or {}).items():
@@ -86,6 +179,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=0, help="TCP port (0: any free port)")
     p.add_argument("--join", default="", help="comma-separated host:port of live members")
     p.add_argument("--standalone", action="store_true", help="started by `mesh start`/`mesh join`")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this TCP port (0: any free port; default: off)")
     p.add_argument("--gcs-voters", type=int, default=3, choices=(1, 3, 5, 7),
                    help="voters of the control store, when this node starts a new mesh")
     return p.parse_args(argv)
@@ -102,7 +197,7 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
             sys.exit(1)
     os.makedirs(os.path.join(args.session, "logs"), exist_ok=True)
     clean_stale_sessions()
-    num_cpus = args.num_cpus if args.num_cpus is not None else float(os.cpu_count() or 1)
+    num_cpus = args.num_cpus if args.num_cpus is not None else detect_cpus()
     num_gpus = args.num_gpus if args.num_gpus is not None else detect_gpus()
     capacity = args.object_store_memory or default_store_capacity()
     keys = keys_for_session(args.session)
@@ -115,6 +210,7 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
                args.parent_pid, node_id, spill_dir, host=args.host, port=args.port, keys=keys,
                gcs_voters=args.gcs_voters)
     d.standalone = args.standalone
+    d.metrics_port = args.metrics_port  # node/metrics.py
     d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
 
     def _term(signum, frame):

@@ -20,7 +20,7 @@ feeds with messages and events, and wires together with explicit callables:
 * pulls.py: ``Pulls`` (objects copied between nodes);
 * gather.py: ``Gathers`` (requests answered from several processes);
 * processes.py: ``Processes`` (registered drivers and workers);
-* gcs/shell.py: ``Control`` (the control store), observe/feed.py: ``MonitorFeed``.
+* gcs/shell.py: ``Control``; observe/feed.py: ``MonitorFeed``; metrics.py: ``NodeMetrics``.
 
 Run as ``python -m meshcompute.node.daemon --session DIR ...``; ``init()``
 does that for an embedded node, ``mesh start`` for a standing one.
@@ -52,6 +52,7 @@ from .config import default_prefault, node_resources
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
 from .leases import LeaseTable
+from .metrics import start_metrics
 from .placement import Placement
 from .processes import Processes
 from .pulls import Pulls
@@ -163,11 +164,11 @@ class Daemon:
                                                        "resources": self.resources.public_total()}))
         if self.host is not None:
             self.start_membership(self.seeds)
-        info = {"pid": os.getpid(), "address": self.address, "node_id": self.node_id,
-                "host": self.host, "tcp": parse_address(self.address)[2], "standalone": self.standalone,
-                "session_dir": self.session_dir, "store_path": self.store_path,
-                "store_capacity": self.store_capacity, "resources": self.resources.total,
-                "spill_dir": self.spill_dir}
+        self.metrics = start_metrics(self)  # Prometheus, with --metrics-port: a thread of its own
+        info = {"pid": os.getpid(), "address": self.address, "node_id": self.node_id, "host": self.host,
+                "tcp": parse_address(self.address)[2], "store_capacity": self.store_capacity,
+                "metrics": self.metrics.url, "standalone": self.standalone, "resources": self.resources.total,
+                "spill_dir": self.spill_dir, "store_path": self.store_path, "session_dir": self.session_dir}
         with open(os.path.join(self.session_dir, "daemon.json"), "w") as f:
             json.dump(info, f)
         if ready_fd is not None:
@@ -479,6 +480,7 @@ class Daemon:
         now = time.monotonic()
         self.workers.reap_idle(now)
         self.pulls.expire(now)
+        self.metrics.refresh()
         self.schedule()
 
     # ------------------------------------------------------------------ store

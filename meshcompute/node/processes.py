@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from ..observe.stats import LATENCY_BUCKETS, OTHER
+
+MAX_NODE_FUNCTIONS = 64
+"""Function names a node reports separately (metrics); the others are summed under ``OTHER``."""
+_COUNTERS = ("finished", "submitted", "failed")
+
 
 class Processes:
     """Owns who is registered here (address -> pid), which of them are drivers,
     and the last TASK_STATS each sent.
 
-    Invariant: ``finished_base`` plus the ``finished`` counts in ``stats`` is
-    every task finished on this node, also by processes that are gone (their
-    last count moves into ``finished_base`` when they go).
+    Invariant: ``base`` plus the counts in ``stats`` is every task finished
+    (submitted, failed) on this node, also by processes that are gone (their
+    last counts move into ``base`` when they go); likewise ``fn_base`` and the
+    processes' ``by_fn`` for the per-function counts.
     """
 
     def __init__(self) -> None:
         self.pids: dict[str, int] = {}  # every registered process: addr -> pid
         self.drivers: dict[str, int] = {}  # addr -> pid
         self.stats: dict[str, dict] = {}  # addr -> the process's last TASK_STATS
-        self.finished_base = 0  # tasks finished by processes that are gone
+        self.base = dict.fromkeys(_COUNTERS, 0)  # counts of processes that are gone
+        self.fn_base: dict[str, list] = {}  # their per-function counts
 
     def register(self, addr: str, pid: int, driver: bool) -> bool:
         """Record a process; True for a driver seen for the first time."""
@@ -35,7 +43,9 @@ class Processes:
         self.pids.pop(addr, None)
         stats = self.stats.pop(addr, None)
         if stats:
-            self.finished_base += int(stats.get("finished", 0))
+            for key in _COUNTERS:
+                self.base[key] += _count(stats.get(key))
+            self.fn_base = _merge_functions([self.fn_base, stats.get("by_fn")])
         return self.drivers.pop(addr, None) is not None
 
     def on_task_stats(self, sender: str, msg: tuple, frames: list) -> None:
@@ -43,11 +53,47 @@ class Processes:
             self.stats[sender] = msg[1]
 
     def task_totals(self) -> dict:
-        """Tasks running, queued and finished on this node, from the processes' TASK_STATS."""
-        running = queued = 0
-        finished = self.finished_base
+        """Tasks running, queued and finished on this node, from the processes' TASK_STATS
+        (with ``submitted`` by its owners and ``failed``: attempts that raised)."""
+        totals = dict(self.base, running=0, queued=0)
         for s in self.stats.values():
-            running += int(s.get("running", 0))
-            queued += int(s.get("queued", 0))
-            finished += int(s.get("finished", 0))
-        return {"running": running, "queued": queued, "finished": finished}
+            for key in ("running", "queued", *_COUNTERS):
+                totals[key] += _count(s.get(key))
+        return totals
+
+    def function_totals(self) -> dict[str, list]:
+        """``{name: [finished, failed, seconds, [count per LATENCY_BUCKETS bucket]]}`` over every
+        process of this node, past ones included; at most MAX_NODE_FUNCTIONS names."""
+        return _merge_functions([self.fn_base, *(s.get("by_fn") for s in self.stats.values())])
+
+
+def _count(value) -> int:
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def _merge_functions(parts: list) -> dict[str, list]:
+    """Sum per-function counts; a malformed entry (a process's report is not trusted) is skipped."""
+    out: dict[str, list] = {}
+    width = len(LATENCY_BUCKETS) + 1
+    for part in parts:
+        if not isinstance(part, dict):
+            continue
+        for name, rec in part.items():
+            try:
+                finished, failed, seconds, buckets = rec
+                if not (isinstance(name, str) and len(buckets) == width):
+                    continue
+                values = [int(finished), int(failed), float(seconds), [int(b) for b in buckets]]
+            except (TypeError, ValueError):
+                continue
+            if name not in out and len(out) >= MAX_NODE_FUNCTIONS - 1:
+                name = OTHER
+            cur = out.get(name)
+            if cur is None:
+                out[name] = values
+            else:
+                cur[0] += values[0]
+                cur[1] += values[1]
+                cur[2] += values[2]
+                cur[3] = [a + b for a, b in zip(cur[3], values[3])]
+    return out

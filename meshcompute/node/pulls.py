@@ -91,6 +91,7 @@ class Pulls:
         # Pulls started, by cause: "prefetch" (a lease request's argument, before the grant)
         # or "read" (a reader's pin found no copy here). NODE_INFO shows them.
         self.started: collections.Counter = collections.Counter()
+        self.pulled_bytes = 0  # bytes of objects pulled in whole, ever (metrics)
         self.compressed: dict[bytes, bool] = {}  # objects we send lz4-compressed
         self.serving: dict[tuple[str, bytes], list] = {}  # (peer, oid) -> chunk requests waiting for the pin
         # Transfer pins we hold at daemons declared dead: released (PULL_DONE) if they come back.
@@ -207,6 +208,7 @@ class Pulls:
             p.inflight -= 1
             p.progress_at = self.now()
             if p.received >= p.size:
+                self.pulled_bytes += p.size
                 self.send(p.source, Msg.PULL_DONE, oid)
                 self._finish(p, ok=True)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import time
+from collections.abc import Callable
 from typing import IO
 
 FOLLOW_POLL_S = 0.25
@@ -67,16 +68,23 @@ def print_logs(logs_dir: str, n: int, out: IO[str]) -> dict[str, int]:
     return offsets
 
 
-def follow_logs(logs_dir: str, offsets: dict[str, int], out: IO[str], stop_after: float | None = None) -> None:
+def follow_logs(logs_dir: str, offsets: dict[str, int], out: IO[str], stop_after: float | None = None,
+                alive: Callable[[], bool] | None = None) -> None:
     """Print lines appended to any log (new files too), tagged ``[daemon]`` / ``[worker id]``,
-    until the node's logs directory disappears (the node stopped) or ``stop_after`` s."""
+    until the node's logs directory disappears (the node stopped), ``alive()`` says False
+    (after one last look), or ``stop_after`` s."""
     partial: dict[str, bytes] = {}
     end = None if stop_after is None else time.monotonic() + stop_after
+    last = False
     while end is None or time.monotonic() < end:
         if not os.path.isdir(logs_dir):
             out.write("(the node stopped: its logs are gone)\n")
             out.flush()
             return
+        if alive is not None and not alive():
+            if last:
+                return
+            last = True  # what it wrote before it went is printed first
         wrote = False
         for path in log_files(logs_dir):
             try:
@@ -98,4 +106,5 @@ def follow_logs(logs_dir: str, offsets: dict[str, int], out: IO[str], stop_after
                 wrote = True
         if wrote:
             out.flush()
-        time.sleep(FOLLOW_POLL_S)
+        if not last:
+            time.sleep(FOLLOW_POLL_S)

@@ -6,6 +6,8 @@ timer, and a report goes out only when the counters changed since the last one.
 
 from __future__ import annotations
 
+import bisect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -35,3 +37,45 @@ class StatsReporter:
             self._sent = stats
             self.report(stats)
             self.note_activity()  # look once more: the counters are still moving
+
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0)
+"""Upper bounds (s) of the task-duration histogram's buckets (one more bucket: above them all)."""
+MAX_FUNCTIONS = 32
+"""Function names a process counts separately; the others are counted under ``OTHER``."""
+OTHER = "(other)"
+
+
+class FunctionStats:
+    """Finished and failed tasks and a duration histogram, by function name (a worker's executor).
+
+    ``record`` is called once per task, on the thread that ran it (a lock: async and threaded
+    actors finish calls on several threads); ``snapshot`` on the I/O thread for TASK_STATS:
+    ``{name: [finished, failed, seconds, [count per bucket]]}``.  At most ``MAX_FUNCTIONS``
+    names, so that a process calling many distinct functions cannot grow a report without bound.
+    """
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, list] = {}
+        self._lock = threading.Lock()
+        self.failed = 0
+
+    def record(self, name: str, seconds: float, failed: bool) -> None:
+        with self._lock:
+            rec = self._by_name.get(name)
+            if rec is None:
+                if len(self._by_name) >= MAX_FUNCTIONS - 1:
+                    name = OTHER  # the last slot: every name that comes after the first ones
+                rec = self._by_name.get(name)
+                if rec is None:
+                    rec = self._by_name[name] = [0, 0, 0.0, [0] * (len(LATENCY_BUCKETS) + 1)]
+            rec[0] += 1
+            if failed:
+                rec[1] += 1
+                self.failed += 1
+            rec[2] += seconds
+            rec[3][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    def snapshot(self) -> dict[str, list]:
+        with self._lock:
+            return {name: [r[0], r[1], r[2], list(r[3])] for name, r in self._by_name.items()}

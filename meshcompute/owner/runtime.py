@@ -102,6 +102,7 @@ class Core:
         self.runtime_env: dict = {}  # init(runtime_env=...): the default of this driver's tasks and actors
         self.stats = StatsReporter(io.call_later, self.task_stats, lambda c: self._send_daemon(Msg.TASK_STATS, c))
         self.note_activity = self.stats.note_activity
+        self.submitted = 0  # tasks and actor calls submitted here (TASK_STATS)
         self.current_task_id: bytes | None = None
         self.current_actor_id: bytes | None = None
         io.handlers.update(self._handlers())
@@ -512,6 +513,7 @@ class Core:
 
     def _io_submit(self, t: Task) -> None:
         self.note_activity()
+        self.submitted += 1
         self.tasks.submit(t)
         if isinstance(t.num_returns, tuple):
             self.tasks.lineage.needed.pop(t.task_id, None)  # its items cannot be rebuilt
@@ -568,14 +570,13 @@ class Core:
     # ---------------------------------------------------------- observability
 
     def task_stats(self) -> dict:
-        """Tasks this process runs (a worker) and holds queued (any owner)."""
-        ex = self.executor
-        queued = self.tasks.queued() + self.actors.queued()
+        """Tasks this process submitted and holds queued (any owner), runs and ran (a worker: by function)."""
+        ex, queued = self.executor, self.tasks.queued() + self.actors.queued()
         if ex is None:
-            return {"running": 0, "queued": queued, "finished": 0}
-        finished = ex.tasks_finished
-        return {"running": max(0, ex.tasks_started - finished), "queued": queued + ex.queue.qsize(),
-                "finished": finished}
+            return {"running": 0, "queued": queued, "finished": 0, "submitted": self.submitted}
+        return {"running": max(0, ex.tasks_started - ex.tasks_finished), "queued": queued + ex.queue.qsize(),
+                "finished": ex.tasks_finished, "submitted": self.submitted, "failed": ex.fn_stats.failed,
+                "by_fn": ex.fn_stats.snapshot()}
 
     def _on_worker_output(self, sender, msg, frames) -> None:
         lines = msg[1]

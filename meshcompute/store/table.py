@@ -475,6 +475,7 @@ class StoreTable:
             self.spilled_bytes += nbytes
             self.spilled_objects += 1
             self.counts["spills"] += 1
+            self.counts["spilled_bytes"] += obj.size  # written out, ever (metrics)
         if self._release_if_done(obj):
             return  # freed during the copy: block and file go now
         if obj.waiting_pins:
@@ -510,6 +511,7 @@ class StoreTable:
             return
         obj.offset = offset
         self.counts["restores"] += 1
+        self.counts["restored_bytes"] += obj.size
         if self._release_if_done(obj):
             return  # freed during the copy: the block goes back at once
         self._pin_waiters(obj)

@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..host.proctitle import set_title
+from ..observe.stats import FunctionStats
 from ..owner.listing import MAX_LISTED, pending_tasks
 from ..owner.object_ref import ObjectRef
 from ..wire import ids
@@ -63,6 +64,7 @@ class Executor:
         # periodic TASK_STATS, spans read on a TIMELINE request.
         self.tasks_started = 0
         self.tasks_finished = 0
+        self.fn_stats = FunctionStats()  # by function: finished, failed, durations (metrics)
         # (name, start, duration, task id, (error type, message) or None, job id) per task
         self.timeline: collections.deque = collections.deque(maxlen=TIMELINE_SPANS)
         self.running: dict[bytes, tuple] = {}  # task id -> (name, start, job id) while it runs
@@ -244,6 +246,7 @@ class Executor:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self._base_cuda
         duration = time.perf_counter() - start
         self.tasks_finished += 1
+        self.fn_stats.record(name, duration, error is not None)
         self.timeline.append((name, start, duration, task_id, _error_of(error), job))
         if self.actor_id is None:
             self.log_ctx = saved_ctx
@@ -496,6 +499,7 @@ class Executor:
             self.running.pop(task_id, None)
         duration = time.perf_counter() - start
         self.tasks_finished += 1
+        self.fn_stats.record(label, duration, error is not None)
         self.timeline.append((label, start, duration, task_id, _error_of(error), self.actor_job))
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
@@ -529,6 +533,7 @@ class Executor:
             self.running.pop(task_id, None)
             duration = time.perf_counter() - start
             self.tasks_finished += 1
+            self.fn_stats.record(label, duration, error is not None)
             self.timeline.append((label, start, duration, task_id, _error_of(error), self.actor_job))
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 

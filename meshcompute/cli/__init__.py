@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import time
-from enum import Enum
 from typing import Optional
 
 import typer
@@ -38,20 +35,27 @@ def _address(address: Optional[str]) -> Optional[str]:
 
 
 # The options `mesh start` and `mesh join` share, with the variables that set their defaults.
-_NUM_CPUS = typer.Option(None, envvar="MESH_NUM_CPUS", help="CPUs to offer (default: all).")
+_NUM_CPUS = typer.Option(None, envvar="MESH_NUM_CPUS",
+                         help="CPUs to offer (default: all, at most the container's CPU limit).")
 _NUM_GPUS = typer.Option(None, envvar="MESH_NUM_GPUS", help="GPUs to offer (default: detected).")
 _RESOURCES = typer.Option(None, envvar="MESH_RESOURCES", help="Custom resources as JSON, e.g. '{\"accel\": 2}'.")
 _STORE = typer.Option(None, envvar="MESH_OBJECT_STORE_MEMORY",
-                      help="Bytes of shared memory for objects (default: 30% of RAM).")
+                      help="Bytes of shared memory for objects (default: 30% of RAM or of the container's "
+                           "memory limit).")
 _SPILL_DIR = typer.Option(None, envvar="MESH_SPILL_DIR",
                           help="Directory for objects spilled from the store (default: in the node's session "
                                "dir, which may be in RAM: point it at a disk).")
-_BLOCK = typer.Option(False, help="Stay in the foreground until interrupted.")
+_BLOCK = typer.Option(False, help="Stay in the foreground until interrupted (SIGINT or SIGTERM: the node leaves "
+                                   "the mesh); the node also stops if this command is killed.")
+_LOGS = typer.Option(False, "--logs", help="With --block: print the node's daemon and worker logs as they grow "
+                                           "(for a container's log).")
+_METRICS_PORT = typer.Option(None, envvar="MESH_METRICS_PORT",
+                             help="Serve Prometheus metrics on this TCP port (0: any free one; default: off).")
 
 
 def _check_token(token: Optional[str]) -> None:
     if token:
-        from .wire.auth import MeshKeys
+        from ..wire.auth import MeshKeys
 
         try:
             MeshKeys.from_token(token)
@@ -60,8 +64,9 @@ def _check_token(token: Optional[str]) -> None:
 
 
 def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources, object_store_memory,
-           token, block: bool, voters: int | None = None, spill_dir: str | None = None) -> None:
-    from .host.launcher import start_node, stop_node, wait_joined
+           token, block: bool, voters: int | None = None, spill_dir: str | None = None,
+           metrics_port: int | None = None, logs: bool = False) -> None:
+    from ..host.launcher import run_in_foreground, start_node, stop_node, wait_joined
 
     try:
         res = json.loads(resources) if resources else None
@@ -71,7 +76,9 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         with console.status("starting the node" + (f" and joining {join[0]}" if join else "")):
             proc, info = start_node(host=host, port=port, join=join, num_cpus=num_cpus, num_gpus=num_gpus,
                                     resources=res, object_store_memory=object_store_memory, token=token,
-                                    standalone=True, voters=voters, spill_dir=spill_dir)
+                                    standalone=True, voters=voters, spill_dir=spill_dir,
+                                    metrics_port=metrics_port,
+                                    parent_pid=os.getpid() if block else 0)  # --block: it dies with us
             try:
                 joined = not join or wait_joined(info, JOIN_WAIT_S)
             except KeyboardInterrupt:
@@ -94,17 +101,22 @@ def _start(host: str, port: int, join: list[str], num_cpus, num_gpus, resources,
         raise typer.Exit(1)
     _print_started(info, tcp, join)
     if block:
-        def _stop(*_):
-            proc.terminate()
+        follow = None
+        if logs:
+            from ..observe.logs import follow_logs
 
-        signal.signal(signal.SIGINT, _stop)
-        signal.signal(signal.SIGTERM, _stop)
-        proc.wait()
+            def follow(alive):
+                follow_logs(os.path.join(info["session_dir"], "logs"), {}, sys.stdout, alive=alive)
+
+        code = run_in_foreground(proc, follow)
+        if code is not None:
+            console.print(f"[red]The node stopped by itself[/] (exit status {code}).")
+            raise typer.Exit(1)
 
 
 def _print_started(info: dict, tcp: str, join: list[str]) -> None:
-    from .host.meshes import mesh_name
-    from .host.netcheck import is_loopback, machine_addresses
+    from ..host.meshes import mesh_name
+    from ..host.netcheck import is_loopback, machine_addresses
 
     with open(os.path.join(info["session_dir"], "token")) as f:
         mesh_token = f.read().strip()
@@ -113,6 +125,8 @@ def _print_started(info: dict, tcp: str, join: list[str]) -> None:
     console.print(f"[green]Node {info['node_id']} {verb}[/] (mesh {mesh_name(info)}); it serves at [bold]{tcp}[/]")
     console.print(f"  resources: {info['resources'].get('CPU')} CPU, "
                   f"{int(info['store_capacity']) >> 20} MiB object store")
+    if info.get("metrics"):
+        console.print(f"  Prometheus metrics: [bold]{info['metrics']}[/]")
     if is_loopback(host) and not join:
         addrs = machine_addresses()
         console.print(f"  It serves on {host}: only this machine can reach it. For a mesh of several "
@@ -142,10 +156,12 @@ def start(
     token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
                                         help="The mesh's secret (default: a new one, printed)."),
     block: bool = _BLOCK,
+    logs: bool = _LOGS,
     voters: int = typer.Option(3, envvar="MESH_VOTERS",
                                help="How many of the first nodes vote in the control store: 1, 3, 5 or 7. "
                                     "A majority of them must be up for names, placement groups and the KV."),
     spill_dir: Optional[str] = _SPILL_DIR,
+    metrics_port: Optional[int] = _METRICS_PORT,
     allow_second_mesh: bool = typer.Option(False, help="Start a new mesh even though one runs on this machine "
                                                        "already (then each command says which it talks to)."),
 ) -> None:
@@ -153,7 +169,7 @@ def start(
 
     Example: mesh start --host 10.0.0.5 --port 7777
     """
-    from .host.launcher import local_nodes
+    from ..host.launcher import local_nodes
 
     if voters not in (1, 3, 5, 7):
         raise typer.BadParameter("--voters must be 1, 3, 5 or 7")
@@ -168,7 +184,8 @@ def start(
                       "[bold]mesh status[/] shows it, [bold]mesh stop[/] stops it. To run a second, separate "
                       "mesh beside it: [bold]mesh start --allow-second-mesh --port 0[/].")
         raise typer.Exit(1)
-    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, token, block, voters, spill_dir)
+    _start(host, port, [], num_cpus, num_gpus, resources, object_store_memory, token, block, voters, spill_dir,
+           metrics_port, logs)
 
 
 @app.command()
@@ -185,7 +202,9 @@ def join(
     token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
                                         help="The mesh's secret (`mesh start` printed it)."),
     block: bool = _BLOCK,
+    logs: bool = _LOGS,
     spill_dir: Optional[str] = _SPILL_DIR,
+    metrics_port: Optional[int] = _METRICS_PORT,
 ) -> None:
     """Start a node that joins an existing mesh through any live member.
 
@@ -195,7 +214,7 @@ def join(
 
     Example: mesh join 10.0.0.5:7777 --token <token>
     """
-    from .host.netcheck import (
+    from ..host.netcheck import (
         handshake_problem,
         is_loopback,
         local_ip_towards,
@@ -232,13 +251,13 @@ def join(
         console.print(f"[red]Cannot join {peer}:[/] {problem}")
         raise typer.Exit(1)
     _start(host, port, [f"{peer_ip}:{peer_port}"], num_cpus, num_gpus, resources, object_store_memory, token,
-           block, spill_dir=spill_dir)
+           block, spill_dir=spill_dir, metrics_port=metrics_port, logs=logs)
 
 
 def _say_which_mesh(info: dict) -> None:
     """When this machine runs nodes of several meshes, say (on stderr) which one a command talks to."""
-    from .host.launcher import local_nodes
-    from .host.meshes import group_by_mesh, mesh_name
+    from ..host.launcher import local_nodes
+    from ..host.meshes import group_by_mesh, mesh_name
 
     groups = group_by_mesh(local_nodes())
     if len(groups) < 2:
@@ -254,16 +273,33 @@ def status(
                                           help="host:port or node id of a node on this machine (default: the "
                                                "newest)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    local: bool = typer.Option(False, "--local", help="Only this machine's node: no other node is asked."),
+    check: bool = typer.Option(False, "--check", help="Print nothing and exit 0 if this machine's node answers "
+                                                      "and the mesh took it in, else say why and exit 1 "
+                                                      "(a readiness probe)."),
+    alive: bool = typer.Option(False, "--alive", help="With --check: only that the node answers (a liveness "
+                                                      "probe: a node still waiting to be taken in is alive)."),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for the node's answer."),
 ) -> None:
     """Show every node of the mesh: state, resources, object store, and its part in the
     control store (role, Raft term and commit index; other nodes' as gossiped).
 
-    Example: mesh status --json
+    Example: mesh status --json; in a probe: mesh status --local --check
     """
-    from .host.launcher import query
+    from ..host.launcher import find_node, node_problem, query
 
+    if check:
+        problem = node_problem(find_node(_address(address)), timeout, member=not alive)
+        if problem:
+            console.print(problem, soft_wrap=True)
+            raise typer.Exit(1)
+        return
     info = _node_or_exit(address, standing=True)
-    view = query(info, "mesh")
+    if local:
+        me = query(info, "node", timeout=timeout)
+        view = {"nodes": [me], "self": me["node_id"], "leader": (me.get("control") or {}).get("leader")}
+    else:
+        view = query(info, "mesh", timeout=timeout)
     if as_json:
         sys.stdout.write(json.dumps(view, indent=2, sort_keys=True) + "\n")
         return
@@ -301,8 +337,8 @@ def stop() -> None:
         TimeElapsedColumn,
     )
 
-    from .host.launcher import local_nodes, stop_node
-    from .host.meshes import group_by_mesh, mesh_name
+    from ..host.launcher import local_nodes, stop_node
+    from ..host.meshes import group_by_mesh, mesh_name
 
     nodes = local_nodes()
     if not nodes:
@@ -328,7 +364,7 @@ def stop() -> None:
 
 def _node_or_exit(address: Optional[str], standing: bool = False) -> dict:
     """The node of this machine a command talks to (``standing``: only `mesh start`/`join` ones)."""
-    from .host.launcher import find_any_node, find_node
+    from ..host.launcher import find_any_node, find_node
 
     address = _address(address)
     info = find_node(address) if standing else find_any_node(address)
@@ -341,226 +377,6 @@ def _node_or_exit(address: Optional[str], standing: bool = False) -> dict:
         raise typer.Exit(1)
     _say_which_mesh(info)
     return info
-
-
-@app.command()
-def top(
-    address: Optional[str] = typer.Option(None, envvar="MESH_ADDRESS",
-                                          help="host:port or node id of a member (default: the newest node on "
-                                               "this machine)."),
-    token: Optional[str] = typer.Option(None, envvar="MESH_TOKEN",
-                                        help="The mesh's secret, to watch a member on another machine."),
-    once: bool = typer.Option(False, help="Print one screen as text and exit (for scripts and logs)."),
-    width: int = typer.Option(80, help="Width of the --once screen."),
-    height: int = typer.Option(24, help="Height of the --once screen."),
-) -> None:
-    """A live view of the mesh: nodes, their CPU/memory/GPU/store use and tasks, actors.
-
-    Keys: n nodes, a actors, q quit.  The view follows the mesh when the node it
-    watches dies.
-
-    Example: mesh top --address 10.0.0.5:7777
-    """
-    from .host.launcher import find_any_node
-    from .observe.client import connect, wait_for_snapshot
-    from .observe.top import Rates, render_text, run
-
-    address = _address(address)
-    info = find_any_node(address)
-    tok = _token(token)
-    if info is None and not (address and tok):
-        _node_or_exit(address)
-    if info is not None:
-        _say_which_mesh(info)
-    try:
-        client = connect(info, address=address, token=tok)
-    except ValueError as e:
-        console.print(f"[red]{e}[/]")
-        raise typer.Exit(2) from None
-    try:
-        if once:
-            if not wait_for_snapshot(client, timeout=10):
-                console.print("[red]The node did not answer the monitor subscription.[/]")
-                raise typer.Exit(1)
-            rates = Rates()
-            for _ in range(3):  # a rate needs two samples; three show a little history
-                rates.sample(time.monotonic(), client.state.finished_total(), client.state.generation)
-                end = time.monotonic() + 1.0
-                while time.monotonic() < end:
-                    client.poll(0.1)
-            sys.stdout.write(render_text(client, rates, "nodes", width, height))
-            return
-        run(client)
-    finally:
-        client.close()
-
-
-@app.command()
-def timeline(
-    output: str = typer.Option("timeline.json", "--output", "-o", help="Where to write the trace."),
-    address: Optional[str] = typer.Option(None, envvar="MESH_ADDRESS",
-                                          help="host:port or node id of a node on this machine."),
-) -> None:
-    """Write a Chrome/Perfetto trace of the mesh's recent tasks (one lane per worker).
-
-    Open the file in https://ui.perfetto.dev or chrome://tracing.
-
-    Example: mesh timeline --output trace.json
-    """
-    from .host.launcher import request
-    from .observe.timeline import build_trace, task_events, write_trace
-    from .wire.messages import Msg
-
-    info = _node_or_exit(address)
-    with console.status("collecting task spans from the mesh's workers"):
-        lanes = request(info, Msg.TIMELINE, "mesh", timeout=15)
-    events = build_trace(lanes if isinstance(lanes, list) else [])
-    write_trace(events, output)
-    spans = task_events(events)
-    console.print(f"{len(spans)} tasks from {len({(e['pid'], e['tid']) for e in spans})} workers on "
-                  f"{len({e['pid'] for e in spans})} nodes written to [bold]{output}[/]; open it in "
-                  "https://ui.perfetto.dev or chrome://tracing")
-
-
-@app.command()
-def memory(
-    address: Optional[str] = typer.Option(None, envvar="MESH_ADDRESS",
-                                          help="host:port or node id of a node on this machine."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    limit: int = typer.Option(100, help="Show at most this many objects (largest first)."),
-) -> None:
-    """List the objects in the mesh's object stores: size, owner, copies, pins, spilling.
-
-    Values of at most 100 KiB travel inline and live in their owner's memory; they
-    are not in any store and not listed.
-
-    Example: mesh memory --json
-    """
-    from .host.launcher import request
-    from .observe.state import group_objects
-    from .wire.messages import Msg
-
-    info = _node_or_exit(address)
-    records = request(info, Msg.LIST_OBJECTS, "mesh", timeout=15)
-    objects = group_objects(records if isinstance(records, list) else [])
-    if as_json:
-        sys.stdout.write(json.dumps(objects, indent=2, sort_keys=True) + "\n")
-        return
-    shown = objects[:limit]
-    from rich import box
-
-    from .observe.top import human_bytes
-
-    table = Table(title=f"objects in the mesh's stores (seen from {info['node_id']})", box=box.SIMPLE_HEAD)
-    table.add_column("object id", no_wrap=True, min_width=20, overflow="ellipsis")
-    table.add_column("size", justify="right", no_wrap=True)
-    table.add_column("owner", no_wrap=True)
-    table.add_column("copies (* primary)")
-    table.add_column("pins", justify="right", no_wrap=True)
-    table.add_column("state")
-    for o in shown:
-        copies = " ".join(f"{c['node_id'][:8]}{'*' if c['primary'] else ''}"
-                          f"{'(spilled)' if c['spilled'] and not c['in_memory'] else ''}" for c in o["copies"])
-        owner_node = o["owner"].partition("/")[0][:8]
-        owner_text = f"pid {o['owner_pid']}@{owner_node}" if o.get("owner_pid") else o["owner"].partition("@")[0]
-        table.add_row(o["object_id"], human_bytes(o["size"]), owner_text, copies, str(o["pins"]), o["state"])
-    console.print(table)
-    in_mem = sum(o["size"] for o in objects if any(c["in_memory"] for c in o["copies"]))
-    spilled = sum(o["size"] for o in objects if o["spilled"])
-    more = f" ({len(objects) - len(shown)} more not shown)" if len(objects) > len(shown) else ""
-    console.print(f"{len(objects)} objects{more}: {human_bytes(in_mem)} in memory, {human_bytes(spilled)} spilled")
-
-
-# What `mesh list` lists (observe/state.py's KINDS), spelled out to keep the CLI's start light.
-Listed = Enum("Listed", [(k, k) for k in "nodes actors tasks objects placement-groups jobs".split()], type=str)
-Summarized = Enum("Summarized", {"tasks": "tasks"}, type=str)
-_ADDRESS = typer.Option(None, envvar="MESH_ADDRESS", help="host:port or node id of a node on this machine.")
-_TIMEOUT = typer.Option(30.0, help="Seconds to wait for the mesh's answer.")
-
-
-@app.command("list")
-def list_(
-    kind: Listed = typer.Argument(..., help="What to list."),
-    filters: Optional[list[str]] = typer.Option(None, "--filter", "-f",
-                                                help="KEY=VALUE or KEY!=VALUE on a field; repeat it: all must hold."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    limit: int = typer.Option(100, help="Show at most this many."),
-    detail: bool = typer.Option(False, "--detail", help="Every field, not only the default ones."),
-    address: Optional[str] = _ADDRESS,
-    timeout: float = _TIMEOUT,
-) -> None:
-    """List the mesh's nodes, actors, tasks, objects, placement groups or jobs, as `ray list` does.
-
-    Example: mesh list actors --filter state=ALIVE --filter class_name=Counter
-    """
-    from .observe.state import check_filters, collect, parse_filter, select, table
-
-    try:
-        parsed = check_filters(kind.value, [parse_filter(f) for f in filters or ()])
-    except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
-    records, total = select(kind.value, _ask(address, timeout, lambda s: collect(s, kind.value)), parsed, limit, detail)
-    _print(records, as_json, lambda: table(kind.value, records, total, console.width))
-
-
-@app.command()
-def summary(
-    kind: Summarized = typer.Argument(Summarized.tasks, help="What to summarize."),
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    address: Optional[str] = _ADDRESS,
-    timeout: float = _TIMEOUT,
-) -> None:
-    """Count the mesh's recent tasks by function and state, as Ray's `ray summary tasks`.
-
-    Example: mesh summary tasks
-    """
-    from .observe.state import collect, summarize_tasks, summary_table
-
-    result = summarize_tasks(_ask(address, timeout, lambda s: collect(s, "tasks")))
-    _print(result, as_json, lambda: summary_table(result))
-
-
-def _ask(address: Optional[str], timeout: float, read):
-    """What ``read(source)`` reads through a node of this machine, or exit 1 saying why it could not."""
-    from .exceptions import MeshError
-    from .observe.state import Source
-
-    try:
-        return read(Source.for_node(_node_or_exit(address), timeout))
-    except MeshError as e:
-        console.print(f"[red]{e}[/]")
-        raise typer.Exit(1) from None
-
-
-def _print(value, as_json: bool, render) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-    else:
-        console.print(render())
-
-
-@app.command()
-def logs(
-    node: Optional[str] = typer.Argument(None, envvar="MESH_ADDRESS",
-                                         help="Node id (or a prefix of it), host:port or session dir "
-                                              "of a node on this machine (default: the newest)."),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing what is appended."),
-    lines: int = typer.Option(50, "--lines", "-n", help="Print the last N lines of each log first."),
-) -> None:
-    """Print the daemon and worker logs of a node (its session dir's logs/*.log).
-
-    Example: mesh logs 3f9a --follow
-    """
-    from .observe.logs import follow_logs, print_logs
-
-    info = _node_or_exit(node)
-    logs_dir = os.path.join(info["session_dir"], "logs")
-    offsets = print_logs(logs_dir, lines, sys.stdout)
-    if follow:
-        try:
-            follow_logs(logs_dir, offsets, sys.stdout)
-        except KeyboardInterrupt:
-            pass
 
 
 @app.command()
@@ -583,13 +399,16 @@ def clean() -> None:
 
     Example: mesh clean
     """
-    from .host.sessions import clean_stale_sessions
+    from ..host.sessions import clean_stale_sessions
 
     removed = clean_stale_sessions()
     for path in removed:
         console.print(f"removed {path}")
     if not removed:
         console.print("nothing to clean")
+
+
+from . import watch  # noqa: E402,F401 - registers top, timeline, memory, list, summary, logs
 
 
 def main() -> None:

@@ -1,0 +1,5 @@
+"""``python -m meshcompute.cli``: the ``mesh`` command."""
+
+from . import main
+
+main()
