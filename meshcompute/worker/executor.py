@@ -22,21 +22,22 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import exceptions as exc
-from ..host.proctitle import set_title
 from ..owner.object_ref import ObjectRef
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
+from . import actor_host, calls
+from .actor_host import ActorHost
+from .calls import Cancelled, call_with
+
+_OWN_FILES = frozenset({__file__, actor_host.__file__, calls.__file__})
+"""The executor's own files: their frames are left out of remote tracebacks."""
 
 TIMELINE_SPANS = 10000
 """Recent task spans a worker keeps for ``mesh timeline`` (a ring buffer)."""
 
 
-class _Cancelled(BaseException):
-    """Raised inside a running task by the cancel signal."""
-
-
-class Executor:
+class Executor(ActorHost):
     def __init__(self, core) -> None:
         self.core = core
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -72,7 +73,7 @@ class Executor:
     def _on_sigint(self, signum, frame) -> None:
         if self._cancel_target is not None and self._cancel_target == self._current:
             self._cancel_target = None
-            raise _Cancelled()
+            raise Cancelled()
 
     def cancel(self, task_id: bytes) -> None:
         """Called on the I/O thread for CANCEL_TASK."""
@@ -211,11 +212,11 @@ class Executor:
         try:
             fn = self._load_fn(fn_id, fn_bytes)
             args = self._resolve_args(args_wire, frames, owner)
-            result = _call(fn, args, kw_names)
+            result = call_with(fn, args, kw_names)
             if isinstance(num_returns, (tuple, list)):
                 result = self._stream(owner, task_id, result, num_returns, name)
             error = None
-        except _Cancelled:
+        except Cancelled:
             error = exc.TaskCancelledError(task_id=task_id.hex())
             result = None
         except exc.TaskCancelledError as e:
@@ -248,7 +249,7 @@ class Executor:
         # The traceback starts at the user's code: the frames of this module that called it
         # (running the task, calling the function) say nothing to the reader.
         tb = e.__traceback__
-        while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(e), e, tb))
         return exc.TaskError(name, text, e, os.getpid(), self.core.node_id)
@@ -390,140 +391,3 @@ class Executor:
         ctx = self.log_ctx
         return ctx[0] if ctx is not None else self.last_sink
 
-    # ----------------------------------------------------------------- actors
-
-    def _become_actor(self, actor_id: bytes, spec: dict, restarts: int, frames: list) -> None:
-        core = self.core
-        self.actor_id = actor_id
-        core.current_actor_id = actor_id
-        self.bounce_enabled = False
-        self.actor_label = spec.get("class_name", "actor")
-        set_title("mesh-actor", f"{self.actor_label} {core.node_id[:8]}")
-        self.log_ctx = (spec["owner"], self.actor_label)
-        self.last_sink = spec["owner"]
-        error = None
-        try:
-            if spec.get("runtime_env"):  # first: the class may live in its working_dir
-                from .runtime_env import apply
-
-                apply(spec["runtime_env"])
-            cls = deserialize(spec["class_bytes"], [])
-            args = self._resolve_args(spec["args"], frames, spec["owner"])
-            self.actor = _call(cls, args, spec["kw_names"])
-            is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
-                           for _, m in inspect.getmembers(cls, inspect.isfunction))
-            concurrency = spec.get("max_concurrency") or (1000 if is_async else 1)
-            if is_async:
-                self._start_async_loop(concurrency)
-            elif concurrency > 1:
-                self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
-        except BaseException as e:  # noqa: BLE001
-            error = self._wrap(f"{spec.get('class_name', 'actor')}.__init__", e)
-            core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, str(error))
-            return
-        core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, None)
-
-    def _start_async_loop(self, concurrency: int) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        started = threading.Event()
-
-        def _run():
-            asyncio.set_event_loop(loop)
-            self._sem = asyncio.Semaphore(concurrency)
-            started.set()
-            loop.run_forever()
-
-        threading.Thread(target=_run, name="actor-asyncio", daemon=True).start()
-        started.wait()
-
-    def submit_call(self, caller: str, call: tuple, frames: list) -> None:
-        """I/O thread: queue an actor method call (in arrival order)."""
-        self.queue.put(("call", caller, call, frames))
-
-    def _run_call(self, caller: str, call: tuple, frames: list) -> None:
-        task_id = call[0]
-        if task_id in self._cancelled:
-            self._cancelled.discard(task_id)
-            self._finish(caller, task_id, call[5], call[4], None,
-                         exc.TaskCancelledError(task_id=task_id.hex()), 0.0)
-            return
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._call_async(caller, call, frames), self._loop)
-        elif self._pool is not None:
-            self._pool.submit(self._call_sync, caller, call, frames)
-        else:
-            self._call_sync(caller, call, frames)
-
-    def _call_sync(self, caller: str, call: tuple, frames: list) -> None:
-        task_id, method, args_wire, kw_names, num_returns, return_ids = call
-        core = self.core
-        if self._pool is None:
-            with self._lock:
-                self._current = task_id
-            core.current_task_id = task_id
-        self.tasks_started += 1
-        start = time.perf_counter()
-        result = error = None
-        try:
-            if self.actor is None:
-                raise exc.ActorDiedError("the actor's constructor failed")
-            args = self._resolve_args(args_wire, frames, caller)
-            fn = getattr(self.actor, method)
-            result = _call(fn, args, kw_names)
-            if inspect.iscoroutine(result):
-                result = asyncio.run(result)
-            if isinstance(num_returns, (tuple, list)):
-                result = self._stream(caller, task_id, result, num_returns, f"{type(self.actor).__name__}.{method}")
-        except _Cancelled:
-            error = exc.TaskCancelledError(task_id=task_id.hex())
-        except BaseException as e:  # noqa: BLE001
-            error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
-        finally:
-            if self._pool is None:
-                with self._lock:
-                    self._current = None
-                    self._cancel_target = None
-                core.current_task_id = None
-        duration = time.perf_counter() - start
-        self.tasks_finished += 1
-        self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
-        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
-
-    async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
-        task_id, method, args_wire, kw_names, num_returns, return_ids = call
-        result = error = None
-        async with self._sem:
-            self.tasks_started += 1
-            start = time.perf_counter()
-            try:
-                if any(a[0] == "r" for a in args_wire):
-                    args = await asyncio.get_running_loop().run_in_executor(
-                        None, self._resolve_args, args_wire, frames, caller)
-                else:
-                    args = self._resolve_args(args_wire, frames, caller)
-                fn = getattr(self.actor, method)
-                result = _call(fn, args, kw_names)
-                if inspect.isawaitable(result):
-                    result = await result
-                if isinstance(num_returns, (tuple, list)):
-                    name = f"{type(self.actor).__name__}.{method}"
-                    if inspect.isasyncgen(result):
-                        result = await self._astream(caller, task_id, result, num_returns, name)
-                    else:  # a plain generator: off the loop, it may block
-                        result = await asyncio.get_running_loop().run_in_executor(
-                            None, self._stream, caller, task_id, result, num_returns, name)
-            except BaseException as e:  # noqa: BLE001
-                error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
-            duration = time.perf_counter() - start
-            self.tasks_finished += 1
-            self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
-        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
-
-
-def _call(fn: Any, args: list, kw_names: tuple) -> Any:
-    """Call with positional args, the last ``len(kw_names)`` of them by keyword."""
-    if not kw_names:
-        return fn(*args)
-    k = len(kw_names)
-    return fn(*args[:-k], **dict(zip(kw_names, args[-k:])))

@@ -1,0 +1,154 @@
+"""Hosting one actor in a worker: construction, then its method calls in arrival order.
+
+A worker becomes an actor when its daemon sends BECOME_ACTOR; from then on the
+executor thread (``ActorHost``, mixed into ``executor.Executor``) runs the calls
+callers push to it: one at a time, on a thread pool when ``max_concurrency > 1``,
+or as coroutines on an asyncio loop of its own when the class has ``async def``
+methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import exceptions as exc
+from ..host.proctitle import set_title
+from ..wire.messages import Msg
+from ..wire.serialization import deserialize
+from .calls import Cancelled, call_with
+
+
+class ActorHost:
+    """The actor side of the executor (a mixin: ``Executor`` holds the state it uses)."""
+
+    def _become_actor(self, actor_id: bytes, spec: dict, restarts: int, frames: list) -> None:
+        core = self.core
+        self.actor_id = actor_id
+        core.current_actor_id = actor_id
+        self.bounce_enabled = False
+        self.actor_label = spec.get("class_name", "actor")
+        set_title("mesh-actor", f"{self.actor_label} {core.node_id[:8]}")
+        self.log_ctx = (spec["owner"], self.actor_label)
+        self.last_sink = spec["owner"]
+        error = None
+        try:
+            if spec.get("runtime_env"):  # first: the class may live in its working_dir
+                from .runtime_env import apply
+
+                apply(spec["runtime_env"])
+            cls = deserialize(spec["class_bytes"], [])
+            args = self._resolve_args(spec["args"], frames, spec["owner"])
+            self.actor = call_with(cls, args, spec["kw_names"])
+            is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+                           for _, m in inspect.getmembers(cls, inspect.isfunction))
+            concurrency = spec.get("max_concurrency") or (1000 if is_async else 1)
+            if is_async:
+                self._start_async_loop(concurrency)
+            elif concurrency > 1:
+                self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
+        except BaseException as e:  # noqa: BLE001
+            error = self._wrap(f"{spec.get('class_name', 'actor')}.__init__", e)
+            core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, str(error))
+            return
+        core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, None)
+
+    def _start_async_loop(self, concurrency: int) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        started = threading.Event()
+
+        def _run():
+            asyncio.set_event_loop(loop)
+            self._sem = asyncio.Semaphore(concurrency)
+            started.set()
+            loop.run_forever()
+
+        threading.Thread(target=_run, name="actor-asyncio", daemon=True).start()
+        started.wait()
+
+    def submit_call(self, caller: str, call: tuple, frames: list) -> None:
+        """I/O thread: queue an actor method call (in arrival order)."""
+        self.queue.put(("call", caller, call, frames))
+
+    def _run_call(self, caller: str, call: tuple, frames: list) -> None:
+        task_id = call[0]
+        if task_id in self._cancelled:
+            self._cancelled.discard(task_id)
+            self._finish(caller, task_id, call[5], call[4], None,
+                         exc.TaskCancelledError(task_id=task_id.hex()), 0.0)
+            return
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._call_async(caller, call, frames), self._loop)
+        elif self._pool is not None:
+            self._pool.submit(self._call_sync, caller, call, frames)
+        else:
+            self._call_sync(caller, call, frames)
+
+    def _call_sync(self, caller: str, call: tuple, frames: list) -> None:
+        task_id, method, args_wire, kw_names, num_returns, return_ids = call
+        core = self.core
+        if self._pool is None:
+            with self._lock:
+                self._current = task_id
+            core.current_task_id = task_id
+        self.tasks_started += 1
+        start = time.perf_counter()
+        result = error = None
+        try:
+            if self.actor is None:
+                raise exc.ActorDiedError("the actor's constructor failed")
+            args = self._resolve_args(args_wire, frames, caller)
+            fn = getattr(self.actor, method)
+            result = call_with(fn, args, kw_names)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            if isinstance(num_returns, (tuple, list)):
+                result = self._stream(caller, task_id, result, num_returns, f"{type(self.actor).__name__}.{method}")
+        except Cancelled:
+            error = exc.TaskCancelledError(task_id=task_id.hex())
+        except BaseException as e:  # noqa: BLE001
+            error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
+        finally:
+            if self._pool is None:
+                with self._lock:
+                    self._current = None
+                    self._cancel_target = None
+                core.current_task_id = None
+        duration = time.perf_counter() - start
+        self.tasks_finished += 1
+        self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
+        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
+
+    async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
+        task_id, method, args_wire, kw_names, num_returns, return_ids = call
+        result = error = None
+        async with self._sem:
+            self.tasks_started += 1
+            start = time.perf_counter()
+            try:
+                if any(a[0] == "r" for a in args_wire):
+                    args = await asyncio.get_running_loop().run_in_executor(
+                        None, self._resolve_args, args_wire, frames, caller)
+                else:
+                    args = self._resolve_args(args_wire, frames, caller)
+                fn = getattr(self.actor, method)
+                result = call_with(fn, args, kw_names)
+                if inspect.isawaitable(result):
+                    result = await result
+                if isinstance(num_returns, (tuple, list)):
+                    name = f"{type(self.actor).__name__}.{method}"
+                    if inspect.isasyncgen(result):
+                        result = await self._astream(caller, task_id, result, num_returns, name)
+                    else:  # a plain generator: off the loop, it may block
+                        result = await asyncio.get_running_loop().run_in_executor(
+                            None, self._stream, caller, task_id, result, num_returns, name)
+            except BaseException as e:  # noqa: BLE001
+                error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
+            duration = time.perf_counter() - start
+            self.tasks_finished += 1
+            self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
+        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
