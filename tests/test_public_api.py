@@ -25,8 +25,8 @@ EXPECTED_EXCEPTIONS = {
 
 
 EXPECTED_UTIL = {
-    "ActorPool", "PlacementGroup", "get_placement_group", "placement_group", "placement_group_table",
-    "remove_placement_group",
+    "ActorPool", "PlacementGroup", "get_node_ip_address", "get_placement_group", "placement_group",
+    "placement_group_table", "remove_placement_group",
 }
 
 # meshcompute.util's modules, reachable as attributes (imported on first use), and their names.

@@ -67,9 +67,16 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def describe(env: dict) -> dict:
+    """A checked runtime_env as ``get_runtime_context().get_runtime_env_string()`` shows it:
+    JSON-ready, with directories as the absolute paths given where it was submitted."""
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in env.items()}
+
+
 def wire(env: dict, put: Any) -> dict:
-    """What travels with the task: directories replaced by (hash, ref) of their zip."""
-    out: dict = {}
+    """What travels with the task: directories replaced by (hash, ref) of their zip, and the
+    env as it was given (``describe``) for the runtime context."""
+    out: dict = {"given": describe(env)} if env else {}
     if env.get("env_vars"):
         out["env_vars"] = env["env_vars"]
     if env.get("working_dir"):

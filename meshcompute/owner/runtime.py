@@ -293,8 +293,8 @@ class Core:
             # for a worker to take them (a fork-join pool's "help while waiting").
             stolen = self.io.call(self.tasks.steal, [r._id for r in pending])
             if stolen:
-                for spec, frames in stolen:
-                    self.executor.run_inline(spec, frames)
+                for spec, frames, shape in stolen:
+                    self.executor.run_inline(spec, frames, shape)
                 self._barrier()  # their results are applied on the I/O thread: see them before looking
                 return self.wait_ready(refs, num, timeout)
         w = Waiter(num - len(ready))

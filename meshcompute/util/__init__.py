@@ -24,6 +24,16 @@ from .placement_group import (
 _SUBMODULES = ("futures", "joblib", "multiprocessing", "queue", "scheduling_strategies")
 
 
+def get_node_ip_address() -> str:
+    """The IP address this process's node serves the mesh on (``mesh start --host``);
+    ``127.0.0.1`` for a node that serves this machine only (an embedded one)."""
+    from ..api.session import _core
+    from ..wire.transport import parse_address
+
+    tcp = parse_address(_core().daemon_addr)[2].replace("tcp://", "")
+    return tcp.rpartition(":")[0].strip("[]") or "127.0.0.1"
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
@@ -34,5 +44,5 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_SUBMODULES))
 
 
-__all__ = ["ActorPool", "PlacementGroup", "get_placement_group", "placement_group", "placement_group_table",
-           "remove_placement_group"]
+__all__ = ["ActorPool", "PlacementGroup", "get_node_ip_address", "get_placement_group", "placement_group",
+           "placement_group_table", "remove_placement_group"]

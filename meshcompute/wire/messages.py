@@ -120,7 +120,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.ACTOR_READY: ("actor_id", "error"),
     Msg.REPLY: ("req_id", "value"),
     Msg.CANCEL_LEASE_REQUEST: ("req_id",),
-    Msg.PUSH_TASKS: ("lease_id", "gpu_ids", "tasks"),
+    Msg.PUSH_TASKS: ("lease_id", "gpu_ids", "tasks", "shape"),
     Msg.TASKS_DONE: ("results",),
     Msg.TASKS_BOUNCED: ("task_ids",),
     Msg.CANCEL_TASK: ("task_id", "force"),

@@ -10,6 +10,7 @@ methods.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 import time
@@ -19,7 +20,7 @@ from .. import exceptions as exc
 from ..host.proctitle import set_title
 from ..wire.messages import Msg
 from ..wire.serialization import deserialize
-from .calls import Cancelled, call_with
+from .calls import RUNNING, Cancelled, Running, call_with
 
 
 class ActorHost:
@@ -31,15 +32,17 @@ class ActorHost:
         core.current_actor_id = actor_id
         self.bounce_enabled = False
         self.actor_label = spec.get("class_name", "actor")
+        self.actor_spec, self.actor_restarts = spec, restarts
+        self.actor_shape = tuple(tuple(pair) for pair in spec.get("shape", ()))
         set_title("mesh-actor", f"{self.actor_label} {core.node_id[:8]}")
         self.log_ctx = (spec["owner"], self.actor_label)
         self.last_sink = spec["owner"]
         error = None
         try:
             if spec.get("runtime_env"):  # first: the class may live in its working_dir
-                from .runtime_env import apply
+                from .runtime_env import apply_for_life
 
-                apply(spec["runtime_env"])
+                apply_for_life(spec["runtime_env"])
             cls = deserialize(spec["class_bytes"], [])
             args = self._resolve_args(spec["args"], frames, spec["owner"])
             self.actor = call_with(cls, args, spec["kw_names"])
@@ -91,10 +94,14 @@ class ActorHost:
     def _call_sync(self, caller: str, call: tuple, frames: list) -> None:
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
         core = self.core
-        if self._pool is None:
-            with self._lock:
+        with self._lock:
+            if self._pool is None:
                 self._current = task_id
+            else:
+                self._active[task_id] = None
+        if self._pool is None:
             core.current_task_id = task_id
+        running = RUNNING.set(Running(task_id, f"{self.actor_label}.{method}", self.actor_shape))
         self.tasks_started += 1
         start = time.perf_counter()
         result = error = None
@@ -113,10 +120,16 @@ class ActorHost:
         except BaseException as e:  # noqa: BLE001
             error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
         finally:
-            if self._pool is None:
-                with self._lock:
+            RUNNING.reset(running)
+            with self._lock:
+                if self._pool is None:
                     self._current = None
                     self._cancel_target = None
+                self._active.pop(task_id, None)
+                if task_id in self._cancel_asked:  # it saw is_canceled() and stopped, as Ray: cancelled
+                    self._cancel_asked.discard(task_id)
+                    result, error = None, exc.TaskCancelledError(task_id=task_id.hex())
+            if self._pool is None:
                 core.current_task_id = None
         duration = time.perf_counter() - start
         self.tasks_finished += 1
@@ -126,6 +139,7 @@ class ActorHost:
     async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
         result = error = None
+        RUNNING.set(Running(task_id, f"{self.actor_label}.{method}", self.actor_shape))  # this asyncio task's own
         async with self._sem:
             self.tasks_started += 1
             start = time.perf_counter()
@@ -145,7 +159,8 @@ class ActorHost:
                         result = await self._astream(caller, task_id, result, num_returns, name)
                     else:  # a plain generator: off the loop, it may block
                         result = await asyncio.get_running_loop().run_in_executor(
-                            None, self._stream, caller, task_id, result, num_returns, name)
+                            None, contextvars.copy_context().run, self._stream, caller, task_id, result,
+                            num_returns, name)
             except BaseException as e:  # noqa: BLE001
                 error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
             duration = time.perf_counter() - start

@@ -1,12 +1,30 @@
-"""What the executor's parts share: calling user code, and the cancel signal's exception."""
+"""What the executor's parts share: calling user code, the cancel signal's exception,
+and the record of the task or actor call running in the current thread or coroutine."""
 
 from __future__ import annotations
 
+import contextvars
+from dataclasses import dataclass
 from typing import Any
 
 
 class Cancelled(BaseException):
     """Raised inside a running task by the cancel signal."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """The task or actor method call that the code calling ``get_runtime_context()`` runs in."""
+
+    task_id: bytes
+    name: str  # the task's name (its function's, or ``name=``), or ``Class.method``
+    shape: tuple  # the resources it was granted, as a shape (sched/resources.py)
+
+
+RUNNING: contextvars.ContextVar[Running | None] = contextvars.ContextVar("meshcompute_running", default=None)
+"""Set around each task and actor call: a context variable, so that the calls of a
+threaded actor (each on its own thread) and of an async actor (each in its own
+asyncio task) each see their own."""
 
 
 def call_with(fn: Any, args: list, kw_names: tuple) -> Any:

@@ -28,7 +28,7 @@ from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
 from . import actor_host, calls
 from .actor_host import ActorHost
-from .calls import Cancelled, call_with
+from .calls import RUNNING, Cancelled, Running, call_with
 
 _OWN_FILES = frozenset({__file__, actor_host.__file__, calls.__file__})
 """The executor's own files: their frames are left out of remote tracebacks."""
@@ -42,12 +42,17 @@ class Executor(ActorHost):
         self.core = core
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self._fns: dict[bytes, Any] = {}
-        self._cancelled: set[bytes] = set()
+        self._cancelled: set[bytes] = set()  # asked to cancel before they started
+        self._cancel_asked: set[bytes] = set()  # asked to cancel while running (is_canceled())
+        self._active: dict[bytes, Any] = {}  # actor calls running on a pool thread or loop -> asyncio task
         self._current: bytes | None = None
         self._cancel_target: bytes | None = None
         self._lock = threading.Lock()
         self.actor: Any = None
         self.actor_id: bytes | None = None
+        self.actor_spec: dict | None = None  # what BECOME_ACTOR said: class, options, creator
+        self.actor_restarts = 0  # how many times this actor was restarted before this instance
+        self.actor_shape: tuple = ()  # the resources the actor holds
         self.bounce_enabled = True
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -76,13 +81,28 @@ class Executor(ActorHost):
             raise Cancelled()
 
     def cancel(self, task_id: bytes) -> None:
-        """Called on the I/O thread for CANCEL_TASK."""
+        """Called on the I/O thread for CANCEL_TASK.
+
+        A task not started yet never runs. One running on the executor thread is
+        interrupted (SIGINT, turned into ``Cancelled``); an async actor's call is
+        cancelled as an asyncio task; a threaded actor's call runs on, and can see
+        that it was asked to stop with ``get_runtime_context().is_canceled()``."""
         with self._lock:
             if self._current == task_id and self._pool is None and self._loop is None:
+                self._cancel_asked.add(task_id)
                 self._cancel_target = task_id
                 signal.pthread_kill(self._main_ident, signal.SIGINT)
+            elif task_id in self._active:
+                self._cancel_asked.add(task_id)
+                aio_task = self._active[task_id]
+                if aio_task is not None:
+                    self._loop.call_soon_threadsafe(aio_task.cancel)
             else:
                 self._cancelled.add(task_id)
+
+    def is_canceled(self, task_id: bytes) -> bool:
+        """Whether ``cancel`` was called for this running task or call."""
+        return task_id in self._cancel_asked
 
     def on_block(self) -> None:
         """The running task waits in get/wait: lend out the CPU, hand back queued tasks."""
@@ -124,13 +144,13 @@ class Executor(ActorHost):
     def can_inline(self) -> bool:
         return self.actor_id is None and self._inline_depth < self.MAX_INLINE_DEPTH
 
-    def run_inline(self, spec: tuple, frames: list) -> None:
+    def run_inline(self, spec: tuple, frames: list, shape: tuple) -> None:
         """Run one of this process's own queued child tasks on this thread."""
         core = self.core
         saved = (core.current_task_id, self._current, getattr(core, "gpu_ids", ()))
         self._inline_depth += 1
         try:
-            self._run_task(core.address, (), spec, frames)
+            self._run_task(core.address, (), spec, frames, shape)
         finally:
             self._inline_depth -= 1
             core.current_task_id, core.gpu_ids = saved[0], saved[2]
@@ -145,7 +165,7 @@ class Executor(ActorHost):
             item = q.get()
             kind = item[0]
             if kind == "task":
-                self._run_task(item[1], item[2], item[3], item[4])
+                self._run_task(item[1], item[2], item[3], item[4], item[5])
             elif kind == "call":
                 self._run_call(*item[1:])
             elif kind == "actor":
@@ -187,7 +207,7 @@ class Executor(ActorHost):
             self._fns[fn_id] = fn
         return fn
 
-    def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list) -> None:
+    def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list, shape: tuple = ()) -> None:
         task_id, fn_id, fn_bytes, name, args_wire, kw_names, num_returns, return_ids = spec
         core = self.core
         if task_id in self._cancelled:
@@ -199,6 +219,7 @@ class Executor(ActorHost):
         core.current_task_id = task_id
         core.gpu_ids = gpu_ids
         self._current = task_id
+        running = RUNNING.set(Running(task_id, name, shape))
         saved_ctx = self.log_ctx
         sink = owner
         if self.actor_id is None:
@@ -225,9 +246,11 @@ class Executor(ActorHost):
             error = self._wrap(name, e)
             result = None
         finally:
+            RUNNING.reset(running)
             with self._lock:
                 self._current = None
                 self._cancel_target = None
+                self._cancel_asked.discard(task_id)
             core.current_task_id = None
             if gpu_ids:
                 if self._base_cuda is None:

@@ -52,7 +52,7 @@ class WorkerInbox:
         }
 
     def on_push_tasks(self, sender: str, msg: tuple, frames: list) -> None:
-        _, lease_id, gpu_ids, specs = msg
+        _, lease_id, gpu_ids, specs, shape = msg
         ex = self.executor
         self._activity()
         if self._blocked() and ex.bounce_enabled:
@@ -61,7 +61,7 @@ class WorkerInbox:
         pos = 0
         for spec in specs:
             n = sum(a[2] for a in spec[4] if a[0] == "v")
-            ex.queue.put(("task", sender, gpu_ids, spec, frames[pos: pos + n]))
+            ex.queue.put(("task", sender, gpu_ids, spec, frames[pos: pos + n], shape))
             pos += n
         self._watch_pipeline()
 

@@ -12,6 +12,7 @@ stays for its life.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import io
 import os
@@ -19,6 +20,15 @@ import sys
 import zipfile
 from collections.abc import Iterator
 from typing import Any
+
+_CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("meshcompute_runtime_env", default=None)
+_for_life: dict = {}  # an actor's environment, as it was given (api/runtime_env.py describe())
+
+
+def current() -> dict:
+    """The runtime_env of the running task (or of this actor), as it was given; {} if none."""
+    env = _CURRENT.get()
+    return _for_life if env is None else env
 
 
 def _unpacked(sha: str, ref: Any) -> str:
@@ -53,10 +63,12 @@ def applied(env: dict) -> Iterator[None]:
     saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
     saved_cwd, saved_path = os.getcwd(), list(sys.path)
     dirs: list[str] = []
+    token = _CURRENT.set(env.get("given", {}))
     try:
         dirs = apply(env)
         yield
     finally:
+        _CURRENT.reset(token)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -69,6 +81,13 @@ def applied(env: dict) -> Iterator[None]:
             for name, mod in list(sys.modules.items()):
                 if (getattr(mod, "__file__", None) or "").startswith(prefixes):
                     del sys.modules[name]
+
+
+def apply_for_life(env: dict) -> None:
+    """Apply an actor's ``env`` for the life of its process."""
+    global _for_life
+    apply(env)
+    _for_life = env.get("given", {})
 
 
 def apply(env: dict) -> list[str]:
