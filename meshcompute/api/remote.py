@@ -308,7 +308,8 @@ class ActorClass:
         handle_meta["daemon"] = answer[2]  # where the actor lives: its state comes from there
         named = bool(opts.get("name")) or lifetime == "detached"
         handle = ActorHandle(actor_id, handle_meta, None if named else core.actor_token(actor_id))
-        handle._arg_holds = [item[1] for item in items if item[0] == "r"]
+        # The arguments' refs, nested ones too, live until the constructor has taken its own holds.
+        handle._arg_holds = [r for item in items for r in ([item[1]] if item[0] == "r" else item[1].contained)]
         return handle
 
 
