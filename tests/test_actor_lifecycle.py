@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import meshcompute as mesh
+from meshcompute import exceptions
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,3 +25,31 @@ def test_a_ref_nested_in_a_constructor_argument_lives_until_the_actor_reads_it(f
 
     a = Slow.remote([mesh.put(41)])  # not inside the assert: pytest would keep the list alive
     assert mesh.get(a.value.remote(), timeout=30) == 41
+
+
+def test_async_init_runs_on_the_actors_loop_before_any_call(node):
+    @mesh.remote
+    class Loaded:
+        async def __init__(self, x, refs):
+            await asyncio.sleep(0.2)
+            self.x = x + await refs[0]  # a ref nested in an argument, awaited
+            self.loop = id(asyncio.get_running_loop())
+
+        async def value(self):
+            return self.x, self.loop == id(asyncio.get_running_loop())
+
+    a = Loaded.remote(1, [mesh.put(41)])
+    assert mesh.get(a.value.remote(), timeout=30) == (42, True)
+
+
+def test_a_failing_async_init_fails_the_calls(node):
+    @mesh.remote
+    class Broken:
+        async def __init__(self):
+            raise ValueError("no config")
+
+        async def value(self):
+            return 1
+
+    with pytest.raises(exceptions.ActorDiedError, match="no config"):
+        mesh.get(Broken.remote().value.remote(), timeout=30)

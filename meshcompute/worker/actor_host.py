@@ -45,13 +45,21 @@ class ActorHost:
                 apply_for_life(spec["runtime_env"])
             cls = deserialize(spec["class_bytes"], [])
             args = self._resolve_args(spec["args"], frames, spec["owner"])
-            self.actor = call_with(cls, args, spec["kw_names"])
             is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
                            for _, m in inspect.getmembers(cls, inspect.isfunction))
             concurrency = spec.get("max_concurrency") or (1000 if is_async else 1)
             if is_async:
                 self._start_async_loop(concurrency)
-            elif concurrency > 1:
+            if inspect.iscoroutinefunction(cls.__init__):
+                # ``async def __init__``: the instance is made here and initialized on the
+                # actor's loop, before any call runs (calls wait for ACTOR_READY).
+                instance = cls.__new__(cls)
+                init = call_with(instance.__init__, args, spec["kw_names"])
+                asyncio.run_coroutine_threadsafe(init, self._loop).result()
+                self.actor = instance
+            else:
+                self.actor = call_with(cls, args, spec["kw_names"])
+            if not is_async and concurrency > 1:
                 self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
         except BaseException as e:  # noqa: BLE001
             error = self._wrap(f"{spec.get('class_name', 'actor')}.__init__", e)
