@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -53,3 +54,53 @@ def test_a_failing_async_init_fails_the_calls(node):
 
     with pytest.raises(exceptions.ActorDiedError, match="no config"):
         mesh.get(Broken.remote().value.remote(), timeout=30)
+
+
+@mesh.remote(max_concurrency=2)
+class Sleeper:
+    def __init__(self):
+        self.cleaned_up = 0
+
+    async def nap(self, seconds):
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            self.cleaned_up += 1
+            raise
+        return "woke"
+
+    async def stubborn(self):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return "swallowed"  # cancelled all the same: its ref raises TaskCancelledError
+
+    async def cleanups(self):
+        return self.cleaned_up
+
+
+def test_cancel_cancels_a_running_async_call_and_the_actor_serves_on(node):
+    s = Sleeper.remote()
+    assert mesh.get(s.cleanups.remote(), timeout=30) == 0
+    running, other = s.nap.remote(30), s.nap.remote(0.5)
+    time.sleep(0.3)
+    start = time.monotonic()
+    mesh.cancel(running)
+    with pytest.raises(exceptions.TaskCancelledError):
+        mesh.get(running, timeout=10)
+    assert time.monotonic() - start < 5
+    assert mesh.get(other, timeout=10) == "woke"  # the call beside it ran on
+    assert mesh.get(s.cleanups.remote(), timeout=10) == 1  # the coroutine saw CancelledError
+
+
+def test_cancel_reaches_calls_waiting_for_the_actors_concurrency_and_stubborn_ones(node):
+    s = Sleeper.remote()
+    busy = [s.stubborn.remote(), s.nap.remote(30)]  # max_concurrency=2: both slots taken
+    waiting = s.nap.remote(0)
+    time.sleep(0.3)
+    for ref in (waiting, *busy):
+        mesh.cancel(ref)
+    for ref in (waiting, *busy):
+        with pytest.raises(exceptions.TaskCancelledError):
+            mesh.get(ref, timeout=10)
+    assert mesh.get(s.nap.remote(0), timeout=10) == "woke"

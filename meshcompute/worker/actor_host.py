@@ -15,6 +15,7 @@ import inspect
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from .. import exceptions as exc
 from ..host.proctitle import set_title
@@ -148,30 +149,50 @@ class ActorHost:
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
         result = error = None
         RUNNING.set(Running(task_id, f"{self.actor_label}.{method}", self.actor_shape))  # this asyncio task's own
-        async with self._sem:
-            self.tasks_started += 1
-            start = time.perf_counter()
-            try:
-                if any(a[0] == "r" for a in args_wire):
-                    args = await asyncio.get_running_loop().run_in_executor(
-                        None, self._resolve_args, args_wire, frames, caller)
-                else:
-                    args = self._resolve_args(args_wire, frames, caller)
-                fn = getattr(self.actor, method)
-                result = call_with(fn, args, kw_names)
-                if inspect.isawaitable(result):
-                    result = await result
-                if isinstance(num_returns, (tuple, list)):
-                    name = f"{type(self.actor).__name__}.{method}"
-                    if inspect.isasyncgen(result):
-                        result = await self._astream(caller, task_id, result, num_returns, name)
-                    else:  # a plain generator: off the loop, it may block
-                        result = await asyncio.get_running_loop().run_in_executor(
-                            None, contextvars.copy_context().run, self._stream, caller, task_id, result,
-                            num_returns, name)
-            except BaseException as e:  # noqa: BLE001
-                error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
-            duration = time.perf_counter() - start
+        with self._lock:
+            cancelled = task_id in self._cancelled  # cancelled on its way to the loop
+            self._cancelled.discard(task_id)
+            if not cancelled:
+                self._active[task_id] = asyncio.current_task()  # cancel() cancels this asyncio task
+        started, start = False, time.perf_counter()
+        try:
+            if cancelled:
+                raise asyncio.CancelledError()
+            async with self._sem:
+                started, start = True, time.perf_counter()
+                self.tasks_started += 1
+                result = await self._run_async(caller, task_id, method, args_wire, kw_names, num_returns, frames)
+        except asyncio.CancelledError:
+            error = exc.TaskCancelledError(task_id=task_id.hex())
+        except BaseException as e:  # noqa: BLE001
+            error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
+        finally:
+            with self._lock:
+                self._active.pop(task_id, None)
+                if task_id in self._cancel_asked:  # it caught the CancelledError and went on: cancelled all the same
+                    self._cancel_asked.discard(task_id)
+                    result, error = None, exc.TaskCancelledError(task_id=task_id.hex())
+        duration = time.perf_counter() - start
+        if started:
             self.tasks_finished += 1
             self.timeline.append((f"{self.actor_label}.{method}", start, duration, task_id))
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
+
+    async def _run_async(self, caller: str, task_id: bytes, method: str, args_wire: list, kw_names: tuple,
+                         num_returns: Any, frames: list) -> Any:
+        if any(a[0] == "r" for a in args_wire):
+            args = await asyncio.get_running_loop().run_in_executor(
+                None, self._resolve_args, args_wire, frames, caller)
+        else:
+            args = self._resolve_args(args_wire, frames, caller)
+        result = call_with(getattr(self.actor, method), args, kw_names)
+        if inspect.isawaitable(result):
+            result = await result
+        if isinstance(num_returns, (tuple, list)):
+            name = f"{type(self.actor).__name__}.{method}"
+            if inspect.isasyncgen(result):
+                return await self._astream(caller, task_id, result, num_returns, name)
+            # a plain generator: off the loop, it may block
+            return await asyncio.get_running_loop().run_in_executor(
+                None, contextvars.copy_context().run, self._stream, caller, task_id, result, num_returns, name)
+        return result
