@@ -11,7 +11,7 @@ The API mirrors Ray Core, so ``import meshcompute as ray`` ports most programs::
     print(mesh.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 """
 
-from . import exceptions, kv, util
+from . import actor, exceptions, kv, util
 from .api.remote import ActorClass, ActorHandle, RemoteFunction, method
 from .api.session import (
     RuntimeContext,
@@ -45,6 +45,7 @@ __all__ = [
     "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
+    "actor",
     "available_resources",
     "cancel",
     "cluster_resources",

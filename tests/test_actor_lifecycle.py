@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
 
 import meshcompute as mesh
 from meshcompute import exceptions
+
+from .conftest import pid_alive, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,3 +107,84 @@ def test_cancel_reaches_calls_waiting_for_the_actors_concurrency_and_stubborn_on
         with pytest.raises(exceptions.TaskCancelledError):
             mesh.get(ref, timeout=10)
     assert mesh.get(s.nap.remote(0), timeout=10) == "woke"
+
+
+@mesh.remote(max_restarts=3)
+class Quitter:
+    def __init__(self, marker=None):
+        self.marker = marker
+        if marker:
+            import atexit
+
+            atexit.register(lambda: open(marker, "w").write("atexit ran"))
+
+    def pid(self):
+        return os.getpid()
+
+    def quit(self):
+        mesh.actor.exit_actor()
+        return "not reached"
+
+    def swallow(self):
+        try:
+            mesh.actor.exit_actor()
+        except Exception:  # exit_actor() is not an Exception: this does not stop it
+            return "swallowed"
+
+
+def test_exit_actor_ends_the_actor_for_good(node, tmp_path):
+    marker = tmp_path / "atexit"
+    q = Quitter.remote(str(marker))
+    pid = mesh.get(q.pid.remote(), timeout=30)
+    quit_ref = q.quit.remote()
+    with pytest.raises(exceptions.ActorDiedError, match="exit_actor"):
+        mesh.get(quit_ref, timeout=30)
+    with pytest.raises(exceptions.ActorDiedError, match="exit_actor"):  # not restarted, max_restarts or not
+        mesh.get(q.pid.remote(), timeout=30)
+    assert wait_for(lambda: not pid_alive(pid), timeout=10)
+    assert marker.read_text() == "atexit ran"
+    with pytest.raises(exceptions.ActorDiedError):
+        mesh.get(Quitter.remote().swallow.remote(), timeout=30)
+
+
+def test_exit_actor_fails_calls_not_started_and_lets_running_ones_finish(node):
+    @mesh.remote(max_concurrency=4)
+    class Busy:
+        def slow(self):
+            time.sleep(1)
+            return "finished"
+
+        def quit(self):
+            mesh.actor.exit_actor()
+
+    b = Busy.remote()
+    slow = b.slow.remote()
+    time.sleep(0.3)
+    quit_ref = b.quit.remote()
+    after = b.slow.remote()
+    assert mesh.get(slow, timeout=30) == "finished"
+    for ref in (quit_ref, after):
+        with pytest.raises(exceptions.ActorDiedError):
+            mesh.get(ref, timeout=30)
+
+
+def test_exit_actor_in_an_async_actor_and_outside_actors(node):
+    @mesh.remote
+    class AsyncQuitter:
+        async def quit(self):
+            await asyncio.sleep(0)
+            mesh.actor.exit_actor()
+
+        async def ping(self):
+            return "pong"
+
+    a = AsyncQuitter.remote()
+    assert mesh.get(a.ping.remote(), timeout=30) == "pong"
+    with pytest.raises(exceptions.ActorDiedError, match="exit_actor"):
+        mesh.get(a.quit.remote(), timeout=30)
+    with pytest.raises(exceptions.ActorDiedError, match="exit_actor"):
+        mesh.get(a.ping.remote(), timeout=30)
+    with pytest.raises(TypeError, match="inside an actor"):
+        mesh.actor.exit_actor()
+    with pytest.raises(TypeError, match="inside an actor"):
+        mesh.get(mesh.remote(mesh.actor.exit_actor).remote(), timeout=30)

@@ -12,7 +12,7 @@ EXPECTED = {
     "DynamicObjectRefGenerator",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "put", "remote", "shutdown", "timeline", "wait", "kv", "util",
+    "put", "remote", "shutdown", "timeline", "wait", "kv", "util", "actor",
 }
 
 EXPECTED_EXCEPTIONS = {

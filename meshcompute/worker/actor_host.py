@@ -10,8 +10,10 @@ methods.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import inspect
+import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +21,10 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..host.proctitle import set_title
+from ..host.sessions import ACTOR_EXIT_CODE
 from ..wire.messages import Msg
 from ..wire.serialization import deserialize
-from .calls import RUNNING, Cancelled, Running, call_with
+from .calls import RUNNING, ActorExit, Cancelled, Running, call_with
 
 
 class ActorHost:
@@ -62,6 +65,9 @@ class ActorHost:
                 self.actor = call_with(cls, args, spec["kw_names"])
             if not is_async and concurrency > 1:
                 self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
+        except ActorExit:
+            core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, "it called exit_actor() in __init__")
+            return
         except BaseException as e:  # noqa: BLE001
             error = self._wrap(f"{spec.get('class_name', 'actor')}.__init__", e)
             core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, str(error))
@@ -93,16 +99,65 @@ class ActorHost:
             self._finish(caller, task_id, call[5], call[4], None,
                          exc.TaskCancelledError(task_id=task_id.hex()), 0.0)
             return
+        if self._loop is None and self._pool is None:
+            self._call_sync(caller, call, frames)
+            return
+        with self._calls_cv:  # counted until its result is out: exit_actor() waits for it
+            self._calls_running += 1
         if self._loop is not None:
             asyncio.run_coroutine_threadsafe(self._call_async(caller, call, frames), self._loop)
-        elif self._pool is not None:
-            self._pool.submit(self._call_sync, caller, call, frames)
         else:
-            self._call_sync(caller, call, frames)
+            self._pool.submit(self._call_sync, caller, call, frames)
+
+    def _call_ended(self) -> None:
+        with self._calls_cv:
+            self._calls_running -= 1
+            self._calls_cv.notify_all()
+
+    # ------------------------------------------------------------------ exit
+
+    def request_exit(self) -> None:
+        """exit_actor() was called (any thread): no call starts any more, and the executor
+        thread ends the process once the calls running now are done (``_exit_actor``)."""
+        self.exiting = True
+        self.queue.put(("exit_actor",))  # wakes the executor thread
+
+    def _exit_error(self) -> exc.ActorDiedError:
+        return exc.ActorDiedError("The actor exited: it called exit_actor().", self.actor_id.hex())
+
+    def _exit_actor(self, first: tuple) -> None:
+        """End this actor (executor thread): the calls not started fail with ActorDiedError, those
+        running finish, atexit handlers run, and the process exits with ACTOR_EXIT_CODE, which
+        tells its daemon not to restart it."""
+        items = [first]
+        while True:
+            try:
+                items.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item[0] == "call":
+                call = item[2]
+                self._finish(item[1], call[0], call[5], call[4], None, self._exit_error(), 0.0)
+        with self._calls_cv:
+            while self._calls_running > 0:
+                self._calls_cv.wait(1.0)
+        atexit._run_exitfuncs()
+        self.exit_code = ACTOR_EXIT_CODE
 
     def _call_sync(self, caller: str, call: tuple, frames: list) -> None:
+        try:
+            self._call_sync_once(caller, call, frames)
+        finally:
+            if self._pool is not None:
+                self._call_ended()
+
+    def _call_sync_once(self, caller: str, call: tuple, frames: list) -> None:
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
         core = self.core
+        if self.exiting:
+            self._finish(caller, task_id, return_ids, num_returns, None, self._exit_error(), 0.0)
+            return
         with self._lock:
             if self._pool is None:
                 self._current = task_id
@@ -126,6 +181,8 @@ class ActorHost:
                 result = self._stream(caller, task_id, result, num_returns, f"{type(self.actor).__name__}.{method}")
         except Cancelled:
             error = exc.TaskCancelledError(task_id=task_id.hex())
+        except ActorExit:
+            error = self._exit_error()
         except BaseException as e:  # noqa: BLE001
             error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
         finally:
@@ -146,6 +203,12 @@ class ActorHost:
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
     async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
+        try:
+            await self._call_async_once(caller, call, frames)
+        finally:
+            self._call_ended()
+
+    async def _call_async_once(self, caller: str, call: tuple, frames: list) -> None:
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
         result = error = None
         RUNNING.set(Running(task_id, f"{self.actor_label}.{method}", self.actor_shape))  # this asyncio task's own
@@ -159,11 +222,15 @@ class ActorHost:
             if cancelled:
                 raise asyncio.CancelledError()
             async with self._sem:
+                if self.exiting:
+                    raise ActorExit()
                 started, start = True, time.perf_counter()
                 self.tasks_started += 1
                 result = await self._run_async(caller, task_id, method, args_wire, kw_names, num_returns, frames)
         except asyncio.CancelledError:
             error = exc.TaskCancelledError(task_id=task_id.hex())
+        except ActorExit:
+            error = self._exit_error()
         except BaseException as e:  # noqa: BLE001
             error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
         finally:

@@ -12,6 +12,11 @@ class Cancelled(BaseException):
     """Raised inside a running task by the cancel signal."""
 
 
+class ActorExit(BaseException):
+    """Raised by ``exit_actor()`` to end the actor call that called it (not an Exception,
+    so that user code's ``except Exception`` does not stop it)."""
+
+
 @dataclass(frozen=True)
 class Running:
     """The task or actor method call that the code calling ``get_runtime_context()`` runs in."""

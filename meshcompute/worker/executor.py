@@ -53,6 +53,10 @@ class Executor(ActorHost):
         self.actor_spec: dict | None = None  # what BECOME_ACTOR said: class, options, creator
         self.actor_restarts = 0  # how many times this actor was restarted before this instance
         self.actor_shape: tuple = ()  # the resources the actor holds
+        self.exiting = False  # exit_actor() was called: no call starts any more
+        self.exit_code: int | None = None  # what the process exits with once run() returns
+        self._calls_cv = threading.Condition()  # counts the calls running on a pool thread or the loop
+        self._calls_running = 0
         self.bounce_enabled = True
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -163,6 +167,9 @@ class Executor(ActorHost):
         q = self.queue
         while True:
             item = q.get()
+            if self.exiting:  # exit_actor(): this item and those behind it fail, then the process ends
+                self._exit_actor(item)
+                return
             kind = item[0]
             if kind == "task":
                 self._run_task(item[1], item[2], item[3], item[4], item[5])
