@@ -41,6 +41,7 @@ from ..wire.serialization import (
 )
 from .actors import ActorCalls
 from .control import ControlRequests, gcs_result
+from .futures import future_for
 from .io_thread import IoThread
 from .object_ref import ObjectRef
 from .objects import READY, Entry, ObjectTable, Waiter
@@ -443,18 +444,8 @@ class Core:
             self.post(self.objects.forget_unreferenced, oid)
 
     def future_for(self, ref: ObjectRef):
-        import concurrent.futures
-
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
-        def _wait():
-            try:
-                fut.set_result(self.get([ref])[0])
-            except BaseException as err:  # delivered to the awaiting code
-                fut.set_exception(err)
-
-        threading.Thread(target=_wait, daemon=True, name="meshcompute-future").start()
-        return fut
+        """A concurrent.futures.Future of ``ref``'s value (futures.py: no thread per ref)."""
+        return future_for(self, ref)
 
     # ------------------------------------------------------------------- put
 
