@@ -21,6 +21,10 @@ EXPECTED_EXCEPTIONS = {
     "RayError", "RayTaskError", "RayActorError", "ControlStoreUnavailableError", "PlacementGroupRemovedError",
     "ObjectReconstructionFailedError", "ObjectReconstructionFailedMaxAttemptsExceededError",
     "ObjectReconstructionFailedLineageEvictedError", "LocalNodeDiedError", "PendingCallsLimitExceeded",
+    # Ray's other names (tests/test_ray_exceptions.py says which meshcompute raises):
+    "MeshSystemError", "RaySystemError", "RuntimeEnvSetupError", "TaskUnschedulableError",
+    "ActorUnschedulableError", "ActorUnavailableError", "OutOfDiskError", "OutOfMemoryError",
+    "ObjectFetchTimedOutError", "TaskPlacementGroupRemoved", "ActorPlacementGroupRemoved", "LocalRayletDiedError",
 }
 
 

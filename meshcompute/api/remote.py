@@ -183,7 +183,7 @@ def _create_actor(core: Any, actor_id: bytes, spec: dict, frames: list) -> tuple
         w = core.io.expect_reply(req_id)
         core.post(core.actors.create, actor_id, spec, frames, daemon)
         if not w.event.wait(60):
-            raise exc.MeshError("the node daemon did not answer the actor creation within 60 s")
+            raise exc.MeshSystemError("the node daemon did not answer the actor creation within 60 s")
         if w.value[0] != "spill":
             return w.value
         daemon = w.value[1]

@@ -40,6 +40,7 @@ from ..wire.serialization import (
     serialize,
 )
 from .actors import ActorCalls
+from .affinity import fail_if_pinned_to, fail_pinned_to
 from .control import ControlRequests, gcs_result
 from .futures import future_for
 from .io_thread import IoThread
@@ -210,6 +211,7 @@ class Core:
         reason = f"node {node_id} {'died' if state == 'dead' else 'left'}"
         self.objects.node_died(node_id)  # first: what we borrow from there fails, rebuilds see it dead
         self.tasks.on_node_gone(node_id, reason)
+        fail_pinned_to(self.tasks, {node_id})  # waiting for that very node: never (TaskUnschedulableError)
         self.actors.on_node_gone(node_id, reason)
         self.io.forget_node(node_id)
 
@@ -503,6 +505,8 @@ class Core:
         if isinstance(t.num_returns, tuple):
             self.tasks.lineage.needed.pop(t.task_id, None)  # its items cannot be rebuilt
             self.streams.open(t.task_id, t.num_returns[0] == "dynamic", t.num_returns[1])
+        if self.objects.dead_nodes and t.actor_id is None:
+            fail_if_pinned_to(self.tasks, t, self.objects.dead_nodes)
         if self.io.local_node_died is not None:
             self.tasks.fail(t, self.io.local_node_died)
 

@@ -209,7 +209,7 @@ class Executor(ActorHost):
         fn = self._fns.get(fn_id)
         if fn is None:
             if fn_bytes is None:
-                raise exc.MeshError("function definition missing on worker")
+                raise exc.MeshSystemError("function definition missing on worker")
             fn = deserialize(fn_bytes, [])
             self._fns[fn_id] = fn
         return fn
@@ -247,7 +247,7 @@ class Executor(ActorHost):
         except Cancelled:
             error = exc.TaskCancelledError(task_id=task_id.hex())
             result = None
-        except exc.TaskCancelledError as e:
+        except (exc.TaskCancelledError, exc.RuntimeEnvSetupError) as e:  # not the user's code: as they are
             error, result = e, None
         except BaseException as e:  # noqa: BLE001 - every user error goes back to the owner
             error = self._wrap(name, e)

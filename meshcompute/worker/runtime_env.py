@@ -16,10 +16,13 @@ import contextvars
 import inspect
 import io
 import os
+import shutil
 import sys
 import zipfile
 from collections.abc import Iterator
 from typing import Any
+
+from .. import exceptions as exc
 
 _CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("meshcompute_runtime_env", default=None)
 _for_life: dict = {}  # an actor's environment, as it was given (api/runtime_env.py describe())
@@ -32,24 +35,30 @@ def current() -> dict:
 
 
 def _unpacked(sha: str, ref: Any) -> str:
-    """The node's copy of a packaged directory, unpacked on first use (atomically)."""
+    """The node's copy of a packaged directory, unpacked on first use (atomically).
+
+    Raises RuntimeEnvSetupError when the package cannot be fetched or unpacked."""
     from ..owner import context
 
     core = context.core
     root = os.path.join(core.session_dir, "runtime_envs")
     path = os.path.join(root, sha)
-    if not os.path.isdir(path):
+    if os.path.isdir(path):
+        return path
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
         os.makedirs(root, exist_ok=True)
         data = core.get([ref])[0]
-        tmp = f"{path}.tmp{os.getpid()}"
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             z.extractall(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:  # another worker of this node unpacked it first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, zipfile.BadZipFile, exc.ObjectLostError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise exc.RuntimeEnvSetupError(f"could not unpack a runtime_env package ({sha}) into {path}: "
+                                       f"{type(e).__name__}: {e}") from None
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another worker of this node unpacked it first
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
