@@ -37,6 +37,17 @@ from .owner.object_ref import ObjectRef
 
 __version__ = "0.1.0"
 
+_LAZY = ("cloudpickle",)
+"""Modules that are attributes without an import, imported on first use (as Ray's)."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ActorClass",
     "ActorHandle",

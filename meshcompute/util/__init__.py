@@ -2,8 +2,8 @@
 
 ``ActorPool`` and the placement group functions are here; the modules
 ``multiprocessing`` (``Pool``), ``futures`` (``MeshExecutor``), ``queue``
-(``Queue``), ``joblib`` (``register_mesh``, ``register_ray``) and
-``scheduling_strategies`` are attributes too, imported on first use so that
+(``Queue``), ``joblib`` (``register_mesh``, ``register_ray``), ``accelerators``
+and ``scheduling_strategies`` are attributes too, imported on first use so that
 ``import meshcompute`` stays light (and joblib is needed only by ``register_mesh``).
 """
 
@@ -21,7 +21,7 @@ from .placement_group import (
     remove_placement_group,
 )
 
-_SUBMODULES = ("futures", "joblib", "multiprocessing", "queue", "scheduling_strategies")
+_SUBMODULES = ("accelerators", "futures", "joblib", "multiprocessing", "queue", "scheduling_strategies")
 
 
 def get_node_ip_address() -> str:
