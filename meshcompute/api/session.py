@@ -125,6 +125,10 @@ def init(
             raise RuntimeError("meshcompute is already initialized; call shutdown() first, "
                                "or pass ignore_reinit_error=True")
         _check_ray_options(ray_options)
+        if resources and "GPU" in resources:  # GPUs given as a resource are the node's devices
+            from ..node.config import gpu_count
+
+            gpu_count(num_gpus, resources["GPU"])  # ValueError when they are not a whole number
         default_env = check_runtime_env(runtime_env)
         if configure_logging:
             _ensure_log_handler(logging_format)

@@ -189,7 +189,7 @@ class ActorDirectory:
             w = idle.pop()
             w.state, w.actor_id = "actor", a.actor_id
             a.worker_id = w.worker_id
-            self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, frames=a.frames)
+            self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, a.gpu_ids, frames=a.frames)
         else:
             w = self.workers.fork()
             w.actor_id = a.actor_id
@@ -201,7 +201,7 @@ class ActorDirectory:
             return False
         a = self.actors[w.actor_id]
         w.state = "actor"
-        self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, frames=a.frames)
+        self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, a.gpu_ids, frames=a.frames)
         return True
 
     def on_actor_ready(self, sender: str, msg: tuple, frames: list) -> None:

@@ -116,7 +116,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.STORE_FREE: ("object_ids", "node_id"),
     Msg.KILL_WORKER: ("worker_id",),
     Msg.NODE_INFO: ("req_id", "what"),
-    Msg.BECOME_ACTOR: ("actor_id", "spec", "restarts"),
+    Msg.BECOME_ACTOR: ("actor_id", "spec", "restarts", "gpu_ids"),
     Msg.ACTOR_READY: ("actor_id", "error"),
     Msg.REPLY: ("req_id", "value"),
     Msg.CANCEL_LEASE_REQUEST: ("req_id",),

@@ -13,6 +13,7 @@ import asyncio
 import atexit
 import contextvars
 import inspect
+import os
 import queue
 import threading
 import time
@@ -30,8 +31,11 @@ from .calls import RUNNING, ActorExit, Cancelled, Running, call_with
 class ActorHost:
     """The actor side of the executor (a mixin: ``Executor`` holds the state it uses)."""
 
-    def _become_actor(self, actor_id: bytes, spec: dict, restarts: int, frames: list) -> None:
+    def _become_actor(self, actor_id: bytes, spec: dict, restarts: int, frames: list, gpu_ids: tuple) -> None:
         core = self.core
+        core.gpu_ids = gpu_ids
+        if gpu_ids:  # the devices it holds, for its life (its runtime_env's env_vars may still say otherwise)
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         self.actor_id = actor_id
         core.current_actor_id = actor_id
         self.bounce_enabled = False

@@ -176,7 +176,7 @@ class Executor(ActorHost):
             elif kind == "call":
                 self._run_call(*item[1:])
             elif kind == "actor":
-                self._become_actor(item[1], item[2], item[3], item[4])
+                self._become_actor(item[1], item[2], item[3], item[4], item[5])
             elif kind == "exit":
                 return
 

@@ -92,7 +92,7 @@ class WorkerInbox:
         self.executor.cancel(msg[1])
 
     def on_become_actor(self, sender: str, msg: tuple, frames: list) -> None:
-        self.executor.queue.put(("actor", msg[1], msg[2], msg[3], frames))
+        self.executor.queue.put(("actor", msg[1], msg[2], msg[3], frames, tuple(msg[4])))
 
     def on_release_handoff(self, sender: str, msg: tuple, frames: list) -> None:
         self.handoff.pop(msg[1], None)
