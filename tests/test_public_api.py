@@ -50,7 +50,7 @@ EXPECTED_UTIL_MODULES = {
 
 
 # Modules of meshcompute that are attributes without an import (as ray.cloudpickle, ray.dag...).
-EXPECTED_LAZY = {"cloudpickle", "dag"}
+EXPECTED_LAZY = {"cloudpickle", "dag", "experimental"}
 
 
 def test_lazy_modules_are_attributes():
