@@ -107,7 +107,8 @@ def init(
         log_to_driver: print what tasks and actors print (their stdout and stderr
             lines, prefixed ``(name pid=..., node=...)``) on this process's stderr.
         runtime_env: the default ``runtime_env`` of this driver's tasks and actors
-            (``env_vars``, ``working_dir``, ``py_modules``; see api/runtime_env.py).
+            (``env_vars``, ``working_dir``, ``py_modules``, ``worker_process_setup_hook``;
+            see api/runtime_env.py).
         configure_logging, logging_level, logging_format: meshcompute's own log
             lines (on stderr unless the program configured logging itself).
 

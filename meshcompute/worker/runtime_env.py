@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import inspect
 import io
 import os
 import shutil
 import sys
+import traceback
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -110,7 +112,36 @@ def apply(env: dict) -> list[str]:
         dirs.append(_unpacked(*env["working_dir"]))
         os.chdir(dirs[-1])
         sys.path.insert(0, dirs[-1])
+    if env.get("worker_process_setup_hook"):  # last: it may import from the directories above
+        _run_setup_hook(env["worker_process_setup_hook"])
     return dirs
+
+
+_hooks_run: set = set()  # the setup hooks this process has run (a hook runs once per process)
+
+
+def _run_setup_hook(hook: bytes | str) -> None:
+    """Run a ``worker_process_setup_hook`` (pickled, or ``"module.function"``) once in this process.
+
+    Raises RuntimeEnvSetupError if it cannot be loaded or raises; it is tried again
+    before the next task that needs it."""
+    if hook in _hooks_run:
+        return
+    what = hook if isinstance(hook, str) else "(a function)"
+    try:
+        if isinstance(hook, str):
+            module, _, name = hook.rpartition(".")
+            fn = getattr(importlib.import_module(module), name)
+        else:
+            from ..wire.serialization import deserialize
+
+            fn = deserialize(hook, [])
+            what = getattr(fn, "__qualname__", what)
+        fn()
+    except Exception as e:  # noqa: BLE001 - any failure of the hook fails the setup
+        raise exc.RuntimeEnvSetupError(f"worker_process_setup_hook {what} failed: {type(e).__name__}: {e}\n"
+                                       f"{traceback.format_exc()}") from None
+    _hooks_run.add(hook)
 
 
 class WithEnv:
