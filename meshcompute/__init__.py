@@ -11,7 +11,7 @@ The API mirrors Ray Core, so ``import meshcompute as ray`` ports most programs::
     print(mesh.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 """
 
-from . import exceptions, kv, util
+from . import actor, exceptions, kv, util
 from .api.remote import ActorClass, ActorHandle, RemoteFunction, method
 from .api.session import (
     RuntimeContext,
@@ -37,6 +37,17 @@ from .owner.object_ref import ObjectRef
 
 __version__ = "0.1.0"
 
+_LAZY = ("cloudpickle", "dag", "experimental")
+"""Modules that are attributes without an import, imported on first use (as Ray's)."""
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ActorClass",
     "ActorHandle",
@@ -45,6 +56,7 @@ __all__ = [
     "ObjectRefGenerator",
     "RemoteFunction",
     "RuntimeContext",
+    "actor",
     "available_resources",
     "cancel",
     "cluster_resources",

@@ -27,6 +27,16 @@ __all__ = [
     "ObjectStoreFullError",
     "ControlStoreUnavailableError",
     "PlacementGroupRemovedError",
+    "MeshSystemError",
+    "RuntimeEnvSetupError",
+    "TaskUnschedulableError",
+    "ActorUnschedulableError",
+    "ActorUnavailableError",
+    "OutOfDiskError",
+    "OutOfMemoryError",
+    "ObjectFetchTimedOutError",
+    "TaskPlacementGroupRemoved",
+    "ActorPlacementGroupRemoved",
 ]
 
 
@@ -213,9 +223,81 @@ class PlacementGroupRemovedError(MeshError):
     """The placement group was removed (``remove_placement_group``) before it was ready."""
 
 
+class MeshSystemError(MeshError):
+    """meshcompute itself failed, not the user's code: a process it needs did not answer
+    (the node daemon within 30-60 s, a peer that is gone), or a worker lacks a function
+    definition it should have been sent. Ray's name is ``RaySystemError``."""
+
+
+class RuntimeEnvSetupError(MeshError):
+    """A task's or actor's ``runtime_env`` could not be set up where it runs: its
+    ``working_dir`` or a ``py_modules`` package could not be fetched or unpacked (a
+    ``.zip`` that is not one, a full disk), or its ``worker_process_setup_hook`` raised
+    or could not be imported. ``get`` on the task's refs raises it (for an actor, its
+    calls raise ``ActorDiedError`` saying so). A runtime_env that is wrong where it is
+    declared (an unknown key, a missing directory) raises ``ValueError`` there instead."""
+
+
+class TaskUnschedulableError(MeshError):
+    """The task can never run: it is pinned to a node (``NodeAffinitySchedulingStrategy``
+    with ``soft=False``) that died or left the mesh. Raised by ``get`` on its refs, for
+    tasks waiting when the node went and tasks submitted after (a task run again to
+    rebuild results lost there is not failed: it waits). A task whose resources no node
+    has is not failed either: it waits, with one warning, for such a node to join."""
+
+
+class ActorUnschedulableError(ActorError):
+    """Ray raises this when an actor cannot be placed. meshcompute never does: an actor
+    pinned to a node that died ends DEAD, and its calls raise ``ActorDiedError`` saying
+    why; an actor whose resources no node has stays pending, with a warning, until such
+    a node joins."""
+
+
+class ActorUnavailableError(ActorError):
+    """Ray raises this when an actor is briefly unreachable and a call may or may not
+    have run. meshcompute never does: a call in flight when its actor's process or node
+    dies is resent after the restart while ``max_task_retries`` lasts, and otherwise
+    fails with ``ActorDiedError``; calls made while it restarts wait for it."""
+
+
+class OutOfDiskError(ObjectStoreFullError):
+    """The object store is full and spilling to make room failed because the spill
+    directory's disk is full (``mesh start --spill-dir`` puts it elsewhere). A subclass
+    of ``ObjectStoreFullError``, which is what a full store raises otherwise."""
+
+
+class OutOfMemoryError(MeshError):
+    """Ray raises this when its memory monitor kills a task to save its node. meshcompute
+    has no memory monitor and never raises it: a worker the kernel's out-of-memory
+    killer ends is a crash (``WorkerCrashedError``, whose message names SIGKILL), retried
+    under ``max_retries``. Ask for ``memory=`` to keep big tasks apart."""
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    """Ray raises this when no copy of an object can be located in time. meshcompute never
+    does: a pull that stalls asks again, then the reader asks the object's owner where it
+    is; a value no copy of which is left raises ``ObjectLostError`` (or ``OwnerDiedError``,
+    or is rebuilt from lineage), and ``get(timeout=)`` bounds the wait (``GetTimeoutError``)."""
+
+
+class TaskPlacementGroupRemoved(MeshError):
+    """Ray raises this for a task whose placement group was removed. meshcompute never
+    does: tasks running in the removed group's bundles are stopped and retried under
+    ``max_retries``, and a task waiting for a removed group's resources waits (a lease
+    that no node can grant) -- remove a group only once its work is done."""
+
+
+class ActorPlacementGroupRemoved(ActorError):
+    """Ray raises this for an actor whose placement group was removed. meshcompute never
+    does: the actor is stopped and its calls raise ``ActorDiedError`` naming the removed
+    group; creating an actor in a removed group raises ``ValueError``."""
+
+
 # Ray's names, so ``except ray.exceptions.RayTaskError`` keeps working after
 # ``import meshcompute as ray``.
 RayError = MeshError
 RayTaskError = TaskError
 RayActorError = ActorError
-__all__ += ["RayError", "RayTaskError", "RayActorError"]
+RaySystemError = MeshSystemError
+LocalRayletDiedError = LocalNodeDiedError
+__all__ += ["RayError", "RayTaskError", "RayActorError", "RaySystemError", "LocalRayletDiedError"]

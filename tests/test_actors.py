@@ -239,6 +239,28 @@ def test_actor_runtime_context_and_method_errors():
         c.incr()
 
 
+def test_a_method_error_traceback_starts_at_the_users_code():
+    @mesh.remote
+    class Fails:
+        def sync(self):
+            raise KeyError("sync")
+
+        async def coro(self):
+            raise KeyError("coro")
+
+    @mesh.remote(max_concurrency=2)
+    class Threaded:
+        def sync(self):
+            raise KeyError("threaded")
+
+    fails = Fails.remote()
+    for ref in (fails.sync.remote(), fails.coro.remote(), Threaded.remote().sync.remote()):
+        with pytest.raises(KeyError) as info:
+            mesh.get(ref, timeout=30)
+        trace = info.value.traceback_str
+        assert "raise KeyError" in trace and "actor_host.py" not in trace and "executor.py" not in trace, trace
+
+
 @mesh.remote
 class Holder:
     def __init__(self):

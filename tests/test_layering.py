@@ -13,7 +13,7 @@ Layers, bottom up (a module may import its own package and anything below):
 5. ``worker``; the shells of the cores: ``gossip.shell``, ``gcs.shell``
 6. ``node``: the daemon
 7. ``api``: the user-facing functions and classes
-8. ``kv``, ``util``: public modules built on ``api``
+8. ``kv``, ``util``, ``actor``, ``cloudpickle``, ``dag``, ``experimental``: public modules built on ``api``
 9. ``meshcompute`` itself (the public names)
 10. ``cli``, ``testing``
 
@@ -35,7 +35,7 @@ LAYERS = {
     "sched": 1, "store": 1, "raft": 1, "gossip": 1, "wire": 1, "gcs": 1.5, "store.shm": 1.7,
     "host": 2, "observe": 3, "owner": 4,
     "worker": 5, "gossip.shell": 5, "gcs.shell": 5,
-    "node": 6, "api": 7, "kv": 8, "util": 8,
+    "node": 6, "api": 7, "kv": 8, "util": 8, "actor": 8, "cloudpickle": 8, "dag": 8, "experimental": 8,
     "": 9, "cli": 10, "testing": 10,
 }
 PURE = ("sched", "store", "raft", "gossip", "gcs")

@@ -12,7 +12,7 @@ EXPECTED = {
     "DynamicObjectRefGenerator",
     "available_resources", "cancel", "cluster_resources", "exceptions", "get", "get_actor",
     "get_gpu_ids", "get_runtime_context", "init", "is_initialized", "kill", "method", "nodes",
-    "put", "remote", "shutdown", "timeline", "wait", "kv", "util",
+    "put", "remote", "shutdown", "timeline", "wait", "kv", "util", "actor",
 }
 
 EXPECTED_EXCEPTIONS = {
@@ -21,16 +21,26 @@ EXPECTED_EXCEPTIONS = {
     "RayError", "RayTaskError", "RayActorError", "ControlStoreUnavailableError", "PlacementGroupRemovedError",
     "ObjectReconstructionFailedError", "ObjectReconstructionFailedMaxAttemptsExceededError",
     "ObjectReconstructionFailedLineageEvictedError", "LocalNodeDiedError", "PendingCallsLimitExceeded",
+    # Ray's other names (tests/test_ray_exceptions.py says which meshcompute raises):
+    "MeshSystemError", "RaySystemError", "RuntimeEnvSetupError", "TaskUnschedulableError",
+    "ActorUnschedulableError", "ActorUnavailableError", "OutOfDiskError", "OutOfMemoryError",
+    "ObjectFetchTimedOutError", "TaskPlacementGroupRemoved", "ActorPlacementGroupRemoved", "LocalRayletDiedError",
 }
 
 
 EXPECTED_UTIL = {
-    "ActorPool", "PlacementGroup", "get_placement_group", "placement_group", "placement_group_table",
-    "remove_placement_group",
+    "ActorPool", "PlacementGroup", "get_node_ip_address", "get_placement_group", "placement_group",
+    "placement_group_table", "remove_placement_group",
 }
 
 # meshcompute.util's modules, reachable as attributes (imported on first use), and their names.
 EXPECTED_UTIL_MODULES = {
+    "accelerators": {"NVIDIA_TESLA_V100", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_T4", "NVIDIA_TESLA_P4",
+                     "NVIDIA_TESLA_K80", "NVIDIA_TESLA_A10G", "NVIDIA_L4", "NVIDIA_L40S", "NVIDIA_A100",
+                     "NVIDIA_A100_40G", "NVIDIA_A100_80G", "NVIDIA_H100", "NVIDIA_H200", "NVIDIA_B200",
+                     "AMD_INSTINCT_MI100", "AMD_INSTINCT_MI210", "AMD_INSTINCT_MI250", "AMD_INSTINCT_MI250x",
+                     "AMD_INSTINCT_MI300x", "INTEL_MAX_1550", "INTEL_MAX_1100", "INTEL_GAUDI", "AWS_NEURON_CORE",
+                     "GOOGLE_TPU_V4"},
     "futures": {"MeshExecutor", "MeshFuture"},
     "joblib": {"register_mesh", "register_ray"},
     "multiprocessing": {"AsyncResult", "IMapIterator", "Pool", "TimeoutError"},
@@ -39,6 +49,25 @@ EXPECTED_UTIL_MODULES = {
     "state": {"list_actors", "list_jobs", "list_nodes", "list_objects", "list_placement_groups", "list_tasks",
               "summarize_tasks"},
 }
+
+
+# Modules of meshcompute that are attributes without an import (as ray.cloudpickle, ray.dag...).
+EXPECTED_LAZY = {"cloudpickle", "dag", "experimental"}
+
+
+def test_lazy_modules_are_attributes():
+    import importlib
+    import subprocess
+    import sys
+
+    assert set(mesh._LAZY) == EXPECTED_LAZY
+    for name in EXPECTED_LAZY:
+        assert getattr(mesh, name) is importlib.import_module(f"meshcompute.{name}")
+    # in a fresh interpreter: `import meshcompute` alone is enough, and imports none of them
+    code = (f"import sys, meshcompute as m; lazy = {sorted(EXPECTED_LAZY)!r}; assert not [n for n in lazy if "
+            "'meshcompute.' + n in sys.modules]; [getattr(m, n) for n in lazy]; m.util.accelerators.NVIDIA_A100")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert mesh.cloudpickle.loads(mesh.cloudpickle.dumps(lambda x: x + 1))(1) == 2
 
 
 def test_exports_are_locked():

@@ -17,6 +17,7 @@ from ..wire import ids
 from ..wire.serialization import dumps_function, serialize
 from ..worker.runtime_env import WithEnv
 from . import runtime_env
+from .dag import ClassMethodNode, ClassNode, FunctionNode
 
 _TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_retries", "retry_exceptions",
                  "num_returns", "_generator_backpressure_num_objects", "scheduling_strategy", "name",
@@ -118,6 +119,10 @@ class RemoteFunction:
         raise TypeError(f"Remote functions cannot be called directly. Use {self.__name__}.remote(...) "
                         f"instead, or call the original with {self.__name__}.__wrapped__(...).")
 
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """A node of a lazy graph (dag.py) that calls this function when executed."""
+        return FunctionNode(self, args, kwargs)
+
     def options(self, **options: Any) -> RemoteFunction:
         """A copy with some options replaced, e.g. ``f.options(num_cpus=2).remote(x)``."""
         merged = dict(self._options, **options)
@@ -183,7 +188,7 @@ def _create_actor(core: Any, actor_id: bytes, spec: dict, frames: list) -> tuple
         w = core.io.expect_reply(req_id)
         core.post(core.actors.create, actor_id, spec, frames, daemon)
         if not w.event.wait(60):
-            raise exc.MeshError("the node daemon did not answer the actor creation within 60 s")
+            raise exc.MeshSystemError("the node daemon did not answer the actor creation within 60 s")
         if w.value[0] != "spill":
             return w.value
         daemon = w.value[1]
@@ -254,6 +259,11 @@ class ActorClass:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Actor classes cannot be instantiated directly. Use {self.__name__}.remote(...) instead.")
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """A node of a lazy graph (dag.py) that creates this actor when executed;
+        ``node.method.bind(...)`` calls its methods."""
+        return ClassNode(self, args, kwargs)
+
     def options(self, **options: Any) -> ActorClass:
         ac = ActorClass(self._cls, dict(self._options, **options))
         ac._class_bytes = self._class_bytes
@@ -308,7 +318,8 @@ class ActorClass:
         handle_meta["daemon"] = answer[2]  # where the actor lives: its state comes from there
         named = bool(opts.get("name")) or lifetime == "detached"
         handle = ActorHandle(actor_id, handle_meta, None if named else core.actor_token(actor_id))
-        handle._arg_holds = [item[1] for item in items if item[0] == "r"]
+        # The arguments' refs, nested ones too, live until the constructor has taken its own holds.
+        handle._arg_holds = [r for item in items for r in ([item[1]] if item[0] == "r" else item[1].contained)]
         return handle
 
 
@@ -316,10 +327,12 @@ _METHOD_OPTIONS = {"num_returns", "_generator_backpressure_num_objects"}
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str, num_returns: Any, window: int | None = None) -> None:
+    def __init__(self, handle: ActorHandle, name: str, num_returns: Any, window: int | None = None,
+                 options: dict | None = None) -> None:
         self._handle = handle
         self._name = name
         self._num_returns = _num_returns_wire(num_returns, window)
+        self._options_given = options or {}
 
     def options(self, **options: Any) -> ActorMethod:
         """A copy with ``num_returns`` (and ``_generator_backpressure_num_objects``) replaced."""
@@ -327,10 +340,15 @@ class ActorMethod:
         num_returns = options.get("num_returns", self._num_returns)
         if isinstance(num_returns, tuple):
             num_returns = num_returns[0]
-        return ActorMethod(self._handle, self._name, num_returns, options.get("_generator_backpressure_num_objects"))
+        return ActorMethod(self._handle, self._name, num_returns, options.get("_generator_backpressure_num_objects"),
+                           options)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         return self._handle._call(self._name, self._num_returns, args, kwargs)
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
+        """A node of a lazy graph (dag.py) that calls this method of this live actor when executed."""
+        return ClassMethodNode(self._handle, self._name, args, kwargs, self._options_given)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Actor methods cannot be called directly. Use .{self._name}.remote(...) instead.")

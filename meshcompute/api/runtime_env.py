@@ -5,7 +5,11 @@ Supported, as in Ray:
 * ``env_vars``: ``{name: value}`` strings, set around each task (for an actor's life);
 * ``working_dir``: a local directory (or ``.zip``); the task runs in a copy of it,
   importable, unpacked once per node;
-* ``py_modules``: local directories (or ``.zip`` files) put on the import path.
+* ``py_modules``: local directories (or ``.zip`` files) put on the import path;
+* ``worker_process_setup_hook``: a function (or the ``"module.function"`` name of
+  one) that each worker process runs once, before the first task or actor of that
+  environment (worker processes are shared between environments, so it runs where
+  and when one first needs it, not when the process starts).
 
 Directories travel once: each is zipped, named by the hash of its content, put in
 the object store by the submitting process, and unpacked by each node on first use.
@@ -23,7 +27,9 @@ import threading
 import zipfile
 from typing import Any
 
-SUPPORTED = ("env_vars", "working_dir", "py_modules")
+from ..wire.serialization import dumps_function
+
+SUPPORTED = ("env_vars", "working_dir", "py_modules", "worker_process_setup_hook")
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024
 """A working_dir or py_module zips to at most this (as Ray's 100 MiB limit): bigger data
 belongs in the object store or on shared storage."""
@@ -56,6 +62,12 @@ def check(env: Any) -> dict:
         if not isinstance(mods, (list, tuple)):
             raise ValueError("runtime_env['py_modules'] must be a list of local directories or .zip files")
         out["py_modules"] = [_local_path(m, "py_modules") for m in mods]
+    hook = env.get("worker_process_setup_hook")
+    if hook:
+        if not (callable(hook) or (isinstance(hook, str) and "." in hook.strip("."))):
+            raise ValueError("runtime_env['worker_process_setup_hook'] must be a function or the "
+                             f"'module.function' name of one, got {hook!r}")
+        out["worker_process_setup_hook"] = hook
     return out
 
 
@@ -67,9 +79,21 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+def describe(env: dict) -> dict:
+    """A checked runtime_env as ``get_runtime_context().get_runtime_env_string()`` shows it:
+    JSON-ready, with directories as the absolute paths given where it was submitted."""
+    return {k: list(v) if isinstance(v, (list, tuple)) else _hook_name(v) if callable(v) else v
+            for k, v in env.items()}
+
+
+def _hook_name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 def wire(env: dict, put: Any) -> dict:
-    """What travels with the task: directories replaced by (hash, ref) of their zip."""
-    out: dict = {}
+    """What travels with the task: directories replaced by (hash, ref) of their zip, and the
+    env as it was given (``describe``) for the runtime context."""
+    out: dict = {"given": describe(env)} if env else {}
     if env.get("env_vars"):
         out["env_vars"] = env["env_vars"]
     if env.get("working_dir"):
@@ -78,6 +102,9 @@ def wire(env: dict, put: Any) -> dict:
         # A module directory is importable by its name: it is packed under that name.
         out["py_modules"] = [_package(m, put, os.path.basename(m) if os.path.isdir(m) else "")
                              for m in env["py_modules"]]
+    hook = env.get("worker_process_setup_hook")
+    if hook:  # a name travels as it is, a function pickled (by value when it is __main__'s)
+        out["worker_process_setup_hook"] = hook if isinstance(hook, str) else dumps_function(hook, "setup hook")
     return out
 
 

@@ -20,6 +20,7 @@ from ..owner.jobs import register_driver
 from ..owner.object_ref import ObjectRef
 from ..owner.runtime import Core
 from ..wire.messages import Msg
+from . import task_context
 from .remote import ActorHandle, make_remote
 from .runtime_env import check as check_runtime_env
 from .runtime_env import forget_uploads
@@ -107,7 +108,8 @@ def init(
         log_to_driver: print what tasks and actors print (their stdout and stderr
             lines, prefixed ``(name pid=..., node=...)``) on this process's stderr.
         runtime_env: the default ``runtime_env`` of this driver's tasks and actors
-            (``env_vars``, ``working_dir``, ``py_modules``; see api/runtime_env.py).
+            (``env_vars``, ``working_dir``, ``py_modules``, ``worker_process_setup_hook``;
+            see api/runtime_env.py).
         configure_logging, logging_level, logging_format: meshcompute's own log
             lines (on stderr unless the program configured logging itself).
 
@@ -125,6 +127,10 @@ def init(
             raise RuntimeError("meshcompute is already initialized; call shutdown() first, "
                                "or pass ignore_reinit_error=True")
         _check_ray_options(ray_options)
+        if resources and "GPU" in resources:  # GPUs given as a resource are the node's devices
+            from ..node.config import gpu_count
+
+            gpu_count(num_gpus, resources["GPU"])  # ValueError when they are not a whole number
         default_env = check_runtime_env(runtime_env)
         if configure_logging:
             _ensure_log_handler(logging_format)
@@ -455,6 +461,58 @@ class RuntimeContext:
     task_id = property(get_task_id)
     actor_id = property(get_actor_id)
     job_id = property(get_job_id)
+
+    # What the running task or actor call is: names, resources, cancellation (see task_context.py).
+
+    def get_task_name(self) -> str | None:
+        """The running task's name (its function's, or ``options(name=...)``), or
+        ``Class.method`` in an actor call; None in a driver."""
+        return task_context.task_name(self._core)
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        """The resources granted to the running task, or held by this actor, as asked for:
+        ``{"CPU": 1.0}`` for a default task, ``{}`` for a default actor (actors hold no CPU
+        unless asked). Raises RuntimeError in a driver."""
+        return task_context.assigned_resources(self._core)
+
+    def get_placement_group_id(self) -> str | None:
+        """The placement group the running task or actor was placed in, or None."""
+        return task_context.placement_group_id(self._core)
+
+    def get_actor_name(self) -> str | None:
+        """This actor's name ("" if unnamed); None outside an actor."""
+        spec = task_context.actor_spec(self._core)
+        return None if spec is None else spec.get("name") or ""
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        """Whether this actor was restarted (its process died, or its node) at least once.
+        Raises RuntimeError outside an actor."""
+        return task_context.actor_restarts(self._core) > 0
+
+    @property
+    def current_actor(self) -> ActorHandle:
+        """A handle to the actor this code runs in (pass it to tasks, or call it back).
+        Raises RuntimeError outside an actor."""
+        return task_context.current_actor(self._core)
+
+    def get_runtime_env_string(self) -> str:
+        """The runtime_env of the running task, of this actor, or of this driver
+        (``init(runtime_env=...)``), as JSON: what was given, directories as absolute
+        paths on the machine that submitted it; ``"{}"`` when there is none."""
+        return json.dumps(task_context.runtime_env(self._core))
+
+    @property
+    def runtime_env(self) -> dict:
+        """``get_runtime_env_string()`` as a dict."""
+        return task_context.runtime_env(self._core)
+
+    def is_canceled(self) -> bool:
+        """Whether ``cancel()`` was called on the running task or actor call, for code that
+        stops by itself: a threaded actor's call runs on when cancelled (a plain task is
+        interrupted, an async actor's coroutine is cancelled). Raises RuntimeError in a
+        driver or an async actor, as Ray does."""
+        return task_context.is_canceled(self._core)
 
 
 def get_runtime_context() -> RuntimeContext:

@@ -93,6 +93,12 @@ def vouched_pid(kind: object, pid: object, zygote_pid: int) -> bool:
     return kind == "driver" and owned_by_us(pid)
 
 
+ACTOR_EXIT_CODE = 86
+"""What an actor's process exits with after ``exit_actor()``: its daemon does not restart it."""
+ACTOR_EXITED = "it called exit_actor()"
+"""How ``describe_exit`` says so."""
+
+
 def describe_exit(status: int) -> str:
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
@@ -104,7 +110,8 @@ def describe_exit(status: int) -> str:
                 signal.SIGSEGV: " (segmentation fault)"}.get(sig, "")
         return f"killed by signal {sig} {name}{hint}"
     if os.WIFEXITED(status):
-        return f"exited with code {os.WEXITSTATUS(status)}"
+        code = os.WEXITSTATUS(status)
+        return ACTOR_EXITED if code == ACTOR_EXIT_CODE else f"exited with code {code}"
     return f"ended with status {status}"
 
 

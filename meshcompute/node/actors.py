@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..host.sessions import ACTOR_EXITED
 from ..sched.bundles import group_of
 from ..sched.resources import ResourcePool, normalize_shape
 from ..wire.messages import Msg
@@ -188,7 +189,7 @@ class ActorDirectory:
             w = idle.pop()
             w.state, w.actor_id = "actor", a.actor_id
             a.worker_id = w.worker_id
-            self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, frames=a.frames)
+            self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, a.gpu_ids, frames=a.frames)
         else:
             w = self.workers.fork()
             w.actor_id = a.actor_id
@@ -200,7 +201,7 @@ class ActorDirectory:
             return False
         a = self.actors[w.actor_id]
         w.state = "actor"
-        self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, frames=a.frames)
+        self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, a.gpu_ids, frames=a.frames)
         return True
 
     def on_actor_ready(self, sender: str, msg: tuple, frames: list) -> None:
@@ -306,7 +307,10 @@ class ActorDirectory:
 
     def worker_exited(self, w: Worker, reason: str) -> None:
         if w.actor_id is not None:
-            self.actor_died(self.actors.get(w.actor_id), reason)
+            a = self.actors.get(w.actor_id)
+            if a is not None and reason == ACTOR_EXITED:  # it ended itself: not restarted (Ray's exit_actor)
+                a.no_restart, a.reason = True, reason
+            self.actor_died(a, reason)
 
     def owner_gone(self, addr: str) -> None:
         """A process is gone: the actors it owns die (unless detached), it subscribes to nothing."""

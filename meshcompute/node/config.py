@@ -145,6 +145,22 @@ def detect_gpus() -> int:
         return 0
 
 
+def gpu_count(num_gpus: int | None, in_resources: float | None) -> int:
+    """The node's GPUs: ``--num-gpus``, else ``{"GPU": n}`` in its resources, else those detected.
+
+    GPUs given either way are devices ``0..n-1`` whether or not the machine has them:
+    work granted some gets ``CUDA_VISIBLE_DEVICES`` (and ``get_gpu_ids()``) from them."""
+    if in_resources is not None:
+        if isinstance(in_resources, bool) or not isinstance(in_resources, (int, float)) \
+                or in_resources < 0 or in_resources != int(in_resources):
+            raise ValueError(f"resources={{'GPU': {in_resources!r}}}: a node's GPUs are a whole number")
+        if num_gpus is not None and num_gpus != int(in_resources):
+            raise ValueError(f"the node is given {num_gpus} GPUs (num_gpus) and {in_resources:g} (resources): "
+                             "give one of them")
+        return int(in_resources)
+    return num_gpus if num_gpus is not None else detect_gpus()
+
+
 def node_resources(node_id: str, num_cpus: float, num_gpus: int, store_capacity: int,
                    custom: dict | None) -> dict[str, float]:
     """The node's resource totals: CPU, GPU, memory (RAM, or the container's memory limit, less
@@ -198,7 +214,11 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
     os.makedirs(os.path.join(args.session, "logs"), exist_ok=True)
     clean_stale_sessions()
     num_cpus = args.num_cpus if args.num_cpus is not None else detect_cpus()
-    num_gpus = args.num_gpus if args.num_gpus is not None else detect_gpus()
+    custom = json.loads(args.resources)
+    try:
+        num_gpus = gpu_count(args.num_gpus, custom.pop("GPU", None))
+    except ValueError as e:
+        sys.exit(str(e))
     capacity = args.object_store_memory or default_store_capacity()
     keys = keys_for_session(args.session)
     if args.host and keys is None:
@@ -206,7 +226,7 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
     spill_dir = spill_dir_for(args.session, args.spill_dir or os.environ.get("MESH_SPILL_DIR") or None)
     node_id = ids.random_id()
     set_title("mesh-daemon", f"{node_id[:8]} {args.host or 'embedded'}")
-    d = daemon_class(args.session, num_cpus, num_gpus, json.loads(args.resources), capacity,
+    d = daemon_class(args.session, num_cpus, num_gpus, custom, capacity,
                args.parent_pid, node_id, spill_dir, host=args.host, port=args.port, keys=keys,
                gcs_voters=args.gcs_voters)
     d.standalone = args.standalone

@@ -18,6 +18,8 @@ import sys
 import threading
 from typing import Any
 
+from .progress_lines import MAGIC, decode, render
+
 OUTPUT_FLUSH_S = 0.1
 """Shortest interval (s) between two WORKER_OUTPUT messages of one worker."""
 MAX_LINE = 16 << 10
@@ -159,7 +161,8 @@ class OutputTee(io.TextIOBase):
 
 
 def print_output(lines: list, stream: Any = None) -> None:
-    """Print shipped worker lines Ray-style: ``(f pid=123, node=3f9a1c2e) text``."""
+    """Print shipped worker lines Ray-style: ``(f pid=123, node=3f9a1c2e) text``; a line
+    that is a progress bar's state (progress_lines.py) is printed as the bar."""
     stream = stream if stream is not None else sys.stderr
     try:
         color = stream.isatty()
@@ -171,6 +174,11 @@ def print_output(lines: list, stream: Any = None) -> None:
             prefix, text = item
         except (TypeError, ValueError):
             continue
+        if isinstance(text, str) and text.startswith(MAGIC):
+            state = decode(text)
+            if state is None:
+                continue
+            text = render(state)
         if color:
             out.append(f"\x1b[36m({prefix})\x1b[0m {text}\n")
         else:

@@ -103,7 +103,7 @@ class IoThread:
                 self._early.append(frames)  # handled once the I/O thread runs
             elif still_wanted is not None and not still_wanted():
                 raise exc.MeshError("the process that started this one is gone; not registering")
-        raise exc.MeshError(f"the node daemon at {self.daemon_addr} did not answer within 30 s")
+        raise exc.MeshSystemError(f"the node daemon at {self.daemon_addr} did not answer within 30 s")
 
     def start(self) -> None:
         self._thread.start()
@@ -156,7 +156,7 @@ class IoThread:
             self._replies.pop(req_id, None)
             raise exc.GetTimeoutError(f"no answer from {peer} to {msg_type.name} within {timeout} s")
         if w.value is NO_ANSWER:
-            raise self.local_node_died or exc.MeshError(f"no answer from {peer}: it is gone")
+            raise self.local_node_died or exc.MeshSystemError(f"no answer from {peer}: it is gone")
         return w.value
 
     def node_died(self, error: BaseException) -> None:

@@ -40,7 +40,9 @@ from ..wire.serialization import (
     serialize,
 )
 from .actors import ActorCalls
+from .affinity import fail_if_pinned_to, fail_pinned_to
 from .control import ControlRequests, gcs_result
+from .futures import future_for
 from .io_thread import IoThread
 from .listing import driver_lane
 from .object_ref import ObjectRef
@@ -214,6 +216,7 @@ class Core:
         reason = f"node {node_id} {'died' if state == 'dead' else 'left'}"
         self.objects.node_died(node_id)  # first: what we borrow from there fails, rebuilds see it dead
         self.tasks.on_node_gone(node_id, reason)
+        fail_pinned_to(self.tasks, {node_id})  # waiting for that very node: never (TaskUnschedulableError)
         self.actors.on_node_gone(node_id, reason)
         self.io.forget_node(node_id)
 
@@ -298,8 +301,8 @@ class Core:
             # for a worker to take them (a fork-join pool's "help while waiting").
             stolen = self.io.call(self.tasks.steal, [r._id for r in pending])
             if stolen:
-                for spec, frames in stolen:
-                    self.executor.run_inline(spec, frames)
+                for spec, frames, shape in stolen:
+                    self.executor.run_inline(spec, frames, shape)
                 self._barrier()  # their results are applied on the I/O thread: see them before looking
                 return self.wait_ready(refs, num, timeout)
         w = Waiter(num - len(ready))
@@ -448,18 +451,8 @@ class Core:
             self.post(self.objects.forget_unreferenced, oid)
 
     def future_for(self, ref: ObjectRef):
-        import concurrent.futures
-
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
-        def _wait():
-            try:
-                fut.set_result(self.get([ref])[0])
-            except BaseException as err:  # delivered to the awaiting code
-                fut.set_exception(err)
-
-        threading.Thread(target=_wait, daemon=True, name="meshcompute-future").start()
-        return fut
+        """A concurrent.futures.Future of ``ref``'s value (futures.py: no thread per ref)."""
+        return future_for(self, ref)
 
     # ------------------------------------------------------------------- put
 
@@ -518,6 +511,8 @@ class Core:
         if isinstance(t.num_returns, tuple):
             self.tasks.lineage.needed.pop(t.task_id, None)  # its items cannot be rebuilt
             self.streams.open(t.task_id, t.num_returns[0] == "dynamic", t.num_returns[1])
+        if self.objects.dead_nodes and t.actor_id is None:
+            fail_if_pinned_to(self.tasks, t, self.objects.dead_nodes)
         if self.io.local_node_died is not None:
             self.tasks.fail(t, self.io.local_node_died)
 

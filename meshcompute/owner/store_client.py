@@ -17,6 +17,7 @@ from typing import Any
 from .. import exceptions as exc
 from ..store.layout import encoded_size, pwrite_object, read_object, write_object
 from ..store.shm import Prefaulter, Ranges, mapping_address
+from ..store.spill import DISK_FULL
 from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize
 
@@ -57,7 +58,7 @@ class StoreClient:
         size = encoded_size(len(ser.meta), lens)
         answer = self._request(Msg.STORE_CREATE, object_id, size, owner)
         if answer[0] != "ok":
-            raise exc.ObjectStoreFullError(answer[1])
+            raise store_full(answer[1])
         offset = answer[1]
         if self.touched.covers(offset, offset + size) or not self.prefaulter.supported:
             # Pages already in our page table: one memcpy per buffer.
@@ -86,7 +87,7 @@ class StoreClient:
         if answer is None:
             raise exc.ObjectLostError(object_id=oid.hex())
         if isinstance(answer[0], str):  # ("full", why): spilled, and no room to read it back
-            raise exc.ObjectStoreFullError(answer[1])
+            raise store_full(answer[1])
         offset, size = answer
         mm = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ, offset=offset)
         weakref.finalize(mm, _Unpinner(self._unpin, oid))
@@ -103,3 +104,8 @@ class StoreClient:
             self.arena.close()
         except Exception:  # views handed to the user are still alive; the OS unmaps at exit
             pass
+
+
+def store_full(why: str) -> exc.ObjectStoreFullError:
+    """The error of an allocation the store refused: OutOfDiskError when a spill ran out of disk."""
+    return (exc.OutOfDiskError if str(why).startswith(DISK_FULL) else exc.ObjectStoreFullError)(why)

@@ -307,7 +307,7 @@ class TaskQueues:
             t.dispatched = True
             lease.inflight[t.task_id] = t
         self._send(lease.worker_addr, Msg.PUSH_TASKS, lease.lease_id, lease.gpu_ids, specs, self.job_id,
-                   frames=frames)
+                   lease.key[0], frames=frames)
 
     def steal(self, oids: list[bytes]) -> list:
         """Take our own queued children of these objects to run inline (a blocked parent's help)."""
@@ -324,7 +324,7 @@ class TaskQueues:
             keys.add(t.key)
             frames: list = []
             t.dispatched = True
-            out.append((self.spec_of(t, t.fn_bytes, frames), frames))
+            out.append((self.spec_of(t, t.fn_bytes, frames), frames, t.shape))
         for key in keys:
             self._size_requests(key, self.queues.get(key), self.leases.get(key, ()))  # not needed now
         return out

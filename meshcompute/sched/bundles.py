@@ -10,7 +10,7 @@ actor's request into these names (remote.py); the daemon reserves them
 
 from __future__ import annotations
 
-__all__ = ["MARKER_UNITS", "bundle_keys", "group_of", "in_bundle", "is_public", "gpu_amount"]
+__all__ = ["MARKER_UNITS", "bundle_keys", "group_of", "in_bundle", "is_public", "gpu_amount", "as_requested"]
 
 _MARKER = "bundle_group_"
 # units of the marker resource one reserved bundle offers (a request takes 0.001).
@@ -60,3 +60,16 @@ def gpu_amount(shape: tuple) -> float:
         if k == "GPU" or (k.startswith("GPU_group_") and k.count("_") == 3):
             return v
     return 0.0
+
+
+def as_requested(shape: tuple) -> dict[str, float]:
+    """What a granted shape asked for, in the names the request used (Ray's
+    ``get_assigned_resources``): bundle names back to their resource (``CPU_group_0_pg``
+    and ``CPU_group_pg`` both mean the ``CPU`` asked for once), without the bundle
+    marker and the ``node:<id>`` marker of hard affinity."""
+    out: dict[str, float] = {}
+    for k, v in shape:
+        if k.startswith("node:") or k.startswith(_MARKER):
+            continue
+        out[k.split("_group_")[0] if "_group_" in k else k] = float(v)
+    return out

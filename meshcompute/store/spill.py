@@ -14,6 +14,7 @@ arrays would cost CPU for nothing).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import struct
@@ -30,6 +31,16 @@ COMPRESS_BELOW = 0.8
 """Compress when the sample shrinks below this fraction of its size."""
 MARKER = ".meshcompute-spill"
 """File in every spill directory: ``clean_stale_sessions`` removes only marked dirs."""
+
+
+DISK_FULL = "the spill directory's disk is full"
+"""Begins the explanation of an allocation that failed because a spill ran out of disk
+(the client raises OutOfDiskError for it, ObjectStoreFullError otherwise)."""
+
+
+def out_of_disk(error: BaseException) -> bool:
+    """Whether a failed spill failed for want of disk space (or quota)."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class SpillError(Exception):

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .allocator import Allocator, OutOfSpace
-from .spill import SpillDir
+from .spill import DISK_FULL, SpillDir, out_of_disk
 
 log = logging.getLogger("meshcompute.store")
 
@@ -468,7 +468,9 @@ class StoreTable:
             # The object stays in memory; the allocation that wanted the room fails.
             if w in self._waits:
                 self._waits.remove(w)
-                w.fail(self.full_message(w.size, f"spilling to {self.spill.path} failed: {error}"))
+                why = f"spilling to {self.spill.path} failed: {error}"
+                w.fail(f"{DISK_FULL}: {self.full_message(w.size, why)}" if out_of_disk(error)
+                       else self.full_message(w.size, why))
         else:
             path, nbytes, _codec = result
             obj.spill_path, obj.spill_bytes = path, nbytes

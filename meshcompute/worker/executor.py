@@ -22,35 +22,43 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import exceptions as exc
-from ..host.proctitle import set_title
 from ..observe.stats import FunctionStats
 from ..owner.listing import MAX_LISTED, pending_tasks
 from ..owner.object_ref import ObjectRef
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
+from . import actor_host, calls
+from .actor_host import ActorHost
+from .calls import RUNNING, Cancelled, Running, call_with, copy_of, error_of
+
+_OWN_FILES = frozenset({__file__, actor_host.__file__, calls.__file__})
+"""The executor's own files: their frames are left out of remote tracebacks."""
 
 TIMELINE_SPANS = 10000
 """Recent task spans a worker keeps for ``mesh timeline`` and ``list_tasks`` (a ring buffer)."""
-ERROR_MESSAGE_CHARS = 300
-"""How much of a failed task's error its span keeps (``list_tasks``' error_message)."""
 
 
-class _Cancelled(BaseException):
-    """Raised inside a running task by the cancel signal."""
-
-
-class Executor:
+class Executor(ActorHost):
     def __init__(self, core) -> None:
         self.core = core
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self._fns: dict[bytes, Any] = {}
-        self._cancelled: set[bytes] = set()
+        self._cancelled: set[bytes] = set()  # asked to cancel before they started
+        self._cancel_asked: set[bytes] = set()  # asked to cancel while running (is_canceled())
+        self._active: dict[bytes, Any] = {}  # actor calls running on a pool thread or loop -> asyncio task
         self._current: bytes | None = None
         self._cancel_target: bytes | None = None
         self._lock = threading.Lock()
         self.actor: Any = None
         self.actor_id: bytes | None = None
+        self.actor_spec: dict | None = None  # what BECOME_ACTOR said: class, options, creator
+        self.actor_restarts = 0  # how many times this actor was restarted before this instance
+        self.actor_shape: tuple = ()  # the resources the actor holds
+        self.exiting = False  # exit_actor() was called: no call starts any more
+        self.exit_code: int | None = None  # what the process exits with once run() returns
+        self._calls_cv = threading.Condition()  # counts the calls running on a pool thread or the loop
+        self._calls_running = 0
         self.bounce_enabled = True
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,16 +88,31 @@ class Executor:
     def _on_sigint(self, signum, frame) -> None:
         if self._cancel_target is not None and self._cancel_target == self._current:
             self._cancel_target = None
-            raise _Cancelled()
+            raise Cancelled()
 
     def cancel(self, task_id: bytes) -> None:
-        """Called on the I/O thread for CANCEL_TASK."""
+        """Called on the I/O thread for CANCEL_TASK.
+
+        A task not started yet never runs. One running on the executor thread is
+        interrupted (SIGINT, turned into ``Cancelled``); an async actor's call is
+        cancelled as an asyncio task; a threaded actor's call runs on, and can see
+        that it was asked to stop with ``get_runtime_context().is_canceled()``."""
         with self._lock:
             if self._current == task_id and self._pool is None and self._loop is None:
+                self._cancel_asked.add(task_id)
                 self._cancel_target = task_id
                 signal.pthread_kill(self._main_ident, signal.SIGINT)
+            elif task_id in self._active:
+                self._cancel_asked.add(task_id)
+                aio_task = self._active[task_id]
+                if aio_task is not None:
+                    self._loop.call_soon_threadsafe(aio_task.cancel)
             else:
                 self._cancelled.add(task_id)
+
+    def is_canceled(self, task_id: bytes) -> bool:
+        """Whether ``cancel`` was called for this running task or call."""
+        return task_id in self._cancel_asked
 
     def on_block(self) -> None:
         """The running task waits in get/wait: lend out the CPU, hand back queued tasks."""
@@ -131,13 +154,13 @@ class Executor:
     def can_inline(self) -> bool:
         return self.actor_id is None and self._inline_depth < self.MAX_INLINE_DEPTH
 
-    def run_inline(self, spec: tuple, frames: list) -> None:
+    def run_inline(self, spec: tuple, frames: list, shape: tuple) -> None:
         """Run one of this process's own queued child tasks on this thread."""
         core = self.core
         saved = (core.current_task_id, self._current, getattr(core, "gpu_ids", ()))
         self._inline_depth += 1
         try:
-            self._run_task(core.address, (), spec, frames, core.tasks.job_id)  # its parent's job
+            self._run_task(core.address, (), spec, frames, core.tasks.job_id, shape)  # its parent's job
         finally:
             self._inline_depth -= 1
             core.current_task_id, core.gpu_ids = saved[0], saved[2]
@@ -150,13 +173,16 @@ class Executor:
         q = self.queue
         while True:
             item = q.get()
+            if self.exiting:  # exit_actor(): this item and those behind it fail, then the process ends
+                self._exit_actor(item)
+                return
             kind = item[0]
             if kind == "task":
-                self._run_task(item[1], item[2], item[3], item[4], item[5])
+                self._run_task(item[1], item[2], item[3], item[4], item[5], item[6])
             elif kind == "call":
                 self._run_call(*item[1:])
             elif kind == "actor":
-                self._become_actor(item[1], item[2], item[3], item[4])
+                self._become_actor(item[1], item[2], item[3], item[4], item[5])
             elif kind == "exit":
                 return
 
@@ -189,12 +215,13 @@ class Executor:
         fn = self._fns.get(fn_id)
         if fn is None:
             if fn_bytes is None:
-                raise exc.MeshError("function definition missing on worker")
+                raise exc.MeshSystemError("function definition missing on worker")
             fn = deserialize(fn_bytes, [])
             self._fns[fn_id] = fn
         return fn
 
-    def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list, job: str) -> None:
+    def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list, job: str,
+                  shape: tuple = ()) -> None:
         task_id, fn_id, fn_bytes, name, args_wire, kw_names, num_returns, return_ids = spec
         core = self.core
         if task_id in self._cancelled:
@@ -207,6 +234,7 @@ class Executor:
         core.current_task_id = task_id
         core.gpu_ids = gpu_ids
         self._current = task_id
+        running = RUNNING.set(Running(task_id, name, shape))
         saved_ctx = self.log_ctx
         sink = owner
         if self.actor_id is None:
@@ -221,22 +249,24 @@ class Executor:
         try:
             fn = self._load_fn(fn_id, fn_bytes)
             args = self._resolve_args(args_wire, frames, owner)
-            result = _call(fn, args, kw_names)
+            result = call_with(fn, args, kw_names)
             if isinstance(num_returns, (tuple, list)):
                 result = self._stream(owner, task_id, result, num_returns, name)
             error = None
-        except _Cancelled:
+        except Cancelled:
             error = exc.TaskCancelledError(task_id=task_id.hex())
             result = None
-        except exc.TaskCancelledError as e:
+        except (exc.TaskCancelledError, exc.RuntimeEnvSetupError) as e:  # not the user's code: as they are
             error, result = e, None
         except BaseException as e:  # noqa: BLE001 - every user error goes back to the owner
             error = self._wrap(name, e)
             result = None
         finally:
+            RUNNING.reset(running)
             with self._lock:
                 self._current = None
                 self._cancel_target = None
+                self._cancel_asked.discard(task_id)
             core.current_task_id = None
             self.running.pop(task_id, None)
             if gpu_ids:
@@ -247,7 +277,7 @@ class Executor:
         duration = time.perf_counter() - start
         self.tasks_finished += 1
         self.fn_stats.record(name, duration, error is not None)
-        self.timeline.append((name, start, duration, task_id, _error_of(error), job))
+        self.timeline.append((name, start, duration, task_id, error_of(error), job))
         if self.actor_id is None:
             self.log_ctx = saved_ctx
             if core.output is not None:
@@ -260,7 +290,7 @@ class Executor:
         # The traceback starts at the user's code: the frames of this module that called it
         # (running the task, calling the function) say nothing to the reader.
         tb = e.__traceback__
-        while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename == __file__:
+        while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(e), e, tb))
         return exc.TaskError(name, text, e, os.getpid(), self.core.node_id)
@@ -382,7 +412,7 @@ class Executor:
     def timeline_lane(self) -> dict:
         """This worker's recent task spans, wall-clock seconds (I/O thread), with the tasks
         running here and those it submitted that wait (``list_tasks``)."""
-        spans, running = _copy(self.timeline), _copy(self.running.items())
+        spans, running = copy_of(self.timeline), copy_of(self.running.items())
         off = self._wall_offset
         core = self.core
         return {
@@ -398,168 +428,3 @@ class Executor:
         ctx = self.log_ctx
         return ctx[0] if ctx is not None else self.last_sink
 
-    # ----------------------------------------------------------------- actors
-
-    def _become_actor(self, actor_id: bytes, spec: dict, restarts: int, frames: list) -> None:
-        core = self.core
-        self.actor_id = actor_id
-        core.current_actor_id = actor_id
-        self.bounce_enabled = False
-        self.actor_label = spec.get("class_name", "actor")
-        self.actor_job = core.tasks.job_id = str(spec.get("job_id") or "")  # the creator's job, as in Ray
-        set_title("mesh-actor", f"{self.actor_label} {core.node_id[:8]}")
-        self.log_ctx = (spec["owner"], self.actor_label)
-        self.last_sink = spec["owner"]
-        error = None
-        try:
-            if spec.get("runtime_env"):  # first: the class may live in its working_dir
-                from .runtime_env import apply
-
-                apply(spec["runtime_env"])
-            cls = deserialize(spec["class_bytes"], [])
-            args = self._resolve_args(spec["args"], frames, spec["owner"])
-            self.actor = _call(cls, args, spec["kw_names"])
-            is_async = any(inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
-                           for _, m in inspect.getmembers(cls, inspect.isfunction))
-            concurrency = spec.get("max_concurrency") or (1000 if is_async else 1)
-            if is_async:
-                self._start_async_loop(concurrency)
-            elif concurrency > 1:
-                self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="actor")
-        except BaseException as e:  # noqa: BLE001
-            error = self._wrap(f"{spec.get('class_name', 'actor')}.__init__", e)
-            core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, str(error))
-            return
-        core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, None)
-
-    def _start_async_loop(self, concurrency: int) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        started = threading.Event()
-
-        def _run():
-            asyncio.set_event_loop(loop)
-            self._sem = asyncio.Semaphore(concurrency)
-            started.set()
-            loop.run_forever()
-
-        threading.Thread(target=_run, name="actor-asyncio", daemon=True).start()
-        started.wait()
-
-    def submit_call(self, caller: str, call: tuple, frames: list) -> None:
-        """I/O thread: queue an actor method call (in arrival order)."""
-        self.queue.put(("call", caller, call, frames))
-
-    def _run_call(self, caller: str, call: tuple, frames: list) -> None:
-        task_id = call[0]
-        if task_id in self._cancelled:
-            self._cancelled.discard(task_id)
-            self._finish(caller, task_id, call[5], call[4], None,
-                         exc.TaskCancelledError(task_id=task_id.hex()), 0.0)
-            return
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._call_async(caller, call, frames), self._loop)
-        elif self._pool is not None:
-            self._pool.submit(self._call_sync, caller, call, frames)
-        else:
-            self._call_sync(caller, call, frames)
-
-    def _call_sync(self, caller: str, call: tuple, frames: list) -> None:
-        task_id, method, args_wire, kw_names, num_returns, return_ids = call
-        core = self.core
-        if self._pool is None:
-            with self._lock:
-                self._current = task_id
-            core.current_task_id = task_id
-        self.tasks_started += 1
-        start = time.perf_counter()
-        label = f"{self.actor_label}.{method}"
-        self.running[task_id] = (label, start, self.actor_job)
-        result = error = None
-        try:
-            if self.actor is None:
-                raise exc.ActorDiedError("the actor's constructor failed")
-            args = self._resolve_args(args_wire, frames, caller)
-            fn = getattr(self.actor, method)
-            result = _call(fn, args, kw_names)
-            if inspect.iscoroutine(result):
-                result = asyncio.run(result)
-            if isinstance(num_returns, (tuple, list)):
-                result = self._stream(caller, task_id, result, num_returns, f"{type(self.actor).__name__}.{method}")
-        except _Cancelled:
-            error = exc.TaskCancelledError(task_id=task_id.hex())
-        except BaseException as e:  # noqa: BLE001
-            error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
-        finally:
-            if self._pool is None:
-                with self._lock:
-                    self._current = None
-                    self._cancel_target = None
-                core.current_task_id = None
-            self.running.pop(task_id, None)
-        duration = time.perf_counter() - start
-        self.tasks_finished += 1
-        self.fn_stats.record(label, duration, error is not None)
-        self.timeline.append((label, start, duration, task_id, _error_of(error), self.actor_job))
-        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
-
-    async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
-        task_id, method, args_wire, kw_names, num_returns, return_ids = call
-        result = error = None
-        async with self._sem:
-            self.tasks_started += 1
-            start = time.perf_counter()
-            label = f"{self.actor_label}.{method}"
-            self.running[task_id] = (label, start, self.actor_job)
-            try:
-                if any(a[0] == "r" for a in args_wire):
-                    args = await asyncio.get_running_loop().run_in_executor(
-                        None, self._resolve_args, args_wire, frames, caller)
-                else:
-                    args = self._resolve_args(args_wire, frames, caller)
-                fn = getattr(self.actor, method)
-                result = _call(fn, args, kw_names)
-                if inspect.isawaitable(result):
-                    result = await result
-                if isinstance(num_returns, (tuple, list)):
-                    name = f"{type(self.actor).__name__}.{method}"
-                    if inspect.isasyncgen(result):
-                        result = await self._astream(caller, task_id, result, num_returns, name)
-                    else:  # a plain generator: off the loop, it may block
-                        result = await asyncio.get_running_loop().run_in_executor(
-                            None, self._stream, caller, task_id, result, num_returns, name)
-            except BaseException as e:  # noqa: BLE001
-                error = self._wrap(f"{type(self.actor).__name__}.{method}", e)
-            self.running.pop(task_id, None)
-            duration = time.perf_counter() - start
-            self.tasks_finished += 1
-            self.fn_stats.record(label, duration, error is not None)
-            self.timeline.append((label, start, duration, task_id, _error_of(error), self.actor_job))
-        self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
-
-
-def _copy(items: Any) -> list:
-    """A list of what another thread may be changing (a deque or a dict's items)."""
-    for _ in range(3):
-        try:
-            return list(items)
-        except RuntimeError:  # changed meanwhile
-            continue
-    return []
-
-
-def _error_of(error: BaseException | None) -> tuple | None:
-    """Ray's error_type and a one-line message of a task's error, kept with its span."""
-    if error is None:
-        return None
-    kind = "TASK_CANCELLED" if isinstance(error, exc.TaskCancelledError) else "TASK_EXECUTION_EXCEPTION"
-    cause = getattr(error, "cause", None) or error
-    return kind, f"{type(cause).__name__}: {cause}"[:ERROR_MESSAGE_CHARS]
-
-
-def _call(fn: Any, args: list, kw_names: tuple) -> Any:
-    """Call with positional args, the last ``len(kw_names)`` of them by keyword."""
-    if not kw_names:
-        return fn(*args)
-    k = len(kw_names)
-    return fn(*args[:-k], **dict(zip(kw_names, args[-k:])))

@@ -52,8 +52,8 @@ class WorkerInbox:
         }
 
     def on_push_tasks(self, sender: str, msg: tuple, frames: list) -> None:
-        _, lease_id, gpu_ids, specs = msg[:4]
-        job_id = msg[4] if len(msg) > 4 and isinstance(msg[4], str) else ""  # the owner's job, for its tasks
+        _, lease_id, gpu_ids, specs, job_id, shape = msg  # job: the owner's, for its tasks
+        job_id = job_id if isinstance(job_id, str) else ""
         ex = self.executor
         self._activity()
         if self._blocked() and ex.bounce_enabled:
@@ -62,7 +62,7 @@ class WorkerInbox:
         pos = 0
         for spec in specs:
             n = sum(a[2] for a in spec[4] if a[0] == "v")
-            ex.queue.put(("task", sender, gpu_ids, spec, frames[pos: pos + n], job_id))
+            ex.queue.put(("task", sender, gpu_ids, spec, frames[pos: pos + n], job_id, shape))
             pos += n
         self._watch_pipeline()
 
@@ -93,7 +93,7 @@ class WorkerInbox:
         self.executor.cancel(msg[1])
 
     def on_become_actor(self, sender: str, msg: tuple, frames: list) -> None:
-        self.executor.queue.put(("actor", msg[1], msg[2], msg[3], frames))
+        self.executor.queue.put(("actor", msg[1], msg[2], msg[3], frames, tuple(msg[4])))
 
     def on_release_handoff(self, sender: str, msg: tuple, frames: list) -> None:
         self.handoff.pop(msg[1], None)

@@ -13,7 +13,8 @@ from ..owner import context
 from ..wire import ids
 
 
-def main(session_dir: str, node_id: str, host: str | None, worker_id: str, zygote_pid: int) -> None:
+def main(session_dir: str, node_id: str, host: str | None, worker_id: str, zygote_pid: int) -> int:
+    """Serve as a worker until told to stop; returns the process's exit code."""
     set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != zygote_pid:
         # The zygote died between the fork and the line above: the signal that would
@@ -57,4 +58,7 @@ def main(session_dir: str, node_id: str, host: str | None, worker_id: str, zygot
     shipper.attach(core, executor)
     core.start()
     executor.run()
+    if executor.exit_code is not None:  # exit_actor(): what the actor sent goes out before it ends
+        core.io.call(inbox.flush)
     core.close()
+    return executor.exit_code or 0

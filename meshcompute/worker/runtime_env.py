@@ -12,34 +12,55 @@ stays for its life.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import importlib
 import inspect
 import io
 import os
+import shutil
 import sys
+import traceback
 import zipfile
 from collections.abc import Iterator
 from typing import Any
 
+from .. import exceptions as exc
+
+_CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("meshcompute_runtime_env", default=None)
+_for_life: dict = {}  # an actor's environment, as it was given (api/runtime_env.py describe())
+
+
+def current() -> dict:
+    """The runtime_env of the running task (or of this actor), as it was given; {} if none."""
+    env = _CURRENT.get()
+    return _for_life if env is None else env
+
 
 def _unpacked(sha: str, ref: Any) -> str:
-    """The node's copy of a packaged directory, unpacked on first use (atomically)."""
+    """The node's copy of a packaged directory, unpacked on first use (atomically).
+
+    Raises RuntimeEnvSetupError when the package cannot be fetched or unpacked."""
     from ..owner import context
 
     core = context.core
     root = os.path.join(core.session_dir, "runtime_envs")
     path = os.path.join(root, sha)
-    if not os.path.isdir(path):
+    if os.path.isdir(path):
+        return path
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
         os.makedirs(root, exist_ok=True)
         data = core.get([ref])[0]
-        tmp = f"{path}.tmp{os.getpid()}"
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             z.extractall(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:  # another worker of this node unpacked it first
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
+    except (OSError, zipfile.BadZipFile, exc.ObjectLostError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise exc.RuntimeEnvSetupError(f"could not unpack a runtime_env package ({sha}) into {path}: "
+                                       f"{type(e).__name__}: {e}") from None
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another worker of this node unpacked it first
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -53,10 +74,12 @@ def applied(env: dict) -> Iterator[None]:
     saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
     saved_cwd, saved_path = os.getcwd(), list(sys.path)
     dirs: list[str] = []
+    token = _CURRENT.set(env.get("given", {}))
     try:
         dirs = apply(env)
         yield
     finally:
+        _CURRENT.reset(token)
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -71,6 +94,13 @@ def applied(env: dict) -> Iterator[None]:
                     del sys.modules[name]
 
 
+def apply_for_life(env: dict) -> None:
+    """Apply an actor's ``env`` for the life of its process."""
+    global _for_life
+    apply(env)
+    _for_life = env.get("given", {})
+
+
 def apply(env: dict) -> list[str]:
     """Apply ``env`` to this process (an actor's, for its whole life); returns its directories."""
     os.environ.update(env.get("env_vars", {}))
@@ -82,7 +112,36 @@ def apply(env: dict) -> list[str]:
         dirs.append(_unpacked(*env["working_dir"]))
         os.chdir(dirs[-1])
         sys.path.insert(0, dirs[-1])
+    if env.get("worker_process_setup_hook"):  # last: it may import from the directories above
+        _run_setup_hook(env["worker_process_setup_hook"])
     return dirs
+
+
+_hooks_run: set = set()  # the setup hooks this process has run (a hook runs once per process)
+
+
+def _run_setup_hook(hook: bytes | str) -> None:
+    """Run a ``worker_process_setup_hook`` (pickled, or ``"module.function"``) once in this process.
+
+    Raises RuntimeEnvSetupError if it cannot be loaded or raises; it is tried again
+    before the next task that needs it."""
+    if hook in _hooks_run:
+        return
+    what = hook if isinstance(hook, str) else "(a function)"
+    try:
+        if isinstance(hook, str):
+            module, _, name = hook.rpartition(".")
+            fn = getattr(importlib.import_module(module), name)
+        else:
+            from ..wire.serialization import deserialize
+
+            fn = deserialize(hook, [])
+            what = getattr(fn, "__qualname__", what)
+        fn()
+    except Exception as e:  # noqa: BLE001 - any failure of the hook fails the setup
+        raise exc.RuntimeEnvSetupError(f"worker_process_setup_hook {what} failed: {type(e).__name__}: {e}\n"
+                                       f"{traceback.format_exc()}") from None
+    _hooks_run.add(hook)
 
 
 class WithEnv:

@@ -96,8 +96,7 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     code = 1
                     try:
-                        worker_main.main(session_dir, node_id, host, worker_id, zygote_pid)
-                        code = 0
+                        code = worker_main.main(session_dir, node_id, host, worker_id, zygote_pid)
                     except BaseException:  # noqa: BLE001
                         import traceback
 
