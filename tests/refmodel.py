@@ -1,0 +1,737 @@
+"""Random programs over object refs, a pure model of what they keep alive, and a runner.
+
+A program is a list of steps over a few *slots* (driver variables holding one
+ObjectRef each).  A step stores a value (small and inline, or over 100 KiB and in
+a node's store), possibly holding refs of other slots; runs a task or an actor
+method that builds values out of its arguments; has an actor keep refs and give
+them back later; copies, unwraps, reads or drops a slot.  :class:`Model` says,
+for every step, which objects exist, what their values are and which of them are
+reachable from a live slot or an actor's state (through nesting).  The runner
+(:class:`Runner`) applies each step to the real mesh and to the model and checks
+
+* every read (recursive through nested refs) gives the value the model predicts;
+* once the program is over and the mesh is quiet, the driver owns exactly the
+  reachable objects it created, and the stores hold exactly the reachable large
+  objects (one primary copy each);
+* once every slot and actor state is cleared, nothing is left anywhere: no
+  entry or local ref count in the driver or an actor, no object in any store.
+
+Steps are NamedTuples: a program prints one ``repr`` per line, and such a line
+evaluates back to the step in this module's namespace (``replay``).
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+import meshcompute as mesh
+from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+SMALL_SIZES = (0, 16, 3000)
+LARGE_SIZES = (110_000, 260_000)  # payload bytes: the value pickles above the 100 KiB inline limit
+TIMEOUT_S = 30.0  # one get; a hang shows up as a failure of its seed, with the program
+
+
+# ----------------------------------------------------------------- values
+
+def payload(tag: int, size: int):
+    """Bytes derived from the tag; large even tags are numpy arrays (read zero-copy from the store)."""
+    if size >= LARGE_SIZES[0] and tag % 2 == 0:
+        return np.full(size, tag % 251, dtype=np.uint8)
+    return bytes([tag % 251]) * size
+
+
+def make(tag: int, size: int, refs: list, seen: tuple) -> tuple:
+    return (tag, payload(tag, size), list(refs), tuple(seen))
+
+
+def unpack(value) -> tuple:
+    """A value's (tag, size, refs, seen), checking the payload matches the tag."""
+    tag, data, refs, seen = value
+    size = len(data)
+    if size and (data[0] != tag % 251 or data[-1] != tag % 251 or data[size // 2] != tag % 251):
+        raise AssertionError(f"payload of tag {tag} is corrupt")
+    return tag, size, refs, seen
+
+
+def _on(node_id: str):
+    return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
+
+
+@mesh.remote
+def build(spec, nested, *top):
+    """A task: a value made of its arguments.  Top-level ref arguments arrive as values
+    (their tags go to ``seen``, the refs inside them are passed on); ``nested`` stays refs."""
+    return _build(spec, nested, top)
+
+
+def _build(spec, nested, top):
+    mode, tag, size, tag2, size2, split, child_node = spec
+    tops = [unpack(v) for v in top]
+    refs = list(nested) + [r for t in tops for r in t[2]]
+    seen = tuple(t[0] for t in tops)
+    if mode == "read":  # this worker reads the nested refs itself (blocking in get)
+        mode, seen = "value", seen + tuple(unpack(v)[0] for v in mesh.get(list(nested), timeout=TIMEOUT_S))
+    if mode == "value":
+        return make(tag, size, refs, seen)
+    if mode == "put":  # an object owned by this worker, returned inside the result
+        return make(tag, 16, [mesh.put(make(tag2, size2, refs, seen))], ())
+    if mode == "two":
+        return make(tag, size, refs[:split], seen), make(tag2, size2, refs[split:], ())
+    if mode == "child":  # the result of a task this worker owns, still running when we return
+        child = build.options(scheduling_strategy=_on(child_node)).remote(
+            ("value", tag2, size2, 0, 0, 0, None), refs)
+        return make(tag, 16, [child], ())
+    raise ValueError(mode)
+
+
+build_two = build.options(num_returns=2)
+
+
+@mesh.remote
+def build_padded(spec, nested, pad, *top):
+    """``build`` with one more plain argument, which it checks and ignores."""
+    assert pad == b"p" * len(pad)
+    return _build(spec, nested, top)
+
+
+@mesh.remote
+class Keeper:
+    """An actor that keeps refs (borrowed) under keys, gives them back, and owns puts."""
+
+    def __init__(self):
+        self.held = {}
+
+    def hold(self, key, refs):
+        self.held[key] = list(refs)
+
+    def unhold(self, key):
+        self.held.pop(key, None)
+
+    def give(self, key, tag, read):
+        refs = self.held.get(key, [])
+        seen = tuple(unpack(v)[0] for v in mesh.get(refs, timeout=TIMEOUT_S)) if read else ()
+        return make(tag, 16, refs, seen)
+
+    def put(self, tag, tag2, size2, refs):
+        return make(tag, 16, [mesh.put(make(tag2, size2, refs, ()))], ())
+
+    def call(self, tag, size, *top):
+        tops = [unpack(v) for v in top]
+        return make(tag, size, [r for t in tops for r in t[2]], tuple(t[0] for t in tops))
+
+    def clear(self):
+        self.held.clear()
+        gc.collect()
+
+    def counts(self):
+        """(entries, local ref counts) of this process's object table: 0, 0 once it holds nothing."""
+        from meshcompute.owner import context
+
+        objects = context.core.objects
+        return len(objects.entries), len(objects.ref_counts)
+
+
+# ----------------------------------------------------------------- steps
+
+class Put(NamedTuple):
+    dst: int
+    tag: int
+    size: int
+    refs: tuple  # slots whose refs go inside the value
+
+
+class Task(NamedTuple):
+    dst: int
+    node: int
+    tag: int
+    size: int
+    top: tuple  # slots passed as top-level arguments (the task sees their values)
+    nested: tuple  # slots passed inside a list (the task sees refs)
+    pad: int  # bytes of a plain (non-ref) argument the task ignores; large ones are stored by the driver
+    read: bool  # the task gets the nested refs' values itself (their tags go to ``seen``)
+
+
+class TaskPut(NamedTuple):
+    dst: int
+    node: int
+    tag: int
+    inner_tag: int
+    inner_size: int
+    top: tuple
+    nested: tuple
+
+
+class TaskTwo(NamedTuple):
+    dst: int
+    dst2: int
+    node: int
+    tag: int
+    size: int
+    tag2: int
+    size2: int
+    top: tuple
+    nested: tuple
+    split: int
+
+
+class TaskChild(NamedTuple):
+    dst: int
+    node: int
+    child_node: int
+    tag: int
+    inner_tag: int
+    inner_size: int
+    nested: tuple
+
+
+class Hold(NamedTuple):
+    actor: int
+    key: int
+    refs: tuple
+
+
+class Unhold(NamedTuple):
+    actor: int
+    key: int
+
+
+class Give(NamedTuple):
+    dst: int
+    actor: int
+    key: int
+    tag: int
+    read: bool  # the actor gets the values of the refs it gives (their tags go to ``seen``)
+
+
+class ActorPut(NamedTuple):
+    dst: int
+    actor: int
+    tag: int
+    inner_tag: int
+    inner_size: int
+    refs: tuple
+
+
+class ActorCall(NamedTuple):
+    dst: int
+    actor: int
+    tag: int
+    size: int
+    top: tuple
+
+
+class Drop(NamedTuple):
+    slot: int
+
+
+class Copy(NamedTuple):
+    dst: int
+    src: int
+
+
+class Unwrap(NamedTuple):
+    dst: int
+    src: int
+    index: int
+
+
+class Read(NamedTuple):
+    slot: int
+
+
+class Collect(NamedTuple):
+    pass
+
+
+class Settle(NamedTuple):
+    """Wait for the mesh to be quiet and compare what the driver owns with the model."""
+
+
+STEP_TYPES = (Put, Task, TaskPut, TaskTwo, TaskChild, Hold, Unhold, Give, ActorPut, ActorCall, Drop,
+              Copy, Unwrap, Read, Collect, Settle)
+
+
+def format_program(seed: int, program: list, failed_at: int | None = None) -> str:
+    lines = [f"seed {seed}, {len(program)} steps:"]
+    for i, step in enumerate(program):
+        mark = ">>" if i == failed_at else "  "
+        lines.append(f"{mark}{i:3d} {step!r}")
+    return "\n".join(lines)
+
+
+def parse_program(text: str) -> list:
+    """Steps from the lines ``format_program`` printed (or one repr per line)."""
+    names = {t.__name__: t for t in STEP_TYPES}
+    out = []
+    for line in text.splitlines():
+        line = line.strip().lstrip(">").strip()
+        head = line.split(" ", 1)
+        if len(head) == 2 and head[0].isdigit():
+            line = head[1]
+        if line and line.split("(", 1)[0] in names:
+            out.append(eval(line, {"__builtins__": {}}, names))  # noqa: S307 - our own reprs
+    return out
+
+
+# ----------------------------------------------------------------- model
+
+@dataclass(frozen=True)
+class Obj:
+    tag: int
+    size: int
+    children: tuple  # object numbers, in the order of the value's refs
+    seen: tuple
+    owner: str  # "driver", "worker" or "actor"
+
+    @property
+    def large(self) -> bool:
+        return self.size >= LARGE_SIZES[0]
+
+
+@dataclass
+class Model:
+    """What a program has made, by object number, and what holds each object."""
+
+    n_slots: int
+    n_actors: int = 2
+    objs: list = field(default_factory=list)  # object number -> Obj
+    slots: list = field(default_factory=list)  # slot -> object number or None
+    held: list = field(default_factory=list)  # actor -> {key: [object numbers]}
+
+    def __post_init__(self) -> None:
+        self.slots = [None] * self.n_slots
+        self.held = [{} for _ in range(self.n_actors)]
+
+    def new(self, tag, size, children, seen, owner) -> int:
+        self.objs.append(Obj(tag, size, tuple(children), tuple(seen), owner))
+        return len(self.objs) - 1
+
+    def live(self) -> list[int]:
+        return [i for i, o in enumerate(self.slots) if o is not None]
+
+    def reachable(self) -> set[int]:
+        todo = [o for o in self.slots if o is not None]
+        todo += [o for h in self.held for refs in h.values() for o in refs]
+        seen: set[int] = set()
+        while todo:
+            o = todo.pop()
+            if o not in seen:
+                seen.add(o)
+                todo.extend(self.objs[o].children)
+        return seen
+
+    def valid(self, step) -> bool:
+        """Whether ``step`` names only live slots and held keys (a shortened program may not)."""
+        uses = [s for name in ("refs", "top", "nested") for s in getattr(step, name, ())]
+        if isinstance(step, (Drop, Read)):
+            uses.append(step.slot)
+        if isinstance(step, (Copy, Unwrap)):
+            uses.append(step.src)
+        if any(s >= self.n_slots or self.slots[s] is None for s in uses):
+            return False
+        if isinstance(step, Unwrap):
+            return step.index < len(self.objs[self.slots[step.src]].children)
+        return True
+
+    def apply(self, step) -> None:
+        s = self.slots
+        kind = type(step)
+        if kind is Put:
+            s[step.dst] = self.new(step.tag, step.size, [s[i] for i in step.refs], (), "driver")
+        elif kind in (Task, TaskPut, TaskTwo):
+            tops = [self.objs[s[i]] for i in step.top]
+            refs = [s[i] for i in step.nested] + [c for t in tops for c in t.children]
+            seen = tuple(t.tag for t in tops)
+            if kind is Task:
+                if step.read:
+                    seen += tuple(self.objs[s[i]].tag for i in step.nested)
+                s[step.dst] = self.new(step.tag, step.size, refs, seen, "driver")
+            elif kind is TaskPut:
+                inner = self.new(step.inner_tag, step.inner_size, refs, seen, "worker")
+                s[step.dst] = self.new(step.tag, 16, [inner], (), "driver")
+            else:
+                a = self.new(step.tag, step.size, refs[:step.split], seen, "driver")
+                b = self.new(step.tag2, step.size2, refs[step.split:], (), "driver")
+                s[step.dst], s[step.dst2] = a, b
+        elif kind is TaskChild:
+            inner = self.new(step.inner_tag, step.inner_size, [s[i] for i in step.nested], (), "worker")
+            s[step.dst] = self.new(step.tag, 16, [inner], (), "driver")
+        elif kind is Hold:
+            self.held[step.actor][step.key] = [s[i] for i in step.refs]
+        elif kind is Unhold:
+            self.held[step.actor].pop(step.key, None)
+        elif kind is Give:
+            refs = self.held[step.actor].get(step.key, [])
+            seen = tuple(self.objs[o].tag for o in refs) if step.read else ()
+            s[step.dst] = self.new(step.tag, 16, refs, seen, "driver")
+        elif kind is ActorPut:
+            inner = self.new(step.inner_tag, step.inner_size, [s[i] for i in step.refs], (), "actor")
+            s[step.dst] = self.new(step.tag, 16, [inner], (), "driver")
+        elif kind is ActorCall:
+            tops = [self.objs[s[i]] for i in step.top]
+            s[step.dst] = self.new(step.tag, step.size, [c for t in tops for c in t.children],
+                                   tuple(t.tag for t in tops), "driver")
+        elif kind is Drop:
+            s[step.slot] = None
+        elif kind is Copy:
+            s[step.dst] = s[step.src]
+        elif kind is Unwrap:
+            s[step.dst] = self.objs[s[step.src]].children[step.index]
+
+
+# ----------------------------------------------------------------- generator
+
+def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
+             min_steps: int = 8, max_steps: int = 28) -> list:
+    """A random program, then an epilogue that reads everything still reachable.
+
+    The epilogue uses slot ``n_slots`` (one past the pool) for what the actors give back.
+    """
+    rng = random.Random(seed)
+    model = Model(n_slots + 1, n_actors)
+    tags = iter(range(1, 1 << 30))
+    program: list = []
+
+    def size() -> int:
+        return rng.choice(LARGE_SIZES) if rng.random() < 0.3 else rng.choice(SMALL_SIZES)
+
+    def some(k: int) -> tuple:
+        live = [i for i in model.live() if i < n_slots]
+        if not live:
+            return ()
+        return tuple(rng.choice(live) for _ in range(rng.randint(0, k)))  # repeats allowed
+
+    def dst() -> int:
+        return rng.randrange(n_slots)
+
+    kinds = ["put"] * 4 + ["task"] * 4 + ["task_put", "task_two", "task_child", "hold", "hold", "give",
+                                          "give", "actor_put", "actor_call", "unhold", "copy", "unwrap",
+                                          "unwrap", "read", "read", "drop", "drop", "drop", "collect",
+                                          "settle"]
+    for _ in range(rng.randint(min_steps, max_steps)):
+        live = [i for i in model.live() if i < n_slots]
+        kind = rng.choice(kinds)
+        node = rng.randrange(n_nodes)
+        actor = rng.randrange(n_actors)
+        if kind == "put":
+            step = Put(dst(), next(tags), size(), some(3))
+        elif kind == "task":
+            step = Task(dst(), node, next(tags), size(), some(2), some(3),
+                        rng.choice((0, 0, 0, 100, LARGE_SIZES[0])), rng.random() < 0.25)
+        elif kind == "task_put":
+            step = TaskPut(dst(), node, next(tags), next(tags), size(), some(2), some(2))
+        elif kind == "task_two":
+            top, nested = some(2), some(3)
+            n = len(nested) + sum(len(model.objs[model.slots[i]].children) for i in top)
+            d = dst()
+            step = TaskTwo(d, rng.choice([i for i in range(n_slots) if i != d]), node, next(tags), size(),
+                           next(tags), size(), top, nested, rng.randint(0, n))
+        elif kind == "task_child":
+            step = TaskChild(dst(), node, rng.randrange(n_nodes), next(tags), next(tags), size(), some(3))
+        elif kind == "hold":
+            step = Hold(actor, rng.randrange(3), some(3))
+        elif kind == "unhold" and any(model.held):
+            a = rng.choice([i for i, h in enumerate(model.held) if h])
+            step = Unhold(a, rng.choice(sorted(model.held[a])))
+        elif kind == "give" and any(model.held):
+            a = rng.choice([i for i, h in enumerate(model.held) if h])
+            step = Give(dst(), a, rng.choice(sorted(model.held[a])), next(tags), rng.random() < 0.3)
+        elif kind == "actor_put":
+            step = ActorPut(dst(), actor, next(tags), next(tags), size(), some(3))
+        elif kind == "actor_call":
+            step = ActorCall(dst(), actor, next(tags), size(), some(2))
+        elif kind == "copy" and live:
+            step = Copy(dst(), rng.choice(live))
+        elif kind == "unwrap" and [i for i in live if model.objs[model.slots[i]].children]:
+            src = rng.choice([i for i in live if model.objs[model.slots[i]].children])
+            step = Unwrap(dst(), src, rng.randrange(len(model.objs[model.slots[src]].children)))
+        elif kind == "read" and live:
+            step = Read(rng.choice(live))
+        elif kind == "drop" and live:
+            step = Drop(rng.choice(live))
+        elif kind == "collect":
+            step = Collect()
+        elif kind == "settle":
+            step = Settle()
+        else:
+            continue
+        model.apply(step)
+        program.append(step)
+    # Epilogue: everything reachable is read once, the actors' refs through what they give back.
+    for i in model.live():
+        program.append(Read(i))
+    for a, held in enumerate(model.held):
+        for key in sorted(held):
+            program += [Give(n_slots, a, key, next(tags), False), Read(n_slots)]
+    program.append(Drop(n_slots) if any(model.held) else Collect())
+    return program
+
+
+# ----------------------------------------------------------------- runner
+
+class Failure(AssertionError):
+    pass
+
+
+class Runner:
+    """Runs programs against a live mesh: the driver of this process, ``node_ids`` (the
+    driver's node first), one Keeper actor per node, and ``store_records()`` (every
+    node's store records, as LIST_OBJECTS answers them)."""
+
+    def __init__(self, node_ids: list, store_records, n_slots: int = 5) -> None:
+        from meshcompute.owner import context
+
+        self.core = context.core
+        self.node_ids = node_ids
+        self.store_records = store_records
+        self.n_slots = n_slots
+        self.actors = [Keeper.options(num_cpus=0, scheduling_strategy=_on(n)).remote() for n in node_ids]
+        mesh.get([a.counts.remote() for a in self.actors], timeout=60)
+        # Objects some earlier failed program left behind: reported there, not again.
+        self.ignored: set[bytes] = set()
+        self.patience = 10.0  # seconds the mesh gets to settle after a program (frees are asynchronous)
+
+    # ---------------------------------------------------------------- one program
+
+    def run(self, seed: int, program: list) -> None:
+        """Run ``program``; raise Failure (with the seed and the program) at the first mismatch."""
+        model = Model(self.n_slots + 1, len(self.actors))
+        self.slots: list = [None] * (self.n_slots + 1)
+        self.hexes: dict[int, str] = {}  # object number -> object id, once a ref to it was seen
+        at = None
+        try:
+            for i, step in enumerate(program):
+                at = i
+                if not model.valid(step):
+                    continue
+                self._do(step, model)
+                model.apply(step)
+                self._note_new(step, model)
+            at = len(program)
+            self._settle(model, final=True)
+            self._clear(model)
+        except Exception as e:
+            detail = e.args[0] if isinstance(e, Failure) else "".join(traceback.format_exception(e))
+            where = f"at step {at}" if at is not None and at < len(program) else "after the last step"
+            self._recover()
+            raise Failure(f"{where}: {detail}\n{format_program(seed, program, at)}") from None
+        finally:
+            self.slots = []
+
+    def _note_new(self, step, model: Model) -> None:
+        for name in ("dst", "dst2"):
+            d = getattr(step, name, None)
+            if d is not None and self.slots[d] is not None:
+                self._same(model.slots[d], self.slots[d].hex())
+
+    def _same(self, number: int, hex_id: str) -> None:
+        known = self.hexes.setdefault(number, hex_id)
+        if known != hex_id:
+            raise Failure(f"object #{number} is {known}, but a ref to it names {hex_id}")
+
+    def _do(self, step, model: Model) -> None:
+        s = self.slots
+        kind = type(step)
+        refs = [s[i] for i in getattr(step, "refs", ())]
+        if kind is Put:
+            s[step.dst] = mesh.put(make(step.tag, step.size, refs, ()))
+        elif kind in (Task, TaskPut, TaskTwo):
+            nested = [s[i] for i in step.nested]
+            top = [s[i] for i in step.top]
+            on = _on(self.node_ids[step.node])
+            if kind is Task:
+                spec = ("read" if step.read else "value", step.tag, step.size, 0, 0, 0, None)
+                if step.pad:  # a plain argument: the driver stores a large one itself, for the task
+                    s[step.dst] = build_padded.options(scheduling_strategy=on).remote(
+                        spec, nested, b"p" * step.pad, *top)
+                else:
+                    s[step.dst] = build.options(scheduling_strategy=on).remote(spec, nested, *top)
+            elif kind is TaskPut:
+                spec = ("put", step.tag, 0, step.inner_tag, step.inner_size, 0, None)
+                s[step.dst] = build.options(scheduling_strategy=on).remote(spec, nested, *top)
+            else:
+                spec = ("two", step.tag, step.size, step.tag2, step.size2, step.split, None)
+                s[step.dst], s[step.dst2] = build_two.options(scheduling_strategy=on).remote(spec, nested, *top)
+        elif kind is TaskChild:
+            spec = ("child", step.tag, 0, step.inner_tag, step.inner_size, 0, self.node_ids[step.child_node])
+            on = _on(self.node_ids[step.node])
+            s[step.dst] = build.options(scheduling_strategy=on).remote(spec, [s[i] for i in step.nested])
+        elif kind is Hold:
+            self.actors[step.actor].hold.remote(step.key, refs)
+        elif kind is Unhold:
+            self.actors[step.actor].unhold.remote(step.key)
+        elif kind is Give:
+            s[step.dst] = self.actors[step.actor].give.remote(step.key, step.tag, step.read)
+        elif kind is ActorPut:
+            s[step.dst] = self.actors[step.actor].put.remote(step.tag, step.inner_tag, step.inner_size, refs)
+        elif kind is ActorCall:
+            s[step.dst] = self.actors[step.actor].call.remote(step.tag, step.size, *[s[i] for i in step.top])
+        elif kind is Drop:
+            s[step.slot] = None
+        elif kind is Copy:
+            s[step.dst] = s[step.src]
+        elif kind is Unwrap:
+            value = mesh.get(s[step.src], timeout=TIMEOUT_S)
+            s[step.dst] = value[2][step.index]
+            del value
+        elif kind is Read:
+            self._check(s[step.slot], model.slots[step.slot], model, set())
+        elif kind is Collect:
+            gc.collect()
+        elif kind is Settle:
+            self._settle(model, final=False)
+
+    def _check(self, ref, number: int, model: Model, done: set) -> None:
+        """Read ``ref`` and every ref inside it; compare with object ``number`` of the model."""
+        self._same(number, ref.hex())
+        if number in done:
+            return
+        done.add(number)
+        want = model.objs[number]
+        try:
+            tag, size, refs, seen = unpack(mesh.get(ref, timeout=TIMEOUT_S))
+        except Exception as e:
+            raise Failure(f"object #{number} ({want.owner}, {ref.hex()}) cannot be read: {e!r}") from None
+        got = (tag, size, len(refs), seen)
+        if got != (want.tag, want.size, len(want.children), want.seen):
+            raise Failure(f"object #{number} ({ref.hex()}) is (tag, size, n_refs, seen) {got}, "
+                          f"the model says {(want.tag, want.size, len(want.children), want.seen)}")
+        for child_ref, child in zip(refs, want.children):
+            self._check(child_ref, child, model, done)
+
+    # ---------------------------------------------------------------- quiet-state checks
+
+    def _actual(self) -> dict:
+        objects = self.core.objects
+        owned = {oid.hex() for oid, e in list(objects.entries.items()) if e.owned}
+        records = self.store_records()
+        stored = {r["object_id"] for r in records if r["primary"] and not r["freed"]}
+        ign = {i.hex() for i in self.ignored}
+        # "anywhere": copies of other nodes' objects and freed blocks still mapped by readers too.
+        return {"driver-owned": owned - ign, "stored": stored - ign,
+                "anywhere": {r["object_id"] for r in records} - ign}
+
+    def _settle(self, model: Model, final: bool) -> None:
+        """Wait until the driver owns exactly the reachable objects it made, and the stores hold
+        exactly the reachable large ones.  Mid-program, objects never read have no known id:
+        the stores are then compared by count, and the known ids must be among them."""
+        reach = model.reachable()
+        want_owned = {self.hexes[o] for o in reach if model.objs[o].owner == "driver"}
+        large = [o for o in reach if model.objs[o].large]
+        want_stored = {self.hexes[o] for o in large if o in self.hexes}
+        if final and len(want_stored) != len(large):
+            raise Failure("the epilogue did not read every reachable object")
+
+        def matches(now: dict) -> bool:
+            return (now["driver-owned"] == want_owned and want_stored <= now["stored"]
+                    and len(now["stored"]) == len(large))
+
+        now = self._wait(matches)
+        if not matches(now):
+            names = {h: o for o, h in self.hexes.items()}
+
+            def describe(ids: set) -> list:
+                return sorted(f"#{names[i]}" if i in names else i[:16] for i in ids)
+
+            raise Failure(
+                "the mesh never settled on what the model keeps alive:\n"
+                f"  driver owns, unreachable: {describe(now['driver-owned'] - want_owned)}\n"
+                f"  reachable, driver lost it: {describe(want_owned - now['driver-owned'])}\n"
+                f"  stored, unreachable: {describe(now['stored'] - want_stored)} "
+                f"({len(now['stored'])} stored, {len(large)} reachable large objects)\n"
+                f"  reachable, not stored: {describe(want_stored - now['stored'])}")
+
+    def _wait(self, predicate):
+        deadline = time.monotonic() + self.patience
+        pause = 0.002
+        while True:
+            now = self._actual()
+            if predicate(now) or time.monotonic() > deadline:
+                return now
+            time.sleep(pause)
+            pause = min(0.05, pause * 2)
+
+    def _clear(self, model: Model) -> None:
+        """Drop every slot and actor state; then nothing may be left anywhere."""
+        self.slots = [None] * len(self.slots)
+        mesh.get([a.clear.remote() for a in self.actors], timeout=TIMEOUT_S)
+        gc.collect()
+        now = self._wait(lambda n: not n["driver-owned"] and not n["anywhere"])
+        objects = self.core.objects
+        left = {oid for oid in list(objects.entries) + list(objects.ref_counts)} - self.ignored
+        deadline = time.monotonic() + self.patience
+        while left and time.monotonic() < deadline:
+            time.sleep(0.01)
+            left = {oid for oid in list(objects.entries) + list(objects.ref_counts)} - self.ignored
+        counts = [(0, 0)] * len(self.actors)
+        while time.monotonic() < deadline:
+            counts = mesh.get([a.counts.remote() for a in self.actors], timeout=TIMEOUT_S)
+            if not any(n for c in counts for n in c):
+                break
+            time.sleep(0.01)
+        names = {h: o for o, h in self.hexes.items()}
+        problems = []
+        if now["driver-owned"] or now["anywhere"] or left:
+            problems.append(f"left in the driver: {sorted(f'#{names.get(i.hex(), i.hex()[:16])}' for i in left)}, "
+                            f"in the stores: {sorted(f'#{names.get(i, i[:16])}' for i in now['anywhere'])}")
+        if any(n for c in counts for n in c):
+            problems.append(f"left in the actors (entries, ref counts): {counts}")
+        if problems:
+            raise Failure("after every slot and actor state was dropped, " + "; ".join(problems))
+
+    def _recover(self) -> None:
+        """After a failure: drop everything, and ignore what stays (so the next seed starts clean)."""
+        self.slots = [None] * len(self.slots)
+        try:
+            mesh.get([a.clear.remote() for a in self.actors], timeout=TIMEOUT_S)
+        except Exception:
+            pass
+        gc.collect()
+        time.sleep(0.5)
+        objects = self.core.objects
+        self.ignored |= set(objects.entries) | set(objects.ref_counts)
+        self.ignored |= {bytes.fromhex(r["object_id"]) for r in self.store_records()}
+
+    def close(self) -> None:
+        for a in self.actors:
+            mesh.kill(a)
+        self.actors = []
+
+
+# ----------------------------------------------------------------- minimizing
+
+def minimize(runner: Runner, seed: int, program: list, budget_s: float = 120.0) -> list:
+    """A shorter program that still fails (steps whose slots are gone are skipped when run)."""
+    deadline = time.monotonic() + budget_s
+
+    def fails(p: list) -> bool:
+        try:
+            runner.run(seed, p)
+        except Failure:
+            return True
+        return False
+
+    n = 2
+    while len(program) >= 2 and time.monotonic() < deadline:
+        chunk = max(1, len(program) // n)
+        for start in range(0, len(program), chunk):
+            candidate = program[:start] + program[start + chunk:]
+            if candidate and fails(candidate):
+                program = candidate
+                n = max(n - 1, 2)
+                break
+            if time.monotonic() > deadline:
+                break
+        else:
+            if chunk == 1:
+                break
+            n = min(len(program), n * 2)
+    return program

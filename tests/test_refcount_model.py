@@ -1,0 +1,145 @@
+"""Reference counting against a model: many random seeded programs on one 2-node mesh.
+
+Each seed is a short program (tests/refmodel.py) of puts, tasks on either node,
+actor calls, borrows, nested refs, copies, reads and drops, run by the driver of
+this process against real daemons, workers and two actors (one per node).  A
+failing seed prints itself and its program, one step per line.
+
+``MESH_REFMODEL_SEEDS=3000`` runs that many seeds (from ``MESH_REFMODEL_FIRST``,
+default 0) instead of the default 150; ``MESH_REFMODEL_PROGRAM=file`` replays the
+program printed by a failure (saved in ``file``), and ``MESH_REFMODEL_MINIMIZE=1``
+shortens a failing program before reporting it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import meshcompute as mesh
+from meshcompute.wire.messages import Msg
+
+from . import refmodel
+from .conftest import loopback_mesh, wait_for
+
+MiB = 1 << 20
+SEEDS = int(os.environ.get("MESH_REFMODEL_SEEDS", "150"))
+FIRST = int(os.environ.get("MESH_REFMODEL_FIRST", "0"))
+MAX_FAILURES = 5  # later seeds run on, past a failure, to show how often it happens; up to this many
+
+
+@pytest.fixture(scope="module")
+def runner():
+    if mesh.is_initialized():
+        mesh.shutdown()
+    with loopback_mesh(2, num_cpus=2, object_store_memory=256 * MiB) as (_token, nodes):
+        from meshcompute.host.launcher import query
+
+        ids = [info["node_id"] for _, info in nodes]
+        assert wait_for(lambda: all(len([n for n in query(info, "mesh")["nodes"] if n["state"] == "alive"]) == 2
+                                    for _, info in nodes), timeout=15)
+        mesh.init(address=nodes[0][1]["tcp"].replace("tcp://", ""))
+        try:
+            from meshcompute.owner import context
+
+            core = context.core
+            assert core.node_id == ids[0]
+            r = refmodel.Runner(ids, lambda: core.request_daemon(Msg.LIST_OBJECTS, "mesh", timeout=10))
+            yield r
+            r.close()
+        finally:
+            mesh.shutdown()
+
+
+def _run_seeds(runner, seeds) -> tuple[list, float]:
+    failures = []
+    start = time.monotonic()
+    for seed in seeds:
+        program = refmodel.generate(seed)
+        try:
+            runner.run(seed, program)
+        except refmodel.Failure as e:
+            message = str(e)
+            if os.environ.get("MESH_REFMODEL_MINIMIZE"):
+                short = refmodel.minimize(runner, seed, program)
+                message += "\nshortened to:\n" + refmodel.format_program(seed, short)
+            failures.append(message)
+            if len(failures) >= MAX_FAILURES:
+                break
+    return failures, time.monotonic() - start
+
+
+@pytest.mark.timeout(max(240, SEEDS * 2))
+def test_random_programs_keep_exactly_what_is_reachable(runner):
+    failures, took = _run_seeds(runner, range(FIRST, FIRST + SEEDS))
+    print(f"{SEEDS} seeds from {FIRST} in {took:.1f} s, {len(failures)} failed")
+    assert not failures, f"{len(failures)} seeds failed; the first:\n{failures[0]}"
+
+
+@pytest.mark.skipif(not os.environ.get("MESH_REFMODEL_PROGRAM"), reason="replays MESH_REFMODEL_PROGRAM")
+@pytest.mark.timeout(300)
+def test_replay_a_printed_program(runner):
+    with open(os.environ["MESH_REFMODEL_PROGRAM"]) as f:
+        program = refmodel.parse_program(f.read())
+    runner.run(-1, program)
+
+
+# ------------------------------------------------------------------ the checker itself
+
+@pytest.mark.timeout(60)
+def test_printed_programs_parse_back_to_the_same_steps():
+    for seed in range(50):
+        program = refmodel.generate(seed)
+        assert refmodel.parse_program(refmodel.format_program(seed, program, failed_at=3)) == program
+
+
+@pytest.mark.timeout(60)
+def test_a_leak_fails_the_seed_and_prints_its_program(runner):
+    program = [refmodel.Put(0, 1, refmodel.LARGE_SIZES[0], ()), refmodel.Put(1, 2, 16, (0,)), refmodel.Drop(0),
+               refmodel.Drop(1)]
+    kept = []
+    real_do = runner._do
+
+    def leaky_do(step, model):  # one more ref to the large object, unknown to the model
+        real_do(step, model)
+        if isinstance(step, refmodel.Put) and step.dst == 0:
+            kept.append(runner.slots[0])
+
+    runner._do = leaky_do
+    runner.patience = 1.0
+    try:
+        with pytest.raises(refmodel.Failure) as info:
+            runner.run(7, program)
+    finally:
+        runner._do = real_do
+        runner.patience = 10.0
+        kept.clear()
+    text = str(info.value)
+    assert "driver owns, unreachable: ['#0']" in text and "stored, unreachable: ['#0']" in text, text
+    assert "seed 7, 4 steps:" in text and "\n    1 Put(dst=1, tag=2, size=16, refs=(0,))" in text, text
+    runner.run(8, refmodel.generate(8))  # and the next seed starts clean
+
+
+@pytest.mark.timeout(60)
+def test_an_early_free_fails_the_seed(runner, monkeypatch):
+    """The driver frees its objects without waiting for borrowers: what the actor holds is lost."""
+    from meshcompute.owner import context
+    from meshcompute.owner.objects import PENDING
+
+    objects = context.core.objects
+
+    def free_ignoring_borrowers(oid, e):
+        if e.state == PENDING or oid in objects.ref_counts or e.getters:
+            return
+        objects.entries.pop(oid, None)
+
+    monkeypatch.setattr(objects, "maybe_free", free_ignoring_borrowers)
+    monkeypatch.setattr(runner, "patience", 1.0)
+    program = [refmodel.Put(0, 1, 16, ()), refmodel.Hold(0, 0, (0,)), refmodel.Drop(0), refmodel.Settle()]
+    with pytest.raises(refmodel.Failure, match=r"reachable, driver lost it: \['#0'\]"):
+        runner.run(9, program)
+    monkeypatch.undo()
+    runner.run(10, refmodel.generate(10))
+
