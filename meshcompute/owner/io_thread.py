@@ -210,21 +210,12 @@ class IoThread:
         self._early = []
         while not self.closed:
             try:
-                while cmds:
-                    fn, args = cmds.popleft()
-                    fn(*args)
+                self._run_posted()
                 for inbox in inboxes:
                     drain(inbox, self._dispatch_then_posted, 2000)
                 for hook in self.after_turn:
                     hook()
-                timeout = 1000
-                if self._timers:
-                    now = time.monotonic()
-                    while self._timers and self._timers[0][0] <= now:
-                        _, _, fn, args = heapq.heappop(self._timers)
-                        fn(*args)
-                    if self._timers:
-                        timeout = max(0, int((self._timers[0][0] - now) * 1000) + 1)
+                timeout = self._run_timers() if self._timers else 1000
                 if cmds:
                     continue
                 self._sleeping = True
@@ -245,14 +236,32 @@ class IoThread:
                     return
                 log.error("meshcompute I/O thread error:\n%s", traceback.format_exc())
 
-    def _dispatch_then_posted(self, frames: list) -> None:
-        # Work posted by user threads runs between messages: a reply they wait for
-        # is never held behind a long burst.
-        self._dispatch(frames)
+    def _run_posted(self) -> None:
+        # Not inline in the loop: a local of the loop would keep the last command's
+        # arguments alive until the next command ran, and any ObjectRef among them
+        # (such as the refs inside a result, which a worker keeps until its owner
+        # holds them) with them: in a quiet process, its objects would not be freed.
         cmds = self._cmds
         while cmds:
             fn, args = cmds.popleft()
             fn(*args)
+
+    def _run_timers(self) -> int:
+        """Run the timers that are due; the poll timeout (ms) until the next one.
+        (A function of its own for the same reason as ``_run_posted``.)"""
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn, args = heapq.heappop(self._timers)
+            fn(*args)
+        if self._timers:
+            return max(0, int((self._timers[0][0] - now) * 1000) + 1)
+        return 1000
+
+    def _dispatch_then_posted(self, frames: list) -> None:
+        # Work posted by user threads runs between messages: a reply they wait for
+        # is never held behind a long burst.
+        self._dispatch(frames)
+        self._run_posted()
 
     def _dispatch(self, frames: list) -> None:
         sender = frames[0].bytes.decode(errors="replace")
