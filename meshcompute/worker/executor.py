@@ -44,6 +44,10 @@ class Executor(ActorHost):
         self.core = core
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self._fns: dict[bytes, Any] = {}
+        # Definitions that came with tasks this worker did not run (handed back, or
+        # cancelled): an owner sends a function once per worker, so later tasks of
+        # it come without one, and would find none.
+        self._fn_bytes: dict[bytes, bytes] = {}
         self._cancelled: set[bytes] = set()  # asked to cancel before they started
         self._cancel_asked: set[bytes] = set()  # asked to cancel while running (is_canceled())
         self._active: dict[bytes, Any] = {}  # actor calls running on a pool thread or loop -> asyncio task
@@ -134,6 +138,7 @@ class Executor(ActorHost):
                 break
             if item[0] == "task":
                 back.setdefault(item[1], []).append(item[3][0])
+                self.keep_fn(item[3])
             else:
                 kept.append(item)
         for item in kept:
@@ -211,13 +216,22 @@ class Executor(ActorHost):
     def _read_arg(self, oid: bytes, owner: str, node: str, size: int) -> Any:
         return self.core.read_store(oid, node, size, owner)
 
+    def keep_fn(self, spec: tuple) -> None:
+        """Keep the function definition a task carries, though the task will not run here (any thread)."""
+        fn_id, fn_bytes = spec[1], spec[2]
+        if fn_bytes is not None and fn_id not in self._fns:
+            self._fn_bytes[fn_id] = fn_bytes
+
     def _load_fn(self, fn_id: bytes, fn_bytes: bytes | None) -> Any:
         fn = self._fns.get(fn_id)
         if fn is None:
             if fn_bytes is None:
+                fn_bytes = self._fn_bytes.get(fn_id)
+            if fn_bytes is None:
                 raise exc.MeshSystemError("function definition missing on worker")
             fn = deserialize(fn_bytes, [])
             self._fns[fn_id] = fn
+            self._fn_bytes.pop(fn_id, None)
         return fn
 
     def _run_task(self, owner: str, gpu_ids: tuple, spec: tuple, frames: list, job: str,
@@ -226,6 +240,7 @@ class Executor(ActorHost):
         core = self.core
         if task_id in self._cancelled:
             self._cancelled.discard(task_id)
+            self.keep_fn(spec)
             self._send_error(owner, spec, exc.TaskCancelledError(task_id=task_id.hex()))
             return
         core.tasks.job_id = job  # get_job_id(), and the job of the children it submits

@@ -57,6 +57,8 @@ class WorkerInbox:
         ex = self.executor
         self._activity()
         if self._blocked() and ex.bounce_enabled:
+            for spec in specs:
+                ex.keep_fn(spec)
             self.io.send(sender, Msg.TASKS_BOUNCED, [s[0] for s in specs])
             return
         pos = 0
