@@ -47,6 +47,7 @@ def runner():
             core = context.core
             assert core.node_id == ids[0]
             r = refmodel.Runner(ids, lambda: core.request_daemon(Msg.LIST_OBJECTS, "mesh", timeout=10))
+            r.node_infos = [info for _, info in nodes]
             yield r
             r.close()
         finally:
@@ -186,3 +187,46 @@ def test_what_a_killed_actor_borrowed_is_freed(runner):
         assert wait_for(lambda: oid not in entries, timeout=5), "still owned 5 s after its borrower was killed"
     finally:
         runner.ignored.add(oid)  # the seeds after this one do not count it again
+
+
+@mesh.remote
+def _sleep(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@mesh.remote
+def _put_then_wait(i, refs):
+    return [mesh.put(("kept", i))], mesh.get(refs[0])
+
+
+@mesh.remote
+def _put_here(i):
+    return [mesh.put(("inner", i))]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_owns_objects_in_use_is_not_stopped_when_idle(runner):
+    """Was: a node stopped idle workers beyond its CPU count after a second, also those
+    that owned objects someone still used; the objects were lost with them.  Here every
+    worker of node B owns objects: the first two put theirs, then wait in get() (their
+    CPUs lent out) while extra workers run the other puts."""
+    from meshcompute.host.launcher import query
+
+    def workers() -> int:  # of node B, its actor included
+        return query(runner.node_infos[1], "node")["workers"]
+
+    on0, on1 = refmodel._on(runner.node_ids[0]), refmodel._on(runner.node_ids[1])
+    slow = [_sleep.options(scheduling_strategy=on0).remote(1.0) for _ in range(2)]
+    waiting = [_put_then_wait.options(scheduling_strategy=on1).remote(i, [s]) for i, s in enumerate(slow)]
+    time.sleep(0.3)
+    outer = [_put_here.options(scheduling_strategy=on1).remote(i) for i in range(6)]
+    inner = [mesh.get(o, timeout=30)[0] for o in outer]  # refs only: the values stay with their owners
+    kept = [mesh.get(w, timeout=30)[0][0] for w in waiting]
+    time.sleep(2.5)  # idle workers beyond the CPU count are stopped after 1 s
+    assert [mesh.get(r, timeout=10) for r in inner] == [("inner", i) for i in range(6)]
+    assert [mesh.get(r, timeout=10) for r in kept] == [("kept", 0), ("kept", 1)]
+    assert workers() > 3, "no extra worker ran: the test did not test anything"
+    # Once nothing they own is in use, the extra workers are stopped: two CPUs, one actor.
+    del inner, outer, kept, waiting
+    assert wait_for(lambda: workers() <= 3, timeout=10), workers()

@@ -478,7 +478,7 @@ class Daemon:
             if not pid_alive(pid):
                 self.process_gone(addr)
         now = time.monotonic()
-        self.workers.reap_idle(now)
+        self.workers.reap_idle(now, self.processes.owns_objects)
         self.pulls.expire(now)
         self.metrics.refresh()
         self.schedule()

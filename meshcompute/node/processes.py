@@ -52,6 +52,10 @@ class Processes:
         if isinstance(msg[1], dict) and sender in self.pids:
             self.stats[sender] = msg[1]
 
+    def owns_objects(self, addr: str) -> bool:
+        """Whether the process said (in its last TASK_STATS) that it owns objects."""
+        return bool(self.stats.get(addr, {}).get("owns_objects"))
+
     def task_totals(self) -> dict:
         """Tasks running, queued and finished on this node, from the processes' TASK_STATS
         (with ``submitted`` by its owners and ``failed``: attempts that raised)."""

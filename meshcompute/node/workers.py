@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..host.sessions import describe_exit
@@ -183,9 +184,13 @@ class WorkerPool:
         kill_pid(w.pid)
         return True
 
-    def reap_idle(self, now: float) -> None:
-        """Stop idle workers beyond the CPU count once idle for IDLE_WORKER_TTL_S, oldest first."""
-        idle = self.idle()
+    def reap_idle(self, now: float, owns_objects: Callable[[str], bool] = lambda addr: False) -> None:
+        """Stop idle workers beyond the CPU count once idle for IDLE_WORKER_TTL_S, oldest first;
+        never one that ``owns_objects`` (its objects would be lost, and others may still use them).
+
+        A worker reports that within STATS_PERIOD_S (0.5 s) of finishing the task that made
+        them, well inside the idle time it needs to be stopped."""
+        idle = [w for w in self.idle() if not (w.addr and owns_objects(w.addr))]
         extra = len([w for w in self.workers.values() if w.state in ("idle", "leased")]) - int(self.num_cpus)
         for w in sorted(idle, key=lambda w: w.idle_since):
             if extra <= 0:

@@ -103,6 +103,7 @@ class ObjectTable:
         self._freed = on_freed  # an owned entry was freed (lineage counts it)
         self.dead_owners: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.dead_nodes: set[str] = set()
+        self.on_owned_freed: Callable[[], None] | None = None  # a worker re-reports whether it owns objects
 
     def entry(self, oid: bytes, owner: str) -> Entry:
         """The entry of ``oid``, made (not owned) if this process has none yet."""
@@ -140,6 +141,12 @@ class ObjectTable:
         e.contained = []  # drops our holds on refs inside the value
         e.value = None
         self._freed(oid)
+        if self.on_owned_freed is not None:
+            self.on_owned_freed()
+
+    def owns_any(self) -> bool:
+        """Whether this process owns an object (its death would lose it)."""
+        return any(e.owned for e in self.entries.values())
 
     def on_add_borrower(self, sender: str, msg: tuple, frames: list) -> None:
         _, oids, req_id = msg

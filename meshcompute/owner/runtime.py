@@ -127,6 +127,9 @@ class Core:
         # them at once, it runs them inline (wait_ready), and asking for a lease
         # would only be withdrawn again.
         self.tasks.request_delay = CHILD_LEASE_DELAY_S
+        # The daemon stops idle workers beyond its CPU count, but not one that owns
+        # objects (they would be lost with it): tell it again when that may change.
+        self.objects.on_owned_freed = self.note_activity
 
     @property
     def job_id(self) -> str:
@@ -565,13 +568,14 @@ class Core:
     # ---------------------------------------------------------- observability
 
     def task_stats(self) -> dict:
-        """Tasks this process submitted and holds queued (any owner), runs and ran (a worker: by function)."""
+        """Tasks this process submitted and holds queued (any owner), runs and ran (a worker: by
+        function); whether a worker owns objects."""
         ex, queued = self.executor, self.tasks.queued() + self.actors.queued()
         if ex is None:
             return {"running": 0, "queued": queued, "finished": 0, "submitted": self.submitted}
         return {"running": max(0, ex.tasks_started - ex.tasks_finished), "queued": queued + ex.queue.qsize(),
                 "finished": ex.tasks_finished, "submitted": self.submitted, "failed": ex.fn_stats.failed,
-                "by_fn": ex.fn_stats.snapshot()}
+                "by_fn": ex.fn_stats.snapshot(), "owns_objects": self.objects.owns_any()}
 
     def _on_worker_output(self, sender, msg, frames) -> None:
         lines = msg[1]
