@@ -23,6 +23,7 @@ evaluates back to the step in this module's namespace (``replay``).
 from __future__ import annotations
 
 import gc
+import itertools
 import random
 import time
 import traceback
@@ -77,8 +78,12 @@ def _build(spec, nested, top):
     tops = [unpack(v) for v in top]
     refs = list(nested) + [r for t in tops for r in t[2]]
     seen = tuple(t[0] for t in tops)
-    if mode == "read":  # this worker reads the nested refs itself (blocking in get)
-        mode, seen = "value", seen + tuple(unpack(v)[0] for v in mesh.get(list(nested), timeout=TIMEOUT_S))
+    if mode in ("read", "unwrap"):  # this worker reads the nested refs itself (blocking in get)
+        values = [unpack(v) for v in mesh.get(list(nested), timeout=TIMEOUT_S)]
+        seen += tuple(v[0] for v in values)
+        if mode == "unwrap":  # and returns the refs inside them (borrowed here) instead of them
+            refs = [r for v in values for r in v[2]] + refs[len(nested):]
+        mode = "value"
     if mode == "value":
         return make(tag, size, refs, seen)
     if mode == "put":  # an object owned by this worker, returned inside the result
@@ -93,6 +98,12 @@ def _build(spec, nested, top):
 
 
 build_two = build.options(num_returns=2)
+
+
+@mesh.remote
+def hold_via(keeper, key, refs):
+    """A task that has an actor keep refs it was passed, and waits until it does."""
+    mesh.get(keeper.hold.remote(key, refs), timeout=TIMEOUT_S)
 
 
 @mesh.remote
@@ -119,6 +130,10 @@ class Keeper:
         refs = self.held.get(key, [])
         seen = tuple(unpack(v)[0] for v in mesh.get(refs, timeout=TIMEOUT_S)) if read else ()
         return make(tag, 16, refs, seen)
+
+    def pass_to(self, other, key, other_key):
+        """Have another actor keep what this one keeps under ``key``; wait until it does."""
+        mesh.get(other.hold.remote(other_key, self.held.get(key, [])), timeout=TIMEOUT_S)
 
     def put(self, tag, tag2, size2, refs):
         return make(tag, 16, [mesh.put(make(tag2, size2, refs, ()))], ())
@@ -156,7 +171,8 @@ class Task(NamedTuple):
     top: tuple  # slots passed as top-level arguments (the task sees their values)
     nested: tuple  # slots passed inside a list (the task sees refs)
     pad: int  # bytes of a plain (non-ref) argument the task ignores; large ones are stored by the driver
-    read: bool  # the task gets the nested refs' values itself (their tags go to ``seen``)
+    read: int  # 1: the task gets the nested refs' values (their tags go to ``seen``); 2: and returns
+    #            the refs inside those values instead of the nested refs
 
 
 class TaskPut(NamedTuple):
@@ -196,6 +212,22 @@ class Hold(NamedTuple):
     actor: int
     key: int
     refs: tuple
+
+
+class TaskHold(NamedTuple):
+    """A task on ``node`` passes ``refs`` on to an actor to keep (the driver waits for it)."""
+    node: int
+    actor: int
+    key: int
+    refs: tuple
+
+
+class Pass(NamedTuple):
+    """Actor ``actor`` has actor ``other`` keep what it keeps under ``key`` (the driver waits)."""
+    actor: int
+    key: int
+    other: int
+    other_key: int
 
 
 class Unhold(NamedTuple):
@@ -255,23 +287,31 @@ class Settle(NamedTuple):
     """Wait for the mesh to be quiet and compare what the driver owns with the model."""
 
 
-STEP_TYPES = (Put, Task, TaskPut, TaskTwo, TaskChild, Hold, Unhold, Give, ActorPut, ActorCall, Drop,
+STEP_TYPES = (Put, Task, TaskPut, TaskTwo, TaskChild, Hold, TaskHold, Pass, Unhold, Give, ActorPut, ActorCall, Drop,
               Copy, Unwrap, Read, Collect, Settle)
 
 
-def format_program(seed: int, program: list, failed_at: int | None = None) -> str:
+def format_program(seed: int, program: list, failed_at: int | None = None, epilogue: list = ()) -> str:
+    """One line per step, ``>>`` at the one that failed; then the epilogue the runner added."""
     lines = [f"seed {seed}, {len(program)} steps:"]
-    for i, step in enumerate(program):
+    for i, step in enumerate(list(program) + list(epilogue)):
+        if i == len(program):
+            lines.append(EPILOGUE)
         mark = ">>" if i == failed_at else "  "
         lines.append(f"{mark}{i:3d} {step!r}")
     return "\n".join(lines)
 
 
+EPILOGUE = "then the runner's epilogue (reads everything still reachable):"
+
+
 def parse_program(text: str) -> list:
-    """Steps from the lines ``format_program`` printed (or one repr per line)."""
+    """Steps from the lines ``format_program`` printed (or one repr per line), epilogue left out."""
     names = {t.__name__: t for t in STEP_TYPES}
     out = []
     for line in text.splitlines():
+        if line.strip() == EPILOGUE:
+            break
         line = line.strip().lstrip(">").strip()
         head = line.split(" ", 1)
         if len(head) == 2 and head[0].isdigit():
@@ -353,6 +393,8 @@ class Model:
             if kind is Task:
                 if step.read:
                     seen += tuple(self.objs[s[i]].tag for i in step.nested)
+                if step.read == 2:
+                    refs = [c for i in step.nested for c in self.objs[s[i]].children] + refs[len(step.nested):]
                 s[step.dst] = self.new(step.tag, step.size, refs, seen, "driver")
             elif kind is TaskPut:
                 inner = self.new(step.inner_tag, step.inner_size, refs, seen, "worker")
@@ -364,8 +406,10 @@ class Model:
         elif kind is TaskChild:
             inner = self.new(step.inner_tag, step.inner_size, [s[i] for i in step.nested], (), "worker")
             s[step.dst] = self.new(step.tag, 16, [inner], (), "driver")
-        elif kind is Hold:
+        elif kind in (Hold, TaskHold):
             self.held[step.actor][step.key] = [s[i] for i in step.refs]
+        elif kind is Pass:
+            self.held[step.other][step.other_key] = list(self.held[step.actor].get(step.key, []))
         elif kind is Unhold:
             self.held[step.actor].pop(step.key, None)
         elif kind is Give:
@@ -389,14 +433,23 @@ class Model:
 
 # ----------------------------------------------------------------- generator
 
+def epilogue(model: Model, spare: int) -> list:
+    """Steps that read everything reachable once, what the actors keep through what they give
+    back into slot ``spare`` (a slot the program does not use)."""
+    steps: list = [Read(i) for i in model.live()]
+    tag = max((o.tag for o in model.objs), default=0)
+    for a, held in enumerate(model.held):
+        for key in sorted(held):
+            tag += 1
+            steps += [Give(spare, a, key, tag, False), Read(spare)]
+    return steps + [Drop(spare)] if len(steps) > len(model.live()) else steps
+
+
 def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
              min_steps: int = 8, max_steps: int = 28) -> list:
-    """A random program, then an epilogue that reads everything still reachable.
-
-    The epilogue uses slot ``n_slots`` (one past the pool) for what the actors give back.
-    """
+    """A random program over ``n_slots`` slots (the runner adds the epilogue)."""
     rng = random.Random(seed)
-    model = Model(n_slots + 1, n_actors)
+    model = Model(n_slots, n_actors)
     tags = iter(range(1, 1 << 30))
     program: list = []
 
@@ -404,7 +457,7 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
         return rng.choice(LARGE_SIZES) if rng.random() < 0.3 else rng.choice(SMALL_SIZES)
 
     def some(k: int) -> tuple:
-        live = [i for i in model.live() if i < n_slots]
+        live = model.live()
         if not live:
             return ()
         return tuple(rng.choice(live) for _ in range(rng.randint(0, k)))  # repeats allowed
@@ -412,12 +465,12 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
     def dst() -> int:
         return rng.randrange(n_slots)
 
-    kinds = ["put"] * 4 + ["task"] * 4 + ["task_put", "task_two", "task_child", "hold", "hold", "give",
-                                          "give", "actor_put", "actor_call", "unhold", "copy", "unwrap",
-                                          "unwrap", "read", "read", "drop", "drop", "drop", "collect",
-                                          "settle"]
+    kinds = (["put"] * 4 + ["task"] * 4 + ["task_put", "task_two", "task_child", "hold", "hold", "task_hold",
+                                            "pass", "give", "give", "actor_put", "actor_call", "unhold", "copy",
+                                            "unwrap", "unwrap", "read", "read", "drop", "drop", "drop",
+                                            "collect", "settle"])
     for _ in range(rng.randint(min_steps, max_steps)):
-        live = [i for i in model.live() if i < n_slots]
+        live = model.live()
         kind = rng.choice(kinds)
         node = rng.randrange(n_nodes)
         actor = rng.randrange(n_actors)
@@ -425,7 +478,7 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
             step = Put(dst(), next(tags), size(), some(3))
         elif kind == "task":
             step = Task(dst(), node, next(tags), size(), some(2), some(3),
-                        rng.choice((0, 0, 0, 100, LARGE_SIZES[0])), rng.random() < 0.25)
+                        rng.choice((0, 0, 0, 100, LARGE_SIZES[0])), rng.choice((0, 0, 0, 0, 1, 2)))
         elif kind == "task_put":
             step = TaskPut(dst(), node, next(tags), next(tags), size(), some(2), some(2))
         elif kind == "task_two":
@@ -438,6 +491,12 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
             step = TaskChild(dst(), node, rng.randrange(n_nodes), next(tags), next(tags), size(), some(3))
         elif kind == "hold":
             step = Hold(actor, rng.randrange(3), some(3))
+        elif kind == "task_hold":
+            step = TaskHold(node, actor, rng.randrange(3), some(3))
+        elif kind == "pass" and any(model.held):
+            a = rng.choice([i for i, h in enumerate(model.held) if h])
+            other = rng.choice([i for i in range(n_actors) if i != a])  # an actor waiting on itself would hang
+            step = Pass(a, rng.choice(sorted(model.held[a])), other, rng.randrange(3))
         elif kind == "unhold" and any(model.held):
             a = rng.choice([i for i, h in enumerate(model.held) if h])
             step = Unhold(a, rng.choice(sorted(model.held[a])))
@@ -465,20 +524,17 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
             continue
         model.apply(step)
         program.append(step)
-    # Epilogue: everything reachable is read once, the actors' refs through what they give back.
-    for i in model.live():
-        program.append(Read(i))
-    for a, held in enumerate(model.held):
-        for key in sorted(held):
-            program += [Give(n_slots, a, key, next(tags), False), Read(n_slots)]
-    program.append(Drop(n_slots) if any(model.held) else Collect())
     return program
 
 
 # ----------------------------------------------------------------- runner
 
 class Failure(AssertionError):
-    pass
+    """A check failed; ``kind`` says which ("read", "value", "identity", "settle", "leak", "error")."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Runner:
@@ -502,29 +558,39 @@ class Runner:
     # ---------------------------------------------------------------- one program
 
     def run(self, seed: int, program: list) -> None:
-        """Run ``program``; raise Failure (with the seed and the program) at the first mismatch."""
+        """Run ``program`` and the epilogue; raise Failure (with the seed and the program) at the
+        first mismatch.  Steps that name an empty slot (in a shortened program) are skipped."""
         model = Model(self.n_slots + 1, len(self.actors))
         self.slots: list = [None] * (self.n_slots + 1)
         self.hexes: dict[int, str] = {}  # object number -> object id, once a ref to it was seen
-        at = None
+        steps, tail, at = list(program), [], None
+        failure = None
         try:
-            for i, step in enumerate(program):
-                at = i
-                if not model.valid(step):
-                    continue
-                self._do(step, model)
-                model.apply(step)
-                self._note_new(step, model)
-            at = len(program)
+            for i in itertools.count():
+                if i == len(program):
+                    tail = epilogue(model, self.n_slots)
+                    steps += tail
+                if i == len(steps):
+                    break
+                at, step = i, steps[i]
+                if model.valid(step):
+                    self._do(step, model)
+                    model.apply(step)
+                    self._note_new(step, model)
+            at = None
             self._settle(model, final=True)
-            self._clear(model)
+            self._clear()
         except Exception as e:
+            kind = e.kind if isinstance(e, Failure) else "error"
             detail = e.args[0] if isinstance(e, Failure) else "".join(traceback.format_exception(e))
-            where = f"at step {at}" if at is not None and at < len(program) else "after the last step"
-            self._recover()
-            raise Failure(f"{where}: {detail}\n{format_program(seed, program, at)}") from None
+            where = "after the last step" if at is None else f"at step {at}"
+            failure = Failure(f"{where}: {detail}\n{format_program(seed, program, at, tail)}", kind)
         finally:
             self.slots = []
+        if failure is not None:
+            # Out of the except block: its traceback (and the refs in its frames) is gone.
+            self._recover()
+            raise failure
 
     def _note_new(self, step, model: Model) -> None:
         for name in ("dst", "dst2"):
@@ -535,7 +601,7 @@ class Runner:
     def _same(self, number: int, hex_id: str) -> None:
         known = self.hexes.setdefault(number, hex_id)
         if known != hex_id:
-            raise Failure(f"object #{number} is {known}, but a ref to it names {hex_id}")
+            raise Failure(f"object #{number} is {known}, but a ref to it names {hex_id}", "identity")
 
     def _do(self, step, model: Model) -> None:
         s = self.slots
@@ -548,7 +614,7 @@ class Runner:
             top = [s[i] for i in step.top]
             on = _on(self.node_ids[step.node])
             if kind is Task:
-                spec = ("read" if step.read else "value", step.tag, step.size, 0, 0, 0, None)
+                spec = (("value", "read", "unwrap")[step.read], step.tag, step.size, 0, 0, 0, None)
                 if step.pad:  # a plain argument: the driver stores a large one itself, for the task
                     s[step.dst] = build_padded.options(scheduling_strategy=on).remote(
                         spec, nested, b"p" * step.pad, *top)
@@ -566,6 +632,13 @@ class Runner:
             s[step.dst] = build.options(scheduling_strategy=on).remote(spec, [s[i] for i in step.nested])
         elif kind is Hold:
             self.actors[step.actor].hold.remote(step.key, refs)
+        elif kind is TaskHold:
+            on = _on(self.node_ids[step.node])
+            mesh.get(hold_via.options(scheduling_strategy=on).remote(self.actors[step.actor], step.key, refs),
+                     timeout=TIMEOUT_S)
+        elif kind is Pass:
+            mesh.get(self.actors[step.actor].pass_to.remote(self.actors[step.other], step.key, step.other_key),
+                     timeout=TIMEOUT_S)
         elif kind is Unhold:
             self.actors[step.actor].unhold.remote(step.key)
         elif kind is Give:
@@ -599,11 +672,11 @@ class Runner:
         try:
             tag, size, refs, seen = unpack(mesh.get(ref, timeout=TIMEOUT_S))
         except Exception as e:
-            raise Failure(f"object #{number} ({want.owner}, {ref.hex()}) cannot be read: {e!r}") from None
+            raise Failure(f"object #{number} ({want.owner}, {ref.hex()}) cannot be read: {e!r}", "read") from None
         got = (tag, size, len(refs), seen)
         if got != (want.tag, want.size, len(want.children), want.seen):
             raise Failure(f"object #{number} ({ref.hex()}) is (tag, size, n_refs, seen) {got}, "
-                          f"the model says {(want.tag, want.size, len(want.children), want.seen)}")
+                          f"the model says {(want.tag, want.size, len(want.children), want.seen)}", "value")
         for child_ref, child in zip(refs, want.children):
             self._check(child_ref, child, model, done)
 
@@ -628,7 +701,7 @@ class Runner:
         large = [o for o in reach if model.objs[o].large]
         want_stored = {self.hexes[o] for o in large if o in self.hexes}
         if final and len(want_stored) != len(large):
-            raise Failure("the epilogue did not read every reachable object")
+            raise Failure("the epilogue did not read every reachable object", "error")
 
         def matches(now: dict) -> bool:
             return (now["driver-owned"] == want_owned and want_stored <= now["stored"]
@@ -647,7 +720,7 @@ class Runner:
                 f"  reachable, driver lost it: {describe(want_owned - now['driver-owned'])}\n"
                 f"  stored, unreachable: {describe(now['stored'] - want_stored)} "
                 f"({len(now['stored'])} stored, {len(large)} reachable large objects)\n"
-                f"  reachable, not stored: {describe(want_stored - now['stored'])}")
+                f"  reachable, not stored: {describe(want_stored - now['stored'])}", "settle")
 
     def _wait(self, predicate):
         deadline = time.monotonic() + self.patience
@@ -659,7 +732,7 @@ class Runner:
             time.sleep(pause)
             pause = min(0.05, pause * 2)
 
-    def _clear(self, model: Model) -> None:
+    def _clear(self) -> None:
         """Drop every slot and actor state; then nothing may be left anywhere."""
         self.slots = [None] * len(self.slots)
         mesh.get([a.clear.remote() for a in self.actors], timeout=TIMEOUT_S)
@@ -685,16 +758,18 @@ class Runner:
         if any(n for c in counts for n in c):
             problems.append(f"left in the actors (entries, ref counts): {counts}")
         if problems:
-            raise Failure("after every slot and actor state was dropped, " + "; ".join(problems))
+            raise Failure("after every slot and actor state was dropped, " + "; ".join(problems), "leak")
 
     def _recover(self) -> None:
-        """After a failure: drop everything, and ignore what stays (so the next seed starts clean)."""
+        """After a failure: drop everything and start over with new actors; ignore what stays
+        (so that the next seed is judged on its own)."""
         self.slots = [None] * len(self.slots)
-        try:
-            mesh.get([a.clear.remote() for a in self.actors], timeout=TIMEOUT_S)
-        except Exception:
-            pass
         gc.collect()
+        old, self.actors = self.actors, []
+        for a in old:
+            mesh.kill(a)
+        self.actors = [Keeper.options(num_cpus=0, scheduling_strategy=_on(n)).remote() for n in self.node_ids]
+        mesh.get([a.counts.remote() for a in self.actors], timeout=60)
         time.sleep(0.5)
         objects = self.core.objects
         self.ignored |= set(objects.entries) | set(objects.ref_counts)
@@ -708,15 +783,16 @@ class Runner:
 
 # ----------------------------------------------------------------- minimizing
 
-def minimize(runner: Runner, seed: int, program: list, budget_s: float = 120.0) -> list:
-    """A shorter program that still fails (steps whose slots are gone are skipped when run)."""
+def minimize(runner: Runner, seed: int, program: list, kind: str, budget_s: float = 120.0) -> list:
+    """A shorter program that still fails the same check (``kind``); steps whose slots are
+    gone are skipped when it runs.  A failure that depends on timing may not shorten well."""
     deadline = time.monotonic() + budget_s
 
     def fails(p: list) -> bool:
         try:
             runner.run(seed, p)
-        except Failure:
-            return True
+        except Failure as e:
+            return e.kind == kind
         return False
 
     n = 2
