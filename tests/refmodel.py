@@ -633,10 +633,12 @@ class Runner:
         elif kind is Hold:
             self.actors[step.actor].hold.remote(step.key, refs)
         elif kind is TaskHold:
+            self._barrier(step.actor)
             on = _on(self.node_ids[step.node])
             mesh.get(hold_via.options(scheduling_strategy=on).remote(self.actors[step.actor], step.key, refs),
                      timeout=TIMEOUT_S)
         elif kind is Pass:
+            self._barrier(step.actor, step.other)
             mesh.get(self.actors[step.actor].pass_to.remote(self.actors[step.other], step.key, step.other_key),
                      timeout=TIMEOUT_S)
         elif kind is Unhold:
@@ -661,6 +663,11 @@ class Runner:
             gc.collect()
         elif kind is Settle:
             self._settle(model, final=False)
+
+    def _barrier(self, *actors: int) -> None:
+        """Wait until the actors ran every call the driver made to them: a call from another
+        process (a task's, an actor's) is ordered after them only then."""
+        mesh.get([self.actors[a].counts.remote() for a in actors], timeout=TIMEOUT_S)
 
     def _check(self, ref, number: int, model: Model, done: set) -> None:
         """Read ``ref`` and every ref inside it; compare with object ``number`` of the model."""
