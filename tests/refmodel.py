@@ -549,8 +549,9 @@ class Runner:
         self.node_ids = node_ids
         self.store_records = store_records
         self.n_slots = n_slots
-        self.actors = [Keeper.options(num_cpus=0, scheduling_strategy=_on(n)).remote() for n in node_ids]
-        mesh.get([a.counts.remote() for a in self.actors], timeout=60)
+        self.actors: list = []
+        self.tokens: set[bytes] = set()
+        self._start_actors()
         # Objects some earlier failed program left behind: reported there, not again.
         self.ignored: set[bytes] = set()
         self.patience = 10.0  # seconds the mesh gets to settle after a program (frees are asynchronous)
@@ -691,13 +692,16 @@ class Runner:
 
     def _actual(self) -> dict:
         objects = self.core.objects
-        owned = {oid.hex() for oid, e in list(objects.entries.items()) if e.owned}
+        entries = list(objects.entries.items())
+        owned = {oid.hex() for oid, e in entries if e.owned and oid not in self.tokens}
+        # Tasks and actors that were handed an actor handle borrow its token.
+        borrowed_tokens = sorted(b for oid, e in entries if oid in self.tokens for b in e.borrowers)
         records = self.store_records()
         stored = {r["object_id"] for r in records if r["primary"] and not r["freed"]}
         ign = {i.hex() for i in self.ignored}
         # "anywhere": copies of other nodes' objects and freed blocks still mapped by readers too.
         return {"driver-owned": owned - ign, "stored": stored - ign,
-                "anywhere": {r["object_id"] for r in records} - ign}
+                "anywhere": {r["object_id"] for r in records} - ign, "token borrowers": borrowed_tokens}
 
     def _settle(self, model: Model, final: bool) -> None:
         """Wait until the driver owns exactly the reachable objects it made, and the stores hold
@@ -718,7 +722,7 @@ class Runner:
         if not matches(now):
             names = {h: o for o, h in self.hexes.items()}
 
-            def describe(ids: set) -> list:
+            def describe(ids: set) -> list:  # an id not seen yet: an object never read so far
                 return sorted(f"#{names[i]}" if i in names else i[:16] for i in ids)
 
             raise Failure(
@@ -744,26 +748,32 @@ class Runner:
         self.slots = [None] * len(self.slots)
         mesh.get([a.clear.remote() for a in self.actors], timeout=TIMEOUT_S)
         gc.collect()
-        now = self._wait(lambda n: not n["driver-owned"] and not n["anywhere"])
+        now = self._wait(lambda n: not n["driver-owned"] and not n["anywhere"] and not n["token borrowers"])
         objects = self.core.objects
-        left = {oid for oid in list(objects.entries) + list(objects.ref_counts)} - self.ignored
+
+        def left_in_driver() -> set:
+            return set(list(objects.entries) + list(objects.ref_counts)) - self.ignored - self.tokens
+
+        left = left_in_driver()
         deadline = time.monotonic() + self.patience
         while left and time.monotonic() < deadline:
             time.sleep(0.01)
-            left = {oid for oid in list(objects.entries) + list(objects.ref_counts)} - self.ignored
+            left = left_in_driver()
         counts = [(0, 0)] * len(self.actors)
         while time.monotonic() < deadline:
             counts = mesh.get([a.counts.remote() for a in self.actors], timeout=TIMEOUT_S)
             if not any(n for c in counts for n in c):
                 break
             time.sleep(0.01)
-        names = {h: o for o, h in self.hexes.items()}
+        names = {h: f"#{o}" for o, h in self.hexes.items()}
         problems = []
         if now["driver-owned"] or now["anywhere"] or left:
-            problems.append(f"left in the driver: {sorted(f'#{names.get(i.hex(), i.hex()[:16])}' for i in left)}, "
-                            f"in the stores: {sorted(f'#{names.get(i, i[:16])}' for i in now['anywhere'])}")
+            problems.append(f"left in the driver: {sorted(names.get(i.hex(), i.hex()) for i in left)}, "
+                            f"in the stores: {sorted(names.get(i, i) for i in now['anywhere'])}")
         if any(n for c in counts for n in c):
             problems.append(f"left in the actors (entries, ref counts): {counts}")
+        if now["token borrowers"]:
+            problems.append(f"the actors' handles are still borrowed by {now['token borrowers']}")
         if problems:
             raise Failure("after every slot and actor state was dropped, " + "; ".join(problems), "leak")
 
@@ -775,12 +785,20 @@ class Runner:
         old, self.actors = self.actors, []
         for a in old:
             mesh.kill(a)
-        self.actors = [Keeper.options(num_cpus=0, scheduling_strategy=_on(n)).remote() for n in self.node_ids]
-        mesh.get([a.counts.remote() for a in self.actors], timeout=60)
+        self._start_actors()
         time.sleep(0.5)
         objects = self.core.objects
         self.ignored |= set(objects.entries) | set(objects.ref_counts)
         self.ignored |= {bytes.fromhex(r["object_id"]) for r in self.store_records()}
+
+    def _start_actors(self) -> None:
+        """One Keeper per node.  Each handle holds a token object the driver owns (the actor
+        stops when no ref to it is left anywhere): the runner's, not the programs'."""
+        entries = self.core.objects.entries
+        before = set(entries)
+        self.actors = [Keeper.options(num_cpus=0, scheduling_strategy=_on(n)).remote() for n in self.node_ids]
+        mesh.get([a.counts.remote() for a in self.actors], timeout=60)
+        self.tokens = {oid for oid, e in list(entries.items()) if e.owned and oid not in before}
 
     def close(self) -> None:
         for a in self.actors:
