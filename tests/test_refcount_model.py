@@ -231,3 +231,22 @@ def test_a_worker_that_owns_objects_in_use_is_not_stopped_when_idle(runner):
     # Once nothing they own is in use, the extra workers are stopped: two CPUs, one actor.
     del inner, outer, kept, waiting
     assert wait_for(lambda: workers() <= 3, timeout=10), workers()
+
+
+@pytest.mark.timeout(60)
+def test_a_ref_inside_an_argument_is_freed_while_the_result_lives(runner):
+    """Was: lineage kept a finished task's inline arguments as they were sent, refs inside
+    them included, so an object passed nested in an argument lived as long as the task's
+    results (found by the model test: the driver owned objects no program could reach)."""
+    from meshcompute.owner import context
+
+    entries = context.core.objects.entries
+    x = mesh.put(refmodel.make(5, refmodel.LARGE_SIZES[0], [], ()))
+    oid = x._id
+    on = refmodel._on(runner.node_ids[1])
+    # The task reads x and returns no ref: its result does not hold x.
+    result = refmodel.build.options(scheduling_strategy=on).remote(("unwrap", 1, 0, 0, 0, 0, None), [x])
+    assert mesh.get(result, timeout=30)[2:] == ([], (5,))
+    del x
+    assert wait_for(lambda: oid not in entries, timeout=5), "x outlived its last ref while the result lives"
+    del result

@@ -25,6 +25,7 @@ import collections
 import os
 
 from ..wire import ids
+from ..wire.serialization import Serialized
 from .records import Task
 
 SPEC_OVERHEAD_BYTES = 400
@@ -89,8 +90,12 @@ class Lineage:
                 if ref._owner == self.owned_by and ids.task_of(ref._id) in self.needed:
                     self.needed[ids.task_of(ref._id)] += 1
             else:
-                args.append(item)
-                size += item[1].size
+                # Not the Serialized itself: it holds the refs inside the value, and would
+                # keep those objects alive as long as this task's results.  A task run again
+                # reads them if they are still there (a freed one: ObjectLostError, as for a put).
+                ser = item[1]
+                args.append(("v", Serialized(ser.meta, ser.buffers, [], ser.is_error)))
+                size += ser.size
         spec = Task()
         for name in ("task_id", "fn_id", "fn_bytes", "name", "kw_names", "num_returns", "return_ids",
                      "shape", "retries_left", "retry_exceptions", "strategy", "method"):
