@@ -171,10 +171,9 @@ def test_a_worker_lets_go_of_the_refs_in_its_result_once_the_owner_holds_them(ru
     assert sorted(took)[len(took) // 2] < 0.2, took
 
 
-@pytest.mark.xfail(strict=True, reason="an owner never learns that a borrower died: the killed actor stays "
-                                       "in the object's borrowers, so the object is never freed")
 @pytest.mark.timeout(60)
 def test_what_a_killed_actor_borrowed_is_freed(runner):
+    """The owner hears that its borrower died (PROCESS_GONE) and lets go of the object."""
     from meshcompute.owner import context
 
     entries = context.core.objects.entries
@@ -187,7 +186,7 @@ def test_what_a_killed_actor_borrowed_is_freed(runner):
         mesh.kill(keeper)
         assert wait_for(lambda: oid not in entries, timeout=5), "still owned 5 s after its borrower was killed"
     finally:
-        runner.ignored.add(oid)  # the seeds after this one do not count it again
+        runner.ignored.add(oid)  # if it leaked, later checks do not count it again
 
 
 @mesh.remote
