@@ -249,3 +249,25 @@ def test_a_ref_inside_an_argument_is_freed_while_the_result_lives(runner):
     del x
     assert wait_for(lambda: oid not in entries, timeout=5), "x outlived its last ref while the result lives"
     del result
+
+
+@pytest.mark.timeout(60)
+def test_copies_of_a_dead_owners_objects_are_freed(runner):
+    """Was: when the owner of an object died, its node freed the primary copy but not the
+    copies other nodes had pulled (a pulled copy's record names the daemon it came from, not
+    the owner), so they stayed in those stores for good (found by the model test)."""
+    keeper = refmodel.Keeper.options(num_cpus=0, scheduling_strategy=refmodel._on(runner.node_ids[1])).remote()
+    outer = mesh.get(keeper.put.remote(1, 2, refmodel.LARGE_SIZES[0], []), timeout=30)
+    inner = outer[2][0]
+    oid = inner.hex()
+    assert refmodel.unpack(mesh.get(inner, timeout=30))[0] == 2  # pulled into the driver's node
+    copies = [r for r in runner.store_records() if r["object_id"] == oid]
+    assert sorted(r["primary"] for r in copies) == [False, True], copies
+    try:
+        mesh.kill(keeper)
+        assert wait_for(lambda: not [r for r in runner.store_records() if r["object_id"] == oid], timeout=10), \
+            [r for r in runner.store_records() if r["object_id"] == oid]
+    finally:
+        runner.ignored.add(bytes.fromhex(oid))
+    with pytest.raises(mesh.exceptions.OwnerDiedError):
+        mesh.get(inner, timeout=10)

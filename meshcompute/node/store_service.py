@@ -95,6 +95,12 @@ class StoreService:
         self.send_replies(self.table.free(oids))
 
     def process_gone(self, addr: str) -> None:
+        """A process is gone: the primaries it owned are freed, and, as on STORE_FREE, the
+        copies other daemons pulled of them (theirs name our daemon, not the dead owner)."""
+        for oid, obj in list(self.table.objects.items()):
+            if obj.owner == addr and oid in self.copy_holders:
+                for holder in self.copy_holders.pop(oid):
+                    self.send(holder, Msg.STORE_FREE, (oid,), None)
         self.send_replies(self.table.process_gone(addr))
 
     # --------------------------------------------------------------- reporting
