@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 import meshcompute as mesh
+from meshcompute import exceptions as exc
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 SMALL_SIZES = (0, 16, 3000)
@@ -260,6 +261,12 @@ class ActorCall(NamedTuple):
     top: tuple
 
 
+class Restart(NamedTuple):
+    """Kill actor ``actor`` and start a new one in its place: what it owned is lost (a read
+    gives OwnerDiedError, or the value if the reader has it already), what it kept is let go."""
+    actor: int
+
+
 class Drop(NamedTuple):
     slot: int
 
@@ -287,7 +294,7 @@ class Settle(NamedTuple):
     """Wait for the mesh to be quiet and compare what the driver owns with the model."""
 
 
-STEP_TYPES = (Put, Task, TaskPut, TaskTwo, TaskChild, Hold, TaskHold, Pass, Unhold, Give, ActorPut, ActorCall, Drop,
+STEP_TYPES = (Put, Task, TaskPut, TaskTwo, TaskChild, Hold, TaskHold, Pass, Restart, Unhold, Give, ActorPut, ActorCall, Drop,
               Copy, Unwrap, Read, Collect, Settle)
 
 
@@ -329,7 +336,7 @@ class Obj:
     size: int
     children: tuple  # object numbers, in the order of the value's refs
     seen: tuple
-    owner: str  # "driver", "worker" or "actor"
+    owner: str  # "driver", "worker", "actor0" or "actor1"
 
     @property
     def large(self) -> bool:
@@ -345,6 +352,7 @@ class Model:
     objs: list = field(default_factory=list)  # object number -> Obj
     slots: list = field(default_factory=list)  # slot -> object number or None
     held: list = field(default_factory=list)  # actor -> {key: [object numbers]}
+    dead: set = field(default_factory=set)  # objects whose owner was killed
 
     def __post_init__(self) -> None:
         self.slots = [None] * self.n_slots
@@ -358,6 +366,7 @@ class Model:
         return [i for i, o in enumerate(self.slots) if o is not None]
 
     def reachable(self) -> set[int]:
+        """Objects a live slot or an actor reaches (not through a dead object: its refs went with it)."""
         todo = [o for o in self.slots if o is not None]
         todo += [o for h in self.held for refs in h.values() for o in refs]
         seen: set[int] = set()
@@ -365,8 +374,21 @@ class Model:
             o = todo.pop()
             if o not in seen:
                 seen.add(o)
-                todo.extend(self.objs[o].children)
+                if o not in self.dead:
+                    todo.extend(self.objs[o].children)
         return seen
+
+    def tainted(self, o: int) -> bool:
+        """Whether object ``o`` is dead or reaches a dead one (reading it all may fail)."""
+        todo, seen = [o], set()
+        while todo:
+            o = todo.pop()
+            if o in self.dead:
+                return True
+            if o not in seen:
+                seen.add(o)
+                todo.extend(self.objs[o].children)
+        return False
 
     def valid(self, step) -> bool:
         """Whether ``step`` names only live slots and held keys (a shortened program may not)."""
@@ -377,6 +399,16 @@ class Model:
             uses.append(step.src)
         if any(s >= self.n_slots or self.slots[s] is None for s in uses):
             return False
+        # Only Read, Copy, Drop and actors' keeping use what reaches a dead object: a task
+        # or an actor that read it would fail, which a program does not model.
+        args = [s for name in ("refs", "top", "nested") for s in getattr(step, name, ())]
+        if isinstance(step, Unwrap):
+            args.append(step.src)
+        if any(self.tainted(self.slots[s]) for s in args):
+            return False
+        if isinstance(step, Give) and step.read:
+            if any(self.tainted(o) for o in self.held[step.actor].get(step.key, [])):
+                return False
         if isinstance(step, Unwrap):
             return step.index < len(self.objs[self.slots[step.src]].children)
         return True
@@ -412,12 +444,15 @@ class Model:
             self.held[step.other][step.other_key] = list(self.held[step.actor].get(step.key, []))
         elif kind is Unhold:
             self.held[step.actor].pop(step.key, None)
+        elif kind is Restart:
+            self.held[step.actor] = {}
+            self.dead |= {i for i, o in enumerate(self.objs) if o.owner == f"actor{step.actor}"}
         elif kind is Give:
             refs = self.held[step.actor].get(step.key, [])
             seen = tuple(self.objs[o].tag for o in refs) if step.read else ()
             s[step.dst] = self.new(step.tag, 16, refs, seen, "driver")
         elif kind is ActorPut:
-            inner = self.new(step.inner_tag, step.inner_size, [s[i] for i in step.refs], (), "actor")
+            inner = self.new(step.inner_tag, step.inner_size, [s[i] for i in step.refs], (), f"actor{step.actor}")
             s[step.dst] = self.new(step.tag, 16, [inner], (), "driver")
         elif kind is ActorCall:
             tops = [self.objs[s[i]] for i in step.top]
@@ -457,7 +492,7 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
         return rng.choice(LARGE_SIZES) if rng.random() < 0.3 else rng.choice(SMALL_SIZES)
 
     def some(k: int) -> tuple:
-        live = model.live()
+        live = [i for i in model.live() if not model.tainted(model.slots[i])]
         if not live:
             return ()
         return tuple(rng.choice(live) for _ in range(rng.randint(0, k)))  # repeats allowed
@@ -468,7 +503,7 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
     kinds = (["put"] * 4 + ["task"] * 4 + ["task_put", "task_two", "task_child", "hold", "hold", "task_hold",
                                             "pass", "give", "give", "actor_put", "actor_call", "unhold", "copy",
                                             "unwrap", "unwrap", "read", "read", "drop", "drop", "drop",
-                                            "collect", "settle"])
+                                            "collect", "settle", "restart"])
     for _ in range(rng.randint(min_steps, max_steps)):
         live = model.live()
         kind = rng.choice(kinds)
@@ -510,20 +545,23 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
         elif kind == "copy" and live:
             step = Copy(dst(), rng.choice(live))
         elif kind == "unwrap" and [i for i in live if model.objs[model.slots[i]].children]:
-            src = rng.choice([i for i in live if model.objs[model.slots[i]].children])
+            src = rng.choice([i for i in live if model.objs[model.slots[i]].children])  # valid() drops dead ones
             step = Unwrap(dst(), src, rng.randrange(len(model.objs[model.slots[src]].children)))
         elif kind == "read" and live:
             step = Read(rng.choice(live))
         elif kind == "drop" and live:
             step = Drop(rng.choice(live))
+        elif kind == "restart" and rng.random() < 0.5:
+            step = Restart(actor)
         elif kind == "collect":
             step = Collect()
         elif kind == "settle":
             step = Settle()
         else:
             continue
-        model.apply(step)
-        program.append(step)
+        if model.valid(step):
+            model.apply(step)
+            program.append(step)
     return program
 
 
@@ -644,6 +682,8 @@ class Runner:
                      timeout=TIMEOUT_S)
         elif kind is Unhold:
             self.actors[step.actor].unhold.remote(step.key)
+        elif kind is Restart:
+            self._restart(step.actor)
         elif kind is Give:
             s[step.dst] = self.actors[step.actor].give.remote(step.key, step.tag, step.read)
         elif kind is ActorPut:
@@ -679,14 +719,22 @@ class Runner:
         want = model.objs[number]
         try:
             tag, size, refs, seen = unpack(mesh.get(ref, timeout=TIMEOUT_S))
+        except exc.OwnerDiedError:
+            if number in model.dead:
+                return
+            raise Failure(f"object #{number} ({want.owner}, {ref.hex()}) is lost: its owner is alive", "read") \
+                from None
         except Exception as e:
             raise Failure(f"object #{number} ({want.owner}, {ref.hex()}) cannot be read: {e!r}", "read") from None
         got = (tag, size, len(refs), seen)
         if got != (want.tag, want.size, len(want.children), want.seen):
             raise Failure(f"object #{number} ({ref.hex()}) is (tag, size, n_refs, seen) {got}, "
                           f"the model says {(want.tag, want.size, len(want.children), want.seen)}", "value")
+        if number in model.dead:
+            refs = []  # a copy read before its owner died: the objects inside may be gone
         for child_ref, child in zip(refs, want.children):
             self._check(child_ref, child, model, done)
+        del refs
 
     # ---------------------------------------------------------------- quiet-state checks
 
@@ -701,7 +749,8 @@ class Runner:
         ign = {i.hex() for i in self.ignored}
         # "anywhere": copies of other nodes' objects and freed blocks still mapped by readers too.
         return {"driver-owned": owned - ign, "stored": stored - ign,
-                "anywhere": {r["object_id"] for r in records} - ign, "token borrowers": borrowed_tokens}
+                "anywhere": {r["object_id"] for r in records} - ign, "token borrowers": borrowed_tokens,
+                "records": [r for r in records if r["object_id"] not in ign]}
 
     def _settle(self, model: Model, final: bool) -> None:
         """Wait until the driver owns exactly the reachable objects it made, and the stores hold
@@ -709,7 +758,7 @@ class Runner:
         the stores are then compared by count, and the known ids must be among them."""
         reach = model.reachable()
         want_owned = {self.hexes[o] for o in reach if model.objs[o].owner == "driver"}
-        large = [o for o in reach if model.objs[o].large]
+        large = [o for o in reach if model.objs[o].large and o not in model.dead]
         want_stored = {self.hexes[o] for o in large if o in self.hexes}
         if final and len(want_stored) != len(large):
             raise Failure("the epilogue did not read every reachable object", "error")
@@ -774,6 +823,9 @@ class Runner:
             problems.append(f"left in the actors (entries, ref counts): {counts}")
         if now["token borrowers"]:
             problems.append(f"the actors' handles are still borrowed by {now['token borrowers']}")
+        for r in now["records"]:
+            problems.append(f"store record of {names.get(r['object_id'], r['object_id'])}: " + ", ".join(
+                f"{k}={r.get(k)}" for k in ("node_id", "owner", "primary", "sealed", "freed", "pins", "readers")))
         if problems:
             raise Failure("after every slot and actor state was dropped, " + "; ".join(problems), "leak")
 
@@ -794,11 +846,28 @@ class Runner:
     def _start_actors(self) -> None:
         """One Keeper per node.  Each handle holds a token object the driver owns (the actor
         stops when no ref to it is left anywhere): the runner's, not the programs'."""
+        self.actors = [None] * len(self.node_ids)
+        self.token_of: list[set] = [set() for _ in self.node_ids]
+        self.tokens = set()
+        for i in range(len(self.node_ids)):
+            self._start_actor(i)
+
+    def _start_actor(self, i: int) -> None:
         entries = self.core.objects.entries
         before = set(entries)
-        self.actors = [Keeper.options(num_cpus=0, scheduling_strategy=_on(n)).remote() for n in self.node_ids]
-        mesh.get([a.counts.remote() for a in self.actors], timeout=60)
-        self.tokens = {oid for oid, e in list(entries.items()) if e.owned and oid not in before}
+        self.actors[i] = Keeper.options(num_cpus=0, scheduling_strategy=_on(self.node_ids[i])).remote()
+        mesh.get(self.actors[i].counts.remote(), timeout=60)
+        self.token_of[i] = {oid for oid, e in list(entries.items()) if e.owned and oid not in before}
+        self.tokens |= self.token_of[i]
+
+    def _restart(self, i: int) -> None:
+        self._barrier(i)  # the driver's calls to it are done: none fails with ActorDiedError
+        mesh.kill(self.actors[i])
+        self.actors[i] = None
+        # Its token goes with its last handle (that was ours): from now on it counts among
+        # the objects the driver must free.
+        self.tokens -= self.token_of[i]
+        self._start_actor(i)
 
     def close(self) -> None:
         for a in self.actors:
