@@ -271,3 +271,34 @@ def test_copies_of_a_dead_owners_objects_are_freed(runner):
         runner.ignored.add(bytes.fromhex(oid))
     with pytest.raises(mesh.exceptions.OwnerDiedError):
         mesh.get(inner, timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_an_error_raised_by_get_keeps_no_ref_alive(runner):
+    """Was: get() raised an error value from a local variable, a cycle (the exception, its
+    traceback, the frame, the variable) that kept every frame of the caller alive, with the
+    refs in them, until the next garbage collection (found by the model test: objects in a
+    program's last frames, read past a dead owner's object, were not freed)."""
+    import gc
+
+    from meshcompute.owner import context
+
+    entries = context.core.objects.entries
+    keeper = refmodel.Keeper.options(num_cpus=0, scheduling_strategy=refmodel._on(runner.node_ids[1])).remote()
+    lost = mesh.get(keeper.put.remote(1, 2, 16, []), timeout=30)[2][0]  # the keeper's, not read here
+    mesh.kill(keeper)
+    x = mesh.put(b"x")
+    oid = x._id
+
+    def read_holding(ref):  # a frame that holds x while get() raises
+        with pytest.raises(mesh.exceptions.OwnerDiedError):
+            mesh.get(lost, timeout=30)
+
+    gc.disable()  # only refcounting may free x
+    try:
+        read_holding(x)
+        del x
+        assert wait_for(lambda: oid not in entries, timeout=2), "x is kept until a garbage collection"
+    finally:
+        gc.enable()
+        runner.ignored.add(lost._id)

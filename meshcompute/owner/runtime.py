@@ -390,9 +390,10 @@ class Core:
             if ctx.new_borrows:
                 self.register_borrows(ctx.new_borrows, e.owner)
         if e.is_error:
-            if isinstance(value, exc.TaskError):
-                raise value.as_instanceof_cause()
-            raise value
+            try:  # no local may name it then: exception -> traceback -> this frame -> it, a cycle
+                raise value.as_instanceof_cause() if isinstance(value, exc.TaskError) else value
+            finally:  # that would keep the caller's frames (and the refs in them) until a gc
+                del value
         return value
 
     def read_store(self, oid: bytes, node: str, size: int, owner: str, timeout: float | None = None) -> Any:
