@@ -302,3 +302,28 @@ def test_an_error_raised_by_get_keeps_no_ref_alive(runner):
     finally:
         gc.enable()
         runner.ignored.add(lost._id)
+
+
+@mesh.remote
+def _raise_holding(refs):
+    values = mesh.get(refs, timeout=30)  # noqa: F841 - in this frame when it raises
+    raise ValueError("as it should")
+
+
+@pytest.mark.timeout(60)
+def test_a_task_that_raises_lets_go_of_its_arguments(runner):
+    """Was: a worker kept the exception of a task that raised, and with its traceback the
+    frame that caught it, whose local held the error in turn: the task's arguments, the refs
+    it borrowed among them, lived until the worker's next garbage collection (an idle worker
+    may never have one)."""
+    from meshcompute.owner import context
+
+    entries = context.core.objects.entries
+    for node in runner.node_ids:
+        x = mesh.put(b"x")
+        oid = x._id
+        failed = _raise_holding.options(scheduling_strategy=refmodel._on(node)).remote([x])
+        with pytest.raises(ValueError, match="as it should"):
+            mesh.get(failed, timeout=30)
+        del x, failed
+        assert wait_for(lambda oid=oid: oid not in entries, timeout=5), "still borrowed by the worker"

@@ -272,7 +272,7 @@ class Executor(ActorHost):
             error = exc.TaskCancelledError(task_id=task_id.hex())
             result = None
         except (exc.TaskCancelledError, exc.RuntimeEnvSetupError) as e:  # not the user's code: as they are
-            error, result = e, None
+            error, result = e.with_traceback(None), None  # no cycle through this frame (see _wrap)
         except BaseException as e:  # noqa: BLE001 - every user error goes back to the owner
             error = self._wrap(name, e)
             result = None
@@ -300,14 +300,20 @@ class Executor(ActorHost):
         self._finish(owner, task_id, return_ids, num_returns, result, error, duration)
 
     def _wrap(self, name: str, e: BaseException) -> exc.TaskError:
+        # The traceback goes on as text only.  Kept, it would hold the frame that caught the
+        # exception, whose local holds the error in turn: a cycle that keeps the task's
+        # arguments (the refs among them borrowed) until a garbage collection, in an idle
+        # worker maybe never.
         if isinstance(e, exc.TaskError):
-            return e  # a nested failure keeps its original traceback
+            return e.with_traceback(None)  # a nested failure keeps its original traceback (text)
         # The traceback starts at the user's code: the frames of this module that called it
         # (running the task, calling the function) say nothing to the reader.
         tb = e.__traceback__
         while tb is not None and tb.tb_next is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
             tb = tb.tb_next
         text = "".join(traceback.format_exception(type(e), e, tb))
+        del tb
+        e.__traceback__ = None
         return exc.TaskError(name, text, e, os.getpid(), self.core.node_id)
 
     def _finish(self, owner, task_id, return_ids, num_returns, result, error, duration) -> None:
