@@ -63,6 +63,10 @@ def unpack(value) -> tuple:
     return tag, size, refs, seen
 
 
+class TaskFailed(ValueError):
+    pass
+
+
 def _on(node_id: str):
     return NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
 
@@ -79,9 +83,11 @@ def _build(spec, nested, top):
     tops = [unpack(v) for v in top]
     refs = list(nested) + [r for t in tops for r in t[2]]
     seen = tuple(t[0] for t in tops)
-    if mode in ("read", "unwrap"):  # this worker reads the nested refs itself (blocking in get)
+    if mode in ("read", "unwrap", "fail"):  # this worker reads the nested refs itself (blocking in get)
         values = [unpack(v) for v in mesh.get(list(nested), timeout=TIMEOUT_S)]
         seen += tuple(v[0] for v in values)
+        if mode == "fail":  # with the values (and refs) of its arguments in its frames
+            raise TaskFailed(f"task {tag} fails, as the program says")
         if mode == "unwrap":  # and returns the refs inside them (borrowed here) instead of them
             refs = [r for v in values for r in v[2]] + refs[len(nested):]
         mode = "value"
@@ -173,7 +179,7 @@ class Task(NamedTuple):
     nested: tuple  # slots passed inside a list (the task sees refs)
     pad: int  # bytes of a plain (non-ref) argument the task ignores; large ones are stored by the driver
     read: int  # 1: the task gets the nested refs' values (their tags go to ``seen``); 2: and returns
-    #            the refs inside those values instead of the nested refs
+    #            the refs inside those values instead of the nested refs; 3: and then raises
 
 
 class TaskPut(NamedTuple):
@@ -337,6 +343,7 @@ class Obj:
     children: tuple  # object numbers, in the order of the value's refs
     seen: tuple
     owner: str  # "driver", "worker", "actor0" or "actor1"
+    error: bool = False  # the task that makes it raises: reading it raises TaskFailed
 
     @property
     def large(self) -> bool:
@@ -358,8 +365,8 @@ class Model:
         self.slots = [None] * self.n_slots
         self.held = [{} for _ in range(self.n_actors)]
 
-    def new(self, tag, size, children, seen, owner) -> int:
-        self.objs.append(Obj(tag, size, tuple(children), tuple(seen), owner))
+    def new(self, tag, size, children, seen, owner, error=False) -> int:
+        self.objs.append(Obj(tag, size, tuple(children), tuple(seen), owner, error))
         return len(self.objs) - 1
 
     def live(self) -> list[int]:
@@ -379,11 +386,11 @@ class Model:
         return seen
 
     def tainted(self, o: int) -> bool:
-        """Whether object ``o`` is dead or reaches a dead one (reading it all may fail)."""
+        """Whether object ``o`` is dead or an error, or reaches one (reading it all may fail)."""
         todo, seen = [o], set()
         while todo:
             o = todo.pop()
-            if o in self.dead:
+            if o in self.dead or self.objs[o].error:
                 return True
             if o not in seen:
                 seen.add(o)
@@ -427,7 +434,10 @@ class Model:
                     seen += tuple(self.objs[s[i]].tag for i in step.nested)
                 if step.read == 2:
                     refs = [c for i in step.nested for c in self.objs[s[i]].children] + refs[len(step.nested):]
-                s[step.dst] = self.new(step.tag, step.size, refs, seen, "driver")
+                if step.read == 3:
+                    s[step.dst] = self.new(step.tag, 0, (), (), "driver", error=True)
+                else:
+                    s[step.dst] = self.new(step.tag, step.size, refs, seen, "driver")
             elif kind is TaskPut:
                 inner = self.new(step.inner_tag, step.inner_size, refs, seen, "worker")
                 s[step.dst] = self.new(step.tag, 16, [inner], (), "driver")
@@ -513,7 +523,7 @@ def generate(seed: int, n_slots: int = 5, n_nodes: int = 2, n_actors: int = 2,
             step = Put(dst(), next(tags), size(), some(3))
         elif kind == "task":
             step = Task(dst(), node, next(tags), size(), some(2), some(3),
-                        rng.choice((0, 0, 0, 100, LARGE_SIZES[0])), rng.choice((0, 0, 0, 0, 1, 2)))
+                        rng.choice((0, 0, 0, 100, LARGE_SIZES[0])), rng.choice((0, 0, 0, 0, 0, 1, 2, 3)))
         elif kind == "task_put":
             step = TaskPut(dst(), node, next(tags), next(tags), size(), some(2), some(2))
         elif kind == "task_two":
@@ -653,7 +663,7 @@ class Runner:
             top = [s[i] for i in step.top]
             on = _on(self.node_ids[step.node])
             if kind is Task:
-                spec = (("value", "read", "unwrap")[step.read], step.tag, step.size, 0, 0, 0, None)
+                spec = (("value", "read", "unwrap", "fail")[step.read], step.tag, step.size, 0, 0, 0, None)
                 if step.pad:  # a plain argument: the driver stores a large one itself, for the task
                     s[step.dst] = build_padded.options(scheduling_strategy=on).remote(
                         spec, nested, b"p" * step.pad, *top)
@@ -719,6 +729,10 @@ class Runner:
         want = model.objs[number]
         try:
             tag, size, refs, seen = unpack(mesh.get(ref, timeout=TIMEOUT_S))
+        except TaskFailed as e:
+            if want.error and f"task {want.tag} fails" in str(e):
+                return
+            raise Failure(f"object #{number} ({want.owner}, {ref.hex()}) cannot be read: {e!r}", "read") from None
         except exc.OwnerDiedError:
             if number in model.dead:
                 return
@@ -726,6 +740,8 @@ class Runner:
                 from None
         except Exception as e:
             raise Failure(f"object #{number} ({want.owner}, {ref.hex()}) cannot be read: {e!r}", "read") from None
+        if want.error:
+            raise Failure(f"object #{number} ({ref.hex()}) was read, but its task raised", "value")
         got = (tag, size, len(refs), seen)
         if got != (want.tag, want.size, len(want.children), want.seen):
             raise Failure(f"object #{number} ({ref.hex()}) is (tag, size, n_refs, seen) {got}, "
