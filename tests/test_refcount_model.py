@@ -2,8 +2,9 @@
 
 Each seed is a short program (tests/refmodel.py) of puts, tasks on either node,
 actor calls, borrows, nested refs, copies, reads and drops, run by the driver of
-this process against real daemons, workers and two actors (one per node).  A
-failing seed prints itself and its program, one step per line.
+this process (tests/refmodel_mesh.py) against real daemons, workers and two
+actors (one per node).  A failing seed prints itself and its program, one step
+per line.  The tests after it pin down, one by one, the bugs it found.
 
 ``MESH_REFMODEL_SEEDS=3000`` runs that many seeds (from ``MESH_REFMODEL_FIRST``,
 default 0) instead of the default 200; ``MESH_REFMODEL_PROGRAM=file`` replays the
@@ -22,6 +23,7 @@ import meshcompute as mesh
 from meshcompute.wire.messages import Msg
 
 from . import refmodel
+from . import refmodel_mesh as run
 from .conftest import loopback_mesh, wait_for
 
 MiB = 1 << 20
@@ -46,7 +48,7 @@ def runner():
 
             core = context.core
             assert core.node_id == ids[0]
-            r = refmodel.Runner(ids, lambda: core.request_daemon(Msg.LIST_OBJECTS, "mesh", timeout=10))
+            r = run.Runner(ids, lambda: core.request_daemon(Msg.LIST_OBJECTS, "mesh", timeout=10))
             r.node_infos = [info for _, info in nodes]
             yield r
             r.close()
@@ -61,10 +63,10 @@ def _run_seeds(runner, seeds) -> tuple[list, float]:
         program = refmodel.generate(seed)
         try:
             runner.run(seed, program)
-        except refmodel.Failure as e:
+        except run.Failure as e:
             message = str(e)
             if os.environ.get("MESH_REFMODEL_MINIMIZE"):
-                short = refmodel.minimize(runner, seed, program, e.kind)
+                short = run.minimize(runner, seed, program, e.kind)
                 message += "\nshortened to:\n" + refmodel.format_program(seed, short)
             failures.append((seed, message))
             if len(failures) >= MAX_FAILURES:
@@ -115,7 +117,7 @@ def test_a_leak_fails_the_seed_and_prints_its_program(runner):
     runner._do = leaky_do
     runner.patience = 1.0
     try:
-        with pytest.raises(refmodel.Failure) as info:
+        with pytest.raises(run.Failure) as info:
             runner.run(7, program)
     finally:
         runner._do = real_do
@@ -143,7 +145,7 @@ def test_an_early_free_fails_the_seed(runner, monkeypatch):
     monkeypatch.setattr(objects, "maybe_free", free_ignoring_borrowers)
     monkeypatch.setattr(runner, "patience", 1.0)
     program = [refmodel.Put(0, 1, 16, ()), refmodel.Hold(0, 0, (0,)), refmodel.Drop(0), refmodel.Settle()]
-    with pytest.raises(refmodel.Failure, match=r"reachable, driver lost it: \['#0'\]"):
+    with pytest.raises(run.Failure, match=r"reachable, driver lost it: \['#0'\]"):
         runner.run(9, program)
     monkeypatch.undo()
     runner.run(10, refmodel.generate(10))
@@ -162,8 +164,8 @@ def test_a_worker_lets_go_of_the_refs_in_its_result_once_the_owner_holds_them(ru
     for i in range(6):
         x = mesh.put(b"x")
         oid = x._id
-        on = refmodel._on(runner.node_ids[i % 2])
-        mesh.get(refmodel.build.options(scheduling_strategy=on).remote(("value", 1, 0, 0, 0, 0, None), [x]))
+        on = run._on(runner.node_ids[i % 2])
+        mesh.get(run.build.options(scheduling_strategy=on).remote(("value", 1, 0, 0, 0, 0, None), [x]))
         del x  # the worker's borrow is all that is left
         start = time.monotonic()
         assert wait_for(lambda oid=oid: oid not in entries, timeout=10, interval=0.002)
@@ -177,8 +179,8 @@ def test_what_a_killed_actor_borrowed_is_freed(runner):
     from meshcompute.owner import context
 
     entries = context.core.objects.entries
-    keeper = refmodel.Keeper.options(num_cpus=0, scheduling_strategy=refmodel._on(runner.node_ids[1])).remote()
-    x = mesh.put(refmodel.make(1, refmodel.LARGE_SIZES[0], [], ()))
+    keeper = run.Keeper.options(num_cpus=0, scheduling_strategy=run._on(runner.node_ids[1])).remote()
+    x = mesh.put(run.make(1, refmodel.LARGE_SIZES[0], [], ()))
     oid = x._id
     try:
         mesh.get(keeper.hold.remote(0, [x]), timeout=30)
@@ -216,7 +218,7 @@ def test_a_worker_that_owns_objects_in_use_is_not_stopped_when_idle(runner):
     def workers() -> int:  # of node B, its actor included
         return query(runner.node_infos[1], "node")["workers"]
 
-    on0, on1 = refmodel._on(runner.node_ids[0]), refmodel._on(runner.node_ids[1])
+    on0, on1 = run._on(runner.node_ids[0]), run._on(runner.node_ids[1])
     slow = [_sleep.options(scheduling_strategy=on0).remote(1.0) for _ in range(2)]
     waiting = [_put_then_wait.options(scheduling_strategy=on1).remote(i, [s]) for i, s in enumerate(slow)]
     time.sleep(0.3)
@@ -240,11 +242,11 @@ def test_a_ref_inside_an_argument_is_freed_while_the_result_lives(runner):
     from meshcompute.owner import context
 
     entries = context.core.objects.entries
-    x = mesh.put(refmodel.make(5, refmodel.LARGE_SIZES[0], [], ()))
+    x = mesh.put(run.make(5, refmodel.LARGE_SIZES[0], [], ()))
     oid = x._id
-    on = refmodel._on(runner.node_ids[1])
+    on = run._on(runner.node_ids[1])
     # The task reads x and returns no ref: its result does not hold x.
-    result = refmodel.build.options(scheduling_strategy=on).remote(("unwrap", 1, 0, 0, 0, 0, None), [x])
+    result = run.build.options(scheduling_strategy=on).remote(("unwrap", 1, 0, 0, 0, 0, None), [x])
     assert mesh.get(result, timeout=30)[2:] == ([], (5,))
     del x
     assert wait_for(lambda: oid not in entries, timeout=5), "x outlived its last ref while the result lives"
@@ -256,11 +258,11 @@ def test_copies_of_a_dead_owners_objects_are_freed(runner):
     """Was: when the owner of an object died, its node freed the primary copy but not the
     copies other nodes had pulled (a pulled copy's record names the daemon it came from, not
     the owner), so they stayed in those stores for good (found by the model test)."""
-    keeper = refmodel.Keeper.options(num_cpus=0, scheduling_strategy=refmodel._on(runner.node_ids[1])).remote()
+    keeper = run.Keeper.options(num_cpus=0, scheduling_strategy=run._on(runner.node_ids[1])).remote()
     outer = mesh.get(keeper.put.remote(1, 2, refmodel.LARGE_SIZES[0], []), timeout=30)
     inner = outer[2][0]
     oid = inner.hex()
-    assert refmodel.unpack(mesh.get(inner, timeout=30))[0] == 2  # pulled into the driver's node
+    assert run.unpack(mesh.get(inner, timeout=30))[0] == 2  # pulled into the driver's node
     copies = [r for r in runner.store_records() if r["object_id"] == oid]
     assert sorted(r["primary"] for r in copies) == [False, True], copies
     try:
@@ -284,7 +286,7 @@ def test_an_error_raised_by_get_keeps_no_ref_alive(runner):
     from meshcompute.owner import context
 
     entries = context.core.objects.entries
-    keeper = refmodel.Keeper.options(num_cpus=0, scheduling_strategy=refmodel._on(runner.node_ids[1])).remote()
+    keeper = run.Keeper.options(num_cpus=0, scheduling_strategy=run._on(runner.node_ids[1])).remote()
     lost = mesh.get(keeper.put.remote(1, 2, 16, []), timeout=30)[2][0]  # the keeper's, not read here
     mesh.kill(keeper)
     x = mesh.put(b"x")
@@ -322,7 +324,7 @@ def test_a_task_that_raises_lets_go_of_its_arguments(runner):
     for node in runner.node_ids:
         x = mesh.put(b"x")
         oid = x._id
-        failed = _raise_holding.options(scheduling_strategy=refmodel._on(node)).remote([x])
+        failed = _raise_holding.options(scheduling_strategy=run._on(node)).remote([x])
         with pytest.raises(ValueError, match="as it should"):
             mesh.get(failed, timeout=30)
         del x, failed
