@@ -477,7 +477,13 @@ class Runner:
         self.tokens |= self.token_of[i]
 
     def _restart(self, i: int) -> None:
-        self._barrier(i)  # the driver's calls to it are done: none fails with ActorDiedError
+        # The driver's tasks and calls are done first: none fails with ActorDiedError or
+        # reads an argument of the dead actor's (a value the driver inlined may hold refs
+        # that only the dead actor kept alive).
+        self._barrier(i)
+        deadline = time.monotonic() + TIMEOUT_S
+        while self.core.tasks.tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
         mesh.kill(self.actors[i])
         self.actors[i] = None
         # Its token goes with its last handle (that was ours): from now on it counts among
