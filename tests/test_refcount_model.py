@@ -329,3 +329,26 @@ def test_a_task_that_raises_lets_go_of_its_arguments(runner):
             mesh.get(failed, timeout=30)
         del x, failed
         assert wait_for(lambda oid=oid: oid not in entries, timeout=5), "still borrowed by the worker"
+
+
+@mesh.remote
+def _put_slowly(i):
+    time.sleep(0.1)  # long enough that every worker of the node gets some
+    return [mesh.put(("inner", i))]
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_owns_objects_in_use_does_not_become_an_actor(runner):
+    """Was: a node made any idle worker the process of a new actor, also one that owned
+    objects still in use (made by the tasks it ran); killing the actor lost them (found by
+    the model test: a worker's objects read as OwnerDiedError after an actor was replaced)."""
+    on1 = run._on(runner.node_ids[1])
+    # Each worker of node B (two CPUs) runs some of these, and owns their results' objects.
+    outer = [_put_slowly.options(scheduling_strategy=on1).remote(i) for i in range(8)]
+    inner = [mesh.get(o, timeout=30)[0] for o in outer]
+    time.sleep(1.0)  # their workers idle, and said that they own objects (TASK_STATS)
+    keeper = run.Keeper.options(num_cpus=0, scheduling_strategy=on1).remote()
+    mesh.get(keeper.counts.remote(), timeout=30)
+    mesh.kill(keeper)
+    time.sleep(0.5)
+    assert [mesh.get(r, timeout=10) for r in inner] == [("inner", i) for i in range(8)]

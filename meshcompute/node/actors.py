@@ -176,17 +176,22 @@ class ActorDirectory:
 
     # -------------------------------------------------------------- placement
 
-    def place_pending(self, idle: list[Worker]) -> None:
-        """Place the waiting actors that fit (they go first: few, and each needs a whole process)."""
+    def place_pending(self, idle: list[Worker], owns_objects: Callable[[str], bool] = lambda addr: False) -> None:
+        """Place the waiting actors that fit (they go first: few, and each needs a whole process).
+
+        An idle worker that ``owns_objects`` (made by the tasks it ran, maybe still in use)
+        never becomes an actor: killing the actor would lose them."""
         for a in list(self.pending):
             if self.resources.fits(a.shape):
                 self.pending.remove(a)
-                self._place(a, idle)
+                self._place(a, idle, owns_objects)
 
-    def _place(self, a: Actor, idle: list[Worker]) -> None:
+    def _place(self, a: Actor, idle: list[Worker], owns_objects: Callable[[str], bool]) -> None:
         a.gpu_ids = self.resources.acquire(a.shape)
-        if idle:
-            w = idle.pop()
+        free = [w for w in idle if not (w.addr and owns_objects(w.addr))]
+        if free:
+            w = free[-1]
+            idle.remove(w)
             w.state, w.actor_id = "actor", a.actor_id
             a.worker_id = w.worker_id
             self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, a.gpu_ids, frames=a.frames)
