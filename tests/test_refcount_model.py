@@ -346,7 +346,7 @@ def test_a_worker_that_owns_objects_in_use_does_not_become_an_actor(runner):
     # Each worker of node B (two CPUs) runs some of these, and owns their results' objects.
     outer = [_put_slowly.options(scheduling_strategy=on1).remote(i) for i in range(8)]
     inner = [mesh.get(o, timeout=30)[0] for o in outer]
-    time.sleep(1.0)  # their workers idle, and said that they own objects (TASK_STATS)
+    # At once: their workers may not have said yet that they own objects (TASK_STATS).
     keeper = run.Keeper.options(num_cpus=0, scheduling_strategy=on1).remote()
     mesh.get(keeper.counts.remote(), timeout=30)
     mesh.kill(keeper)

@@ -10,6 +10,7 @@ control store.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -176,19 +177,21 @@ class ActorDirectory:
 
     # -------------------------------------------------------------- placement
 
-    def place_pending(self, idle: list[Worker], owns_objects: Callable[[str], bool] = lambda addr: False) -> None:
+    def place_pending(self, idle: list[Worker],
+                      may_own: Callable[[str, float], bool] = lambda addr, idle_for: False) -> None:
         """Place the waiting actors that fit (they go first: few, and each needs a whole process).
 
-        An idle worker that ``owns_objects`` (made by the tasks it ran, maybe still in use)
-        never becomes an actor: killing the actor would lose them."""
+        An idle worker that ran tasks and ``may_own(address, seconds idle)`` objects (made by
+        those tasks, maybe still in use) never becomes an actor: killing it would lose them."""
         for a in list(self.pending):
             if self.resources.fits(a.shape):
                 self.pending.remove(a)
-                self._place(a, idle, owns_objects)
+                self._place(a, idle, may_own)
 
-    def _place(self, a: Actor, idle: list[Worker], owns_objects: Callable[[str], bool]) -> None:
+    def _place(self, a: Actor, idle: list[Worker], may_own: Callable[[str, float], bool]) -> None:
         a.gpu_ids = self.resources.acquire(a.shape)
-        free = [w for w in idle if not (w.addr and owns_objects(w.addr))]
+        now = time.monotonic()
+        free = [w for w in idle if not (w.ran_tasks and may_own(w.addr, now - w.idle_since))]
         if free:
             w = free[-1]
             idle.remove(w)

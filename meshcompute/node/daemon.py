@@ -290,7 +290,7 @@ class Daemon:
     def schedule(self) -> None:
         """Grant what fits, start workers that grants need, revoke idle leases if stuck."""
         idle = self.workers.idle()
-        self.actors.place_pending(idle, self.processes.owns_objects)  # first: few, each needs a process
+        self.actors.place_pending(idle, self.processes.may_own_objects)  # first: few, each needs a process
         needed = self.leases.grant(idle, may_spill=self.membership is not None)
         self.workers.ensure_starting(needed)
 

@@ -205,7 +205,7 @@ class LeaseTable:
             gpu_ids = self.resources.acquire(req.shape)
             lease_id = os.urandom(8)
             self.leases[lease_id] = Lease(lease_id, req.owner, w.worker_id, req.shape, gpu_ids)
-            w.state, w.lease_id = "leased", lease_id
+            w.state, w.lease_id, w.ran_tasks = "leased", lease_id, True
             self.send(req.owner, Msg.LEASE_GRANTED, req.req_id, lease_id, w.addr, w.worker_id, gpu_ids)
         self.pending = still
         # Requests that fit the node but not what is free: idle leases may hold it.

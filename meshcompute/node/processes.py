@@ -8,6 +8,10 @@ MAX_NODE_FUNCTIONS = 64
 """Function names a node reports separately (metrics); the others are summed under ``OTHER``."""
 _COUNTERS = ("finished", "submitted", "failed")
 
+OWNERSHIP_KNOWN_S = 1.0
+"""Seconds after a worker's last task by which its TASK_STATS says whether it owns
+objects (it reports within 0.5 s of its last activity; the rest is margin)."""
+
 
 class Processes:
     """Owns who is registered here (address -> pid), which of them are drivers,
@@ -55,6 +59,11 @@ class Processes:
     def owns_objects(self, addr: str) -> bool:
         """Whether the process said (in its last TASK_STATS) that it owns objects."""
         return bool(self.stats.get(addr, {}).get("owns_objects"))
+
+    def may_own_objects(self, addr: str, idle_for: float) -> bool:
+        """Whether a worker that ran tasks and is idle for ``idle_for`` s may own objects: it
+        said so, or its last word on it may still be on the way."""
+        return self.owns_objects(addr) or idle_for < OWNERSHIP_KNOWN_S
 
     def task_totals(self) -> dict:
         """Tasks running, queued and finished on this node, from the processes' TASK_STATS

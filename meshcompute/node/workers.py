@@ -35,6 +35,7 @@ class Worker:
     blocked: bool = False
     idle_since: float = 0.0
     expected_exit: bool = False
+    ran_tasks: bool = False  # it was leased: objects its tasks made may be its own
 
 
 def kill_pid(pid: int, sig: int = signal.SIGKILL) -> None:
