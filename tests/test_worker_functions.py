@@ -11,6 +11,7 @@ executor runs on this thread with a fake core.
 from __future__ import annotations
 
 import signal
+import types
 
 import pytest
 
@@ -35,6 +36,7 @@ class FakeCore:
 
     def __init__(self) -> None:
         self.done: list = []
+        self.tasks = types.SimpleNamespace(job_id="")
 
     def put_serialized(self, ser, owner=None, object_id=None):
         return ("v", ser)
@@ -70,7 +72,7 @@ def _spec(with_definition: bool) -> tuple:
 
 
 def _run_and_read(executor: Executor, spec: tuple):
-    executor._run_task(OWNER, (), spec, [])
+    executor._run_task(OWNER, (), spec, [], "job")
     (task_id, returns, _), frames = executor.core.done[-1]
     assert task_id == spec[0]
     kind, meta, nbuf, is_error, _contained = returns[0]
@@ -80,7 +82,7 @@ def _run_and_read(executor: Executor, spec: tuple):
 
 def test_a_definition_handed_back_with_queued_tasks_is_kept(executor):
     first = _spec(with_definition=True)
-    executor.queue.put(("task", OWNER, (), first, []))
+    executor.queue.put(("task", OWNER, (), first, [], "job", ()))
     assert executor.take_queued_tasks() == {OWNER: [first[0]]}  # the worker blocked: handed back
     assert _run_and_read(executor, _spec(with_definition=False)) == (42, False)
 
@@ -89,7 +91,7 @@ def test_a_definition_bounced_on_arrival_is_kept(executor):
     io = FakeIo()
     inbox = WorkerInbox(io, executor, lambda *a: None, blocked=lambda: True, activity=lambda: None)
     first = _spec(with_definition=True)
-    inbox.on_push_tasks(OWNER, (Msg.PUSH_TASKS, b"lease", (), [first]), [])
+    inbox.on_push_tasks(OWNER, (Msg.PUSH_TASKS, b"lease", (), [first], "job", ()), [])
     assert io.sent == [(OWNER, Msg.TASKS_BOUNCED, ([first[0]],))]
     assert executor.queue.empty()
     assert _run_and_read(executor, _spec(with_definition=False)) == (42, False)
