@@ -72,8 +72,10 @@ def test_every_flag_in_the_docs_exists(where, command, rest):
 
 
 def test_every_environment_variable_in_the_docs_is_read():
-    """A `MESH_*` variable the docs name is an option's default, or read by the package or its scripts."""
-    source = "\n".join(p.read_text() for d in ("meshcompute", "scripts", "bench") for p in (ROOT / d).rglob("*.py"))
+    """A `MESH_*` variable the docs name is an option's default, or read by the package, its scripts,
+    or the tests (those that size a test run)."""
+    source = "\n".join(p.read_text() for d in ("meshcompute", "scripts", "bench", "tests")
+                       for p in (ROOT / d).rglob("*.py"))
     named = {v for path in DOCS for v in re.findall(r"\bMESH_[A-Z_]*[A-Z]\b", path.read_text())}
     assert "MESH_TOKEN" in named
     unread = sorted(v for v in named if f'"{v}"' not in source)
