@@ -114,6 +114,24 @@ class ObjectTable:
 
     # ------------------------------------------------------------- ref counting
 
+    def count(self, oid: bytes) -> int:
+        """Add one local count to ``oid`` (any thread); returns the count before."""
+        with self.ref_lock:
+            n = self.ref_counts.get(oid, 0)
+            self.ref_counts[oid] = n + 1
+        return n
+
+    def uncount(self, oid: bytes) -> bool:
+        """Take one local count off ``oid`` (any thread); True when it was the last
+        (then ``release`` it, on the I/O thread)."""
+        with self.ref_lock:
+            n = self.ref_counts.get(oid, 0) - 1
+            if n > 0:
+                self.ref_counts[oid] = n
+                return False
+            self.ref_counts.pop(oid, None)
+        return True
+
     def add_borrow(self, oid: bytes, owner: str, req_id: int | None = None) -> None:
         self.entry(oid, owner)
         self.io.send(owner, Msg.ADD_BORROWER, (oid,), req_id)

@@ -241,28 +241,16 @@ class Core:
 
     def ref_created(self, ref: ObjectRef, deser_ctx: Any = None) -> None:
         """Count a new local ObjectRef (any thread)."""
-        oid = ref._id
-        objects = self.objects
-        with objects.ref_lock:
-            n = objects.ref_counts.get(oid, 0)
-            objects.ref_counts[oid] = n + 1
-        if n == 0 and ref._owner != self.address:
+        if self.objects.count(ref._id) == 0 and ref._owner != self.address:
             if deser_ctx is not None:
                 deser_ctx.new_borrows.append(ref)
             else:
-                self.post(objects.add_borrow, oid, ref._owner)
+                self.post(self.objects.add_borrow, ref._id, ref._owner)
 
     def ref_deleted(self, oid: bytes) -> None:
         """Uncount a local ObjectRef (any thread, also from garbage collection)."""
-        objects = self.objects
-        with objects.ref_lock:
-            n = objects.ref_counts.get(oid, 0) - 1
-            if n > 0:
-                objects.ref_counts[oid] = n
-                return
-            objects.ref_counts.pop(oid, None)
-        if not self._closed:
-            self.post(objects.release, oid)
+        if self.objects.uncount(oid) and not self._closed:
+            self.post(self.objects.release, oid)
 
     def register_borrows(self, new_borrows: list, carrier_owner: str) -> None:
         """Tell owners about refs this process just received (user thread).

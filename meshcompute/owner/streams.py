@@ -88,8 +88,7 @@ class Streams:
         s.worker = sender
         s.error_sent = s.error_sent or bool(fields[3])
         e = self.objects.entries[oid] = Entry(True, self.io.address)
-        with self.objects.ref_lock:  # the stream's hold, until the consumer takes it
-            self.objects.ref_counts[oid] = self.objects.ref_counts.get(oid, 0) + 1
+        self.objects.count(oid)  # the stream's hold, until the consumer takes it
         fill(e, fields, frames)
         if fields[-1]:
             with DeserializeContext() as ctx:
@@ -133,15 +132,9 @@ class Streams:
 
     def _release(self, s: Stream, lo: int, hi: int) -> None:
         s.released = hi
-        objects = self.objects
         for oid in s.items[lo:hi]:
-            with objects.ref_lock:
-                n = objects.ref_counts.get(oid, 0) - 1
-                if n > 0:
-                    objects.ref_counts[oid] = n
-                    continue
-                objects.ref_counts.pop(oid, None)
-            objects.release(oid)
+            if self.objects.uncount(oid):
+                self.objects.release(oid)
 
     @staticmethod
     def _wake(s: Stream) -> None:
