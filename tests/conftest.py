@@ -26,7 +26,9 @@ from meshcompute.host.sessions import pid_alive  # noqa: E402,F401  (re-exported
 
 
 def _mesh_pids() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", f"--session {SESSIONS_ROOT}/"], capture_output=True, text=True)
+    # "--" first: the pattern starts with "--", which pgrep would take for an option (and find nothing).
+    out = subprocess.run(["pgrep", "-f", "--", f"--session {SESSIONS_ROOT}/"], capture_output=True, text=True)
+    assert out.returncode in (0, 1), f"pgrep failed: {out.stderr.strip()}"
     return {int(p) for p in out.stdout.split()}
 
 
