@@ -46,13 +46,27 @@ def _max_bytes() -> int:
         return DEFAULT_MAX_BYTES
 
 
+class Spec:
+    """What a finished task needs to run again (its arguments as ids, see ``finished``)."""
+
+    __slots__ = ("task_id", "fn_id", "fn_bytes", "name", "args", "kw_names", "num_returns", "return_ids",
+                 "shape", "retries_left", "retry_exceptions", "strategy", "method")
+
+    def __init__(self, task_id, fn_id, fn_bytes, name, args, kw_names, num_returns, return_ids, shape,
+                 retries_left, retry_exceptions, strategy, method) -> None:
+        self.task_id, self.fn_id, self.fn_bytes, self.name = task_id, fn_id, fn_bytes, name
+        self.args, self.kw_names, self.num_returns, self.return_ids = args, kw_names, num_returns, return_ids
+        self.shape, self.retries_left, self.retry_exceptions = shape, retries_left, retry_exceptions
+        self.strategy, self.method = strategy, method
+
+
 class Lineage:
     """Finished tasks' specs by task id, with the count of what still needs each."""
 
     def __init__(self, max_bytes: int | None = None) -> None:
         self.max_bytes = _max_bytes() if max_bytes is None else max_bytes
         self.needed: dict[bytes, int] = {}  # task id -> live return entries + kept tasks using its results
-        self.specs: dict[bytes, Task] = {}  # finished tasks kept, oldest first
+        self.specs: dict[bytes, Spec] = {}  # finished tasks kept, oldest first
         self.sizes: dict[bytes, int] = {}
         self.bytes = 0
         self.evicted: collections.OrderedDict[bytes, None] = collections.OrderedDict()
@@ -96,18 +110,15 @@ class Lineage:
                 ser = item[1]
                 args.append(("v", Serialized(ser.meta, ser.buffers, [], ser.is_error)))
                 size += ser.size
-        spec = Task()
-        for name in ("task_id", "fn_id", "fn_bytes", "name", "kw_names", "num_returns", "return_ids",
-                     "shape", "retries_left", "retry_exceptions", "strategy", "method"):
-            setattr(spec, name, getattr(t, name))
-        spec.args = args
+        spec = Spec(t.task_id, t.fn_id, t.fn_bytes, t.name, args, t.kw_names, t.num_returns, t.return_ids,
+                    t.shape, t.retries_left, t.retry_exceptions, t.strategy, t.method)
         self.specs[t.task_id] = spec
         self.sizes[t.task_id] = size
         self.bytes += size
         while self.bytes > self.max_bytes and self.specs:
             self._evict(next(iter(self.specs)))
 
-    def spec(self, task_id: bytes) -> Task | None:
+    def spec(self, task_id: bytes) -> Spec | None:
         return self.specs.get(task_id)
 
     def was_evicted(self, task_id: bytes) -> bool:
