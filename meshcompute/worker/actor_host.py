@@ -25,7 +25,7 @@ from ..host.proctitle import set_title
 from ..host.sessions import ACTOR_EXIT_CODE
 from ..wire.messages import Msg
 from ..wire.serialization import deserialize
-from .calls import RUNNING, ActorExit, Cancelled, Running, call_with, error_of
+from .calls import RUNNING, ActorExit, Cancelled, Running, call_with
 
 
 class ActorHost:
@@ -206,9 +206,7 @@ class ActorHost:
                 core.current_task_id = None
             self.running.pop(task_id, None)
         duration = time.perf_counter() - start
-        self.tasks_finished += 1
-        self.fn_stats.record(label, duration, error is not None)
-        self.timeline.append((label, start, duration, task_id, error_of(error), self.actor_job))
+        self._record_span(label, start, duration, task_id, error, self.actor_job)
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
     async def _call_async(self, caller: str, call: tuple, frames: list) -> None:
@@ -253,9 +251,7 @@ class ActorHost:
                     result, error = None, exc.TaskCancelledError(task_id=task_id.hex())
         duration = time.perf_counter() - start
         if started:
-            self.tasks_finished += 1
-            self.fn_stats.record(label, duration, error is not None)
-            self.timeline.append((label, start, duration, task_id, error_of(error), self.actor_job))
+            self._record_span(label, start, duration, task_id, error, self.actor_job)
         self._finish(caller, task_id, return_ids, num_returns, result, error, duration)
 
     async def _run_async(self, caller: str, task_id: bytes, method: str, args_wire: list, kw_names: tuple,

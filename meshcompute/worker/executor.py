@@ -290,9 +290,7 @@ class Executor(ActorHost):
                 else:
                     os.environ["CUDA_VISIBLE_DEVICES"] = self._base_cuda
         duration = time.perf_counter() - start
-        self.tasks_finished += 1
-        self.fn_stats.record(name, duration, error is not None)
-        self.timeline.append((name, start, duration, task_id, error_of(error), job))
+        self._record_span(name, start, duration, task_id, error, job)
         if self.actor_id is None:
             self.log_ctx = saved_ctx
             if core.output is not None:
@@ -429,6 +427,13 @@ class Executor(ActorHost):
             refs.append(ObjectRef(oid, owner))
 
     # ---------------------------------------------------------- observability
+
+    def _record_span(self, name: str, start: float, duration: float, task_id: bytes,
+                     error: BaseException | None, job: str) -> None:
+        """A finished task or call: counted, in the metrics, and in the timeline ring."""
+        self.tasks_finished += 1
+        self.fn_stats.record(name, duration, error is not None)
+        self.timeline.append((name, start, duration, task_id, error_of(error), job))
 
     def timeline_lane(self) -> dict:
         """This worker's recent task spans, wall-clock seconds (I/O thread), with the tasks
