@@ -51,6 +51,7 @@ from .actors import ActorDirectory
 from .config import default_prefault, node_resources
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
+from .info import node_record, peer_records
 from .leases import LeaseTable
 from .metrics import start_metrics
 from .placement import Placement
@@ -505,40 +506,12 @@ class Daemon:
 
     def on_node_info(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, what = msg
-        info = {
-            "node_id": self.node_id,
-            "address": self.address,
-            "state": "alive",
-            "alive": True,
-            "resources_total": dict(self.resources.total),
-            "resources_available": {k: max(0.0, v) for k, v in self.resources.available.items()},
-            "store": self.store.statistics(self.warmer.done if self.warmer is not None else 0),
-            "workers": len(self.workers.workers),
-            "pid": os.getpid(),
-            "session_dir": self.session_dir,
-            "queued": len(self.leases.pending),
-            "tasks": self.processes.task_totals(),
-            "control": self.control.status(),  # leader, term, commit index, role
-            "pulls": dict(self.pulls.started),
-            "dropped": dict(self.drops.counts),  # refused messages and handler errors, by kind
-        }
+        me = node_record(self)
         if what == "mesh":
-            nodes = [info]
-            for p in self.peer_views().values():
-                nodes.append({
-                    "node_id": p.node_id, "address": p.address, "state": p.state,
-                    "alive": p.state in ("alive", "suspect"),
-                    "resources_total": p.total, "resources_available": p.available,
-                    "store": {"used": p.store[0], "capacity": p.store[1]} if p.store else {},
-                    "queued": p.queue,
-                    # As gossiped (up to a fraction of a second old).
-                    "control": ({"role": p.gcs[0], "term": p.gcs[1], "commit_index": p.gcs[2],
-                                 "leader": p.gcs[3] or None} if p.gcs else {}),
-                })
-            self.reply(sender, req_id, {"nodes": nodes, "leader": self.control.status()["leader"],
-                                        "self": self.node_id})
+            self.reply(sender, req_id, {"nodes": [me, *peer_records(self.peer_views())],
+                                        "leader": self.control.status()["leader"], "self": self.node_id})
             return
-        self.reply(sender, req_id, info)
+        self.reply(sender, req_id, me)
 
     def _peer_requests(self, msg_type: Msg, *fields) -> list:
         return [(p.address, msg_type, *fields) for p in self.peer_views().values()
