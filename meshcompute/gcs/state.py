@@ -14,6 +14,11 @@ Tables:
 * ``names``: (namespace, name) -> actor id, unique per namespace; a name whose
   actor is DEAD may be claimed again.
 * ``jobs``: driver address -> {job_id, node_id, pid, namespace, entrypoint, started, finished}.
+* ``submissions``: submission id -> a submitted job (``mesh job submit``): {submission_id,
+  entrypoint, status PENDING|RUNNING|SUCCEEDED|FAILED|STOPPED, message, node_id,
+  driver_exit_code, start_time, end_time, metadata, runtime_env, statuses (every status
+  it took, in order)}; a terminal status is final, and a node's death fails the
+  submissions still PENDING or RUNNING there.
 * ``pgs``: placement group id -> :class:`PG` (bundles, strategy, the node of
   each bundle, a state machine of its own, below).
 * ``kv``: bytes -> bytes, the user's key-value store (``meshcompute.kv``).
@@ -53,13 +58,16 @@ DEDUP_WINDOW = 4096
 # so the tables (and snapshots) stay bounded on a long-lived mesh.
 MAX_DEAD_ACTORS = 10_000
 MAX_FINISHED_JOBS = 1_000
+SUBMISSION_STATES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
+SUBMISSION_FINAL = frozenset({"STOPPED", "SUCCEEDED", "FAILED"})
 
 WRITES = frozenset({
     "init", "node_add", "node_dead", "job_add", "job_finish", "actor_put", "name_claim", "name_release",
     "kv_put", "kv_del", "kv_cas", "pg_create", "pg_place", "pg_ack", "pg_remove",
+    "sub_add", "sub_update", "sub_delete",
 })
 READS = frozenset({"kv_get", "kv_list", "name_lookup", "pg_get", "pg_table", "nodes", "actors", "actor", "jobs",
-                   "info"})
+                   "info", "subs", "sub"})
 
 PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
@@ -111,6 +119,7 @@ class GcsState:
         self.actors: OrderedDict[bytes, dict] = OrderedDict()
         self.names: dict[tuple[str, str], bytes] = {}
         self.jobs: OrderedDict[str, dict] = OrderedDict()
+        self.subs: OrderedDict[str, dict] = OrderedDict()  # submission id -> its record
         self.pgs: dict[str, PG] = {}
         self.kv: dict[bytes, bytes] = {}
         self.done: OrderedDict[bytes, Any] = OrderedDict()  # uid -> result (dedup window)
@@ -179,6 +188,11 @@ class GcsState:
                     pg.nodes.pop(i, None)
                     pg.acked.discard(i)
                 pg.state, pg.reason = "RESCHEDULING", f"node {node_id} died; re-placing bundles {sorted(lost)}"
+        for sub in self.subs.values():
+            if sub.get("node_id") == node_id and sub["status"] not in SUBMISSION_FINAL:
+                # No end time: a command carries no clock (every replica must agree).
+                self._sub_set(sub, {"status": "FAILED",
+                                    "message": f"the node it ran on ({node_id}) died or left the mesh"})
         return True
 
     def _w_job_add(self, job_key: str, info: dict) -> Any:
@@ -206,6 +220,44 @@ class GcsState:
         finished = [k for k, j in self.jobs.items() if j["finished"] is not None]
         for k in finished[:max(0, len(finished) - MAX_FINISHED_JOBS)]:
             del self.jobs[k]
+        return True
+
+    def _w_sub_add(self, sid: str, info: dict) -> Any:
+        """A new submission, PENDING; ("exists", record) when the id is taken (ids are unique)."""
+        if not isinstance(sid, str) or not sid or not isinstance(info, dict):
+            raise TypeError("sub_add takes a submission id and a dict")
+        if sid in self.subs:
+            return ("exists", dict(self.subs[sid]))
+        self.subs[sid] = dict(info, submission_id=sid, status="PENDING", statuses=["PENDING"],
+                              end_time=None, driver_exit_code=None)
+        finished = [k for k, j in self.subs.items() if j["status"] in SUBMISSION_FINAL]
+        for k in finished[:max(0, len(finished) - MAX_FINISHED_JOBS)]:
+            del self.subs[k]
+        return ("ok", dict(self.subs[sid]))
+
+    def _w_sub_update(self, sid: str, fields: dict) -> Any:
+        """Move a submission on; a final status stays (False then), so a late update cannot
+        revive a job its node's death already failed."""
+        sub = self.subs.get(sid)
+        if sub is None or not isinstance(fields, dict) or sub["status"] in SUBMISSION_FINAL:
+            return False
+        if fields.get("status", sub["status"]) not in SUBMISSION_STATES:
+            raise ValueError(f"unknown status {fields.get('status')!r}")
+        self._sub_set(sub, fields)
+        return True
+
+    def _sub_set(self, sub: dict, fields: dict) -> None:
+        old = sub["status"]
+        sub.update(fields)
+        if sub["status"] != old:
+            sub["statuses"] = [*sub["statuses"], sub["status"]]
+
+    def _w_sub_delete(self, sid: str) -> Any:
+        """Forget a finished submission (a running one must be stopped first: False)."""
+        sub = self.subs.get(sid)
+        if sub is None or sub["status"] not in SUBMISSION_FINAL:
+            return False
+        del self.subs[sid]
         return True
 
     def _w_actor_put(self, actor_id: bytes, fields: dict) -> Any:
@@ -390,6 +442,11 @@ class GcsState:
             return dict(rec) if rec is not None else None
         if name == "jobs":
             return {k: dict(j) for k, j in self.jobs.items()}
+        if name == "subs":
+            return [dict(j) for j in self.subs.values()]
+        if name == "sub":
+            rec = self.subs.get(op[1])
+            return dict(rec) if rec is not None else None
         if name == "info":
             return {"config": dict(self.config), "applied": self.applied_index, "nodes": len(self.nodes),
                     "actors": len(self.actors), "names": len(self.names), "jobs": len(self.jobs),
@@ -402,7 +459,7 @@ class GcsState:
         """The whole state as bytes (Raft §7: the image a snapshot carries)."""
         return pickle.dumps({
             "config": self.config, "nodes": self.nodes, "actors": list(self.actors.items()),
-            "names": self.names, "jobs": list(self.jobs.items()),
+            "names": self.names, "jobs": list(self.jobs.items()), "subs": list(self.subs.items()),
             "pgs": {k: vars(v) for k, v in self.pgs.items()}, "kv": self.kv,
             "done": list(self.done.items()), "dead": list(self.dead_actors), "jobs_ever": self.job_count,
             "applied": self.applied_index,
@@ -419,6 +476,7 @@ class GcsState:
         s.actors = OrderedDict(img["actors"])
         s.names = img["names"]
         s.jobs = OrderedDict(img["jobs"])
+        s.subs = OrderedDict(img.get("subs", ()))
         s.pgs = {k: PG(**v) for k, v in img["pgs"].items()}
         s.kv = img["kv"]
         s.done = OrderedDict(img["done"])
