@@ -37,7 +37,7 @@ from .owner.object_ref import ObjectRef
 
 __version__ = "0.1.0"
 
-_LAZY = ("cloudpickle", "dag", "experimental")
+_LAZY = ("cloudpickle", "dag", "experimental", "job_submission")
 """Modules that are attributes without an import, imported on first use (as Ray's)."""
 
 

@@ -35,7 +35,7 @@ LAYERS = {
     "sched": 1, "store": 1, "raft": 1, "gossip": 1, "wire": 1, "gcs": 1.5, "store.shm": 1.7,
     "host": 2, "observe": 3, "owner": 4,
     "worker": 5, "gossip.shell": 5, "gcs.shell": 5,
-    "node": 6, "api": 7, "kv": 8, "util": 8, "actor": 8, "cloudpickle": 8, "dag": 8, "experimental": 8,
+    "node": 6, "api": 7, "kv": 8, "util": 8, "job_submission": 8, "actor": 8, "cloudpickle": 8, "dag": 8, "experimental": 8,
     "": 9, "cli": 10, "testing": 10,
 }
 PURE = ("sched", "store", "raft", "gossip", "gcs")

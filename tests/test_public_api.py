@@ -52,7 +52,10 @@ EXPECTED_UTIL_MODULES = {
 
 
 # Modules of meshcompute that are attributes without an import (as ray.cloudpickle, ray.dag...).
-EXPECTED_LAZY = {"cloudpickle", "dag", "experimental"}
+EXPECTED_LAZY = {"cloudpickle", "dag", "experimental", "job_submission"}
+
+# Ray's ray.job_submission names (the client, and what it returns).
+EXPECTED_JOB_SUBMISSION = {"JobDetails", "JobInfo", "JobStatus", "JobSubmissionClient", "JobType"}
 
 
 def test_lazy_modules_are_attributes():
@@ -68,6 +71,13 @@ def test_lazy_modules_are_attributes():
             "'meshcompute.' + n in sys.modules]; [getattr(m, n) for n in lazy]; m.util.accelerators.NVIDIA_A100")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     assert mesh.cloudpickle.loads(mesh.cloudpickle.dumps(lambda x: x + 1))(1) == 2
+
+
+def test_job_submission_surface_is_locked():
+    from meshcompute import job_submission
+
+    assert set(job_submission.__all__) == EXPECTED_JOB_SUBMISSION
+    assert {s.value for s in job_submission.JobStatus} == {"PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED"}
 
 
 def test_exports_are_locked():

@@ -120,7 +120,7 @@ def _local_path(value: Any, key: str) -> str:
 
 
 def _package(path: str, put: Any, prefix: str = "") -> tuple[str, Any]:
-    data = _zip(path, prefix)
+    data = zip_package(path, prefix)
     sha = hashlib.sha256(data).hexdigest()[:32]
     with _lock:
         ref = _uploaded.get(sha)
@@ -129,7 +129,7 @@ def _package(path: str, put: Any, prefix: str = "") -> tuple[str, Any]:
     return sha, ref
 
 
-def _zip(path: str, prefix: str = "") -> bytes:
+def zip_package(path: str, prefix: str = "") -> bytes:
     """A deterministic zip of a directory (sorted, fixed timestamps; its files under
     ``prefix/`` if given), or the .zip itself."""
     if os.path.isfile(path):

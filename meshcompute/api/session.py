@@ -24,6 +24,7 @@ from . import task_context
 from .remote import ActorHandle, make_remote
 from .runtime_env import check as check_runtime_env
 from .runtime_env import forget_uploads
+from .runtime_env import merge as merge_runtime_env
 
 log = logging.getLogger("meshcompute")
 
@@ -98,7 +99,13 @@ def init(
         address: ``None`` connects to a node started with ``mesh start`` on this
             machine if there is one (or ``$MESH_ADDRESS``), else starts an embedded
             node that lives as long as this process. ``"local"`` always starts an
-            embedded node; ``"auto"`` requires a running one.
+            embedded node; ``"auto"`` requires a running one.  ``"HOST:PORT"`` of a
+            node of this machine connects to it; of a node elsewhere, starts a node
+            here that joins the mesh through it for this driver (offering no CPU
+            unless ``num_cpus``; it needs the mesh's token in ``$MESH_TOKEN``) and
+            stops when the driver exits, so the driver's objects have a local store.
+            ConnectionError says what is wrong when nobody answers there or the
+            token is missing or not the mesh's.
         num_cpus, num_gpus, resources: what the embedded node offers (default: every
             CPU, every detected GPU).
         object_store_memory: bytes of shared memory for large objects (default 30%
@@ -132,6 +139,9 @@ def init(
 
             gpu_count(num_gpus, resources["GPU"])  # ValueError when they are not a whole number
         default_env = check_runtime_env(runtime_env)
+        if os.environ.get("MESH_JOB_RUNTIME_ENV"):  # a submitted job's driver: its tasks inherit the job's
+            default_env = merge_runtime_env(check_runtime_env(json.loads(os.environ["MESH_JOB_RUNTIME_ENV"])),
+                                            default_env)
         if configure_logging:
             _ensure_log_handler(logging_format)
             log.setLevel(logging_level)
@@ -148,7 +158,7 @@ def init(
                 raise ConnectionError("No meshcompute node is running on this machine. Start one with "
                                       "`mesh start`, or call init() without an address for an embedded node.")
         else:
-            info = _info_for_address(address)
+            info = _info_for_address(address, num_cpus, num_gpus, resources, object_store_memory)
         core = Core(session_dir=info["session_dir"], daemon_addr=info["address"], kind="driver",
                     node_id=info["node_id"], host=info.get("host"),
                     keys=keys_for_session(info["session_dir"]), namespace=namespace)
@@ -163,16 +173,41 @@ def init(
         return {"node_id": core.node_id, "session_dir": core.session_dir, "address": info["address"]}
 
 
-def _info_for_address(address: str) -> dict:
+def _info_for_address(address: str, num_cpus=None, num_gpus=None, resources=None, object_store_memory=None) -> dict:
     for path in (os.path.join(address, "daemon.json"), address):
         if path.endswith(".json") and os.path.isfile(path):  # a node's session dir (or its file)
             with open(path) as f:
                 return json.load(f)
     info = find_node(address)
     if info is None:
-        raise ConnectionError(
-            f"No meshcompute node of this host answers at {address!r}. Drivers run on a mesh "
-            f"node's machine: start one here with `mesh join {address}`, then call init() there.")
+        info = _join_for_driver(address, num_cpus, num_gpus, resources, object_store_memory)
+    return info
+
+
+JOIN_WAIT_S = 6.0
+"""How long init(address="HOST:PORT") waits for the mesh to take in the node it starts."""
+
+
+def _join_for_driver(address: str, num_cpus, num_gpus, resources, object_store_memory) -> dict:
+    """A node of this machine that joins the mesh at ``address`` for this driver, so that its
+    objects have a local store; it offers no CPU (unless ``num_cpus``) and stops with the driver."""
+    global _daemon_proc, _session_dir
+    from ..host.launcher import stop_node, wait_joined
+    from ..host.netcheck import local_ip_towards
+    from ..host.remote import check_remote
+
+    ip, port, _ = check_remote(address, None)  # ConnectionError saying what is wrong
+    token = os.environ["MESH_TOKEN"].strip()
+    proc, info = start_node(host=local_ip_towards(ip) or "0.0.0.0", port=0, join=[f"{ip}:{port}"],
+                            num_cpus=0 if num_cpus is None else num_cpus, num_gpus=num_gpus or 0,
+                            resources=resources, object_store_memory=object_store_memory, token=token,
+                            parent_pid=os.getpid())
+    if not wait_joined(info, JOIN_WAIT_S):
+        stop_node(info)
+        proc.wait(10)
+        raise ConnectionError(f"{address} answered but did not take this machine's node in within {JOIN_WAIT_S:g} s: "
+                              f"it may not reach it back at {info.get('tcp')} (a firewall?)")
+    _daemon_proc, _session_dir = proc, info["session_dir"]
     return info
 
 

@@ -408,7 +408,7 @@ def clean() -> None:
         console.print("nothing to clean")
 
 
-from . import watch  # noqa: E402,F401 - registers top, timeline, memory, list, summary, logs
+from . import jobs, watch  # noqa: E402,F401 - registers job; top, timeline, memory, list, summary, logs
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ feeds with messages and events, and wires together with explicit callables:
 * store_service.py: ``StoreService`` (STORE_* over the store table);
 * pulls.py: ``Pulls`` (objects copied between nodes);
 * gather.py: ``Gathers`` (requests answered from several processes);
+* jobs.py: ``Jobs`` (submitted jobs: their processes and JOB_* requests);
 * processes.py: ``Processes`` (registered drivers and workers);
 * gcs/shell.py: ``Control``; observe/feed.py: ``MonitorFeed``; metrics.py: ``NodeMetrics``.
 
@@ -52,6 +53,7 @@ from .config import default_prefault, node_resources
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
 from .info import node_record, peer_records
+from .jobs import Jobs
 from .leases import LeaseTable
 from .metrics import start_metrics
 from .placement import Placement
@@ -103,6 +105,8 @@ class Daemon:
                                      lambda a: self.monitor.actor_changed(a), self.schedule,
                                      lambda: self.membership is not None)
         self.gathers = Gathers(self.send)
+        self.jobs = Jobs(node_id, session_dir, lambda: self.address, lambda: self.control, self.send,
+                         self.gathers, self.peer_views)
         self.monitor = MonitorFeed(FeedSource(
             node_id=node_id, address=lambda: self.address, send=self.send,
             forget=lambda addr: self.ep.forget(addr), is_local_process=lambda addr: addr in self.processes.pids,
@@ -280,6 +284,7 @@ class Daemon:
             Msg.GCS_REQUEST: control.on_gcs_request,
             Msg.GCS_FORWARD: control.on_gcs_forward,
             Msg.GCS_ANSWER: control.on_gcs_answer,
+            **self.jobs.handlers(),
         }
 
     def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = ()) -> None:
@@ -479,6 +484,7 @@ class Daemon:
             if not pid_alive(pid):
                 self.process_gone(addr)
         now = time.monotonic()
+        self.jobs.poll(now)
         self.workers.reap_idle(now, self.processes.owns_objects)
         self.pulls.expire(now)
         self.metrics.refresh()
@@ -545,6 +551,7 @@ class Daemon:
         and session dir."""
         if self.warmer is not None:
             self.warmer.stop()
+        self.jobs.stop_all()  # before the node leaves: their drivers use it
         if self.membership is not None:
             try:
                 self.membership.leave()

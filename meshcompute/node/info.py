@@ -24,6 +24,7 @@ def node_record(d: Any) -> dict:
         "control": d.control.status(),  # leader, term, commit index, role
         "pulls": dict(d.pulls.started),
         "dropped": dict(d.drops.counts),  # refused messages and handler errors, by kind
+        "jobs": sorted(d.jobs.running),  # submitted jobs running here
     }
 
 

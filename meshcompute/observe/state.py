@@ -189,13 +189,13 @@ def job_records(table: dict, ips: dict) -> list[dict]:
     for address, j in table.items():
         node, worker = j.get("node_id"), address.partition("/")[2].partition("@")[0]
         out.append({
-            "job_id": j.get("job_id"), "type": "DRIVER",
+            "job_id": j.get("job_id"), "type": "SUBMISSION" if j.get("submission_id") else "DRIVER",
             "status": "RUNNING" if j.get("finished") is None else "SUCCEEDED",
             "entrypoint": j.get("entrypoint") or "", "start_time": _ms(j.get("started")),
             "end_time": _ms(j.get("finished")),
             "driver_info": {"id": worker[2:] if worker.startswith("p_") else worker,
                             "node_ip_address": ips.get(node), "pid": j.get("pid")},
-            "driver_node_id": node, "submission_id": None, "namespace": j.get("namespace"),
+            "driver_node_id": node, "submission_id": j.get("submission_id"), "namespace": j.get("namespace"),
             "driver_address": address,
         })
     return sorted(out, key=lambda r: r["job_id"] or "")

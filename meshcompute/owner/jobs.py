@@ -42,8 +42,11 @@ def register_driver(io: Any, tasks: Any, node_id: str, namespace: str) -> None:
     """Learn this driver's job id from the control store into ``tasks.job_id`` (a TaskQueues);
     waits up to JOB_WAIT_S for it (any thread but the I/O thread)."""
     got = threading.Event()
-    op = ("job_add", io.address, {"node_id": node_id, "pid": os.getpid(), "namespace": namespace,
-                                  "entrypoint": entrypoint(), "started": time.time()})
+    info = {"node_id": node_id, "pid": os.getpid(), "namespace": namespace, "entrypoint": entrypoint(),
+            "started": time.time()}
+    if os.environ.get("MESH_SUBMISSION_ID"):  # the driver of a submitted job (node/jobs.py)
+        info["submission_id"] = os.environ["MESH_SUBMISSION_ID"]
+    op = ("job_add", io.address, info)
 
     def answer(value: Any) -> None:
         if isinstance(value, tuple) and len(value) == 2 and value[0] == "ok" and isinstance(value[1], str):

@@ -91,6 +91,10 @@ class Msg(IntEnum):
     PROCESS_GONE = 70  # daemon -> daemons and its own processes: these processes are gone
     STREAM_ITEM = 71  # worker -> owner: a generator task yielded its next value
     STREAM_CONSUMED = 72  # owner -> worker: the consumer took this many items (backpressure)
+    # submitted jobs (node/jobs.py)
+    JOB_SUBMIT = 73  # client -> any daemon: run an entrypoint there; buffers: its packages; REPLY (status, id)
+    JOB_STOP = 74  # client -> any daemon (relayed to the job's): stop it; REPLY (status, stopped)
+    JOB_LOGS = 75  # client -> any daemon (relayed to the job's): its output from an offset; REPLY (status, chunk)
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -153,6 +157,9 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.PROCESS_GONE: ("addresses",),
     Msg.STREAM_ITEM: ("task_id", "index", "value"),
     Msg.STREAM_CONSUMED: ("task_id", "consumed"),
+    Msg.JOB_SUBMIT: ("req_id", "submission_id", "entrypoint", "runtime_env", "metadata"),
+    Msg.JOB_STOP: ("req_id", "submission_id"),
+    Msg.JOB_LOGS: ("req_id", "submission_id", "offset"),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"
