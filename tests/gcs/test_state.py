@@ -717,13 +717,14 @@ def test_an_unknown_read_raises_value_error():
 
 def test_every_read_op_is_served_on_an_empty_state():
     s = GcsState()
-    args = {"kv_get": (b"k",), "kv_list": (b"",), "name_lookup": ("ns", "n"), "pg_get": ("pg",), "actor": (b"A",)}
+    args = {"kv_get": (b"k",), "kv_list": (b"",), "name_lookup": ("ns", "n"), "pg_get": ("pg",), "actor": (b"A",),
+            "sub": ("job-1",)}
     got = {op: s.read((op, *args.get(op, ()))) for op in sorted(READS)}
     assert got == {
         "actor": None, "actors": {}, "info": {"config": {}, "applied": 0, "nodes": 0, "actors": 0, "names": 0, "jobs": 0,
                                "placement_groups": 0, "kv_keys": 0},
         "jobs": {}, "kv_get": None, "kv_list": [], "name_lookup": None, "nodes": {}, "pg_get": None,
-        "pg_table": {},
+        "pg_table": {}, "sub": None, "subs": [],
     }
 
 
