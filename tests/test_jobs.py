@@ -12,6 +12,7 @@ own that leaves with it; a missing or wrong token and a dead address say so.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -154,11 +155,15 @@ def test_stopping_a_job_ends_every_process_it_started(two_nodes):
 
 
 @pytest.mark.timeout(90)
-def test_a_job_runs_in_its_shipped_working_dir_and_its_tasks_import_from_it(two_nodes, elsewhere):
-    wd = tempfile.mkdtemp(prefix="mop-wd-")
+def test_a_job_runs_in_its_shipped_working_dir_and_its_tasks_import_from_it_and_its_py_modules(two_nodes, elsewhere):
+    wd, mods = tempfile.mkdtemp(prefix="mop-wd-"), tempfile.mkdtemp(prefix="mop-mods-")
     try:
         with open(os.path.join(wd, "shapes.py"), "w") as f:
             f.write("def area(w, h):\n    return w * h\n")
+        units = os.path.join(mods, "units")
+        os.makedirs(units)
+        with open(os.path.join(units, "__init__.py"), "w") as f:
+            f.write("CM = 'cm2'\n")
         with open(os.path.join(wd, "main.py"), "w") as f:
             f.write(textwrap.dedent("""
                 import os
@@ -169,24 +174,25 @@ def test_a_job_runs_in_its_shipped_working_dir_and_its_tasks_import_from_it(two_
 
                 @mesh.remote
                 def area(w, h):
-                    import shapes
-                    return shapes.area(w, h)
+                    import shapes, units
+                    return f"{shapes.area(w, h)}{units.CM}"
 
                 print("areas", mesh.get([area.remote(i, 2) for i in range(3)]), shapes.area(3, 3))
                 print("env", os.environ["GREETING"], os.path.exists("main.py"))
                 print("job", mesh.get_runtime_context().get_job_id())
             """))
-        r = mesh("job", "submit", "--address", two_nodes[1], "--working-dir", wd, "--runtime-env-json",
-                 '{"env_vars": {"GREETING": "hi"}}', "--submission-id", "wd-1", "--", "python", "main.py",
-                 env=elsewhere, timeout=80)
+        env = json.dumps({"env_vars": {"GREETING": "hi"}, "py_modules": [units]})
+        r = mesh("job", "submit", "--address", two_nodes[1], "--working-dir", wd, "--runtime-env-json", env,
+                 "--submission-id", "wd-1", "--", "python", "main.py", env=elsewhere, timeout=80)
         assert r.returncode == 0, r.stdout + r.stderr
-        assert "areas [0, 2, 4] 9" in r.stdout and "env hi True" in r.stdout, r.stdout
+        assert "areas ['0cm2', '2cm2', '4cm2'] 9" in r.stdout and "env hi True" in r.stdout, r.stdout
         with JobSubmissionClient(two_nodes[0]) as client:
             info = client.get_job_info("wd-1")
         assert info.job_id and f"job {info.job_id}" in r.stdout  # its driver's job id
-        assert info.runtime_env == {"working_dir": wd, "env_vars": {"GREETING": "hi"}}
+        assert info.runtime_env == {"working_dir": wd, "env_vars": {"GREETING": "hi"}, "py_modules": [units]}
     finally:
         shutil.rmtree(wd, ignore_errors=True)
+        shutil.rmtree(mods, ignore_errors=True)
 
 
 @pytest.mark.timeout(90)

@@ -38,12 +38,15 @@ def _fail(e: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _follow(client, sid: str) -> str:
-    """Print the job's output until it ends; returns its final status."""
-    for text in client.follow_job_logs(sid):
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    return str(client.get_job_status(sid))
+def _follow(client, sid: str) -> None:
+    """Print the job's output until it ends (Ctrl-C stops following, not the job)."""
+    try:
+        for text in client.follow_job_logs(sid):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        err.print(f"\nStopped following job '{sid}'; it goes on ([bold]mesh job stop {sid}[/] stops it).")
+        raise typer.Exit(130) from None
 
 
 def _ended(client, sid: str) -> int:

@@ -11,7 +11,8 @@ a minority of nodes; its process and its output live here:
   the group if the daemon dies; output to ``output.log``) and the
   record becomes RUNNING.  The entrypoint's ``init()`` finds this node through
   ``MESH_ADDRESS``, and its tasks inherit the job's runtime_env
-  (``MESH_JOB_RUNTIME_ENV``).
+  (``MESH_JOB_RUNTIME_ENV``).  The unpacking runs in the daemon's loop: a large
+  working_dir (up to 100 MiB zipped) holds the node for as long as it takes.
 * the liveness check reaps it: exit 0 is SUCCEEDED, anything else FAILED, with
   the exit code and the end of its output in the message;
 * JOB_STOP: SIGTERM to its process group, SIGKILL to what is left of the group
