@@ -135,6 +135,8 @@ def test_a_failed_job_says_its_exit_code_and_the_end_of_its_output(two_nodes):
     assert info.statuses == ["PENDING", "RUNNING", "FAILED"]
     assert info.driver_exit_code == 7
     assert "exited with code 7" in info.message and "about to fail" in info.message
+    r = mesh("job", "logs", "fails-1", "--follow", "--address", two_nodes[1])  # ended: prints it all, returns
+    assert (r.returncode, r.stdout) == (0, "about to fail\n"), r.stdout + r.stderr
 
 
 @pytest.mark.timeout(60)
