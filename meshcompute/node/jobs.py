@@ -282,7 +282,13 @@ def _check_submission(sid: Any, entrypoint: Any, runtime_env: Any, metadata: Any
         return "metadata maps str to str"
     if not isinstance(runtime_env, dict):
         return "a job's runtime_env travels as a dict"
-    indexes = [runtime_env.get("working_dir")] + [i for _, i in runtime_env.get("py_modules") or ()]
+    env_vars = runtime_env.get("env_vars") or {}
+    if not (isinstance(env_vars, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items())):
+        return "runtime_env['env_vars'] maps str to str"
+    modules = runtime_env.get("py_modules") or ()
+    if not (isinstance(modules, (list, tuple)) and all(isinstance(m, tuple) and len(m) == 2 for m in modules)):
+        return "runtime_env['py_modules'] travels as (name, package index) pairs"
+    indexes = [runtime_env.get("working_dir")] + [i for _, i in modules]
     if any(i is not None and not (isinstance(i, int) and 0 <= i < packages) for i in indexes):
         return "a runtime_env package index names no frame of the message"
     return None
