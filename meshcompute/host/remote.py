@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from typing import Any
 
 from ..exceptions import MeshError
@@ -56,6 +57,8 @@ class NodeConnection:
             from .netcheck import local_ip_towards
 
             self._tmp = tempfile.mkdtemp(prefix="mesh-client-")
+            # Its inbox's socket file: removed by close(), else when the client is collected or at exit.
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
             self.ep = Endpoint(self.ctx, f"client{random_id(4)}", "cli", self._tmp,
                                host=local_ip_towards(ip) or "0.0.0.0", port=0, keys=keys)
         except BaseException:
