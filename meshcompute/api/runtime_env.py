@@ -15,7 +15,10 @@ Directories travel once: each is zipped, named by the hash of its content, put i
 the object store by the submitting process, and unpacked by each node on first use.
 Anything else (``pip``, ``conda``, ``container``, ...) raises ``ValueError``: nothing
 is accepted and ignored.  A driver's ``init(runtime_env=...)`` is the default of
-its tasks and actors; theirs override it key by key (``env_vars`` merge).
+its tasks and actors; theirs override it key by key (``env_vars`` merge).  A task or
+actor submitted from inside a task or actor inherits that one's environment, with its
+own fields over it in the same way (Ray's rule): the packages travel as the parent got
+them, so a child on another node unpacks the same ones.
 """
 
 from __future__ import annotations
@@ -76,6 +79,16 @@ def merge(base: dict, over: dict) -> dict:
     out = dict(base, **over)
     if "env_vars" in base and "env_vars" in over:
         out["env_vars"] = dict(base["env_vars"], **over["env_vars"])
+    return out
+
+
+def inherit(parent: dict, child: dict) -> dict:
+    """A travelling environment (``wire``) of a task or actor submitted from inside another:
+    the parent's, with the child's own fields over it (env_vars merged), as in Ray."""
+    if not parent:
+        return child
+    out = merge(parent, child)
+    out["given"] = merge(parent.get("given", {}), child.get("given", {}))
     return out
 
 

@@ -26,12 +26,20 @@ from typing import Any
 
 from .. import exceptions as exc
 
+# The environment of the running task as it travelled (api/runtime_env.py wire()):
+# its "given" entry is what the user wrote, the rest what was applied.
 _CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("meshcompute_runtime_env", default=None)
-_for_life: dict = {}  # an actor's environment, as it was given (api/runtime_env.py describe())
+_for_life: dict = {}  # an actor's environment, as it travelled
 
 
 def current() -> dict:
     """The runtime_env of the running task (or of this actor), as it was given; {} if none."""
+    return inherited().get("given", {})
+
+
+def inherited() -> dict:
+    """The running task's (or this actor's) environment as it travelled: what tasks and
+    actors it submits start from, as in Ray; {} outside any."""
     env = _CURRENT.get()
     return _for_life if env is None else env
 
@@ -74,7 +82,7 @@ def applied(env: dict) -> Iterator[None]:
     saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
     saved_cwd, saved_path = os.getcwd(), list(sys.path)
     dirs: list[str] = []
-    token = _CURRENT.set(env.get("given", {}))
+    token = _CURRENT.set(env)
     try:
         dirs = apply(env)
         yield
@@ -98,7 +106,7 @@ def apply_for_life(env: dict) -> None:
     """Apply an actor's ``env`` for the life of its process."""
     global _for_life
     apply(env)
-    _for_life = env.get("given", {})
+    _for_life = env
 
 
 def apply(env: dict) -> list[str]:
