@@ -187,6 +187,11 @@ class LeaseTable:
                 still.append(req)  # its arguments are on their way here
                 continue
             if not self.resources.fits(req.shape, spare):
+                removed = self.placement.removed_group(req.shape)
+                if removed is not None:  # its bundles are gone for good: waiting would be forever
+                    self.send(req.owner, Msg.LEASE_REFUSED, req.req_id,
+                              f"its placement group {removed} was removed")
+                    continue
                 target = self.placement.choose(req.shape, req.strategy, req.hints) if may_spill else None
                 if target is not None:
                     self.spillback(req, target)
