@@ -150,19 +150,21 @@ class RemoteFunction:
             self._prepared = (_shape(opts, 1.0), num_returns, max_retries, retry_exc, strategy)
         return self._prepared
 
-    def _with_env(self, core: Any) -> tuple[bytes, bytes]:
-        """The function as it travels: wrapped with its runtime_env when it has one."""
+    def _with_env(self, core: Any) -> tuple[bytes, bytes, tuple | None]:
+        """The function as it travels: wrapped with its runtime_env when it has one; and its
+        pip environment, if any (its tasks run only on workers of that environment)."""
         env = runtime_env.merge(core.runtime_env, runtime_env.check(self._options.get("runtime_env")))
         parent = inherited_env()  # submitted from a task or actor that has one: the child inherits it
         if not env and not parent:
-            return self._fn_bytes, self._fn_id
+            return self._fn_bytes, self._fn_id, None
         key = repr(sorted(env.items())) + _env_key(parent)
         cached = self._env_fns.get(key)
         if cached is None:
             wire = runtime_env.inherit(parent, runtime_env.wire(env, core.put))
             wrapped = WithEnv(self._fn_bytes, wire, self.__qualname__)
             fn_bytes = dumps_function(wrapped)
-            cached = self._env_fns[key] = (fn_bytes, hashlib.blake2b(fn_bytes, digest_size=12).digest())
+            cached = self._env_fns[key] = (fn_bytes, hashlib.blake2b(fn_bytes, digest_size=12).digest(),
+                                           wire.get("pip"))
         return cached
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -170,7 +172,7 @@ class RemoteFunction:
         shape, num_returns, max_retries, retry_exc, strategy = self._prepare()
         t = Task()
         t.task_id = ids.new_task_id()
-        t.fn_bytes, t.fn_id = self._with_env(core)
+        t.fn_bytes, t.fn_id, t.pip_env = self._with_env(core)
         t.name = self._options.get("name") or self.__qualname__
         t.args, t.kw_names = core.prepare_args(args, kwargs)
         t.num_returns = num_returns

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import exceptions as exc
+from .pip_env import ENV_VAR as PIP_ENV_VAR
 
 # The environment of the running task as it travelled (api/runtime_env.py wire()):
 # its "given" entry is what the user wrote, the rest what was applied.
@@ -111,6 +112,11 @@ def apply_for_life(env: dict) -> None:
 
 def apply(env: dict) -> list[str]:
     """Apply ``env`` to this process (an actor's, for its whole life); returns its directories."""
+    if env.get("pip") and os.environ.get(PIP_ENV_VAR) != env["pip"][0]:
+        # Leases of a pip environment go only to its workers: this would be a scheduling bug.
+        serves = os.environ.get(PIP_ENV_VAR) or "the node's own packages"
+        raise exc.RuntimeEnvSetupError(f"this worker does not serve the pip environment {env['pip'][0]} "
+                                       f"(it serves {serves})")
     os.environ.update(env.get("env_vars", {}))
     dirs = []
     for sha, ref in env.get("py_modules", ()):
