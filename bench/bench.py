@@ -44,7 +44,59 @@ WORKLOADS = [
     ("rss_mib", "total RSS of all processes (idle, after the run)", "MiB", False),
     ("pss_mib", "total PSS of all processes (shared pages split)", "MiB", False),
     ("memcpy_gbps", "memcpy of 100 MiB in this process (reference)", "GB/s", True),
+    ("memcpy_fresh_gbps", "copy of 100 MiB into fresh memory (limit for a put)", "GB/s", True),
+    ("put_of_memcpy", "put of 100 MiB / copy into fresh memory", "ratio", True),
+    ("zmq_rtt_us", "raw pyzmq round trip between 2 processes (limit)", "us", False),
+    ("sync_of_rtt", "task latency, sync / raw pyzmq round trip", "ratio", False),
 ]
+
+# Figures that compare a framework with a limit measured in the same process:
+# they are not compared across frameworks.
+LIMITS = {"memcpy_gbps", "memcpy_fresh_gbps", "put_of_memcpy", "zmq_rtt_us", "sync_of_rtt"}
+
+
+def _echo_server(addr: str) -> None:
+    """The other end of the raw round trip: a ROUTER that sends back what it gets."""
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    sock.bind(addr)
+    while True:
+        frames = sock.recv_multipart()
+        if frames[1] == b"stop":
+            return
+        sock.send_multipart(frames)
+
+
+def zmq_round_trip_us(n: int) -> float:
+    """One DEALER -> ROUTER -> DEALER round trip over ipc between two processes, in us.
+
+    The floor under a synchronous task: a task's request and its answer each
+    cross one such pipe (plus the work of both runtimes around them).
+    """
+    import multiprocessing
+    import tempfile
+
+    import zmq
+
+    addr = f"ipc://{tempfile.mkdtemp()}/echo"
+    proc = multiprocessing.get_context("spawn").Process(target=_echo_server, args=(addr,), daemon=True)
+    proc.start()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(addr)
+    payload = b"x" * 64
+    for _ in range(200):  # warm: connection made, both sides in their loops
+        sock.send(payload)
+        sock.recv()
+    t = time.perf_counter()
+    for _ in range(n):
+        sock.send(payload)
+        sock.recv()
+    dt = (time.perf_counter() - t) / n * 1e6
+    sock.send(b"stop")
+    proc.join(5)
+    sock.close(0)
+    return dt
 
 
 class _Streamed(dict):
@@ -199,6 +251,19 @@ def run_suite(name: str, repeat: int, quick: bool) -> dict:
         return big.nbytes / (time.perf_counter() - t) / 1e9
 
     out["memcpy_gbps"] = _median(memcpy, 5)
+
+    def memcpy_fresh():
+        # What a put must do at least: copy into memory never touched before.
+        t = time.perf_counter()
+        copy = big.copy()
+        dt = time.perf_counter() - t
+        del copy
+        return big.nbytes / dt / 1e9
+
+    out["memcpy_fresh_gbps"] = _median(memcpy_fresh, max(repeat, 5))
+    out["put_of_memcpy"] = out["put_100mib_gbps"] / out["memcpy_fresh_gbps"]
+    out["zmq_rtt_us"] = _median(lambda: zmq_round_trip_us(200 if quick else 2000), repeat)
+    out["sync_of_rtt"] = out["task_sync_us"] / out["zmq_rtt_us"]
     big = dst = None  # the benchmark's own data is not the framework's memory
     time.sleep(3)  # let idle workers settle (both frameworks stop extra idle workers)
     me = psutil.Process()
@@ -315,7 +380,7 @@ def main() -> None:
     for key, label, unit, higher in WORKLOADS:
         m, r = mesh_r.get(key), ray_r.get(key)
         ratio = None
-        if m and r:
+        if m and r and key not in LIMITS:
             ratio = (m / r) if higher else (r / m)
         line = f"{label:52} {unit:>8} {_fmt(m):>12} {_fmt(r):>12} {(_fmt(ratio) + 'x') if ratio else '-':>8}"
         if args.baseline:

@@ -281,10 +281,11 @@ class ObjectFetchTimedOutError(ObjectLostError):
 
 
 class TaskPlacementGroupRemoved(MeshError):
-    """Ray raises this for a task whose placement group was removed. meshcompute never
-    does: tasks running in the removed group's bundles are stopped and retried under
-    ``max_retries``, and a task waiting for a removed group's resources waits (a lease
-    that no node can grant) -- remove a group only once its work is done."""
+    """The task's placement group was removed before the task could run, as in Ray.
+
+    Tasks queued for the group, and tasks submitted to it afterwards, fail with it. A
+    task running in the group's bundles when it is removed is stopped and retried
+    under ``max_retries``; the retry then fails with this error."""
 
 
 class ActorPlacementGroupRemoved(ActorError):

@@ -285,6 +285,34 @@ def test_removing_a_group_gives_its_resources_back(mesh3):
     assert wait_for(lambda: _cpus_free() == before, timeout=10)
 
 
+def test_tasks_of_a_removed_group_fail_with_task_placement_group_removed(mesh3):
+    """Tasks queued behind the group's one CPU, and tasks submitted after the removal,
+    fail with Ray's error; before, they waited forever for bundles that were gone."""
+    from meshcompute.exceptions import TaskPlacementGroupRemoved
+
+    pg = placement_group([{"CPU": 1}])
+    assert pg.wait(30)
+    in_group = PlacementGroupSchedulingStrategy(pg)
+
+    @mesh.remote(num_cpus=1, max_retries=0)
+    def hold(seconds):
+        time.sleep(seconds)
+        return "done"
+
+    running = hold.options(scheduling_strategy=in_group).remote(60)
+    queued = [hold.options(scheduling_strategy=in_group).remote(0) for _ in range(3)]
+    time.sleep(0.5)  # the first holds the bundle; the others wait for it
+    remove_placement_group(pg)
+    for ref in queued:
+        with pytest.raises(TaskPlacementGroupRemoved, match="placement group"):
+            mesh.get(ref, timeout=30)
+    with pytest.raises(mesh.exceptions.MeshError):  # stopped with its bundle (no retries left)
+        mesh.get(running, timeout=30)
+    with pytest.raises(TaskPlacementGroupRemoved):
+        mesh.get(hold.options(scheduling_strategy=in_group).remote(0), timeout=30)
+    assert mesh.get(hold.remote(0), timeout=30) == "done"  # the rest of the mesh is unaffected
+
+
 # ------------------------------------------------------------------ failures
 
 

@@ -105,7 +105,8 @@ def test_actor_options_take_effect():
 REFUSED = [
     ("task", {"max_calls": 1}, "max_calls"),
     ("task", {"label_selector": {"zone": "a"}}, "label_selector"),
-    ("task", {"runtime_env": {"pip": ["requests"]}}, "pip"),
+    ("task", {"runtime_env": {"pip": {"packages": ["requests"], "pip_version": "==23"}}}, "pip_version"),
+    ("task", {"runtime_env": {"uv": ["requests"]}}, "uv"),
     ("task", {"runtime_env": {"working_dir": "s3://bucket/x.zip"}}, "remote URIs"),
     ("task", {"num_returns": "many"}, "num_returns"),
     ("actor", {"concurrency_groups": {"io": 2}}, "concurrency_groups"),

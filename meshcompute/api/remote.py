@@ -16,6 +16,7 @@ from ..sched.bundles import in_bundle
 from ..wire import ids
 from ..wire.serialization import dumps_function, serialize
 from ..worker.runtime_env import WithEnv
+from ..worker.runtime_env import inherited as inherited_env
 from . import runtime_env
 from .dag import ClassMethodNode, ClassNode, FunctionNode
 
@@ -149,17 +150,21 @@ class RemoteFunction:
             self._prepared = (_shape(opts, 1.0), num_returns, max_retries, retry_exc, strategy)
         return self._prepared
 
-    def _with_env(self, core: Any) -> tuple[bytes, bytes]:
-        """The function as it travels: wrapped with its runtime_env when it has one."""
+    def _with_env(self, core: Any) -> tuple[bytes, bytes, tuple | None]:
+        """The function as it travels: wrapped with its runtime_env when it has one; and its
+        pip environment, if any (its tasks run only on workers of that environment)."""
         env = runtime_env.merge(core.runtime_env, runtime_env.check(self._options.get("runtime_env")))
-        if not env:
-            return self._fn_bytes, self._fn_id
-        key = repr(sorted(env.items()))
+        parent = inherited_env()  # submitted from a task or actor that has one: the child inherits it
+        if not env and not parent:
+            return self._fn_bytes, self._fn_id, None
+        key = repr(sorted(env.items())) + _env_key(parent)
         cached = self._env_fns.get(key)
         if cached is None:
-            wrapped = WithEnv(self._fn_bytes, runtime_env.wire(env, core.put), self.__qualname__)
+            wire = runtime_env.inherit(parent, runtime_env.wire(env, core.put))
+            wrapped = WithEnv(self._fn_bytes, wire, self.__qualname__)
             fn_bytes = dumps_function(wrapped)
-            cached = self._env_fns[key] = (fn_bytes, hashlib.blake2b(fn_bytes, digest_size=12).digest())
+            cached = self._env_fns[key] = (fn_bytes, hashlib.blake2b(fn_bytes, digest_size=12).digest(),
+                                           wire.get("pip"))
         return cached
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -167,7 +172,7 @@ class RemoteFunction:
         shape, num_returns, max_retries, retry_exc, strategy = self._prepare()
         t = Task()
         t.task_id = ids.new_task_id()
-        t.fn_bytes, t.fn_id = self._with_env(core)
+        t.fn_bytes, t.fn_id, t.pip_env = self._with_env(core)
         t.name = self._options.get("name") or self.__qualname__
         t.args, t.kw_names = core.prepare_args(args, kwargs)
         t.num_returns = num_returns
@@ -177,6 +182,20 @@ class RemoteFunction:
         t.strategy = _strategy_wire(strategy)
         t.method = None
         return _unwrap(core.submit(t), num_returns)
+
+
+def _env_key(wire: dict) -> str:
+    """A travelling environment's identity: packages by their hash, the rest by value."""
+    if not wire:
+        return ""
+    parts = []
+    for k, v in sorted(wire.items()):
+        if k == "working_dir":
+            v = v[0]
+        elif k == "py_modules":
+            v = [sha for sha, _ in v]
+        parts.append((k, v))
+    return repr(parts)
 
 
 def _create_actor(core: Any, actor_id: bytes, spec: dict, frames: list) -> tuple:
@@ -307,8 +326,8 @@ class ActorClass:
             "name": opts.get("name"), "namespace": namespace, "lifetime": lifetime,
             "get_if_exists": opts.get("get_if_exists", False), "handle_meta": handle_meta,
             "strategy": _strategy_wire(opts.get("scheduling_strategy")),
-            "runtime_env": runtime_env.wire(runtime_env.merge(core.runtime_env,
-                                                              runtime_env.check(opts.get("runtime_env"))), core.put),
+            "runtime_env": runtime_env.inherit(inherited_env(), runtime_env.wire(
+                runtime_env.merge(core.runtime_env, runtime_env.check(opts.get("runtime_env"))), core.put)),
         }
         answer = _create_actor(core, actor_id, spec, frames)
         if answer[0] == "error":

@@ -6,6 +6,14 @@ Supported, as in Ray:
 * ``working_dir``: a local directory (or ``.zip``); the task runs in a copy of it,
   importable, unpacked once per node;
 * ``py_modules``: local directories (or ``.zip`` files) put on the import path;
+* ``pip``: a list of requirements (or the path of a requirements file, or
+  ``{"packages": ..., "pip_check": bool}``), installed once per node into a
+  virtualenv that sees the node's own packages (so pip adds only what is missing
+  or in another version); the tasks of an environment run on workers of their
+  own, started in that virtualenv (worker/pip_env.py), and so do its actors.  A
+  failed installation raises ``RuntimeEnvSetupError`` with pip's words (an
+  actor's calls raise ``ActorDiedError`` with them).  Requirements that are local
+  paths must exist on every node;
 * ``worker_process_setup_hook``: a function (or the ``"module.function"`` name of
   one) that each worker process runs once, before the first task or actor of that
   environment (worker processes are shared between environments, so it runs where
@@ -13,9 +21,12 @@ Supported, as in Ray:
 
 Directories travel once: each is zipped, named by the hash of its content, put in
 the object store by the submitting process, and unpacked by each node on first use.
-Anything else (``pip``, ``conda``, ``container``, ...) raises ``ValueError``: nothing
+Anything else (``conda``, ``uv``, ``container``, ...) raises ``ValueError``: nothing
 is accepted and ignored.  A driver's ``init(runtime_env=...)`` is the default of
-its tasks and actors; theirs override it key by key (``env_vars`` merge).
+its tasks and actors; theirs override it key by key (``env_vars`` merge).  A task or
+actor submitted from inside a task or actor inherits that one's environment, with its
+own fields over it in the same way (Ray's rule): the packages travel as the parent got
+them, so a child on another node unpacks the same ones.
 """
 
 from __future__ import annotations
@@ -28,8 +39,9 @@ import zipfile
 from typing import Any
 
 from ..wire.serialization import dumps_function
+from ..worker.pip_env import pip_wire
 
-SUPPORTED = ("env_vars", "working_dir", "py_modules", "worker_process_setup_hook")
+SUPPORTED = ("env_vars", "working_dir", "py_modules", "worker_process_setup_hook", "pip")
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024
 """A working_dir or py_module zips to at most this (as Ray's 100 MiB limit): bigger data
 belongs in the object store or on shared storage."""
@@ -48,7 +60,7 @@ def check(env: Any) -> dict:
     unknown = sorted(set(env) - set(SUPPORTED))
     if unknown:
         raise ValueError(f"runtime_env key(s) {', '.join(map(repr, unknown))} are not supported; meshcompute "
-                         f"supports {', '.join(SUPPORTED)}. Install packages on every node instead of 'pip'.")
+                         f"supports {', '.join(SUPPORTED)}.")
     out: dict = {}
     if env.get("env_vars"):
         ev = env["env_vars"]
@@ -62,6 +74,8 @@ def check(env: Any) -> dict:
         if not isinstance(mods, (list, tuple)):
             raise ValueError("runtime_env['py_modules'] must be a list of local directories or .zip files")
         out["py_modules"] = [_local_path(m, "py_modules") for m in mods]
+    if env.get("pip"):
+        out["pip"] = _check_pip(env["pip"])
     hook = env.get("worker_process_setup_hook")
     if hook:
         if not (callable(hook) or (isinstance(hook, str) and "." in hook.strip("."))):
@@ -71,11 +85,50 @@ def check(env: Any) -> dict:
     return out
 
 
+def _check_pip(value: Any) -> dict:
+    """Ray's forms of ``pip``: a list of requirements, the path of a requirements file, or
+    ``{"packages": either, "pip_check": bool}``; returns ``{"packages": [...], "pip_check": bool}``."""
+    pip_check = False
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"packages", "pip_check", "pip_version"})
+        if unknown:
+            raise ValueError(f"runtime_env['pip'] has unknown field(s) {unknown}: give 'packages' and "
+                             "optionally 'pip_check'")
+        if value.get("pip_version"):
+            raise ValueError("runtime_env['pip']['pip_version'] is not supported: environments are "
+                             "installed with the pip of the node's Python; remove it")
+        pip_check = bool(value.get("pip_check", False))
+        value = value.get("packages")
+    if isinstance(value, (str, os.PathLike)):
+        path = os.path.abspath(os.fspath(value))
+        try:
+            with open(path) as f:
+                value = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as e:
+            raise ValueError(f"runtime_env['pip']: cannot read the requirements file {path}: {e}") from None
+    if not isinstance(value, (list, tuple)) or not value or \
+            not all(isinstance(r, str) and r.strip() and "\n" not in r for r in value):
+        raise ValueError("runtime_env['pip'] must be a non-empty list of requirement strings "
+                         "(as in a requirements file), the path of a requirements file, or "
+                         "{'packages': ..., 'pip_check': bool}")
+    return {"packages": [r.strip() for r in value], "pip_check": pip_check}
+
+
 def merge(base: dict, over: dict) -> dict:
     """A task's runtime_env over its driver's: key by key, env_vars merged."""
     out = dict(base, **over)
     if "env_vars" in base and "env_vars" in over:
         out["env_vars"] = dict(base["env_vars"], **over["env_vars"])
+    return out
+
+
+def inherit(parent: dict, child: dict) -> dict:
+    """A travelling environment (``wire``) of a task or actor submitted from inside another:
+    the parent's, with the child's own fields over it (env_vars merged), as in Ray."""
+    if not parent:
+        return child
+    out = merge(parent, child)
+    out["given"] = merge(parent.get("given", {}), child.get("given", {}))
     return out
 
 
@@ -102,6 +155,8 @@ def wire(env: dict, put: Any) -> dict:
         # A module directory is importable by its name: it is packed under that name.
         out["py_modules"] = [_package(m, put, os.path.basename(m) if os.path.isdir(m) else "")
                              for m in env["py_modules"]]
+    if env.get("pip"):
+        out["pip"] = pip_wire(env["pip"]["packages"], env["pip"]["pip_check"])
     hook = env.get("worker_process_setup_hook")
     if hook:  # a name travels as it is, a function pickled (by value when it is __main__'s)
         out["worker_process_setup_hook"] = hook if isinstance(hook, str) else dumps_function(hook, "setup hook")

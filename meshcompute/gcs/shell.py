@@ -221,6 +221,7 @@ class Control:
             try:
                 self.reconcile_bundles()
                 self._answer_pg_waiters()
+                self.node.schedule()  # lease requests for a removed group are refused there
             except Exception:
                 log.error("placement group bookkeeping failed:\n%s", traceback.format_exc())
             parked, self.parked = self.parked, []

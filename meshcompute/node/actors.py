@@ -20,6 +20,7 @@ from ..sched.bundles import group_of
 from ..sched.resources import ResourcePool, normalize_shape
 from ..wire.messages import Msg
 from ..wire.transport import node_of
+from ..worker.pip_env import checked, failure
 from .placement import Placement
 from .workers import Worker, WorkerPool
 
@@ -191,7 +192,8 @@ class ActorDirectory:
     def _place(self, a: Actor, idle: list[Worker], may_own: Callable[[str, float], bool]) -> None:
         a.gpu_ids = self.resources.acquire(a.shape)
         now = time.monotonic()
-        free = [w for w in idle if not (w.ran_tasks and may_own(w.addr, now - w.idle_since))]
+        env = self._pip_env(a)
+        free = [w for w in idle if w.env == env and not (w.ran_tasks and may_own(w.addr, now - w.idle_since))]
         if free:
             w = free[-1]
             idle.remove(w)
@@ -199,9 +201,21 @@ class ActorDirectory:
             a.worker_id = w.worker_id
             self.send(w.addr, Msg.BECOME_ACTOR, a.actor_id, a.spec, a.restarts, a.gpu_ids, frames=a.frames)
         else:
-            w = self.workers.fork()
+            w = self.workers.start_env_worker(env) if env else self.workers.fork()
             w.actor_id = a.actor_id
             a.worker_id = w.worker_id
+
+    def _pip_env(self, a: Actor) -> str:
+        """The actor's pip runtime_env by hash ("" for none): only a worker of it may host it."""
+        pip = (a.spec.get("runtime_env") or {}).get("pip")
+        if pip is None:
+            return ""
+        try:
+            env, requirements, options = checked(pip)
+        except ValueError:
+            return ""  # the worker refuses it when applying the environment: the actor fails there
+        self.workers.know_env(env, requirements, options)
+        return env
 
     def worker_registered(self, w: Worker) -> bool:
         """A worker forked for an actor said hello: make it that actor.  False if it is a plain worker."""
@@ -315,6 +329,8 @@ class ActorDirectory:
 
     def worker_exited(self, w: Worker, reason: str) -> None:
         if w.actor_id is not None:
+            if w.env and not w.addr:  # its pip environment's worker never served: say why
+                reason = failure(self.workers.session_dir, w.env, reason)
             a = self.actors.get(w.actor_id)
             if a is not None and reason == ACTOR_EXITED:  # it ended itself: not restarted (Ray's exit_actor)
                 a.no_restart, a.reason = True, reason

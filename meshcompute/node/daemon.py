@@ -97,7 +97,7 @@ class Daemon:
         self.workers = WorkerPool(session_dir, node_id, host, num_cpus)
         self.processes = Processes()
         self.placement = Placement(node_id, self.resources, self.peer_views,
-                                   lambda shape: self.control.group_nodes(shape), lambda: len(self.leases.pending))
+                                   lambda: self.control, lambda: len(self.leases.pending))
         self.leases = LeaseTable(self.resources, self.workers, self.placement, self.send, self.schedule,
                                  lambda args, done: self.pulls.prefetch_args(args, done))
         self.actors = ActorDirectory(node_id, lambda: self.address, self.resources, self.workers,

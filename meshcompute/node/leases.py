@@ -17,6 +17,7 @@ from typing import Any
 from ..sched.bundles import group_of
 from ..sched.resources import ResourcePool, normalize_shape
 from ..wire.messages import Msg
+from ..worker.pip_env import checked, failure
 from .placement import Placement
 from .workers import Worker, WorkerPool
 
@@ -44,6 +45,7 @@ class LeaseRequest:
     warned: bool = False
     revoked: bool = False
     fetching: int = 0  # arguments still being pulled here: granted only once they are local
+    env: str = ""  # its pip runtime_env (worker/pip_env.py): only a worker of it may take the lease
 
 
 class LeaseTable:
@@ -88,6 +90,8 @@ class LeaseTable:
         if not isinstance(hints, dict):
             hints = {}
         req = LeaseRequest(sender, req_id, shape, strategy=strategy, hints=hints)
+        if hints.get("pip") is not None:
+            req.env = self._pip_env(hints["pip"])  # ValueError: a malformed one drops the message
         target = self.placement.choose(req.shape, req.strategy, req.hints)
         if target is not None:
             self.spillback(req, target)
@@ -100,6 +104,21 @@ class LeaseTable:
             self.send(sender, Msg.LEASE_INFEASIBLE, req_id, req.shape, self.resources.largest())
         self.pending.append(req)
         self.schedule()
+
+    def _pip_env(self, pip: Any) -> str:
+        env, requirements, options = checked(pip)
+        self.workers.know_env(env, requirements, options)
+        return env
+
+    def env_failed(self, w: Worker, reason: str) -> None:
+        """A worker of a pip environment exited before it served: its installation failed
+        (its reason is in the environment's ``.failed`` file), so the requests waiting for
+        that environment are refused; a later request tries the installation again."""
+        why = failure(self.workers.session_dir, w.env, reason)
+        refused = [r for r in self.pending if r.env == w.env]
+        self.pending = collections.deque(r for r in self.pending if r.env != w.env)
+        for req in refused:
+            self.send(req.owner, Msg.LEASE_REFUSED, req.req_id, "runtime_env", why)
 
     def _fetched(self, req: LeaseRequest) -> None:
         req.fetching -= 1
@@ -153,6 +172,8 @@ class LeaseTable:
 
     def worker_exited(self, w: Worker, reason: str) -> None:
         """A leased worker died: release its lease and tell the owner (unless we killed it)."""
+        if w.env and not w.addr and not w.expected_exit:
+            self.env_failed(w, reason)
         if w.lease_id is None:
             return
         lease = self.leases.pop(w.lease_id, None)
@@ -179,6 +200,7 @@ class LeaseTable:
         """Grant what fits to idle workers, spill back what fits elsewhere, revoke idle leases
         if requests are stuck.  Returns how many workers the grants still need."""
         needs_worker = 0
+        needs_env: collections.Counter[str] = collections.Counter()  # workers of pip environments
         still: collections.deque[LeaseRequest] = collections.deque()
         # What is left after the requests already waiting for a worker to start.
         spare = dict(self.resources.available)
@@ -187,30 +209,40 @@ class LeaseTable:
                 still.append(req)  # its arguments are on their way here
                 continue
             if not self.resources.fits(req.shape, spare):
+                removed = self.placement.removed_group(req.shape)
+                if removed is not None:  # its bundles are gone for good: waiting would be forever
+                    self.send(req.owner, Msg.LEASE_REFUSED, req.req_id, "placement_group",
+                              f"its placement group {removed} was removed")
+                    continue
                 target = self.placement.choose(req.shape, req.strategy, req.hints) if may_spill else None
                 if target is not None:
                     self.spillback(req, target)
                     continue
                 still.append(req)
                 continue
-            if not idle:
-                needs_worker += 1
+            w = _take_idle(idle, req.env)
+            if w is None:
+                if req.env:
+                    needs_env[req.env] += 1
+                else:
+                    needs_worker += 1
                 for k, v in req.shape:
                     spare[k] = spare.get(k, 0.0) - v
                 still.append(req)
                 continue
             for k, v in req.shape:
                 spare[k] = spare.get(k, 0.0) - v
-            w = idle.pop()
             gpu_ids = self.resources.acquire(req.shape)
             lease_id = os.urandom(8)
             self.leases[lease_id] = Lease(lease_id, req.owner, w.worker_id, req.shape, gpu_ids)
             w.state, w.lease_id, w.ran_tasks = "leased", lease_id, True
             self.send(req.owner, Msg.LEASE_GRANTED, req.req_id, lease_id, w.addr, w.worker_id, gpu_ids)
         self.pending = still
+        if needs_env:
+            self.workers.ensure_starting(0, needs_env)
         # Requests that fit the node but not what is free: idle leases may hold it.
         now = time.monotonic()
-        if len(still) > needs_worker and now - self._last_revoke > REVOKE_EVERY_S:
+        if len(still) > needs_worker + sum(needs_env.values()) and now - self._last_revoke > REVOKE_EVERY_S:
             waiting = {req.owner for req in still if self.resources.feasible(req.shape)}
             if waiting:
                 self._last_revoke = now
@@ -220,3 +252,11 @@ class LeaseTable:
                     if waiting - {owner}:
                         self.send(owner, Msg.LEASE_REVOKE, len(waiting - {owner}))
         return needs_worker
+
+
+def _take_idle(idle: list[Worker], env: str) -> Worker | None:
+    """An idle worker serving ``env`` (a pip environment's hash; "" the node's own), taken from ``idle``."""
+    for i in range(len(idle) - 1, -1, -1):
+        if idle[i].env == env:
+            return idle.pop(i)
+    return None

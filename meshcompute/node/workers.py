@@ -9,6 +9,7 @@ exited.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ class Worker:
     idle_since: float = 0.0
     expected_exit: bool = False
     ran_tasks: bool = False  # it was leased: objects its tasks made may be its own
+    env: str = ""  # the pip runtime_env it serves, by hash (worker/pip_env.py); "" the node's own
 
 
 def kill_pid(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -69,6 +71,8 @@ class WorkerPool:
         self.by_addr: dict[str, Worker] = {}
         self.by_pid: dict[int, Worker] = {}
         self.starting = 0
+        self.starting_env: collections.Counter[str] = collections.Counter()  # the same, by pip env
+        self.envs: dict[str, tuple[list[str], list[str]]] = {}  # pip env -> (requirements, options)
         self.zygote_pid = 0
         self._cmd = -1
         self.events_fd = -1  # the loop polls it; read_events() when readable
@@ -112,10 +116,37 @@ class WorkerPool:
         os.write(self._cmd, f"F {wid}\n".encode())
         return w
 
-    def ensure_starting(self, needed: int) -> None:
-        """Fork so that ``needed`` workers are on their way (counting those already starting)."""
+    def ensure_starting(self, needed: int, needed_env: collections.Counter | None = None) -> None:
+        """Fork so that ``needed`` workers are on their way (counting those already starting),
+        and ``needed_env[env]`` workers of each pip environment."""
         for _ in range(max(0, needed - self.starting)):
             self.fork()
+        for env, n in (needed_env or {}).items():
+            for _ in range(max(0, n - self.starting_env[env])):
+                self.start_env_worker(env)
+
+    def know_env(self, env: str, requirements: list[str], options: list[str]) -> None:
+        """Remember what pip environment ``env`` installs (from a lease request that needs it)."""
+        self.envs.setdefault(env, (requirements, options))
+
+    def start_env_worker(self, env: str) -> Worker:
+        """Start a worker of pip environment ``env``: it installs the environment first if
+        this node has not (worker/pip_env.py), which may take a while."""
+        from ..worker.pip_env import requirements_path
+
+        path = requirements_path(self.session_dir, env)
+        if not os.path.exists(path):
+            requirements, options = self.envs[env]
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(f"{path}.tmp", "w") as f:
+                f.write(" ".join(options) + "\n" + "".join(r + "\n" for r in requirements))
+            os.replace(f"{path}.tmp", path)
+        wid = ids.random_id()
+        w = Worker(wid, env=env)
+        self.workers[wid] = w
+        self.starting_env[env] += 1
+        os.write(self._cmd, f"P {wid} {env}\n".encode())
+        return w
 
     def read_events(self) -> tuple[list[tuple[Worker, str]], bool]:
         """Read the zygote's reports: ``(exited workers with a reason, zygote alive)``.
@@ -154,15 +185,21 @@ class WorkerPool:
         if w is None:
             w = self.workers[worker_id] = Worker(worker_id)
         else:
-            self.starting -= 1
+            self._started(w)
         w.pid, w.addr = pid, addr
         self.by_addr[addr] = w
         self.by_pid[pid] = w
         return w
 
+    def _started(self, w: Worker) -> None:
+        if w.env:
+            self.starting_env[w.env] -= 1
+        else:
+            self.starting -= 1
+
     def _forget(self, w: Worker) -> None:
         if w.state == "starting":
-            self.starting -= 1
+            self._started(w)
         w.state = "dead"
         self.workers.pop(w.worker_id, None)
         if w.addr:

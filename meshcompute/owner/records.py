@@ -15,7 +15,7 @@ class Task:
     __slots__ = (
         "task_id", "fn_id", "fn_bytes", "name", "args", "kw_names", "num_returns",
         "return_ids", "shape", "retries_left", "retry_exceptions", "deps", "lease",
-        "cancelled", "actor_id", "method", "dispatched", "holds", "strategy", "key",
+        "cancelled", "actor_id", "method", "dispatched", "holds", "strategy", "key", "pip_env",
     )
 
     def __init__(self) -> None:
@@ -27,6 +27,9 @@ class Task:
         self.dispatched = False
         self.holds: list = []
         self.key: tuple = ()
+        # (hash, requirements, options) of its pip runtime_env (worker/pip_env.py): it runs only
+        # on a worker of that environment, so the environment is part of its scheduling key.
+        self.pip_env: tuple | None = None
 
 
 class Lease:

@@ -48,6 +48,7 @@ from .listing import driver_lane
 from .object_ref import ObjectRef
 from .objects import READY, Entry, ObjectTable, Waiter
 from .records import Task
+from .refused import on_lease_refused
 from .store_client import StoreClient
 from .streams import Stream, Streams
 from .tasks import TaskQueues
@@ -188,6 +189,7 @@ class Core:
         return {
             Msg.LEASE_GRANTED: tasks.on_lease_granted,
             Msg.LEASE_INFEASIBLE: tasks.on_lease_infeasible,
+            Msg.LEASE_REFUSED: lambda sender, msg, frames: on_lease_refused(tasks, sender, msg, frames),
             Msg.LEASE_REVOKE: tasks.on_lease_revoke,
             Msg.LEASE_SPILLBACK: tasks.on_lease_spillback,
             Msg.WORKER_DIED: tasks.on_worker_died,

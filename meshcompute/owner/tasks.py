@@ -141,7 +141,9 @@ class TaskQueues:
         if t.cancelled or t.task_id not in self.tasks or self.failed_arg(t):
             return
         locality = self.locality(t)
-        if locality:
+        if t.pip_env is not None:  # only its environment's workers run it: leases of its own
+            t.key = scheduling_key(t.shape, t.strategy, locality) + (t.pip_env[0],)
+        elif locality:
             t.key = scheduling_key(t.shape, t.strategy, locality)
         else:  # most tasks: the key of a (shape, strategy) pair, computed once
             t.key = self._plain_keys.get((t.shape, t.strategy))
@@ -219,7 +221,7 @@ class TaskQueues:
             daemon = self.daemon_for(key)
             # A request sent past our own daemon counts as placed: that daemon grants or waits.
             hints = {"locality": self.locality(head), "spilled": daemon != self.io.daemon_addr,
-                     "args": self.stored_args(head)}
+                     "args": self.stored_args(head), "pip": head.pip_env}
             for _ in range(want):
                 req_id = self.io.next_req_id()
                 self.requests[req_id] = LeaseRequest(key, daemon, head.shape, head.strategy)
@@ -388,7 +390,7 @@ class TaskQueues:
             return
         req.daemon = daemon_addr
         q = self.queues.get(req.key)
-        hints = {"spilled": True, "locality": self.locality(q[0]) if q else {}}
+        hints = {"spilled": True, "locality": self.locality(q[0]) if q else {}, "pip": q[0].pip_env if q else None}
         self._send(daemon_addr, Msg.REQUEST_LEASE, req_id, req.shape, req.strategy, hints)
 
     def on_lease_infeasible(self, sender: str, msg: tuple, frames: list) -> None:

@@ -60,7 +60,7 @@ def lease_target(key: tuple, here: str, alive: Container[str]) -> str:
     every other case ``here``, whose daemon places the request (SPREAD,
     placement groups, load).
     """
-    shape, strategy, preferred = key
+    shape, strategy, preferred = key[:3]  # a fourth entry, a pip environment, does not place
     for name, _ in shape:
         if name.startswith("node:"):
             node = name[len("node:"):]

@@ -51,6 +51,7 @@ class Msg(IntEnum):
     BECOME_ACTOR = 23  # daemon hands a fresh worker an actor to construct
     ACTOR_READY = 24  # worker reports its actor constructed (or failed)
     REPLY = 25  # generic answer to a request carrying req_id
+    LEASE_REFUSED = 26  # never granted: its placement group was removed, or its runtime_env failed
     # 26 retired (SHUTDOWN: nothing sent it; a node stops on SIGTERM)
     CANCEL_LEASE_REQUEST = 27
     # process <-> process
@@ -103,6 +104,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.REQUEST_LEASE: ("req_id", "shape", "strategy", "hints"),
     Msg.LEASE_GRANTED: ("req_id", "lease_id", "worker_addr", "worker_id", "gpu_ids"),
     Msg.LEASE_INFEASIBLE: ("req_id", "shape", "largest_node"),
+    Msg.LEASE_REFUSED: ("req_id", "kind", "reason"),
     Msg.RETURN_LEASE: ("lease_id",),
     Msg.LEASE_REVOKE: ("count",),
     Msg.WORKER_DIED: ("lease_id", "worker_id", "reason"),

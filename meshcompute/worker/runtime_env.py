@@ -25,13 +25,22 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import exceptions as exc
+from .pip_env import ENV_VAR as PIP_ENV_VAR
 
+# The environment of the running task as it travelled (api/runtime_env.py wire()):
+# its "given" entry is what the user wrote, the rest what was applied.
 _CURRENT: contextvars.ContextVar[dict | None] = contextvars.ContextVar("meshcompute_runtime_env", default=None)
-_for_life: dict = {}  # an actor's environment, as it was given (api/runtime_env.py describe())
+_for_life: dict = {}  # an actor's environment, as it travelled
 
 
 def current() -> dict:
     """The runtime_env of the running task (or of this actor), as it was given; {} if none."""
+    return inherited().get("given", {})
+
+
+def inherited() -> dict:
+    """The running task's (or this actor's) environment as it travelled: what tasks and
+    actors it submits start from, as in Ray; {} outside any."""
     env = _CURRENT.get()
     return _for_life if env is None else env
 
@@ -74,7 +83,7 @@ def applied(env: dict) -> Iterator[None]:
     saved_env = {k: os.environ.get(k) for k in env.get("env_vars", {})}
     saved_cwd, saved_path = os.getcwd(), list(sys.path)
     dirs: list[str] = []
-    token = _CURRENT.set(env.get("given", {}))
+    token = _CURRENT.set(env)
     try:
         dirs = apply(env)
         yield
@@ -98,11 +107,16 @@ def apply_for_life(env: dict) -> None:
     """Apply an actor's ``env`` for the life of its process."""
     global _for_life
     apply(env)
-    _for_life = env.get("given", {})
+    _for_life = env
 
 
 def apply(env: dict) -> list[str]:
     """Apply ``env`` to this process (an actor's, for its whole life); returns its directories."""
+    if env.get("pip") and os.environ.get(PIP_ENV_VAR) != env["pip"][0]:
+        # Leases of a pip environment go only to its workers: this would be a scheduling bug.
+        serves = os.environ.get(PIP_ENV_VAR) or "the node's own packages"
+        raise exc.RuntimeEnvSetupError(f"this worker does not serve the pip environment {env['pip'][0]} "
+                                       f"(it serves {serves})")
     os.environ.update(env.get("env_vars", {}))
     dirs = []
     for sha, ref in env.get("py_modules", ()):

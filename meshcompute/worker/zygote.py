@@ -6,6 +6,8 @@ worker is then a ``fork()`` away, ready in milliseconds and sharing those pages.
 
 Pipe protocol, one ASCII line per message:
   daemon -> zygote: ``F <worker_id>``          fork a worker
+                    ``P <worker_id> <env>``    start a worker of pip environment ``env``
+                                               in a fresh interpreter (worker/pip_env.py)
                     ``K <pid> <signal>``         signal a worker
   zygote -> daemon: ``S <worker_id> <pid>``    a worker started
                     ``X <pid> <wait status>``  a worker exited
@@ -83,7 +85,7 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
             parts = line.decode().split()
             if not parts:
                 continue
-            if parts[0] == "F":
+            if parts[0] in ("F", "P"):
                 worker_id = parts[1]
                 zygote_pid = os.getpid()
                 pid = os.fork()
@@ -96,6 +98,10 @@ def run_zygote(cmd_r: int, evt_w: int, session_dir: str, node_id: str, host: str
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     code = 1
                     try:
+                        if parts[0] == "P":  # a new interpreter: same pid, so reported as any other
+                            os.execv(sys.executable, [sys.executable, "-m", "meshcompute.worker.pip_env", "install",
+                                                      session_dir, node_id, host or "-", worker_id,
+                                                      str(zygote_pid), parts[2]])
                         code = worker_main.main(session_dir, node_id, host, worker_id, zygote_pid)
                     except BaseException:  # noqa: BLE001
                         import traceback
