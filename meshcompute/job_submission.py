@@ -290,6 +290,8 @@ def _wire_runtime_env(runtime_env: dict | None) -> tuple[dict, list[bytes]]:
         wire["env_vars"] = env["env_vars"]
     if hook:
         wire["worker_process_setup_hook"] = hook
+    if env.get("pip"):  # installed where the job's tasks and actors run, not for its driver
+        wire["pip"] = env["pip"]
     if env.get("working_dir"):
         packages.append(zip_package(env["working_dir"]))
         wire["working_dir"] = 0

@@ -164,6 +164,8 @@ class Jobs:
             inherited["env_vars"] = dict(env_vars)
         if runtime_env.get("worker_process_setup_hook"):
             inherited["worker_process_setup_hook"] = runtime_env["worker_process_setup_hook"]
+        if runtime_env.get("pip"):
+            inherited["pip"] = runtime_env["pip"]  # checked again by the driver's init()
         env.update(env_vars)
         if paths:
             env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [env.get("PYTHONPATH")])])
