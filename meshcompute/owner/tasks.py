@@ -34,6 +34,7 @@ from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
 from ..wire.transport import node_of
+from .handoff import release_handoff
 from .io import OwnerIo
 from .lineage import Lineage
 from .object_ref import rebuild_ref
@@ -522,7 +523,7 @@ class TaskQueues:
                     borrows.extend(ctx.new_borrows)
                 self.objects.resolve(oid, e)
             if any(r[-1] for r in returns) and sender != self.io.address:
-                self._release_handoff(sender, task_id, borrows)
+                release_handoff(self.io, self.objects, sender, task_id, borrows)
             if t.actor_id is None:
                 self.lineage.finished(t)
             t.args = []
@@ -533,29 +534,6 @@ class TaskQueues:
             self.dispatch(lease.key)
             if not lease.inflight:
                 self.lease_idle(lease)
-
-    def _release_handoff(self, worker: str, task_id: bytes, borrows: list) -> None:
-        """Let the worker drop its hold on the refs inside a task's results, once their owners
-        know we borrow them: the worker's own objects at once (our ADD_BORROWER travels the
-        same pipe, ahead of RELEASE_HANDOFF), a third process's once it acknowledged."""
-        third = [ref for ref in borrows if ref._owner != worker]
-        for ref in borrows:
-            if ref._owner == worker:
-                self.objects.add_borrow(ref._id, ref._owner)
-        if not third:
-            self._send(worker, Msg.RELEASE_HANDOFF, task_id)
-            return
-        left = [len(third)]
-
-        def acknowledged(_value: Any) -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                self._send(worker, Msg.RELEASE_HANDOFF, task_id)
-
-        for ref in third:
-            req_id = self.io.next_req_id()
-            self.io.on_reply(req_id, acknowledged)
-            self.objects.add_borrow(ref._id, ref._owner, req_id)
 
     def _retryable(self, t: Task, r: tuple, frames: list) -> bool:
         """Does this user exception qualify for a retry under retry_exceptions?"""
