@@ -389,7 +389,8 @@ class TaskQueues:
             return
         req.daemon = daemon_addr
         q = self.queues.get(req.key)
-        hints = {"spilled": True, "locality": self.locality(q[0]) if q else {}}
+        # Sent back to our own daemon (a peer had no room after all): it waits and is placed there.
+        hints = {"spilled": daemon_addr != self.io.daemon_addr, "locality": self.locality(q[0]) if q else {}}
         self._send(daemon_addr, Msg.REQUEST_LEASE, req_id, req.shape, req.strategy, hints)
 
     def on_lease_infeasible(self, sender: str, msg: tuple, frames: list) -> None:
