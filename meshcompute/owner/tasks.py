@@ -2,8 +2,9 @@
 
 Ray's owner model: to run tasks the owner leases a worker from a daemon for one
 *scheduling key* (resource shape, strategy, preferred node), pushes tasks
-straight to it (several in flight when they are known to be short), and
-returns the lease when its queue runs dry.  The daemon is off the per-task path.
+straight to it (several in flight when they are known to be short, one waiting
+behind another when known to run under 15 ms), and returns the lease when its
+queue runs dry.  The daemon is off the per-task path.
 
 Invariants (all state lives on the I/O thread):
 
@@ -185,13 +186,13 @@ class TaskQueues:
             # burst, usually none: this runs for every task submitted, so it stays cheap).
             room = 0
             for ls in leases:
-                free = depth_limit(ls.runs_long, ls.blocked) - len(ls.inflight)
+                free = depth_limit(ls.depth, ls.blocked) - len(ls.inflight)
                 if free > 0:
                     room += free
             if room:
-                slots = [(len(ls.inflight), depth_limit(ls.runs_long, ls.blocked)) for ls in leases]
-                short = self.run_times.is_short
-                plan = plan_pushes([short(t.fn_id) for t in itertools.islice(q, room)], slots)
+                slots = [(len(ls.inflight), depth_limit(ls.depth, ls.blocked)) for ls in leases]
+                depth = self.run_times.depth
+                plan = plan_pushes([depth(t.fn_id) for t in itertools.islice(q, room)], slots)
                 batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]
                 for lease, batch in batches:
                     self._push(lease, batch)
@@ -297,7 +298,7 @@ class TaskQueues:
         specs = []
         sent = self.fn_sent[lease.worker_addr]
         if not lease.inflight:
-            lease.runs_long = not self.run_times.is_short(batch[0].fn_id)
+            lease.depth = self.run_times.depth(batch[0].fn_id)
         for t in batch:
             fn_bytes = None
             if t.fn_id not in sent:

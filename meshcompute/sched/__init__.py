@@ -27,6 +27,7 @@ from .keys import lease_target, preferred_node, scheduling_key
 from .pipeline import (
     MAX_LEASE_REQUESTS,
     MAX_PIPELINE,
+    MEDIUM_TASK_S,
     SHORT_TASK_S,
     RunTimes,
     depth_limit,
@@ -46,7 +47,7 @@ from .resources import ResourcePool, Shape, feasible, fits, normalize_shape
 from .views import NodeView, local_view
 
 __all__ = [
-    "MAX_LEASE_REQUESTS", "MAX_PIPELINE", "SHORT_TASK_S", "NodeView", "PlacementRequest", "RecentSends",
+    "MAX_LEASE_REQUESTS", "MAX_PIPELINE", "MEDIUM_TASK_S", "SHORT_TASK_S", "NodeView", "PlacementRequest", "RecentSends",
     "ResourcePool", "RunTimes", "Shape", "SpreadCursor", "choose_node", "depth_limit", "feasible",
     "feasible_anywhere", "fits", "group_target", "lease_requests_delta", "local_view", "normalize_shape",
     "lease_target", "normalize_strategy", "plan_pushes", "preferred_node", "scheduling_key",
