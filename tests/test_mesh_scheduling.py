@@ -14,6 +14,7 @@ import pytest
 
 import meshcompute as mesh
 from meshcompute.host.launcher import query
+from meshcompute.owner.tasks import LEASE_IDLE_S
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .conftest import loopback_mesh, wait_for
@@ -61,6 +62,10 @@ def test_a_burst_of_2ms_tasks_keeps_every_node_busy_without_a_silent_second(mesh
     to the peers by their gossiped free CPU, one each at most could run, the rest waited
     there for good; the driver's node, free a moment later, ran nothing."""
     here = mesh.get_runtime_context().get_node_id()
+    # Workers started on every node, so that worker start-up on a loaded machine is not
+    # what is measured; then the leases go back and gossip shows every node free again.
+    mesh.get([spin_2ms.remote(i) for i in range(30)], timeout=60)
+    time.sleep(LEASE_IDLE_S + 1.0)
     marker = tmp_path / "holding"
     pinned = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
     held = hold_cpu.options(scheduling_strategy=pinned).remote(str(marker), 1.0)
