@@ -14,8 +14,10 @@ import pytest
 
 import meshcompute as mesh
 from meshcompute.host.launcher import query
+from meshcompute.owner import context
 from meshcompute.owner.tasks import LEASE_IDLE_S
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from meshcompute.wire.messages import Msg
 
 from .conftest import loopback_mesh, wait_for
 
@@ -70,12 +72,18 @@ def test_a_burst_of_2ms_tasks_keeps_every_node_busy_without_a_silent_second(mesh
     pinned = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
     held = hold_cpu.options(scheduling_strategy=pinned).remote(str(marker), 1.0)
     assert wait_for(marker.exists, timeout=30)
+    core = context.core
+    asked, moved = core.sent.get(Msg.REQUEST_LEASE, 0), core.received.get(Msg.LEASE_SPILLBACK, 0)
     start = time.time()
     done = mesh.get([spin_2ms.remote(i) for i in range(3000)], timeout=150)
     end = time.time()
     mesh.get(held, timeout=30)
     per_node = collections.Counter(node for node, _ in done)
     assert set(per_node) == set(mesh_1cpu), f"tasks per node: {dict(per_node)}"
+    # Each peer's free CPU takes one request; the rest wait at the driver's node (was: all 16 moved).
+    requests = core.sent.get(Msg.REQUEST_LEASE, 0) - asked
+    spillbacks = core.received.get(Msg.LEASE_SPILLBACK, 0) - moved
+    assert spillbacks <= 8, (requests, spillbacks)
     # Completion times (one host: one clock), with the submission and the return as bounds.
     times = [start, *sorted(t for _, t in done), end]
     gap, at = max((b - a, a - start) for a, b in zip(times, times[1:]))
