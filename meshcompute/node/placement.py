@@ -71,10 +71,12 @@ class Placement:
         """The peer view of the owner's node, when a request sent here that cannot be granted
         now must go back there (``reject_when_full``); None to keep it here."""
         req = self._request(shape, strategy, hints)
-        if req is None or owner_node == self.node_id or not reject_when_full(req):
+        p = self.peer_views().get(owner_node) if owner_node != self.node_id else None
+        if req is None or p is None or not p.address:
             return None
-        home = self.peer_views().get(owner_node)
-        return home if home is not None and home.state == "alive" and home.address else None
+        home = NodeView(p.node_id, p.address, p.state == "alive", p.total, p.available, p.queue,
+                        version=p.version)
+        return p if reject_when_full(req, home) else None
 
     def choose(self, shape: tuple, strategy: Any, hints: dict, available: dict | None = None) -> Any:
         """The peer view of the node to send the request to, or None to keep it here.

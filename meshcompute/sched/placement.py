@@ -173,22 +173,27 @@ def group_target(shape: Shape, group_nodes: Sequence[str] | None, local_node: st
     return nodes[zlib.crc32(key) % len(nodes)]
 
 
-def reject_when_full(req: PlacementRequest) -> bool:
+def reject_when_full(req: PlacementRequest, home: NodeView | None) -> bool:
     """Whether a request sent here by another node goes back when it cannot be granted here now.
 
     Ray's spillback is "grant or reject": a request placed from a stale view
     of this node must not wait here while the node it came from, or a third
     one, frees up first. So a spilled request of the default strategy, with
     no node holding enough of its arguments to matter, goes back to its
-    owner's node, whose queue is the one place it waits; from there it is
-    placed again on a fresh view. Requests placed for a reason that stays
-    true (affinity, SPREAD, a bundle, locality) wait where they were sent.
+    owner's node (``home``, None when not known alive), whose queue is the one
+    place it waits; from there it is placed again on a fresh view. Requests
+    placed for a reason that stays true (affinity, SPREAD, a bundle,
+    locality) wait where they were sent, and so does a request whose owner's
+    node could never run it (a node of 0 CPUs): that node would only send it
+    out again, and the two would bounce it between them.
     """
-    if not req.spilled or req.strategy is not None or group_of(req.shape) is not None:
+    if home is None or not home.alive or not req.spilled or req.strategy is not None:
         return False
-    if any(k.startswith("node:") for k, _ in req.shape):
+    if group_of(req.shape) is not None or any(k.startswith("node:") for k, _ in req.shape):
         return False
-    return not any(size >= LOCALITY_MIN_BYTES for size in req.locality.values())
+    if any(size >= LOCALITY_MIN_BYTES for size in req.locality.values()):
+        return False
+    return home.could_hold(req.shape)
 
 
 def feasible_anywhere(shape: Shape, local: NodeView, peers: Sequence[NodeView]) -> bool:

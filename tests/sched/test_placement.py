@@ -303,22 +303,29 @@ def test_a_burst_fills_each_peers_free_slots_once(local_free, peers, expected):
     assert (again is not None) == (local_free == 0.0 and any(peers.values()))
 
 
-# (case, request, expected): a request sent here goes back to its owner's node when it cannot be granted now
+# (case, request, owner's node, expected): a request sent here goes back to its owner's
+# node when it cannot be granted now
+HOME = node("home", cpus=1.0, free=0.0)
 REJECT = [
-    ("spilled default", PlacementRequest(CPU1, spilled=True), True),
-    ("from the owner itself", PlacementRequest(CPU1), False),
-    ("SPREAD", PlacementRequest(CPU1, "SPREAD", spilled=True), False),
-    ("soft affinity", PlacementRequest(CPU1, ("node", "b", True), spilled=True), False),
-    ("pinned node", PlacementRequest((("CPU", 1.0), ("node:b", 0.001)), spilled=True), False),
-    ("bundle", PlacementRequest(normalize_shape(in_bundle({"CPU": 1.0}, "pg1", -1)), spilled=True), False),
-    ("arguments here", PlacementRequest(CPU1, locality={"b": 2 * MiB}, spilled=True), False),
-    ("small arguments", PlacementRequest(CPU1, locality={"b": 1024}, spilled=True), True),
+    ("spilled default", PlacementRequest(CPU1, spilled=True), HOME, True),
+    ("from the owner itself", PlacementRequest(CPU1), HOME, False),
+    ("SPREAD", PlacementRequest(CPU1, "SPREAD", spilled=True), HOME, False),
+    ("soft affinity", PlacementRequest(CPU1, ("node", "b", True), spilled=True), HOME, False),
+    ("pinned node", PlacementRequest((("CPU", 1.0), ("node:b", 0.001)), spilled=True), HOME, False),
+    ("bundle", PlacementRequest(normalize_shape(in_bundle({"CPU": 1.0}, "pg1", -1)), spilled=True), HOME, False),
+    ("arguments here", PlacementRequest(CPU1, locality={"b": 2 * MiB}, spilled=True), HOME, False),
+    ("small arguments", PlacementRequest(CPU1, locality={"b": 1024}, spilled=True), HOME, True),
+    ("owner's node has no CPU: it would send it out again", PlacementRequest(CPU1, spilled=True),
+     node("home", cpus=0.0), False),
+    ("owner's node too small", PlacementRequest((("CPU", 2.0),), spilled=True), HOME, False),
+    ("owner's node not known", PlacementRequest(CPU1, spilled=True), None, False),
+    ("owner's node dead", PlacementRequest(CPU1, spilled=True), node("home", alive=False), False),
 ]
 
 
-@pytest.mark.parametrize("req, expected", [c[1:] for c in REJECT], ids=[c[0] for c in REJECT])
-def test_which_requests_sent_here_go_back_when_full(req, expected):
-    assert reject_when_full(req) is expected
+@pytest.mark.parametrize("req, home, expected", [c[1:] for c in REJECT], ids=[c[0] for c in REJECT])
+def test_which_requests_sent_here_go_back_when_full(req, home, expected):
+    assert reject_when_full(req, home) is expected
 
 
 # -------------------------------------------------------------- determinism
