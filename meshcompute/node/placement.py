@@ -28,6 +28,11 @@ from ..sched.resources import ResourcePool
 from ..sched.views import NodeView, local_view
 
 
+def _view(p: Any) -> NodeView:
+    """A peer as placement sees it, from gossip's ``PeerView``."""
+    return NodeView(p.node_id, p.address, p.state == "alive", p.total, p.available, p.queue, version=p.version)
+
+
 class Placement:
     """Chooses another node for a request, or None to keep it here."""
 
@@ -44,8 +49,7 @@ class Placement:
 
     def _views(self, available: dict | None = None) -> tuple[NodeView, list[NodeView], dict]:
         peers = self.peer_views()
-        views = [NodeView(p.node_id, p.address, p.state == "alive", p.total, p.available, p.queue,
-                          version=p.version) for p in peers.values()]
+        views = [_view(p) for p in peers.values()]
         local = local_view(self.resources, self.node_id, "", self.queued())
         if available is not None:
             local = replace(local, available=MappingProxyType(dict(available)))
@@ -74,9 +78,7 @@ class Placement:
         p = self.peer_views().get(owner_node) if owner_node != self.node_id else None
         if req is None or p is None or not p.address:
             return None
-        home = NodeView(p.node_id, p.address, p.state == "alive", p.total, p.available, p.queue,
-                        version=p.version)
-        return p if reject_when_full(req, home) else None
+        return p if reject_when_full(req, _view(p)) else None
 
     def choose(self, shape: tuple, strategy: Any, hints: dict, available: dict | None = None) -> Any:
         """The peer view of the node to send the request to, or None to keep it here.
