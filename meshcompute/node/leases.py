@@ -17,6 +17,7 @@ from typing import Any
 from ..sched.bundles import group_of
 from ..sched.resources import ResourcePool, normalize_shape
 from ..wire.messages import Msg
+from ..wire.transport import node_of
 from ..worker.pip_env import checked, failure
 from .placement import Placement
 from .workers import Worker, WorkerPool
@@ -126,8 +127,22 @@ class LeaseTable:
             self.schedule()
 
     def spillback(self, req: LeaseRequest, peer: Any) -> None:
-        self.placement.note_sent(peer.node_id)
+        self.placement.note_sent(peer)
         self.send(req.owner, Msg.LEASE_SPILLBACK, req.req_id, peer.address, peer.node_id)
+
+    def _place_elsewhere(self, req: LeaseRequest, spare: dict) -> bool:
+        """A request that does not fit what is free here: spill it to a peer with room, or send
+        it back to its owner's node when it was sent here and must not wait here (grant or
+        reject: sched.placement.reject_when_full). True if it left."""
+        target = self.placement.choose(req.shape, req.strategy, req.hints, available=spare)
+        if target is None:
+            target = self.placement.send_back(node_of(req.owner), req.shape, req.strategy, req.hints)
+            if target is None:
+                return False
+            self.send(req.owner, Msg.LEASE_SPILLBACK, req.req_id, target.address, target.node_id)
+            return True
+        self.spillback(req, target)
+        return True
 
     def on_cancel_lease_request(self, sender: str, msg: tuple, frames: list) -> None:
         self.pending = collections.deque(r for r in self.pending if not (r.owner == sender and r.req_id == msg[1]))
@@ -214,11 +229,8 @@ class LeaseTable:
                     self.send(req.owner, Msg.LEASE_REFUSED, req.req_id, "placement_group",
                               f"its placement group {removed} was removed")
                     continue
-                target = self.placement.choose(req.shape, req.strategy, req.hints) if may_spill else None
-                if target is not None:
-                    self.spillback(req, target)
-                    continue
-                still.append(req)
+                if not (may_spill and self._place_elsewhere(req, spare)):
+                    still.append(req)
                 continue
             w = _take_idle(idle, req.env)
             if w is None:

@@ -12,10 +12,19 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from ..sched.bundles import group_of
-from ..sched.placement import PlacementRequest, RecentSends, SpreadCursor, choose_node, feasible_anywhere
+from ..sched.placement import (
+    PlacementRequest,
+    RecentSends,
+    SpreadCursor,
+    choose_node,
+    feasible_anywhere,
+    reject_when_full,
+)
 from ..sched.resources import ResourcePool
 from ..sched.views import NodeView, local_view
 
@@ -28,6 +37,11 @@ class Groups(Protocol):
 
     def group_state(self, pg_id: str) -> str:
         """PENDING, CREATED, RESCHEDULING, REMOVED... (UNKNOWN: never heard of)."""
+
+
+def _view(p: Any) -> NodeView:
+    """A peer as placement sees it, from gossip's ``PeerView``."""
+    return NodeView(p.node_id, p.address, p.state == "alive", p.total, p.available, p.queue, version=p.version)
 
 
 class Placement:
@@ -44,20 +58,22 @@ class Placement:
         self.recent = RecentSends()
         self.rng = random.Random()
 
-    def _views(self) -> tuple[NodeView, list[NodeView], dict]:
+    def _views(self, available: dict | None = None) -> tuple[NodeView, list[NodeView], dict]:
         peers = self.peer_views()
-        views = [NodeView(p.node_id, p.address, p.state == "alive", p.total, p.available, p.queue)
-                 for p in peers.values()]
-        return local_view(self.resources, self.node_id, "", self.queued()), views, peers
+        views = [_view(p) for p in peers.values()]
+        local = local_view(self.resources, self.node_id, "", self.queued())
+        if available is not None:
+            local = replace(local, available=MappingProxyType(dict(available)))
+        return local, views, peers
 
     def feasible_somewhere(self, shape: tuple) -> bool:
         """Whether this node or some live peer could ever run ``shape``."""
         local, views, _ = self._views()
         return feasible_anywhere(shape, local, views)
 
-    def note_sent(self, node_id: str) -> None:
-        """A request was spilled back to ``node_id``."""
-        self.recent.note(node_id, time.monotonic())
+    def note_sent(self, peer: Any) -> None:
+        """A request was spilled back to ``peer`` (its gossip view), decided on that view."""
+        self.recent.note(peer.node_id, time.monotonic(), peer.version)
 
     def removed_group(self, shape: tuple) -> str | None:
         """The placement group ``shape`` asks for, if it was removed: no lease can ever be granted."""
@@ -66,14 +82,29 @@ class Placement:
             return group[0]
         return None
 
-    def choose(self, shape: tuple, strategy: Any, hints: dict) -> Any:
-        """The peer view of the node to send the request to, or None to keep it here."""
+    def _request(self, shape: tuple, strategy: Any, hints: dict) -> PlacementRequest | None:
         try:
-            req = PlacementRequest(shape, strategy, hints.get("locality") or {}, bool(hints.get("spilled")),
-                                   self.groups().group_nodes(shape))
+            return PlacementRequest(shape, strategy, hints.get("locality") or {}, bool(hints.get("spilled")),
+                                    self.groups().group_nodes(shape))
         except (ValueError, TypeError):
             return None  # malformed: it can only wait here (and is reported infeasible)
-        local, views, peers = self._views()
+
+    def send_back(self, owner_node: str, shape: tuple, strategy: Any, hints: dict) -> Any:
+        """The peer view of the owner's node, when a request sent here that cannot be granted
+        now must go back there (``reject_when_full``); None to keep it here."""
+        req = self._request(shape, strategy, hints)
+        p = self.peer_views().get(owner_node) if owner_node != self.node_id else None
+        if req is None or p is None or not p.address:
+            return None
+        return p if reject_when_full(req, _view(p)) else None
+
+    def choose(self, shape: tuple, strategy: Any, hints: dict, available: dict | None = None) -> Any:
+        """The peer view of the node to send the request to, or None to keep it here.
+        ``available``: what is free here for this request (default: the pool's free amounts)."""
+        req = self._request(shape, strategy, hints)
+        if req is None:
+            return None
+        local, views, peers = self._views(available)
         node = choose_node(req, local, views, spread=self.spread, recent=self.recent, rng=self.rng,
                            now=time.monotonic())
         return peers.get(node) if node is not None else None

@@ -36,7 +36,7 @@ class Lease:
     """A worker leased from a daemon for one scheduling key."""
 
     __slots__ = ("lease_id", "key", "worker_addr", "worker_id", "gpu_ids", "inflight", "idle_since",
-                 "blocked", "daemon", "runs_long")
+                 "blocked", "daemon", "depth")
 
     def __init__(self, lease_id, key, worker_addr, worker_id, gpu_ids, daemon) -> None:
         self.daemon = daemon  # the daemon that granted it: returns and kills go there
@@ -46,9 +46,9 @@ class Lease:
         self.worker_id = worker_id
         self.gpu_ids = gpu_ids
         self.inflight: dict[bytes, Task] = {}
-        # Whether what it runs is not known to be short. plan_pushes puts such a task alone
-        # on an idle worker, so it is decided by the first task pushed while idle.
-        self.runs_long = False
+        # How deep tasks may go on it (sched.pipeline.RunTimes.depth): plan_pushes holds a lease
+        # to the depth of the task it takes while idle, so that task decides it.
+        self.depth = 1
         self.idle_since = 0.0
         self.blocked = False
 

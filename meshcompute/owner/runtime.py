@@ -96,7 +96,7 @@ class Core:
         self.actors = ActorCalls(io, self.tasks.fail, self.tasks.failed_arg)
         self.tasks.actors = self.actors
         self.actors.alive_node = lambda node: node == self.node_id or node in self.tasks.nodes
-        self.streams = Streams(io, self.objects, self.tasks._release_handoff)
+        self.streams = Streams(io, self.objects)
         self.control = ControlRequests(io, self.objects, self.request_daemon)
         self.gcs_request, self.gcs_promise = self.control.request, self.control.promise
         self.executor: Any = None  # set in workers, with attach_executor()

@@ -27,6 +27,7 @@ from typing import Any
 from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext
+from .handoff import release_handoff
 from .io import OwnerIo
 from .object_ref import rebuild_ref
 from .objects import READY, Entry, ObjectTable, Waiter, fill
@@ -61,10 +62,9 @@ class Stream:
 class Streams:
     """The streams of the generator tasks this process owns."""
 
-    def __init__(self, io: OwnerIo, objects: ObjectTable, release_handoff: Any) -> None:
+    def __init__(self, io: OwnerIo, objects: ObjectTable) -> None:
         self.io = io
         self.objects = objects
-        self.release_handoff = release_handoff  # TaskQueues._release_handoff
         self.streams: dict[bytes, Stream] = {}
 
     def open(self, task_id: bytes, dynamic: bool, window: int | None) -> None:
@@ -93,7 +93,7 @@ class Streams:
         if fields[-1]:
             with DeserializeContext() as ctx:
                 e.contained = [rebuild_ref(cid, cowner) for cid, cowner in fields[-1]]
-            self.release_handoff(sender, oid, ctx.new_borrows)
+            release_handoff(self.io, self.objects, sender, oid, ctx.new_borrows)
         self.objects.resolve(oid, e)
         s.items.append(oid)
         self._wake(s)

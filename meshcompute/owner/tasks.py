@@ -2,8 +2,9 @@
 
 Ray's owner model: to run tasks the owner leases a worker from a daemon for one
 *scheduling key* (resource shape, strategy, preferred node), pushes tasks
-straight to it (several in flight when they are known to be short), and
-returns the lease when its queue runs dry.  The daemon is off the per-task path.
+straight to it (several in flight when they are known to be short, one waiting
+behind another when known to run under 15 ms), and returns the lease when its
+queue runs dry.  The daemon is off the per-task path.
 
 Invariants (all state lives on the I/O thread):
 
@@ -34,6 +35,7 @@ from ..wire import ids
 from ..wire.messages import Msg
 from ..wire.serialization import DeserializeContext, deserialize, serialize
 from ..wire.transport import node_of
+from .handoff import release_handoff
 from .io import OwnerIo
 from .lineage import Lineage
 from .object_ref import rebuild_ref
@@ -186,13 +188,13 @@ class TaskQueues:
             # burst, usually none: this runs for every task submitted, so it stays cheap).
             room = 0
             for ls in leases:
-                free = depth_limit(ls.runs_long, ls.blocked) - len(ls.inflight)
+                free = depth_limit(ls.depth, ls.blocked) - len(ls.inflight)
                 if free > 0:
                     room += free
             if room:
-                slots = [(len(ls.inflight), depth_limit(ls.runs_long, ls.blocked)) for ls in leases]
-                short = self.run_times.is_short
-                plan = plan_pushes([short(t.fn_id) for t in itertools.islice(q, room)], slots)
+                slots = [(len(ls.inflight), depth_limit(ls.depth, ls.blocked)) for ls in leases]
+                depth = self.run_times.depth
+                plan = plan_pushes([depth(t.fn_id) for t in itertools.islice(q, room)], slots)
                 batches = [(leases[i], [q.popleft() for _ in range(n)]) for i, n in plan]
                 for lease, batch in batches:
                     self._push(lease, batch)
@@ -298,7 +300,7 @@ class TaskQueues:
         specs = []
         sent = self.fn_sent[lease.worker_addr]
         if not lease.inflight:
-            lease.runs_long = not self.run_times.is_short(batch[0].fn_id)
+            lease.depth = self.run_times.depth(batch[0].fn_id)
         for t in batch:
             fn_bytes = None
             if t.fn_id not in sent:
@@ -390,7 +392,9 @@ class TaskQueues:
             return
         req.daemon = daemon_addr
         q = self.queues.get(req.key)
-        hints = {"spilled": True, "locality": self.locality(q[0]) if q else {}, "pip": q[0].pip_env if q else None}
+        # Sent back to our own daemon (a peer had no room after all): it waits and is placed there.
+        hints = {"spilled": daemon_addr != self.io.daemon_addr, "locality": self.locality(q[0]) if q else {},
+                 "pip": q[0].pip_env if q else None}
         self._send(daemon_addr, Msg.REQUEST_LEASE, req_id, req.shape, req.strategy, hints)
 
     def on_lease_infeasible(self, sender: str, msg: tuple, frames: list) -> None:
@@ -524,7 +528,7 @@ class TaskQueues:
                     borrows.extend(ctx.new_borrows)
                 self.objects.resolve(oid, e)
             if any(r[-1] for r in returns) and sender != self.io.address:
-                self._release_handoff(sender, task_id, borrows)
+                release_handoff(self.io, self.objects, sender, task_id, borrows)
             if t.actor_id is None:
                 self.lineage.finished(t)
             t.args = []
@@ -535,29 +539,6 @@ class TaskQueues:
             self.dispatch(lease.key)
             if not lease.inflight:
                 self.lease_idle(lease)
-
-    def _release_handoff(self, worker: str, task_id: bytes, borrows: list) -> None:
-        """Let the worker drop its hold on the refs inside a task's results, once their owners
-        know we borrow them: the worker's own objects at once (our ADD_BORROWER travels the
-        same pipe, ahead of RELEASE_HANDOFF), a third process's once it acknowledged."""
-        third = [ref for ref in borrows if ref._owner != worker]
-        for ref in borrows:
-            if ref._owner == worker:
-                self.objects.add_borrow(ref._id, ref._owner)
-        if not third:
-            self._send(worker, Msg.RELEASE_HANDOFF, task_id)
-            return
-        left = [len(third)]
-
-        def acknowledged(_value: Any) -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                self._send(worker, Msg.RELEASE_HANDOFF, task_id)
-
-        for ref in third:
-            req_id = self.io.next_req_id()
-            self.io.on_reply(req_id, acknowledged)
-            self.objects.add_borrow(ref._id, ref._owner, req_id)
 
     def _retryable(self, t: Task, r: tuple, frames: list) -> bool:
         """Does this user exception qualify for a retry under retry_exceptions?"""

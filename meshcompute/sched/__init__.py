@@ -14,7 +14,8 @@ Modules:
 * ``bundles``: how placement group bundles appear as resource names.
 * ``views``: ``NodeView``, what placement knows of a node.
 * ``placement``: the daemon's choice of node for a lease request
-  (``choose_node``, SPREAD turns, locality, affinity, placement groups).
+  (``choose_node``, SPREAD turns, locality, affinity, placement groups), and
+  whether a request sent here goes back to its owner's node (``reject_when_full``).
 * ``keys``: ``scheduling_key``, which tasks an owner may queue together, and
   ``lease_target``, which daemon it asks for their lease.
 * ``pipeline``: the owner's choice of lease for queued tasks
@@ -27,6 +28,7 @@ from .keys import lease_target, preferred_node, scheduling_key
 from .pipeline import (
     MAX_LEASE_REQUESTS,
     MAX_PIPELINE,
+    MEDIUM_TASK_S,
     SHORT_TASK_S,
     RunTimes,
     depth_limit,
@@ -41,13 +43,15 @@ from .placement import (
     feasible_anywhere,
     group_target,
     normalize_strategy,
+    reject_when_full,
 )
 from .resources import ResourcePool, Shape, feasible, fits, normalize_shape
 from .views import NodeView, local_view
 
 __all__ = [
-    "MAX_LEASE_REQUESTS", "MAX_PIPELINE", "SHORT_TASK_S", "NodeView", "PlacementRequest", "RecentSends",
+    "MAX_LEASE_REQUESTS", "MAX_PIPELINE", "MEDIUM_TASK_S", "SHORT_TASK_S", "NodeView", "PlacementRequest", "RecentSends",
     "ResourcePool", "RunTimes", "Shape", "SpreadCursor", "choose_node", "depth_limit", "feasible",
     "feasible_anywhere", "fits", "group_target", "lease_requests_delta", "local_view", "normalize_shape",
-    "lease_target", "normalize_strategy", "plan_pushes", "preferred_node", "scheduling_key",
+    "lease_target", "normalize_strategy", "plan_pushes", "preferred_node", "reject_when_full",
+    "scheduling_key",
 ]

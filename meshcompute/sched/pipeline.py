@@ -3,14 +3,19 @@ how many leases to ask for.
 
 An owner keeps a queue of ready tasks per scheduling key (``keys``) and the
 leases (workers) it holds for that key. Pushing a task onto a worker that is
-still busy (pipelining) saves a round trip per task, which matters only for
-tasks much shorter than a round trip; for anything longer it makes the task
-wait behind another while some other worker may be free. So:
+still busy (pipelining) saves the round trip between one task's end and the
+next one's start; it makes the task wait behind another while some other
+worker may be free. So how deep a task may go is set by its function's mean
+run time (``RunTimes.depth``):
 
-* a task goes onto a busy worker only if its own function is known to be
-  short, and only when no held worker is idle;
-* a task not known to be short is never put behind anything, and nothing is
-  put behind it.
+* a function known to be short (under ``SHORT_TASK_S``, about a round trip)
+  goes up to ``MAX_PIPELINE`` deep: the round trip is most of its cost;
+* one known to be under ``MEDIUM_TASK_S`` may wait behind one running task:
+  its worker has it in hand when the running one ends, and it waits at most
+  one such run;
+* one not known to be either is never put behind anything, and nothing is
+  put behind it;
+* a task goes onto a busy worker only when no held worker is idle.
 """
 
 from __future__ import annotations
@@ -20,13 +25,20 @@ import math
 from collections import deque
 from collections.abc import Hashable, Sequence
 
-__all__ = ["SHORT_TASK_S", "MAX_PIPELINE", "MAX_LEASE_REQUESTS", "RunTimes", "depth_limit",
+__all__ = ["SHORT_TASK_S", "MEDIUM_TASK_S", "MAX_PIPELINE", "MAX_LEASE_REQUESTS", "RunTimes", "depth_limit",
            "plan_pushes", "lease_requests_delta"]
 
 SHORT_TASK_S = 0.002
 """Seconds. A function whose mean run time is under this is 'short': about
 a local round trip to a worker, so waiting behind one costs less than the
 round trip that pipelining saves."""
+
+MEDIUM_TASK_S = 0.015
+"""Seconds. A function whose mean run time is under this may wait behind one
+running task (depth 2): with 10 ms tasks the round trip between two tasks is
+a tenth of a worker's time on a loaded machine, and the waiting task is
+handed back if the one before it runs past the worker's patience (20 ms,
+worker/inbox.py) instead."""
 
 MAX_PIPELINE = 16
 """Tasks in flight on one leased worker at most (short tasks only): enough to
@@ -66,38 +78,48 @@ class RunTimes:
         mean = self._mean.get(fn_id)
         return mean is not None and mean < SHORT_TASK_S
 
+    def depth(self, fn_id: Hashable) -> int:
+        """How many tasks in flight on one worker a task of ``fn_id`` may be the last of:
+        ``MAX_PIPELINE`` if short, 2 if under ``MEDIUM_TASK_S``, else 1 (only on an idle worker)."""
+        mean = self._mean.get(fn_id)
+        if mean is None:
+            return 1
+        return MAX_PIPELINE if mean < SHORT_TASK_S else 2 if mean < MEDIUM_TASK_S else 1
+
     def forget(self, fn_id: Hashable) -> None:
         """Drop what is known of a function that will not run again."""
         self._mean.pop(fn_id, None)
 
 
-def depth_limit(runs_long: bool, blocked: bool = False) -> int:
+def depth_limit(depth: int, blocked: bool = False) -> int:
     """The ``depth_limit`` of a lease for ``plan_pushes``.
 
-    ``runs_long``: whether what it runs is not known to be short (plan_pushes puts
-    such a task alone on an idle lease, so a lease runs one of those or only short
-    ones). A lease whose worker is blocked takes nothing (0); one that runs
-    something not known short takes nothing more (1: only when idle).
+    ``depth``: the ``RunTimes.depth`` of the task the lease took while idle
+    (plan_pushes holds a lease to it, so a lease runs tasks of one depth). A
+    lease whose worker is blocked takes nothing (0).
     """
     if blocked:
         return 0
-    return 1 if runs_long else MAX_PIPELINE
+    return max(1, min(depth, MAX_PIPELINE))
 
 
-def plan_pushes(queue: Sequence[bool], slots: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+def plan_pushes(queue: Sequence[int], slots: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     """Which held leases take which queued tasks now.
 
-    ``queue``: for each queued task, head first, whether its function is known
-    short. ``slots``: for each held lease, ``(tasks in flight, depth_limit)``
-    (see ``depth_limit``). Returns ``(lease index, n)`` pairs: the first pair
-    takes the first ``n`` tasks off the head of the queue, the next pair the
-    following ones, and so on; the tasks not covered stay queued.
+    ``queue``: for each queued task, head first, its ``RunTimes.depth``: how
+    many tasks in flight it may be the last of. ``slots``: for each held
+    lease, ``(tasks in flight, depth_limit)``. Returns ``(lease index, n)``
+    pairs: the first pair takes the first ``n`` tasks off the head of the
+    queue, the next pair the following ones, and so on; the tasks not covered
+    stay queued.
 
-    Every idle lease takes one task first, whatever it is. Then, while the
-    head task is known short, it goes to the least-loaded lease that has room
-    and runs nothing but short tasks. The first task not known short stops
-    it: that task waits for an idle lease and everything queued behind it
-    waits too, so tasks are always started in queue order.
+    Every idle lease takes one task first, whatever it is, and from then on
+    holds no more than that task's depth. Then, while the head task may go
+    behind others, it goes to the least-loaded lease with room, if that
+    lease has fewer in flight than the task's depth and than the depth of
+    every task taken this way before it. The first task that cannot go stops
+    it: it waits for a lease with room and everything queued behind it waits
+    too, so tasks are always started in queue order.
     """
     caps = [max(0, min(limit, MAX_PIPELINE)) for _, limit in slots]
     held = [max(0, inflight) for inflight, _ in slots]
@@ -105,38 +127,44 @@ def plan_pushes(queue: Sequence[bool], slots: Sequence[tuple[int, int]]) -> list
     first: list[int] = []
     for i, n in enumerate(held):
         if n == 0 and caps[i] > 0 and len(first) < len(queue):
-            if not queue[len(first)]:
-                caps[i] = 1  # nothing may wait behind a task not known short
+            caps[i] = min(caps[i], max(1, queue[len(first)]))  # nothing deeper behind it
             first.append(i)
             held[i] = 1
     taken = len(first)
     extra = [0] * len(slots)
-    # Every lease is busy now (or the queue is empty): short tasks may pipeline.
+    # Every lease is busy now (or the queue is empty): tasks may pipeline. Their depth
+    # only shrinks along the queue (``deepest``), so that whichever of them a lease gets
+    # below (they are handed out in runs, next), none is deeper than it may be.
     room = [(n, i) for i, n in enumerate(held) if 0 < n < caps[i]]
     heapq.heapify(room)
-    while taken < len(queue) and queue[taken] and room:
-        n, i = heapq.heappop(room)
+    deepest = min([queue[k] for k in range(taken) if queue[k] > 1], default=MAX_PIPELINE)
+    while taken < len(queue) and room:
+        deepest = min(deepest, queue[taken])
+        n, i = room[0]
+        if n >= deepest:
+            break
+        heapq.heappop(room)
         extra[i] += 1
         taken += 1
         if n + 1 < caps[i]:
             heapq.heappush(room, (n + 1, i))
-    # Turn the counts into runs of the queue: a task not known short goes to the
-    # idle lease that took it above (alone), short ones fill the leases in order.
-    long_leases = iter([i for k, i in enumerate(first) if not queue[k]])
+    # Turn the counts into runs of the queue: a task taken alone by an idle lease
+    # (depth 1) stays there, the others fill the leases in order.
+    alone = iter([i for k, i in enumerate(first) if queue[k] <= 1])
     for k, i in enumerate(first):
-        if queue[k]:
+        if queue[k] > 1:
             extra[i] += 1
-    short_leases = deque((i, n) for i, n in enumerate(extra) if n)
+    shared = deque((i, n) for i, n in enumerate(extra) if n)
     out: list[tuple[int, int]] = []
     for k in range(taken):
-        if queue[k]:
-            lease, n = short_leases[0]
+        if queue[k] > 1:
+            lease, n = shared[0]
             if n == 1:
-                short_leases.popleft()
+                shared.popleft()
             else:
-                short_leases[0] = (lease, n - 1)
+                shared[0] = (lease, n - 1)
         else:
-            lease = next(long_leases)
+            lease = next(alone)
         if out and out[-1][0] == lease:
             out[-1] = (lease, out[-1][1] + 1)
         else:

@@ -25,7 +25,8 @@ from .resources import Shape, normalize_shape
 from .views import NodeView
 
 __all__ = ["LOCALITY_MIN_BYTES", "RECENT_WINDOW_S", "normalize_strategy", "PlacementRequest",
-           "SpreadCursor", "RecentSends", "choose_node", "feasible_anywhere", "group_target"]
+           "SpreadCursor", "RecentSends", "choose_node", "feasible_anywhere", "group_target",
+           "reject_when_full"]
 
 LOCALITY_MIN_BYTES = 1 << 20
 """Bytes (1 MiB) by which a node must hold more of a task's arguments to matter.
@@ -118,27 +119,31 @@ class SpreadCursor:
 
 
 class RecentSends:
-    """Requests sent to each peer within the last ``RECENT_WINDOW_S``.
+    """Requests sent to each peer within the last ``RECENT_WINDOW_S``, since its last view.
 
     Gossiped views lag: without this, every request in a burst would go to
-    the same peer that looked idle a moment ago. ``now`` is a monotonic clock.
+    the same peer that looked idle a moment ago. A send counts against the
+    peer's room and load (``choose_node``) until a newer view of the peer
+    (a higher gossip ``version``) arrives, which shows it granted or queued,
+    or until the window ends. ``now`` is a monotonic clock.
     """
 
     def __init__(self, window_s: float = RECENT_WINDOW_S) -> None:
         self.window_s = window_s
-        self._sent: dict[str, deque[float]] = {}
+        self._sent: dict[str, deque[tuple[float, int]]] = {}
 
-    def note(self, node_id: str, now: float) -> None:
-        """A request was sent to ``node_id`` at ``now``."""
-        self._sent.setdefault(node_id, deque()).append(now)
-        self.count(node_id, now)
+    def note(self, node_id: str, now: float, version: int = 0) -> None:
+        """A request was sent to ``node_id`` at ``now``, decided on its view ``version``."""
+        self._sent.setdefault(node_id, deque()).append((now, version))
+        self.count(node_id, now, version)
 
-    def count(self, node_id: str, now: float) -> int:
-        """Requests sent to ``node_id`` in the window that ends at ``now``."""
+    def count(self, node_id: str, now: float, version: int = 0) -> int:
+        """Requests sent to ``node_id`` in the window that ends at ``now`` and not yet
+        shown by its view ``version`` (those decided on an older view are)."""
         sent = self._sent.get(node_id)
         if sent is None:
             return 0
-        while sent and now - sent[0] >= self.window_s:
+        while sent and (now - sent[0][0] >= self.window_s or sent[0][1] < version):
             sent.popleft()
         if not sent:
             del self._sent[node_id]  # nodes that are gone must not pile up here
@@ -168,6 +173,29 @@ def group_target(shape: Shape, group_nodes: Sequence[str] | None, local_node: st
     return nodes[zlib.crc32(key) % len(nodes)]
 
 
+def reject_when_full(req: PlacementRequest, home: NodeView | None) -> bool:
+    """Whether a request sent here by another node goes back when it cannot be granted here now.
+
+    Ray's spillback is "grant or reject": a request placed from a stale view
+    of this node must not wait here while the node it came from, or a third
+    one, frees up first. So a spilled request of the default strategy, with
+    no node holding enough of its arguments to matter, goes back to its
+    owner's node (``home``, None when not known alive), whose queue is the one
+    place it waits; from there it is placed again on a fresh view. Requests
+    placed for a reason that stays true (affinity, SPREAD, a bundle,
+    locality) wait where they were sent, and so does a request whose owner's
+    node could never run it (a node of 0 CPUs): that node would only send it
+    out again, and the two would bounce it between them.
+    """
+    if home is None or not home.alive or not req.spilled or req.strategy is not None:
+        return False
+    if group_of(req.shape) is not None or any(k.startswith("node:") for k, _ in req.shape):
+        return False
+    if any(size >= LOCALITY_MIN_BYTES for size in req.locality.values()):
+        return False
+    return home.could_hold(req.shape)
+
+
 def feasible_anywhere(shape: Shape, local: NodeView, peers: Sequence[NodeView]) -> bool:
     """Whether some alive node could ever run the shape. Placement group shapes
     always count as feasible: their bundle names exist only once reserved."""
@@ -187,7 +215,9 @@ def choose_node(req: PlacementRequest, local: NodeView, peers: Sequence[NodeView
     when it fits here, unless a peer with room holds ``LOCALITY_MIN_BYTES``
     more of the arguments; when it does not fit here, a peer with room (the
     most argument bytes, then the less loaded of two random picks), else wait
-    here if it can ever run here, else a peer that could ever hold it.
+    here if it can ever run here, else a peer that could ever hold it. A
+    peer's room is its gossiped free amounts less the requests sent to it
+    since that view (``RecentSends``).
 
     Deterministic for equal inputs (``rng`` state included); peers are taken
     in id order, whatever order the caller passes them in.
@@ -221,7 +251,9 @@ def choose_node(req: PlacementRequest, local: NodeView, peers: Sequence[NodeView
         pick = spread.pick(cands, rng)
         return None if pick == local.node_id else pick
     locality = req.locality
-    roomy = [p for p in alive if p.has_room(shape)]
+    # Requests sent to a peer since its last view are taken from its room: a
+    # burst fills each peer's free slots once instead of piling onto one.
+    roomy = [p for p in alive if p.less(shape, recent.count(p.node_id, now, p.version)).has_room(shape)]
     if local.has_room(shape):
         mine = locality.get(local.node_id, 0)
         better = [p for p in roomy if locality.get(p.node_id, 0) >= mine + LOCALITY_MIN_BYTES]
@@ -238,6 +270,6 @@ def choose_node(req: PlacementRequest, local: NodeView, peers: Sequence[NodeView
 
     def load(p: NodeView) -> float:
         cpu = p.total.get("CPU", 0.0) or 1.0
-        return p.cpu_use() + p.queue + recent.count(p.node_id, now) / cpu
+        return p.cpu_use() + p.queue + recent.count(p.node_id, now, p.version) / cpu
 
     return min(rng.sample(cands, min(2, len(cands))), key=load).node_id

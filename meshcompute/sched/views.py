@@ -8,7 +8,7 @@ known exactly, from its ``ResourcePool`` (``local_view``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from .bundles import gpu_amount
@@ -34,6 +34,7 @@ class NodeView:
     available: Mapping[str, float]
     queue: int = 0
     gpu_free: Mapping[int, float] | None = None
+    version: int = 0
 
     def could_hold(self, shape: Shape) -> bool:
         """Whether this node could ever run the shape (its totals)."""
@@ -45,6 +46,16 @@ class NodeView:
             return False
         gpus = gpu_amount(shape)
         return not gpus or self.gpu_free is None or pick_gpus(self.gpu_free, gpus) is not None
+
+    def less(self, shape: Shape, times: int) -> NodeView:
+        """This view with ``times`` more of ``shape`` taken from ``available`` (requests on their way)."""
+        if times <= 0:
+            return self
+        available = dict(self.available)
+        for k, v in shape:
+            if k in available:
+                available[k] -= v * times
+        return replace(self, available=MappingProxyType(available))
 
     def cpu_use(self) -> float:
         """Fraction of the node's CPU in use (0 when it has none: such a node is never 'loaded')."""

@@ -21,9 +21,10 @@ from ..wire.messages import Msg
 PIPELINE_PATIENCE_S = 10 * SHORT_TASK_S
 """Seconds a task may run while pushed tasks wait behind it on this worker.
 
-Owners pipeline only functions known to be short; one that runs this much
-longer than that turned long, and the tasks behind it go back to their owners
-(TASKS_BOUNCED), who give them to another worker instead of letting them wait."""
+Owners put a task behind a running one only when its function is known to run
+under 15 ms (sched.pipeline.MEDIUM_TASK_S); one that runs this long turned long,
+and the tasks behind it go back to their owners (TASKS_BOUNCED), who give them
+to another worker instead of letting them wait."""
 
 
 class WorkerInbox:

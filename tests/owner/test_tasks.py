@@ -118,7 +118,7 @@ def _run_on_new_lease(io, tasks, t) -> None:
     io.take()
 
 
-def _done(tasks, worker, task_ids, duration=0.01):
+def _done(tasks, worker, task_ids, duration=0.05):  # default: a long task, never pipelined
     results = [(tid, [("v", b"N.", 0, False, [])], duration) for tid in task_ids]
     tasks.on_tasks_done(worker, (Msg.TASKS_DONE, results), [b""] * 0)
 
@@ -163,6 +163,21 @@ def test_a_warm_lease_takes_the_next_task_without_the_daemon(owner):
     nxt = _task()
     tasks.submit(nxt)
     assert [(m, peer) for peer, m, _ in io.take()] == [(Msg.PUSH_TASKS, "n1/p_w1@")]
+
+
+def test_a_10ms_task_waits_behind_one_running_task_only(owner):
+    """Was: only functions under 2 ms were pushed to a busy worker, so each 10 ms task
+    waited a round trip after the one before it ended."""
+    io, tasks, _ = owner
+    first = _task(fn_id=b"medium")
+    _run_on_new_lease(io, tasks, first)
+    _done(tasks, "n1/p_w1@", [first.task_id], duration=0.01)  # now known to run 10 ms
+    io.take()
+    for t in [_task(fn_id=b"medium") for _ in range(4)]:
+        tasks.submit(t)
+    pushes = [f for _, m, f in io.take() if m == Msg.PUSH_TASKS]
+    assert sum(len(f[2]) for f in pushes) == 2, "one runs, one waits behind it"
+    assert len(tasks.queues[first.key]) == 2
 
 
 def test_short_tasks_pipeline_and_a_long_one_never_waits_behind_them(owner):

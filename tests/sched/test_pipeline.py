@@ -9,6 +9,7 @@ import pytest
 from meshcompute.sched.pipeline import (
     MAX_LEASE_REQUESTS,
     MAX_PIPELINE,
+    MEDIUM_TASK_S,
     SHORT_TASK_S,
     RunTimes,
     depth_limit,
@@ -16,9 +17,9 @@ from meshcompute.sched.pipeline import (
     plan_pushes,
 )
 
-S, L = True, False  # a queued task known short / not known short
-IDLE = (0, MAX_PIPELINE)  # a lease with nothing in flight
 M = MAX_PIPELINE
+S, D, L = M, 2, 1  # the depth of a queued task known short / under MEDIUM_TASK_S / not known short
+IDLE = (0, MAX_PIPELINE)  # a lease with nothing in flight
 
 # (case, queue, leases (inflight, depth limit), expected pushes (lease, n))
 PLANS = [
@@ -39,6 +40,11 @@ PLANS = [
     ("depth limit 0: blocked", [S, S], [(0, 0)], []),
     ("limit above MAX_PIPELINE is capped", [S] * (M + 5), [(0, 10 * M)], [(0, M)]),
     ("full busy leases", [S, S], [(M, M), (M, M)], []),
+    ("medium: one behind each busy lease", [D] * 5, [(1, D), (1, D)], [(0, 1), (1, 1)]),
+    ("medium: not behind two", [D, D], [(2, M), (1, M)], [(1, 1)]),
+    ("medium on an idle lease: one more behind it", [D] * 4, [IDLE], [(0, 2)]),
+    ("medium stops short ones behind it going deeper", [S, D, S, S], [(1, M), (1, M)], [(0, 1), (1, 1)]),
+    ("long stops medium", [D, L, D], [(1, M), (1, M)], [(0, 1)]),
 ]
 
 
@@ -52,7 +58,7 @@ def check_plan(queue, slots, plan) -> None:
     held = [n for n, _ in slots]
     pos = 0
     idle = {i for i, (n, limit) in enumerate(slots) if n == 0 and limit > 0}
-    given: dict[int, list[bool]] = {}
+    given: dict[int, list[int]] = {}
     for lease, n in plan:
         assert n > 0
         given.setdefault(lease, []).extend(queue[pos:pos + n])
@@ -60,10 +66,12 @@ def check_plan(queue, slots, plan) -> None:
     for lease, tasks in given.items():
         inflight, limit = slots[lease]
         assert inflight + len(tasks) <= min(limit, MAX_PIPELINE)
-        if not all(tasks):  # a task not known short goes alone onto an idle lease
-            assert tasks in ([False],) and lease in idle
+        for pos_on_lease, depth in enumerate(tasks, start=inflight + 1):
+            assert pos_on_lease <= depth  # no task deeper than its depth
+        if min(tasks) <= 1:  # a task not known short goes alone onto an idle lease
+            assert len(tasks) == 1 and lease in idle
         if inflight:
-            assert all(tasks) and not (idle - set(given))  # busy ones only once no lease is idle
+            assert not (idle - set(given))  # busy ones only once no lease is idle
         held[lease] += len(tasks)
     # Nothing left that could have gone: no idle lease unused while tasks wait.
     if pos < len(queue):
@@ -80,47 +88,52 @@ def test_random_plans_keep_the_rules():
 
     rng = random.Random(3)
     for _ in range(2000):
-        queue = [rng.random() < 0.7 for _ in range(rng.randrange(40))]
-        slots = [(rng.choice([0, 0, 1, 5, M]), rng.choice([0, 1, M, M])) for _ in range(rng.randrange(5))]
+        queue = [rng.choice([S, S, S, D, D, L]) for _ in range(rng.randrange(40))]
+        slots = [(rng.choice([0, 0, 1, 2, 5, M]), rng.choice([0, 1, D, M, M])) for _ in range(rng.randrange(5))]
         slots = [(min(n, limit), limit) for n, limit in slots]
         check_plan(queue, slots, plan_pushes(queue, slots))
 
 
-# (case, runs something not known short, blocked, depth limit)
+# (case, depth of the task the lease took while idle, blocked, depth limit)
 DEPTHS = [
-    ("idle or short ones", False, False, MAX_PIPELINE),
-    ("a long one", True, False, 1),
-    ("blocked", False, True, 0),
-    ("blocked, long", True, True, 0),
+    ("short ones", M, False, M),
+    ("medium ones", D, False, 2),
+    ("a long one", L, False, 1),
+    ("odd depths are clamped", 10 * M, False, M),
+    ("blocked", M, True, 0),
+    ("blocked, long", L, True, 0),
 ]
 
 
-@pytest.mark.parametrize("runs_long, blocked, expected", [c[1:] for c in DEPTHS], ids=[c[0] for c in DEPTHS])
-def test_depth_limit(runs_long, blocked, expected):
-    assert depth_limit(runs_long, blocked) == expected
+@pytest.mark.parametrize("depth, blocked, expected", [c[1:] for c in DEPTHS], ids=[c[0] for c in DEPTHS])
+def test_depth_limit(depth, blocked, expected):
+    assert depth_limit(depth, blocked) == expected
 
 
 # ----------------------------------------------------------------- RunTimes
 
-# (case, recorded run times, mean, short)
+# (case, recorded run times, mean, short, depth)
 RUNS = [
-    ("never ran", [], None, False),
-    ("one short run", [0.001], 0.001, True),
-    ("one long run", [3.0], 3.0, False),
-    ("moving mean", [0.001, 0.011], 0.8 * 0.001 + 0.2 * 0.011, False),
-    ("odd values ignored", [0.001, -1.0, math.nan, math.inf], 0.001, True),
-    ("just at the limit", [SHORT_TASK_S], SHORT_TASK_S, False),
+    ("never ran", [], None, False, L),
+    ("one short run", [0.001], 0.001, True, S),
+    ("one long run", [3.0], 3.0, False, L),
+    ("moving mean", [0.001, 0.011], 0.8 * 0.001 + 0.2 * 0.011, False, D),
+    ("odd values ignored", [0.001, -1.0, math.nan, math.inf], 0.001, True, S),
+    ("just at the limit", [SHORT_TASK_S], SHORT_TASK_S, False, D),
+    ("10 ms", [0.0105], 0.0105, False, D),
+    ("just at the medium limit", [MEDIUM_TASK_S], MEDIUM_TASK_S, False, L),
 ]
 
 
-@pytest.mark.parametrize("runs, mean, short", [c[1:] for c in RUNS], ids=[c[0] for c in RUNS])
-def test_run_times(runs, mean, short):
+@pytest.mark.parametrize("runs, mean, short, depth", [c[1:] for c in RUNS], ids=[c[0] for c in RUNS])
+def test_run_times(runs, mean, short, depth):
     times = RunTimes()
     for r in runs:
         times.record("f", r)
     assert times.mean("f") == (None if mean is None else pytest.approx(mean))
     assert times.is_short("f") is short
-    assert times.mean("g") is None and not times.is_short("g")
+    assert times.depth("f") == depth
+    assert times.mean("g") is None and not times.is_short("g") and times.depth("g") == L
 
 
 # ---------------------------------------------------- lease request sizing

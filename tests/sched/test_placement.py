@@ -18,6 +18,7 @@ from meshcompute.sched.placement import (
     choose_node,
     feasible_anywhere,
     group_target,
+    reject_when_full,
 )
 from meshcompute.sched.resources import ResourcePool, normalize_shape
 from meshcompute.sched.views import NodeView, local_view
@@ -27,10 +28,10 @@ CPU1 = (("CPU", 1.0),)
 
 
 def node(node_id: str, cpus: float = 2.0, free: float | None = None, *, alive: bool = True,
-         queue: int = 0, **extra: float) -> NodeView:
+         queue: int = 0, version: int = 0, **extra: float) -> NodeView:
     total = {"CPU": cpus, **extra}
     available = {"CPU": cpus if free is None else free, **extra}
-    return NodeView(node_id, f"tcp://{node_id}", alive, total, available, queue)
+    return NodeView(node_id, f"tcp://{node_id}", alive, total, available, queue, version=version)
 
 
 def decide(req: PlacementRequest, local: NodeView, peers, seed: int = 0, spread: SpreadCursor | None = None,
@@ -261,6 +262,70 @@ def test_recent_sends_count_within_one_second(now, expected):
     recent.note("b", 0.5)
     assert recent.count("b", now) == expected
     assert recent.count("c", now) == 0
+
+
+def test_recent_sends_count_until_a_newer_view_of_the_peer():
+    recent = RecentSends()
+    recent.note("b", 0.0, version=3)
+    recent.note("b", 0.1, version=3)
+    assert recent.count("b", 0.2, version=3) == 2
+    recent.note("b", 0.3, version=4)
+    assert recent.count("b", 0.4, version=4) == 1  # view 4 shows what was sent on view 3
+    assert recent.count("b", 0.4, version=5) == 0
+    assert recent.count("c", 0.4, version=5) == 0
+
+
+# (case, local free CPU, peers' free CPU, expected targets of 6 requests in a row)
+BURST = [
+    ("one each, the rest wait here", 0.0, {"b": 1.0, "c": 1.0}, {"b": 1, "c": 1, None: 4}),
+    ("as many as each has free", 0.0, {"b": 2.0, "c": 1.0}, {"b": 2, "c": 1, None: 3}),
+    ("no peer has room", 0.0, {"b": 0.0, "c": 0.0}, {None: 6}),
+    ("room here: all stay", 1.0, {"b": 1.0, "c": 1.0}, {None: 6}),
+]
+
+
+@pytest.mark.parametrize("local_free, peers, expected", [c[1:] for c in BURST], ids=[c[0] for c in BURST])
+def test_a_burst_fills_each_peers_free_slots_once(local_free, peers, expected):
+    """Was: every request went by the peers' gossiped free CPU, which a burst does not change:
+    all of them left, and those beyond the peers' room waited there for good."""
+    recent = RecentSends()
+    views = [node(n, free=free, version=7) for n, free in peers.items()]
+    targets = collections.Counter()
+    for _ in range(6):
+        target = decide(PlacementRequest(CPU1), node("a", 1.0, free=local_free), views, recent=recent, now=1.0)
+        if target is not None:
+            recent.note(target, 1.0, version=7)
+        targets[target] += 1
+    assert targets == expected
+    # A newer view of the peers replaces what was sent on the old one.
+    fresh = [node(n, free=free, version=8) for n, free in peers.items()]
+    again = decide(PlacementRequest(CPU1), node("a", 1.0, free=local_free), fresh, recent=recent, now=1.0)
+    assert (again is not None) == (local_free == 0.0 and any(peers.values()))
+
+
+# (case, request, owner's node, expected): a request sent here goes back to its owner's
+# node when it cannot be granted now
+HOME = node("home", cpus=1.0, free=0.0)
+REJECT = [
+    ("spilled default", PlacementRequest(CPU1, spilled=True), HOME, True),
+    ("from the owner itself", PlacementRequest(CPU1), HOME, False),
+    ("SPREAD", PlacementRequest(CPU1, "SPREAD", spilled=True), HOME, False),
+    ("soft affinity", PlacementRequest(CPU1, ("node", "b", True), spilled=True), HOME, False),
+    ("pinned node", PlacementRequest((("CPU", 1.0), ("node:b", 0.001)), spilled=True), HOME, False),
+    ("bundle", PlacementRequest(normalize_shape(in_bundle({"CPU": 1.0}, "pg1", -1)), spilled=True), HOME, False),
+    ("arguments here", PlacementRequest(CPU1, locality={"b": 2 * MiB}, spilled=True), HOME, False),
+    ("small arguments", PlacementRequest(CPU1, locality={"b": 1024}, spilled=True), HOME, True),
+    ("owner's node has no CPU: it would send it out again", PlacementRequest(CPU1, spilled=True),
+     node("home", cpus=0.0), False),
+    ("owner's node too small", PlacementRequest((("CPU", 2.0),), spilled=True), HOME, False),
+    ("owner's node not known", PlacementRequest(CPU1, spilled=True), None, False),
+    ("owner's node dead", PlacementRequest(CPU1, spilled=True), node("home", alive=False), False),
+]
+
+
+@pytest.mark.parametrize("req, home, expected", [c[1:] for c in REJECT], ids=[c[0] for c in REJECT])
+def test_which_requests_sent_here_go_back_when_full(req, home, expected):
+    assert reject_when_full(req, home) is expected
 
 
 # -------------------------------------------------------------- determinism
