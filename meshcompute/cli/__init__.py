@@ -355,7 +355,7 @@ def stop() -> None:
             progress.advance(task)
             return info
 
-        # In parallel: each waits up to 10 s for its daemon to leave the mesh and exit.
+        # In parallel: each waits up to 30 s for its daemon to drain, leave the mesh and exit.
         with ThreadPoolExecutor(max_workers=min(8, len(nodes))) as pool:
             for info in pool.map(_stop, nodes):
                 progress.console.print(f"stopped node {info['node_id']} ({info.get('tcp', '')})"

@@ -186,8 +186,10 @@ def find_node(address: str | None) -> dict | None:
     return None
 
 
-def stop_node(info: dict, timeout: float = 10.0) -> bool:
-    """Stop a node (SIGTERM, then SIGKILL); its shared memory and session dir go too."""
+def stop_node(info: dict, timeout: float = 30.0) -> bool:
+    """Stop a node (SIGTERM, then SIGKILL after ``timeout`` s); its shared memory and session dir
+    go too.  The node first drains: tasks running on its workers finish (up to ``MESH_DRAIN_S``,
+    20 s by default) while new work goes elsewhere."""
     pid = int(info["pid"])
     try:
         os.kill(pid, signal.SIGTERM)

@@ -234,7 +234,7 @@ def main(daemon_class: Any, argv: list[str] | None = None) -> None:
     d.seeds = [a.strip() for a in args.join.split(",") if a.strip()]
 
     def _term(signum, frame):
-        d.running = False
+        d.stop_requests += 1  # the loop drains, then stops (Daemon._stop_requested)
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

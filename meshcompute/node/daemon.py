@@ -71,6 +71,8 @@ NODE_CLEANUP_GRACE_S = 10.0
 in case the declaration was wrong (a loaded machine) and the peer refutes it."""
 VIEW_PERIOD_S = 0.2
 """How often (s) the daemon checks whether its gossiped resource view changed."""
+DRAIN_S = float(os.environ.get("MESH_DRAIN_S", "20"))
+"""Longest (s) a node asked to stop waits for its leases' tasks (``MESH_DRAIN_S``; < Kubernetes' 30 s grace)."""
 
 
 class Daemon:
@@ -116,6 +118,8 @@ class Daemon:
         self.pulls: Pulls | None = None  # once the arena is mapped (serve())
         self.copier: Copier | None = None  # helper threads for bulk copies (serve())
         self.running = True
+        self.stop_requests = 0  # SIGTERMs: the first drains a mesh node, the second stops it now
+        self.drain_until = 0.0
         self.membership: Any = None
         self.standalone = False
         self.seeds: list[str] = []
@@ -215,6 +219,8 @@ class Daemon:
         if self.copier.fd in events:
             self.copier.run_completions()
         now = time.monotonic()
+        if self.stop_requests:
+            self._stop_requested(now)
         if self.membership is not None:
             self.on_member_events(self.membership.tick())
             if now >= self._next_view:
@@ -321,7 +327,7 @@ class Daemon:
         return {
             "a": self.address,
             "t": self.resources.public_total(),
-            "v": {k: round(v, 3) for k, v in self.resources.public_available().items()},
+            "v": {} if self.drain_until else {k: round(v, 3) for k, v in self.resources.public_available().items()},
             "s": [self.store.table.allocator.used, self.store_capacity],
             "q": len(self.leases.pending),
             "g": self.control.gossip_meta() if self.control is not None else [],
@@ -473,7 +479,21 @@ class Daemon:
         self.leases.stop_work_using(resources)
         self.actors.stop_work_using(resources, reason)
 
+    def _stop_requested(self, now: float) -> None:
+        """A mesh node drains first (owner/draining.py), leaving once its leases are back or after
+        DRAIN_S; a second request, or an embedded node, stops at once."""
+        if self.membership is None or self.stop_requests > 1:
+            self.running = False
+        if self.drain_until or not self.running:
+            return
+        self.drain_until = now + DRAIN_S
+        log.info("draining: %d leases out; leaving in at most %.0f s", len(self.leases.leases), DRAIN_S)
+        for owner in self.leases.begin_drain():
+            self.send(owner, Msg.NODE_DRAINING, self.node_id)
+
     def _check_liveness(self) -> None:
+        if self.drain_until and (not self.leases.leases or time.monotonic() >= self.drain_until):
+            self.running = False
         if self.gone_nodes:
             self._cleanup_gone_nodes()
         if self.parent_pid and not pid_alive(self.parent_pid):

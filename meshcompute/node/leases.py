@@ -79,6 +79,7 @@ class LeaseTable:
         self.prefetch = prefetch
         self.leases: dict[bytes, Lease] = {}
         self.pending: collections.deque[LeaseRequest] = collections.deque()
+        self.draining = False  # the node is leaving: it grants nothing more (begin_drain)
         self._last_revoke = 0.0
 
     # ---------------------------------------------------------------- messages
@@ -125,6 +126,13 @@ class LeaseTable:
         req.fetching -= 1
         if req.fetching == 0 and req in self.pending:
             self.schedule()
+
+    def begin_drain(self) -> set[str]:
+        """The node is leaving: grant nothing more, send waiting requests elsewhere (``grant``).
+        Returns the owners that hold leases here, to be told (``NODE_DRAINING``)."""
+        self.draining = True
+        self.schedule()
+        return {ls.owner for ls in self.leases.values()}
 
     def spillback(self, req: LeaseRequest, peer: Any) -> None:
         self.placement.note_sent(peer)
@@ -220,6 +228,13 @@ class LeaseTable:
         # What is left after the requests already waiting for a worker to start.
         spare = dict(self.resources.available)
         for req in self.pending:
+            if self.draining:
+                target = self.placement.elsewhere(req.shape, req.strategy, req.hints, node_of(req.owner))
+                if target is None:
+                    still.append(req)  # nowhere else: it goes with this node
+                else:
+                    self.spillback(req, target)
+                continue
             if req.fetching:
                 still.append(req)  # its arguments are on their way here
                 continue

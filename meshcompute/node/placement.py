@@ -98,6 +98,16 @@ class Placement:
             return None
         return p if reject_when_full(req, _view(p)) else None
 
+    def elsewhere(self, shape: tuple, strategy: Any, hints: dict, owner_node: str) -> Any:
+        """For a node that is leaving: the peer view to send a request to -- one with room
+        now, else the owner's node -- or None when there is none."""
+        target = self.choose(shape, strategy, dict(hints, spilled=False), available={})
+        if target is None and owner_node != self.node_id:
+            p = self.peer_views().get(owner_node)
+            if p is not None and p.address and p.state == "alive":
+                target = p
+        return target
+
     def choose(self, shape: tuple, strategy: Any, hints: dict, available: dict | None = None) -> Any:
         """The peer view of the node to send the request to, or None to keep it here.
         ``available``: what is free here for this request (default: the pool's free amounts)."""

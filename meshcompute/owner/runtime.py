@@ -42,6 +42,7 @@ from ..wire.serialization import (
 from .actors import ActorCalls
 from .affinity import fail_if_pinned_to, fail_pinned_to
 from .control import ControlRequests, gcs_result
+from .draining import on_node_draining
 from .futures import future_for
 from .io_thread import IoThread
 from .listing import driver_lane
@@ -190,6 +191,7 @@ class Core:
             Msg.LEASE_GRANTED: tasks.on_lease_granted,
             Msg.LEASE_INFEASIBLE: tasks.on_lease_infeasible,
             Msg.LEASE_REFUSED: lambda sender, msg, frames: on_lease_refused(tasks, sender, msg, frames),
+            Msg.NODE_DRAINING: lambda sender, msg, frames: on_node_draining(tasks, sender, msg, frames),
             Msg.LEASE_REVOKE: tasks.on_lease_revoke,
             Msg.LEASE_SPILLBACK: tasks.on_lease_spillback,
             Msg.WORKER_DIED: tasks.on_worker_died,

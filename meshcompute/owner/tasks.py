@@ -352,6 +352,9 @@ class TaskQueues:
             self.lease_idle(lease)
 
     def lease_idle(self, lease: Lease) -> None:
+        if lease not in self.leases.get(lease.key, ()):  # its node drains (draining.py): back now
+            self.return_lease(lease)
+            return
         if self.revoke_until > self.io.now() or any(r.daemon == lease.daemon for r in self.requests.values()):
             # We wait for another lease there ourselves: this worker is what it needs.
             self.return_lease(lease)

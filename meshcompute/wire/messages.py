@@ -54,6 +54,7 @@ class Msg(IntEnum):
     LEASE_REFUSED = 26  # never granted: its placement group was removed, or its runtime_env failed
     # 26 retired (SHUTDOWN: nothing sent it; a node stops on SIGTERM)
     CANCEL_LEASE_REQUEST = 27
+    NODE_DRAINING = 28  # daemon -> owners of its leases: it is leaving; push nothing more, return when idle
     # process <-> process
     PUSH_TASKS = 40  # owner pushes a batch of task specs to a leased worker
     TASKS_DONE = 41  # worker returns a batch of results to the owner
@@ -105,6 +106,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.LEASE_GRANTED: ("req_id", "lease_id", "worker_addr", "worker_id", "gpu_ids"),
     Msg.LEASE_INFEASIBLE: ("req_id", "shape", "largest_node"),
     Msg.LEASE_REFUSED: ("req_id", "kind", "reason"),
+    Msg.NODE_DRAINING: ("node_id",),
     Msg.RETURN_LEASE: ("lease_id",),
     Msg.LEASE_REVOKE: ("count",),
     Msg.WORKER_DIED: ("lease_id", "worker_id", "reason"),
