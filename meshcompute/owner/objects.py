@@ -399,12 +399,16 @@ class ObjectTable:
                 e.waiters.remove(w)
 
 
-def fill(e: Entry, fields: tuple, frames: list) -> int:
-    """Store a value description (from a result or OBJECT_VALUE) in ``e``; returns frames used."""
+def fill(e: Entry, fields: tuple, frames: list, first: int = 0) -> int:
+    """Store a value description (from a result or OBJECT_VALUE) in ``e``, its buffers
+    from ``frames[first:]``; returns frames used.  ``first``, not a slice: a task's
+    returns share one frame list, and slicing its rest for each return copied it
+    over and over (3,000 returned small arrays, a frame each: 4.5 million items)."""
     kind = fields[0]
     if kind == "v":
         _, meta, nbuf, is_error = fields[:4]
-        e.value = Serialized(meta, [memoryview(f) for f in frames[:nbuf]], [], is_error)
+        bufs = [memoryview(f) for f in frames[first:first + nbuf]] if nbuf else []
+        e.value = Serialized(meta, bufs, [], is_error)
         e.is_error = is_error
         return nbuf
     if kind == "s":

@@ -514,7 +514,7 @@ class TaskQueues:
                     if r[0] == "s" and (e is None or e.node != r[4]):
                         self._send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), r[4])
                     continue
-                pos += fill(e, r, frames[pos:])
+                pos += fill(e, r, frames, pos)
                 contained = r[-1]
                 if contained:
                     with DeserializeContext() as ctx:
