@@ -25,7 +25,7 @@ class Task:
         self.actor_id: bytes | None = None
         self.method: str | None = None
         self.dispatched = False
-        self.holds: list = []
+        self.holds: list | tuple = ()  # most tasks hold nothing: no empty list each
         self.key: tuple = ()
 
 

@@ -104,7 +104,7 @@ class TaskQueues:
             e = self.objects.entry(ref._id, ref._owner)
             if e.state != READY:
                 t.deps += 1
-                e.dependents.append(t)
+                e.add_dependent(t)
                 if not e.owned:
                     self.objects.request_value(ref._id, e)
 
