@@ -165,7 +165,11 @@ def _broadcast_nodes(name: str, fw):
             cluster.add_node(num_cpus=1, object_store_memory=store)
         fw.init(address=cluster.address)
         cluster.wait_for_nodes()
-        return cluster.head_node.node_id, [n.node_id for n in cluster.worker_nodes], cluster.shutdown
+        def stop_ray() -> None:
+            fw.shutdown()  # the driver first: Ray refuses to remove the node it is connected to
+            cluster.shutdown()
+
+        return cluster.head_node.node_id, [n.node_id for n in cluster.worker_nodes], stop_ray
     from meshcompute.host.launcher import start_node, stop_node
     from meshcompute.wire.auth import generate_token
 
