@@ -266,21 +266,79 @@ def run_suite(name: str, repeat: int, quick: bool) -> dict:
     out["sync_of_rtt"] = out["task_sync_us"] / out["zmq_rtt_us"]
     big = dst = None  # the benchmark's own data is not the framework's memory
     time.sleep(3)  # let idle workers settle (both frameworks stop extra idle workers)
-    me = psutil.Process()
-    procs = [me] + me.children(recursive=True)
-    rss = pss = 0
-    for p in procs:
-        try:
-            info = p.memory_full_info()
-            rss += info.rss
-            pss += info.pss
-        except psutil.Error:
-            pass
+    rss, pss, processes = tree_memory(psutil.Process())
     out["rss_mib"] = rss / 2**20
     out["pss_mib"] = pss / 2**20
-    out["processes"] = len(procs)
+    out["processes"] = processes
     fw.shutdown()
     return dict(out)
+
+
+def tree_memory(root, pss: bool = True) -> tuple[int, int, int]:
+    """Total RSS and PSS (bytes; PSS 0 when ``pss`` is false) of ``root`` and all its
+    descendants, and how many processes that is.  PSS splits shared pages between
+    the processes that map them, so the total counts shared memory once."""
+    import psutil
+
+    try:
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0, 0, 0
+    rss = total_pss = 0
+    for p in procs:
+        try:
+            if pss:
+                info = p.memory_full_info()
+                total_pss += info.pss
+            else:
+                info = p.memory_info()
+            rss += info.rss
+        except psutil.Error:
+            pass
+    return rss, total_pss, len(procs)
+
+
+def run_child(cmd: list[str], name: str, timeout: float, env: dict | None = None, cwd: str | None = None,
+              watch=None) -> dict:
+    """Run a child that prints ``FIGURE``/``RESULT`` lines; returns the figures it printed.
+
+    ``watch(pid, done)``, when given, runs in a thread while the child runs (``done`` is
+    a threading.Event set when it has exited).  A child past ``timeout`` is stopped with
+    every process under it (by pid), and the figures it printed so far are kept.
+    """
+    import threading
+
+    import psutil
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    done = threading.Event()
+    watcher = threading.Thread(target=watch, args=(proc.pid, done), daemon=True) if watch else None
+    if watcher:
+        watcher.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            tree = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
+        for p in [proc, *tree]:
+            try:
+                p.kill()
+            except (psutil.Error, OSError):
+                pass
+        stdout, _ = proc.communicate()
+        stderr = f"stopped after {timeout:.0f} s"
+    done.set()
+    if watcher:
+        watcher.join()
+    figures: dict = {}
+    for line in stdout.splitlines():
+        if line.startswith("FIGURE ") or line.startswith("RESULT "):
+            figures.update(json.loads(line[7:]))
+    if proc.returncode != 0 or "RESULT " not in stdout:
+        sys.stderr.write(f"{name} did not finish ({stderr.strip()[-800:]}); partial figures kept\n")
+    return figures
 
 
 def _run_child(name: str, repeat: int, quick: bool, timeout: float, pythonpath: str | None = None) -> dict:
@@ -288,26 +346,9 @@ def _run_child(name: str, repeat: int, quick: bool, timeout: float, pythonpath: 
     env = dict(os.environ)
     if pythonpath:  # meshcompute from another checkout (its daemons inherit the path)
         env["PYTHONPATH"] = os.path.abspath(pythonpath) + os.pathsep + env.get("PYTHONPATH", "")
-    try:
-        # Run from that checkout too: ``python -m`` (how daemons start) puts the working
-        # directory first on the path, before PYTHONPATH.
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=os.path.abspath(pythonpath) if pythonpath else None)
-        stdout, stderr = proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as e:
-        stdout = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-        stderr = f"stopped after {timeout:.0f} s"
-        if name == "ray":
-            subprocess.run(["ray", "stop", "--force"], capture_output=True)
-    figures: dict = {}
-    for line in stdout.splitlines():
-        if line.startswith("FIGURE "):
-            figures.update(json.loads(line[7:]))
-        elif line.startswith("RESULT "):
-            figures.update(json.loads(line[7:]))
-    if "rss_mib" not in figures:
-        sys.stderr.write(f"{name} did not finish ({stderr.strip()[-500:]}); partial figures kept\n")
-    return figures
+    # Run from that checkout too: ``python -m`` (how daemons start) puts the working
+    # directory first on the path, before PYTHONPATH.
+    return run_child(cmd, name, timeout, env=env, cwd=os.path.abspath(pythonpath) if pythonpath else None)
 
 
 def _median_figures(runs: list[dict]) -> dict:

@@ -52,6 +52,23 @@ def test_multiple_returns():
     assert mesh.get([a, b, c]) == [10, 11, 12]
 
 
+def test_many_returns_each_get_their_own_buffers():
+    """Small arrays travel inline with their buffer as a frame of its own: each of
+    300 returns must take its frames, not its neighbour's, from the one message."""
+    import numpy as np
+
+    @mesh.remote(num_returns=300)
+    def mixed():
+        return tuple(np.arange(i % 7) + i if i % 3 else f"s{i}" for i in range(300))
+
+    values = mesh.get(mixed.remote())
+    for i, v in enumerate(values):
+        if i % 3:
+            assert v.tolist() == list(range(i, i + i % 7)), i
+        else:
+            assert v == f"s{i}"
+
+
 def test_top_level_refs_are_resolved_and_nested_refs_stay_refs():
     x = mesh.put(41)
     assert mesh.get(add.remote(x, 1)) == 42

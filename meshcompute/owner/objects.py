@@ -53,8 +53,16 @@ believes alive, the owner answers again after this long (s): by then the node is
 either declared dead (the object is being rebuilt) or reachable again."""
 
 
+_NO_BORROWERS: frozenset[str] = frozenset()
+
+
 class Entry:
-    """What this process knows about one object."""
+    """What this process knows about one object.
+
+    Its borrowers, waiters, dependents, getters and contained refs start as shared
+    empty tuples (a frozenset), made a list (a set) by the first ``add_*``: most
+    entries never have any, and a million queued tasks' entries held 440 bytes of
+    empty containers each."""
 
     __slots__ = (
         "owned", "owner", "state", "value", "loc", "node", "is_error", "borrowers",
@@ -69,12 +77,36 @@ class Entry:
         self.loc: tuple[int, int] | None = None  # (offset, size) in the store of `node`
         self.node = ""  # node whose store holds the primary copy (when loc is set)
         self.is_error = False
-        self.borrowers: set[str] = set()
-        self.waiters: list[Waiter] = []
-        self.dependents: list[Any] = []  # tasks waiting for this value (tasks.Task)
-        self.getters: list[str] = []  # processes waiting for OBJECT_VALUE
-        self.contained: list[ObjectRef] = []  # refs kept alive by this value
+        self.borrowers: set[str] | frozenset[str] = _NO_BORROWERS
+        self.waiters: list[Waiter] | tuple = ()
+        self.dependents: list[Any] | tuple = ()  # tasks waiting for this value (tasks.Task)
+        self.getters: list[str] | tuple = ()  # processes waiting for OBJECT_VALUE
+        self.contained: list[ObjectRef] | tuple = ()  # refs kept alive by this value
         self.requested = False
+
+    def add_borrower(self, borrower: str) -> None:
+        if self.borrowers:
+            self.borrowers.add(borrower)
+        else:
+            self.borrowers = {borrower}
+
+    def add_waiter(self, w: Waiter) -> None:
+        if self.waiters:
+            self.waiters.append(w)
+        else:
+            self.waiters = [w]
+
+    def add_dependent(self, task: Any) -> None:
+        if self.dependents:
+            self.dependents.append(task)
+        else:
+            self.dependents = [task]
+
+    def add_getter(self, process: str) -> None:
+        if self.getters:
+            self.getters.append(process)
+        else:
+            self.getters = [process]
 
 
 class Waiter:
@@ -156,7 +188,7 @@ class ObjectTable:
         del self.entries[oid]
         if e.loc is not None:
             self.io.send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), e.node)
-        e.contained = []  # drops our holds on refs inside the value
+        e.contained = ()  # drops our holds on refs inside the value
         e.value = None
         self._freed(oid)
         if self.on_owned_freed is not None:
@@ -171,14 +203,14 @@ class ObjectTable:
         for oid in oids:
             e = self.entries.get(oid)
             if e is not None and e.owned:
-                e.borrowers.add(sender)
+                e.add_borrower(sender)
         if req_id is not None:
             self.io.send(sender, Msg.REPLY, req_id, True)
 
     def on_remove_borrower(self, sender: str, msg: tuple, frames: list) -> None:
         for oid in msg[1]:
             e = self.entries.get(oid)
-            if e is not None and e.owned:
+            if e is not None and e.owned and sender in e.borrowers:  # a set then, not the shared empty one
                 e.borrowers.discard(sender)
                 self.maybe_free(oid, e)
 
@@ -187,20 +219,20 @@ class ObjectTable:
     def set_ready(self, oid: bytes, e: Entry) -> None:
         e.state = READY
         if e.waiters:
-            waiters, e.waiters = e.waiters, []
+            waiters, e.waiters = e.waiters, ()
             for w in waiters:
                 w.done_ids.append(oid)
                 w.remaining -= 1
                 if w.remaining <= 0:
                     w.event.set()
         if e.dependents:
-            deps, e.dependents = e.dependents, []
+            deps, e.dependents = e.dependents, ()
             for t in deps:
                 t.deps -= 1
                 if t.deps == 0:
                     self._dependency_ready(t)
         if e.getters:
-            getters, e.getters = e.getters, []
+            getters, e.getters = e.getters, ()
             for g in getters:
                 self.send_value(g, oid, e)
             if e.owned:
@@ -258,7 +290,7 @@ class ObjectTable:
         if e is None or not e.owned:
             self.io.send(sender, Msg.OBJECT_VALUE, oid, ("lost",))
         elif e.state != READY:
-            e.getters.append(sender)
+            e.add_getter(sender)
         elif lost_on and e.loc is not None and e.node == lost_on:
             # The reader could not read the copy we know of: answer once that node is
             # declared dead (the value is rebuilt, then sent) or a moment has passed.
@@ -273,7 +305,7 @@ class ObjectTable:
         elif e.state == READY:
             self.send_value(sender, oid, e)
         else:
-            e.getters.append(sender)
+            e.add_getter(sender)
 
     def on_object_value(self, sender: str, msg: tuple, frames: list) -> None:
         _, oid, fields = msg
@@ -303,7 +335,7 @@ class ObjectTable:
                 return
         elif e.state == READY:
             e.state, e.loc, e.node, e.requested = PENDING, None, "", False
-        e.waiters.append(w)
+        e.add_waiter(w)
         if not e.owned:
             self.request_value(oid, e, lost_on)
 
@@ -319,7 +351,7 @@ class ObjectTable:
             w.done_ids.append(oid)
             w.event.set()
         else:
-            e.waiters.append(w)
+            e.add_waiter(w)
 
     # ------------------------------------------------------------- owner death
 
@@ -386,7 +418,7 @@ class ObjectTable:
                 w.done_ids.append(oid)
                 w.remaining -= 1
                 continue
-            e.waiters.append(w)
+            e.add_waiter(w)
             if not e.owned:
                 self.request_value(oid, e)
         if w.remaining <= 0:
@@ -399,12 +431,16 @@ class ObjectTable:
                 e.waiters.remove(w)
 
 
-def fill(e: Entry, fields: tuple, frames: list) -> int:
-    """Store a value description (from a result or OBJECT_VALUE) in ``e``; returns frames used."""
+def fill(e: Entry, fields: tuple, frames: list, first: int = 0) -> int:
+    """Store a value description (from a result or OBJECT_VALUE) in ``e``, its buffers
+    from ``frames[first:]``; returns frames used.  ``first``, not a slice: a task's
+    returns share one frame list, and slicing its rest for each return copied it
+    over and over (3,000 returned small arrays, a frame each: 4.5 million items)."""
     kind = fields[0]
     if kind == "v":
         _, meta, nbuf, is_error = fields[:4]
-        e.value = Serialized(meta, [memoryview(f) for f in frames[:nbuf]], [], is_error)
+        bufs = [memoryview(f) for f in frames[first:first + nbuf]] if nbuf else []
+        e.value = Serialized(meta, bufs, [], is_error)
         e.is_error = is_error
         return nbuf
     if kind == "s":

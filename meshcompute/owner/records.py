@@ -25,7 +25,7 @@ class Task:
         self.actor_id: bytes | None = None
         self.method: str | None = None
         self.dispatched = False
-        self.holds: list = []
+        self.holds: list | tuple = ()  # most tasks hold nothing: no empty list each
         self.key: tuple = ()
         # (hash, requirements, options) of its pip runtime_env (worker/pip_env.py): it runs only
         # on a worker of that environment, so the environment is part of its scheduling key.

@@ -70,7 +70,7 @@ class Streams:
     def open(self, task_id: bytes, dynamic: bool, window: int | None) -> None:
         """A generator task was submitted (its completion entry exists already)."""
         s = self.streams[task_id] = Stream(task_id, dynamic, window)
-        self.objects.entries[s.done_oid].dependents.append(s)
+        self.objects.entries[s.done_oid].add_dependent(s)
 
     def on_stream_item(self, sender: str, msg: tuple, frames: list) -> None:
         _, task_id, index, fields = msg

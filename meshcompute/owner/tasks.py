@@ -106,7 +106,7 @@ class TaskQueues:
             e = self.objects.entry(ref._id, ref._owner)
             if e.state != READY:
                 t.deps += 1
-                e.dependents.append(t)
+                e.add_dependent(t)
                 if not e.owned:
                     self.objects.request_value(ref._id, e)
 
@@ -523,7 +523,7 @@ class TaskQueues:
                     if r[0] == "s" and (e is None or e.node != r[4]):
                         self._send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), r[4])
                     continue
-                pos += fill(e, r, frames[pos:])
+                pos += fill(e, r, frames, pos)
                 contained = r[-1]
                 if contained:
                     with DeserializeContext() as ctx:
