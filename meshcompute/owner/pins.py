@@ -30,6 +30,7 @@ lock.  Unpins to send wait in ``take_unpins`` (one STORE_UNPIN per I/O turn).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Callable
@@ -37,11 +38,12 @@ from typing import Any
 
 
 class _Pin:
-    __slots__ = ("offset", "size", "user", "unwanted")
+    __slots__ = ("offset", "size", "user", "unwanted", "used")
 
-    def __init__(self, offset: int, size: int) -> None:
+    def __init__(self, offset: int, size: int, used: int) -> None:
         self.offset = offset
         self.size = size
+        self.used = used  # when it was last read (a counter): what the daemon spills first
         self.user: weakref.ref | None = None  # the exporter values are built on, while any lives
         self.unwanted = False  # the object is lost to this process: let go once idle, refs or not
 
@@ -64,6 +66,7 @@ class PinCache:
         self._lock = threading.Lock()
         self._pins: dict[bytes, _Pin] = {}
         self._unpins: list[bytes] = []
+        self._clock = itertools.count()
         self._np: Any = None  # numpy, imported by the first read of a store object
 
     def _numpy(self) -> None:
@@ -103,10 +106,11 @@ class PinCache:
             pin = self._pins.get(oid)
             kept = pin is None
             if kept:
-                pin = self._pins[oid] = _Pin(offset, size)
+                pin = self._pins[oid] = _Pin(offset, size, next(self._clock))
             return (self._exporter(oid, pin) if use else None), kept
 
     def _exporter(self, oid: bytes, pin: _Pin) -> Any:
+        pin.used = next(self._clock)
         exporter = pin.user() if pin.user is not None else None
         if exporter is None:
             exporter = self._np.frombuffer(self._arena, self._np.uint8, pin.size, pin.offset)
@@ -143,15 +147,16 @@ class PinCache:
 
     def release_idle(self, oids) -> list[bytes]:
         """The daemon needs room (STORE_RELEASE): drop the idle pins among ``oids``;
-        returns those dropped (the answer's unpins).  Pins in use stay."""
+        returns those dropped, least recently read first (the daemon spills in
+        the order of its unpins).  Pins in use stay."""
         released = []
         with self._lock:
             for oid in oids:
                 pin = self._pins.get(oid)
                 if pin is not None and pin.idle():
                     del self._pins[oid]
-                    released.append(oid)
-        return released
+                    released.append((pin.used, oid))
+        return [oid for _, oid in sorted(released)]
 
     def release_all_idle(self) -> list[bytes]:
         """Drop every idle pin (the process disconnects); returns them."""
