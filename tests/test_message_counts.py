@@ -9,13 +9,17 @@ are not on the task path.
 
 from __future__ import annotations
 
+import gc
 import time
 
+import numpy as np
 import pytest
 
 import meshcompute as mesh
 from meshcompute.owner import context
 from meshcompute.wire.messages import Msg
+
+from .conftest import wait_for
 
 OFF_PATH = {Msg.TASK_STATS, Msg.WORKER_OUTPUT}
 
@@ -129,3 +133,51 @@ def test_dropping_many_refs_at_once_wakes_the_io_thread_a_few_times(fresh_node):
     mesh.get(mesh.put(0))  # posted after the releases: they ran before it
     assert not any(oid in core.objects.entries for oid in ids), "every dropped object was freed"
     assert core.io.wakeups - before < 300, core.io.wakeups - before
+
+
+@mesh.remote
+def get_repeatedly(box):
+    core = context.core
+    before = _snapshot(core)
+    first = mesh.get(box[0])
+    first_delta = _delta(core, before)
+    before = _snapshot(core)
+    values = [mesh.get(box[0]) for _ in range(3)]
+    assert all(not v.flags.writeable for v in values) and first.ctypes.data == values[0].ctypes.data
+    return int(values[-1][-1]), first_delta, _delta(core, before)
+
+
+def _store_objects(core) -> int:
+    return core.node_info()["store"]["objects"]
+
+
+def test_repeated_get_of_a_store_object_costs_no_message(fresh_node):
+    """Was: every get of a store object pinned it (STORE_PIN and its REPLY) and mapped it
+    afresh, and each value's mapping unpinned it once dropped (STORE_UNPIN): three messages
+    per get, in the process that put the object too.  Now a put keeps its pin, and so does
+    the first get in another process while it holds the ref."""
+    core = context.core
+    before = _snapshot(core)
+    ref = mesh.put(np.arange(1 << 20))  # 8 MiB: in the store
+    for _ in range(5):
+        value = mesh.get(ref)
+        assert value[-1] == (1 << 20) - 1 and not value.flags.writeable
+        with pytest.raises(ValueError):
+            value[0] = 1
+        del value
+    del ref
+    gc.collect()
+    assert wait_for(lambda: core.sent.get(Msg.STORE_FREE, 0) > before[0].get(Msg.STORE_FREE, 0), timeout=5)
+    # The free carries the unpin of the put's kept pin: no message beyond the put's and the free.
+    assert _delta(core, before) == {"sent STORE_CREATE": 1, "received REPLY": 1, "sent STORE_SEAL": 1,
+                                    "sent STORE_FREE": 1}
+    assert wait_for(lambda: _store_objects(core) == 0, timeout=5)
+    # Another process (a borrower): its first get pins, its next ones send nothing.
+    ref = mesh.put(np.arange(1 << 20))
+    last, first_delta, delta = mesh.get(get_repeatedly.remote([ref]))
+    assert last == (1 << 20) - 1
+    assert first_delta.get("sent STORE_PIN") == 1 and delta == {}
+    del ref
+    gc.collect()
+    assert wait_for(lambda: _store_objects(core) == 0, timeout=5), "the worker's kept pin outlived its ref"
+

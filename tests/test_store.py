@@ -360,6 +360,51 @@ def test_table_free_and_death_during_a_restore(table):
     assert b"e" not in table.objects and table.statistics().used == 32 * PAGE
 
 
+def test_table_asks_keepers_of_pins_before_it_spills_or_is_full(table):
+    """Pins that processes keep (a put's, a get's while the ref lives) hold objects in memory
+    only until room is needed: the table asks their keepers once, spills what they let go,
+    and is full only when what they keep is in use."""
+    for i in range(4):
+        _put(table, bytes([i]), _data(i, 16 * PAGE))  # the store is full
+    assert table.pin(bytes([0]), "p1", 1, keep=True) and table.pin(bytes([1]), "p1", 2, keep=True)
+    assert table.seal(b"late", keep_pinned_by="p2") == []  # no such object: nothing kept
+    table.pin(bytes([2]), "p2", 3, keep=True)
+    _pin(table, bytes([3]), "reader")  # a plain pin (a transfer's): never asked about
+    assert table.request_create(b"x", 16 * PAGE, "owner", "w", "w", 7) == []  # waits for answers
+    assert sorted(table.releases.take()) == [("p1", [bytes([0]), bytes([1])]), ("p2", [bytes([2])])]
+    assert table.statistics().release_requests == 1 and table.statistics().spills == 0
+    assert table.unpin_many([], "p2", "asked") == []  # p2 uses its value: still waiting for p1
+    [(peer, req_id, (status, offset))] = table.unpin_many([bytes([0])], "p1", "asked")
+    assert (peer, req_id, status) == ("w", 7, "ok") and table.statistics().spills == 1
+    assert table.objects[bytes([0])].offset is None and table.objects[bytes([1])].offset is not None
+    assert table.seal(b"x") == []
+    _pin(table, b"x", "reader")
+    # Nothing can move: asked again (once per allocation), about what is kept now.
+    assert table.request_create(b"y", 16 * PAGE, "owner", "w", "w", 8) == []
+    assert sorted(table.releases.take()) == [("p1", [bytes([1])]), ("p2", [bytes([2])])]
+    assert table.unpin_many([], "p1", "asked") == []
+    [(_, _, (status, _))] = table.process_gone("p2")  # a dead keeper answers nothing: its pins go
+    assert status == "ok" and table.objects[bytes([2])].offset is None  # spilled
+    # A keeper that answers without letting go (its value is in use): then the store is full.
+    assert table.request_create(b"z", 16 * PAGE, "owner", "w", "w", 9) == []
+    assert table.releases.take() == [("p1", [bytes([1])])]
+    [(_, _, (status, why))] = table.unpin_many([], "p1", "asked")
+    assert status == "full" and "pinned by readers (3 objects" in why, why
+    assert table.statistics().release_requests == 3 and not table.releases.waiting
+    # A keeper that disconnects keeps the pins of its values in use, but is never asked again.
+    assert table.unpin_many([], "p1", "closing") == []
+    with pytest.raises(StoreFull):
+        table.create(b"z", 16 * PAGE, "owner", "w")
+    assert table.releases.take() == [] and table.statistics().release_requests == 3
+    # Kept pins go like any pin: then the blocks of freed objects are reused.
+    table.unpin(bytes([1]), "p1")
+    table.free([bytes([i]) for i in range(4)] + [b"x", b"y"])
+    table.unpin(bytes([3]), "reader")
+    table.unpin(b"x", "reader")
+    s = table.statistics()
+    assert (s.objects, s.used, s.pinned_objects) == (0, 0, 0)
+
+
 def test_clean_stale_sessions_removes_orphaned_spill_dirs(tmp_path, monkeypatch):
     from meshcompute.host import sessions as procutil
 
@@ -418,6 +463,38 @@ def test_three_times_capacity_spills_and_restores_bit_exact(fresh_node):
     assert not os.path.exists(spill_dir) and not os.path.exists(arena)
 
 
+def _record(oid: bytes) -> dict:
+    from meshcompute.owner import context
+    from meshcompute.wire.messages import Msg
+
+    return next(r for r in context.core.request_daemon(Msg.LIST_OBJECTS, "node") if r["object_id"] == oid.hex())
+
+
+@pytest.mark.node_options(object_store_memory=64 * MiB)
+def test_a_full_store_spills_objects_whose_pins_are_only_kept(fresh_node):
+    """A put keeps its pin, and a get keeps one while the ref lives; a full store still makes
+    room: it asks the keeper to let go, and spills every object whose value is not in use."""
+    n = 20 * MiB // 8
+    refs = [mesh.put(np.full(n, 0.0))]
+    in_use = mesh.get(refs[0])
+    for i in range(1, 6):  # 120 MiB through a 64 MiB store, every ref held
+        refs.append(mesh.put(np.full(n, float(i))))
+    s = _stats()
+    assert s["release_requests"] >= 1 and s["spills"] >= 3, s
+    assert _record(refs[0]._id)["in_memory"]  # its value is in use: never spilled
+    for _ in range(2):
+        for i, ref in enumerate(refs):  # each restore asks again for room
+            value = mesh.get(ref)
+            assert value[0] == i and value[-1] == i
+            del value
+    assert _stats()["restores"] >= 5 and _record(refs[0]._id)["in_memory"]
+    assert in_use[0] == 0.0 and in_use[-1] == 0.0
+    del refs, ref, in_use
+    gc.collect()
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=10), _stats()
+    assert _stats()["used"] == 0
+
+
 def test_a_pin_waits_for_the_seal(fresh_node):
     from meshcompute.owner import context
     from meshcompute.wire.messages import Msg
@@ -430,11 +507,11 @@ def test_a_pin_waits_for_the_seal(fresh_node):
     reader.start()
     reader.join(0.5)
     assert reader.is_alive() and not got  # invisible until sealed
-    core.post(core._send_daemon, Msg.STORE_SEAL, b"o" * 28)
+    core.post(core._send_daemon, Msg.STORE_SEAL, b"o" * 28, False)
     reader.join(5)
     assert got == [(answer[1], 2 * MiB)]
-    core.post(core._send_daemon, Msg.STORE_UNPIN, b"o" * 28)
-    core.post(core._send_daemon, Msg.STORE_FREE, (b"o" * 28,), None)
+    core.post(core._send_daemon, Msg.STORE_UNPIN, [b"o" * 28], "unused")
+    core.post(core._send_daemon, Msg.STORE_FREE, (b"o" * 28,), None, ())
     assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)
 
 

@@ -15,7 +15,7 @@ import psutil
 
 from ..host.proctitle import set_title
 from ..host.sessions import clean_stale_sessions, keys_for_session, pid_alive, set_parent_death_signal
-from ..store.table import spill_dir_for
+from ..store.spill import spill_dir_for
 from ..wire import ids
 
 DEFAULT_STORE_FRACTION = 0.3

@@ -517,7 +517,7 @@ class Daemon:
         if self.store.is_remote(oid, source):
             self.pulls.pull(oid, source[0], int(source[1]), sender, req_id, time.monotonic())
         else:
-            self.store.pin(oid, sender, req_id)
+            self.store.pin(oid, sender, req_id, keep=True)  # processes keep their pins (owner/pins.py)
 
     # ---------------------------------------------------------- observability
 

@@ -229,7 +229,7 @@ class Pulls:
         else:
             self.store.send_replies(table.seal(p.oid))
             for reader, req_id in p.waiters:
-                self.store.send_replies(table.pin(p.oid, reader, req_id))
+                self.store.send_replies(table.pin(p.oid, reader, req_id, keep=True))  # a process's kept pin
         self._notify(p)
 
     @staticmethod

@@ -41,6 +41,9 @@ class StoreService:
                 req_id(value)
             else:
                 self.send(peer, Msg.REPLY, req_id, value)
+        # Allocations that wait for processes to let go of the pins they keep.
+        for peer, oids in self.table.releases.take():
+            self.send(peer, Msg.STORE_RELEASE, oids)
 
     def use_copier(self, submit: Copy) -> None:
         """Run the table's spill and restore copies through ``submit`` (helper threads)
@@ -68,30 +71,35 @@ class StoreService:
         self.send_replies(self.table.request_create(oid, size, owner, sender, sender, req_id))
 
     def on_store_seal(self, sender: str, msg: tuple, frames: list) -> None:
-        self.send_replies(self.table.seal(msg[1]))
+        _, oid, keep_pinned = msg
+        self.send_replies(self.table.seal(oid, sender if keep_pinned else None))
 
     def is_remote(self, oid: bytes, source: Any) -> bool:
         """Whether a pin must pull the object from ``source`` (a ``(node_id, size)`` or None) first."""
         obj = self.table.objects.get(oid)
         return (obj is None or obj.freed) and bool(source) and source[0] != self.node_id
 
-    def pin(self, oid: bytes, reader: str, req_id: Any) -> None:
-        self.send_replies(self.table.pin(oid, reader, req_id))
+    def pin(self, oid: bytes, reader: str, req_id: Any, keep: bool = False) -> None:
+        """Pin for ``reader``; ``keep``: a process's pin, kept until it lets go (or is asked to)."""
+        self.send_replies(self.table.pin(oid, reader, req_id, keep))
 
     def on_store_unpin(self, sender: str, msg: tuple, frames: list) -> None:
-        self.send_replies(self.table.unpin(msg[1], sender))
+        _, oids, reason = msg
+        self.send_replies(self.table.unpin_many(list(oids), sender, reason))
 
     def on_store_free(self, sender: str, msg: tuple, frames: list) -> None:
-        _, oids, node_id = msg
+        _, oids, node_id, unpinned = msg
+        if unpinned:  # the owner's own kept pins, here, go with the free
+            self.send_replies(self.table.unpin_many(list(unpinned), sender))
         if node_id and node_id != self.node_id:
             address = self.peer_address(node_id)
             if address:
-                self.send(address, Msg.STORE_FREE, oids, node_id)
+                self.send(address, Msg.STORE_FREE, oids, node_id, ())
             return
         for oid in oids:
             # Copies pulled from ours go with the primary.
             for holder in self.copy_holders.pop(oid, ()):
-                self.send(holder, Msg.STORE_FREE, (oid,), None)
+                self.send(holder, Msg.STORE_FREE, (oid,), None, ())
         self.send_replies(self.table.free(oids))
 
     def process_gone(self, addr: str) -> None:
@@ -100,7 +108,7 @@ class StoreService:
         for oid, obj in list(self.table.objects.items()):
             if obj.owner == addr and oid in self.copy_holders:
                 for holder in self.copy_holders.pop(oid):
-                    self.send(holder, Msg.STORE_FREE, (oid,), None)
+                    self.send(holder, Msg.STORE_FREE, (oid,), None, ())
         self.send_replies(self.table.process_gone(addr))
 
     # --------------------------------------------------------------- reporting

@@ -136,6 +136,7 @@ class ObjectTable:
         self.dead_owners: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.dead_nodes: set[str] = set()
         self.on_owned_freed: Callable[[], None] | None = None  # a worker re-reports whether it owns objects
+        self.pins: Any = None  # the store pins this process keeps (pins.PinCache): let go with the last ref
 
     def entry(self, oid: bytes, owner: str) -> Entry:
         """The entry of ``oid``, made (not owned) if this process has none yet."""
@@ -176,23 +177,39 @@ class ObjectTable:
         if e is None:
             return
         if e.owned:
-            self.maybe_free(oid, e)
+            if not self.maybe_free(oid, e):
+                self._unpin_idle(oid)
         else:
-            # Our read mappings of it unpin themselves when they are unmapped.
             del self.entries[oid]
             self.io.send(e.owner, Msg.REMOVE_BORROWER, (oid,))
+            self._unpin_idle(oid)
 
-    def maybe_free(self, oid: bytes, e: Entry) -> None:
+    def _let_go(self, oid: bytes, for_good: bool = False) -> bool:
+        """No local ref holds ``oid`` (``for_good``: or can read it again): True if our kept
+        store pin of it went now (values built on it keep it until they are gone); the
+        daemon must then hear it."""
+        return self.pins is not None and self.pins.let_go(oid, for_good)
+
+    def _unpin_idle(self, oid: bytes, for_good: bool = False) -> None:
+        if self._let_go(oid, for_good):
+            self.pins.unpin_later(oid)
+
+    def maybe_free(self, oid: bytes, e: Entry) -> bool:
+        """Free an owned entry if nothing holds it any more; True if it was freed."""
         if e.state == PENDING or e.borrowers or oid in self.ref_counts or e.getters:
-            return
+            return False
         del self.entries[oid]
         if e.loc is not None:
-            self.io.send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), e.node)
+            # Our own kept pin goes with the free: one message, not two.
+            self.io.send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), e.node, (oid,) if self._let_go(oid) else ())
+        else:
+            self._unpin_idle(oid)
         e.contained = ()  # drops our holds on refs inside the value
         e.value = None
         self._freed(oid)
         if self.on_owned_freed is not None:
             self.on_owned_freed()
+        return True
 
     def owns_any(self) -> bool:
         """Whether this process owns an object (its death would lose it)."""
@@ -399,6 +416,7 @@ class ObjectTable:
             if e is None or (e.state == READY and e.loc is None):
                 continue  # gone, or its value is here already
             e.loc, e.node, e.is_error = None, "", True
+            self._unpin_idle(oid, for_good=True)  # our refs will read the error, not the store
             e.value = serialize(exc.OwnerDiedError(
                 f"Object {oid.hex()} is lost: {why} ({e.owner}). An object lives as long as the "
                 "process that created it.", object_id=oid.hex()), True)

@@ -115,8 +115,11 @@ class Core:
         (_, _node_id, store_path, self.store_capacity, _session, self.node_meta) = reply
         self.tasks.nodes.update(self.node_meta.get("nodes", {}))  # alive peers' daemons, kept by NODE_STATE
         self.store = StoreClient(store_path, self.store_capacity, node_id, self.request_daemon,
-                                 lambda oid: self._post_daemon(Msg.STORE_UNPIN, oid),
-                                 lambda oid: self._post_daemon(Msg.STORE_SEAL, oid))
+                                 lambda oids, reason: self._post_daemon(Msg.STORE_UNPIN, oids, reason),
+                                 lambda oid, keep: self._post_daemon(Msg.STORE_SEAL, oid, keep),
+                                 self.post, self.objects.ref_counts.__contains__)
+        self.objects.pins = self.store.pins
+        io.after_turn.append(self.store.flush_unpins)
 
     def attach_worker(self, executor: Any, inbox: Any) -> None:
         """Make this process a worker: ``executor`` runs what owners push to ``inbox``
@@ -207,6 +210,8 @@ class Core:
             Msg.PROCESS_GONE: self._on_process_gone,
             Msg.TIMELINE: self._on_timeline,
             Msg.WORKER_OUTPUT: self._on_worker_output,
+            Msg.STORE_RELEASE: lambda sender, msg, frames: (
+                self.store.on_store_release(msg[1]) if sender == self.daemon_addr else None),
         }
 
     def _on_node_state(self, sender, msg, frames) -> None:
@@ -238,7 +243,12 @@ class Core:
 
     def close(self) -> None:
         # Return every lease first, so the daemon can reuse the workers at once.
-        self.io.close(final=self.tasks.return_all)
+        def final() -> None:
+            self.tasks.return_all()
+            # Pins of values still in use stay, but we answer no STORE_RELEASE from now on.
+            self._send_daemon(Msg.STORE_UNPIN, self.store.pins.release_all_idle(), "closing")
+
+        self.io.close(final=final)
         self.store.close()
 
     # ------------------------------------------------------------- ref counting
@@ -413,11 +423,7 @@ class Core:
     def _read_store_once(self, oid: bytes, node: str, size: int, owner: str, timeout: float | None) -> Any:
         if timeout is None and (not node or node == self.node_id):
             timeout = 60.0
-        unpin = self.store._unpin
-        value, new_borrows = self.store.read(
-            oid, node, size, timeout,
-            on_late=lambda answer: unpin(oid) if isinstance(answer, tuple) and not isinstance(answer[0], str)
-            else None)
+        value, new_borrows = self.store.read(oid, node, size, timeout)
         if new_borrows:
             self.register_borrows(new_borrows, owner)
         return value
@@ -454,7 +460,8 @@ class Core:
 
     def put_serialized(self, ser: Serialized, owner: str | None = None, object_id: bytes | None = None):
         """Store a value; returns ("v", ser) for small values or ("s", offset, size)."""
-        return self.store.put(ser, owner or self.address, object_id)
+        # A put keeps its pin (we hold the ref: our gets need no message); a task's result does not.
+        return self.store.put(ser, owner or self.address, object_id, keep_pinned=owner is None)
 
     def put(self, value: Any) -> ObjectRef:
         if isinstance(value, ObjectRef):

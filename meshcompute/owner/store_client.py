@@ -1,16 +1,17 @@
 """A process's access to its node's shared-memory store: puts and zero-copy reads.
 
 The daemon keeps the table (where each object is, who pins it); this side maps
-the arena and copies bytes.  Called from user threads (the driver's code, a
-worker's executor); it talks to the daemon through two callables the runtime
-gives it, so it holds no socket.
+the arena once, copies bytes in, and builds values on read-only views of its
+mapping.  The pins it holds are kept (owner/pins.py), so a get of an object this
+process already read or put sends no message.  Called from user threads (the
+driver's code, a worker's executor); it talks to the daemon through callables
+the runtime gives it, so it holds no socket.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -20,38 +21,34 @@ from ..store.shm import Prefaulter, Ranges, mapping_address
 from ..store.spill import DISK_FULL
 from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize
-
-
-class _Unpinner:
-    """Sends STORE_UNPIN when the read-only mapping of an object is unmapped."""
-
-    __slots__ = ("unpin", "object_id")
-
-    def __init__(self, unpin: Callable[[bytes], None], object_id: bytes) -> None:
-        self.unpin = unpin
-        self.object_id = object_id
-
-    def __call__(self) -> None:
-        self.unpin(self.object_id)
+from .pins import PinCache
 
 
 class StoreClient:
     def __init__(self, store_path: str, capacity: int, node_id: str,
-                 request: Callable[..., Any], unpin: Callable[[bytes], None],
-                 seal: Callable[[bytes], None]) -> None:
+                 request: Callable[..., Any], unpin: Callable[..., None],
+                 seal: Callable[..., None], post: Callable[..., None],
+                 referenced: Callable[[bytes], bool]) -> None:
         self.node_id = node_id
         self._request = request  # request_daemon(msg_type, *fields, timeout=...) -> answer
-        self._unpin = unpin  # sends STORE_UNPIN (any thread)
-        self._seal = seal  # sends STORE_SEAL (any thread)
+        self._unpin = unpin  # unpin(object_ids, reason): sends STORE_UNPIN (any thread)
+        self._seal = seal  # seal(object_id, keep_pinned): sends STORE_SEAL (any thread)
         self.fd = os.open(store_path, os.O_RDWR)
         self.arena = mmap.mmap(self.fd, capacity)
         self.arena_mv = memoryview(self.arena)
+        self.closed = False
+        # Values are built on read-only views of this one mapping: no mmap per get.
+        self.pins = PinCache(self.arena_mv.toreadonly(), referenced,
+                             lambda oid, ref: None if self.closed else post(self.pins.value_gone, oid, ref))
         # Pages of our mapping that are populated: puts there are a plain memcpy.
         self.touched = Ranges()
         self.prefaulter = Prefaulter(mapping_address(self.arena), self.touched)
 
-    def put(self, ser: Serialized, owner: str, object_id: bytes | None) -> tuple:
-        """Store a value; returns ("v", ser) for small values or ("s", offset, size)."""
+    def put(self, ser: Serialized, owner: str, object_id: bytes | None, keep_pinned: bool = False) -> tuple:
+        """Store a value; returns ("v", ser) for small values or ("s", offset, size).
+
+        With ``keep_pinned`` (a put by the process that will hold the ref) the seal
+        pins the object for this process, and gets of it here need no message."""
         if ser.size <= INLINE_THRESHOLD:
             return ("v", ser)
         lens = [memoryview(b).nbytes for b in ser.buffers]
@@ -70,36 +67,58 @@ class StoreClient:
             # Map them in the background so the next put reusing them is a memcpy.
             pwrite_object(self.fd, offset, ser.meta, ser.buffers, ser.is_error)
             self.prefaulter.request(offset, size)
-        self._seal(object_id)
+        if keep_pinned:
+            self.pins.add(object_id, offset, size, use=False)
+        self._seal(object_id, keep_pinned)
         return ("s", offset, size)
 
-    def read(self, oid: bytes, node: str, size: int, timeout: float | None,
-             on_late: Callable[[Any], None] | None = None) -> tuple[Any, list]:
-        """Map an object read-only and deserialize it; returns (value, refs found inside).
+    def read(self, oid: bytes, node: str, size: int, timeout: float | None) -> tuple[Any, list]:
+        """Deserialize a stored object on a read-only view of the arena; returns (value, refs found inside).
 
-        The pin answers where the object is now (it may have moved through a
-        spill and restore) and keeps that block from reuse while mapped.  A copy
-        on another node is pulled into ours first (the daemon does it).  A pin
-        answered after ``timeout`` is handed to ``on_late`` (to unpin it).
+        An object this process holds a pin of is read at once.  Otherwise the pin
+        answers where the object is now (it may have moved through a spill and
+        restore) and keeps it there while the pin is held; a copy on another node
+        is pulled into ours first (the daemon does it).  A pin answered after
+        ``timeout`` is unpinned.
         """
-        source = (node, size) if node and node != self.node_id else None
-        answer = self._request(Msg.STORE_PIN, oid, source, timeout=timeout, on_late=on_late)
-        if answer is None:
-            raise exc.ObjectLostError(object_id=oid.hex())
-        if isinstance(answer[0], str):  # ("full", why): spilled, and no room to read it back
-            raise store_full(answer[1])
-        offset, size = answer
-        mm = mmap.mmap(self.fd, size, access=mmap.ACCESS_READ, offset=offset)
-        weakref.finalize(mm, _Unpinner(self._unpin, oid))
-        meta, bufs, _ = read_object(memoryview(mm))
+        view = self.pins.view(oid)
+        if view is None:
+            source = (node, size) if node and node != self.node_id else None
+            unpin = self._unpin
+            answer = self._request(
+                Msg.STORE_PIN, oid, source, timeout=timeout,
+                on_late=lambda late: unpin([oid], "unused") if isinstance(late, tuple) and not isinstance(
+                    late[0], str) else None)
+            if answer is None:
+                raise exc.ObjectLostError(object_id=oid.hex())
+            if isinstance(answer[0], str):  # ("full", why): spilled, and no room to read it back
+                raise store_full(answer[1])
+            view, kept = self.pins.add(oid, answer[0], answer[1], use=True)
+            if not kept:
+                self._unpin([oid], "unused")
+        meta, bufs, _ = read_object(memoryview(view))
+        del view  # the views sliced from it hold it: the pin is idle once the value is gone
         with DeserializeContext() as ctx:
             value = deserialize(meta, bufs)
         del meta, bufs
         return value, ctx.new_borrows
 
+    def flush_unpins(self) -> None:
+        """Send the unpins decided this turn, in one STORE_UNPIN (I/O thread, after each turn)."""
+        oids = self.pins.take_unpins()
+        if oids:
+            self._unpin(oids, "unused")
+
+    def on_store_release(self, oids: list) -> None:
+        """The daemon needs room (STORE_RELEASE): let go of the idle pins among ``oids``
+        and answer, even with none, so that it stops waiting for us."""
+        self._unpin(self.pins.release_idle(oids), "asked")
+
     def close(self) -> None:
+        self.closed = True  # values that die from now on unpin nothing: the daemon drops our pins when we exit
         self.prefaulter.close()
         try:
+            self.pins.close()
             self.arena_mv.release()
             self.arena.close()
         except Exception:  # views handed to the user are still alive; the OS unmaps at exit

@@ -79,7 +79,7 @@ class Streams:
         if s is None or index < len(s.items) or s.ended:  # dropped, or sent again by a retry
             if fields[0] == "s" and (s is None or oid not in self.objects.entries
                                      or self.objects.entries[oid].node != fields[4]):
-                self.io.send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), fields[4])
+                self.io.send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), fields[4], ())
             if fields[-1]:
                 self.io.send(sender, Msg.RELEASE_HANDOFF, oid)
             return

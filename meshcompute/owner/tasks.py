@@ -521,7 +521,7 @@ class TaskQueues:
                     if r[0] == "v":
                         pos += r[2]
                     if r[0] == "s" and (e is None or e.node != r[4]):
-                        self._send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), r[4])
+                        self._send(self.io.daemon_addr, Msg.STORE_FREE, (oid,), r[4], ())
                     continue
                 pos += fill(e, r, frames, pos)
                 contained = r[-1]

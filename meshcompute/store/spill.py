@@ -178,3 +178,10 @@ class SpillDir:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def spill_dir_for(session_dir: str, root: str | None = None) -> str:
+    """Where a node spills: ``<session>/spill``, or ``<root>/meshcompute_<session>``."""
+    if root:
+        return os.path.join(root, "meshcompute_" + os.path.basename(os.path.normpath(session_dir)))
+    return os.path.join(session_dir, "spill")

@@ -33,6 +33,8 @@ Rules:
   * a spilled object is restored at its next pin, into whatever block is free
     then (possibly spilling others); its spill file stays until the object is
     freed, so spilling it again costs no I/O;
+  * pins that processes keep (owner/pins.py) are let go on request: before
+    ``StoreFull``, an allocation asks their holders once (releases.py);
   * ``StoreFull`` only when nothing unpinned is left to evict or spill.
 
 Replies are returned as lists of ``(peer, req_id, value)`` for the caller to send;
@@ -43,13 +45,13 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .allocator import Allocator, OutOfSpace
-from .spill import DISK_FULL, SpillDir, out_of_disk
+from .releases import ReleaseRequests
+from .spill import DISK_FULL, SpillDir, out_of_disk, spill_dir_for  # noqa: F401 - the daemon imports it here
 
 log = logging.getLogger("meshcompute.store")
 
@@ -76,6 +78,7 @@ class StoreStats:
     unsealed_objects: int = 0  # objects being written
     created: int = 0
     freed: int = 0
+    release_requests: int = 0  # times processes were asked to let go of the pins they keep
 
 
 @dataclass(eq=False)
@@ -89,6 +92,7 @@ class StoreObject:
     sealed: bool = False
     freed: bool = False
     pins: collections.Counter = field(default_factory=collections.Counter)
+    kept_by: set = field(default_factory=set)  # processes whose pin is kept: they let go when asked
     # (peer, req_id) waiting for the seal, or for a spill or restore of it to finish.
     waiting_pins: list = field(default_factory=list)
     spill_path: str | None = None
@@ -112,6 +116,7 @@ class _Wait:
     grant: Callable[[int], None]  # the block's offset
     fail: Callable[[str], None]  # why there is no room
     cancelled: Callable[[], bool]  # the object went meanwhile
+    asked: bool = False  # holders of kept pins were asked to let go for it (once)
 
 
 class StoreTable:
@@ -147,6 +152,9 @@ class StoreTable:
         self._out: list[Reply] = []  # replies produced, not yet returned
         self._waits: collections.deque[_Wait] = collections.deque()  # FIFO: no create overtakes
         self._spilling = 0  # bytes of blocks being spilled now (free once their copies finish)
+        # Processes asked to let go of the pins they keep (STORE_RELEASE), and their answers.
+        self.releases = ReleaseRequests(lambda: list(self.objects.values()) + list(self.retired),
+                                        self.allocator.size_of, lambda: self.spill is not None)
 
     # ---------------------------------------------------------------- writes
 
@@ -201,30 +209,38 @@ class StoreTable:
 
         self._waits.append(_Wait(size, grant, fail, lambda: obj.freed))
 
-    def seal(self, oid: bytes) -> list[Reply]:
+    def seal(self, oid: bytes, keep_pinned_by: str | None = None) -> list[Reply]:
+        """The object becomes visible; ``keep_pinned_by``: its writer keeps a pin of it from now on."""
         obj = self.objects.get(oid)
         if obj is None or obj.sealed or obj.offset is None:
             return self._settle()
         obj.sealed = True
+        if keep_pinned_by:
+            obj.pins[keep_pinned_by] += 1
+            obj.kept_by.add(keep_pinned_by)
         self._pin_waiters(obj)
         self._update(obj)
         return self._settle()
 
     # ----------------------------------------------------------------- reads
 
-    def pin(self, oid: bytes, peer: str, req_id: Any) -> list[Reply]:
+    def pin(self, oid: bytes, peer: str, req_id: Any, keep: bool = False) -> list[Reply]:
         """A reader maps the object: reply where it is now (restoring it if spilled).
 
         Values: ``(offset, size)``; ``None`` if the object is gone; ``("full",
         explanation)`` if it is spilled and no room can be made to read it back.
         A pin of an object being spilled or restored is answered once that copy
-        finished (a spill then keeps the object in memory).
+        finished (a spill then keeps the object in memory).  ``keep``: a process
+        keeps the pin (releases.py).
         """
         obj = self.objects.get(oid)
         if obj is None or obj.freed:
             if req_id is not None:
                 self._out.append((peer, req_id, None))
-        elif not obj.sealed or obj.moving is not None:
+            return self._settle()
+        if keep:
+            obj.kept_by.add(peer)
+        if not obj.sealed or obj.moving is not None:
             obj.waiting_pins.append((peer, req_id))
         elif obj.offset is None:
             obj.waiting_pins.append((peer, req_id))
@@ -237,16 +253,30 @@ class StoreTable:
         return self._settle()
 
     def unpin(self, oid: bytes, peer: str) -> list[Reply]:
-        obj = self.objects.get(oid)
-        if obj is None or peer not in obj.pins:
-            obj = next((o for o in self.retired if o.object_id == oid and peer in o.pins), None)
-            if obj is None:
-                return self._settle()
-        obj.pins[peer] -= 1
-        if obj.pins[peer] <= 0:
-            del obj.pins[peer]
-        if not self._release_if_done(obj):
-            self._update(obj)
+        return self.unpin_many((oid,), peer)
+
+    def unpin_many(self, oids, peer: str, reason: str = "unused") -> list[Reply]:
+        """``peer`` let go of one pin of each object.  ``reason`` "asked": this answers our
+        request to let go of kept pins (``releases``), with those it could (possibly none);
+        "closing": the process disconnects, and keeps its other pins without answering."""
+        for oid in oids:
+            obj = self.objects.get(oid)
+            if obj is None or peer not in obj.pins:
+                obj = next((o for o in self.retired if o.object_id == oid and peer in o.pins), None)
+                if obj is None:
+                    continue
+            obj.pins[peer] -= 1
+            if obj.pins[peer] <= 0:
+                del obj.pins[peer]
+                obj.kept_by.discard(peer)
+            if not self._release_if_done(obj):
+                self._update(obj)
+        if reason == "asked":
+            self.releases.answered(peer)
+        elif reason == "closing":
+            self.releases.gone(peer)
+            for obj in list(self.objects.values()) + list(self.retired):
+                obj.kept_by.discard(peer)
         return self._settle()
 
     def free(self, oids) -> list[Reply]:
@@ -262,8 +292,10 @@ class StoreTable:
 
     def process_gone(self, addr: str) -> list[Reply]:
         """A driver or worker exited: drop its pins, its objects and its unfinished writes."""
+        self.releases.gone(addr)
         for obj in list(self.objects.values()) + list(self.retired):
             changed = obj.pins.pop(addr, None) is not None
+            obj.kept_by.discard(addr)
             if obj.owner == addr or (obj.creator == addr and not obj.sealed):
                 if not obj.freed:
                     obj.freed = True
@@ -404,14 +436,17 @@ class StoreTable:
             raise StoreFull(self.full_message(size, "it is larger than the whole store"))
         movable = sum(self.allocator.size_of(o.offset) for lru in self._lru.values() for o in lru
                       if o.primary is False or self.spill is not None)
-        if self.allocator.free_bytes() + movable + self._spilling < need:
+        short = need - self.allocator.free_bytes() - movable - self._spilling
+        if short > 0:
+            if self.releases.ask_once(w, short):
+                return None  # the holders of kept pins answer first
             raise StoreFull(self.full_message(size))
         while True:
             if self._spilling and self.allocator.free_bytes() + self._spilling >= need:
                 return None
             victim = self._victim()
             if victim is None:
-                if self._spilling:
+                if self._spilling or self.releases.ask_once(w, 0):
                     return None
                 raise StoreFull(self.full_message(size, "what is free is fragmented between pinned objects"))
             if not victim.primary:
@@ -545,6 +580,7 @@ class StoreTable:
             unsealed_objects=sum(1 for o in everything if not o.sealed),
             created=self.counts["created"],
             freed=self.counts["freed"],
+            release_requests=self.releases.requests,
         )
 
     def full_message(self, size: int, why: str = "") -> str:
@@ -560,10 +596,3 @@ class StoreTable:
                 f"readers ({s.pinned_objects} objects; pinned objects cannot be spilled) and {writing} bytes "
                 f"being written; {spill}. Drop the values you got from get() and the references you no "
                 f"longer need, or start with a larger object_store_memory.")
-
-
-def spill_dir_for(session_dir: str, root: str | None = None) -> str:
-    """Where a node spills: ``<session>/spill``, or ``<root>/meshcompute_<session>``."""
-    if root:
-        return os.path.join(root, "meshcompute_" + os.path.basename(os.path.normpath(session_dir)))
-    return os.path.join(session_dir, "spill")

@@ -44,7 +44,7 @@ class Msg(IntEnum):
     STORE_CREATE = 16  # allocate room for a sealed-later object
     STORE_SEAL = 17
     STORE_PIN = 18  # a reader maps an object; it stays valid until unpinned
-    STORE_UNPIN = 19
+    STORE_UNPIN = 19  # a reader let go of its pins
     STORE_FREE = 20  # the owner dropped the last reference
     KILL_WORKER = 21  # force-cancel: kill the process running a task
     NODE_INFO = 22  # nodes / resources / store statistics
@@ -97,6 +97,7 @@ class Msg(IntEnum):
     JOB_SUBMIT = 73  # client -> any daemon: run an entrypoint there; buffers: its packages; REPLY (status, id)
     JOB_STOP = 74  # client -> any daemon (relayed to the job's): stop it; REPLY (status, stopped)
     JOB_LOGS = 75  # client -> any daemon (relayed to the job's): its output from an offset; REPLY (status, chunk)
+    STORE_RELEASE = 76  # daemon -> process: the store needs room, let go of the pins you keep idle
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -118,10 +119,10 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.KILL_ACTOR: ("actor_id", "no_restart"),
     Msg.LOOKUP_ACTOR: ("req_id", "name", "namespace"),
     Msg.STORE_CREATE: ("req_id", "object_id", "size", "owner"),
-    Msg.STORE_SEAL: ("object_id",),
+    Msg.STORE_SEAL: ("object_id", "keep_pinned"),
     Msg.STORE_PIN: ("req_id", "object_id", "source"),
-    Msg.STORE_UNPIN: ("object_id",),
-    Msg.STORE_FREE: ("object_ids", "node_id"),
+    Msg.STORE_UNPIN: ("object_ids", "reason"),
+    Msg.STORE_FREE: ("object_ids", "node_id", "unpinned"),
     Msg.KILL_WORKER: ("worker_id",),
     Msg.NODE_INFO: ("req_id", "what"),
     Msg.BECOME_ACTOR: ("actor_id", "spec", "restarts", "gpu_ids"),
@@ -164,6 +165,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.JOB_SUBMIT: ("req_id", "submission_id", "entrypoint", "runtime_env", "metadata"),
     Msg.JOB_STOP: ("req_id", "submission_id"),
     Msg.JOB_LOGS: ("req_id", "submission_id", "offset"),
+    Msg.STORE_RELEASE: ("object_ids",),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"
