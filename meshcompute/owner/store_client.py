@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..store.layout import encoded_size, pwrite_object, read_object, write_object
-from ..store.shm import Prefaulter, Ranges, mapping_address
+from ..store.shm import PopulatedRanges, Prefaulter, mapping_address
 from ..store.spill import DISK_FULL
 from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize
@@ -47,7 +47,7 @@ class StoreClient:
         self.arena = mmap.mmap(self.fd, capacity)
         self.arena_mv = memoryview(self.arena)
         # Pages of our mapping that are populated: puts there are a plain memcpy.
-        self.touched = Ranges()
+        self.touched = PopulatedRanges(capacity)
         self.prefaulter = Prefaulter(mapping_address(self.arena), self.touched)
 
     def put(self, ser: Serialized, owner: str, object_id: bytes | None) -> tuple:
@@ -59,17 +59,19 @@ class StoreClient:
         answer = self._request(Msg.STORE_CREATE, object_id, size, owner)
         if answer[0] != "ok":
             raise store_full(answer[1])
-        offset = answer[1]
+        _, offset, epoch, punched_at = answer
+        # Pages the daemon punched out of the arena since we mapped them are gone from our mapping.
+        self.touched.forget_punched(offset, offset + size, punched_at)
         if self.touched.covers(offset, offset + size) or not self.prefaulter.supported:
             # Pages already in our page table: one memcpy per buffer.
             write_object(self.arena_mv[offset: offset + size], ser.meta, ser.buffers, ser.is_error)
-            self.touched.add(offset, offset + size)
+            self.touched.add_at(offset, offset + size, epoch)
         else:
             # Pages we never mapped: faulting them in one by one costs several
             # times the copy; pwritev fills them without faults (docs/store.md).
             # Map them in the background so the next put reusing them is a memcpy.
             pwrite_object(self.fd, offset, ser.meta, ser.buffers, ser.is_error)
-            self.prefaulter.request(offset, size)
+            self.prefaulter.request(offset, size, epoch)
         self._seal(object_id)
         return ("s", offset, size)
 

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .allocator import Allocator, OutOfSpace
+from .pages import PagePool, allocated_bytes, punch_hole, resident_extents
 from .spill import DISK_FULL, SpillDir, out_of_disk
 
 log = logging.getLogger("meshcompute.store")
@@ -147,6 +148,7 @@ class StoreTable:
         self._out: list[Reply] = []  # replies produced, not yet returned
         self._waits: collections.deque[_Wait] = collections.deque()  # FIFO: no create overtakes
         self._spilling = 0  # bytes of blocks being spilled now (free once their copies finish)
+        self.pages = PagePool(capacity)  # the warm pool; the daemon sets its bounds
 
     # ---------------------------------------------------------------- writes
 
@@ -188,7 +190,7 @@ class StoreTable:
         def grant(offset: int) -> None:
             obj.offset = offset
             self.counts["created"] += 1
-            answer(("ok", offset))
+            answer(("ok", offset, *self.pages.punch_info(offset, size)))
 
         def fail(why: str) -> None:
             if self.objects.get(oid) is obj:
@@ -386,6 +388,7 @@ class StoreTable:
             if offset is None:
                 return  # spills are under way; their completions pump again
             self._waits.popleft()
+            self.pages.note_allocated(self.allocator.size_of(offset))
             w.grant(offset)
 
     def _place(self, w: _Wait) -> int | None:
@@ -404,14 +407,16 @@ class StoreTable:
             raise StoreFull(self.full_message(size, "it is larger than the whole store"))
         movable = sum(self.allocator.size_of(o.offset) for lru in self._lru.values() for o in lru
                       if o.primary is False or self.spill is not None)
-        if self.allocator.free_bytes() + movable + self._spilling < need:
+        soon = self._spilling + self.pages.punching  # free once their copies finish
+        if self.allocator.free_bytes() + movable + soon < need:
             raise StoreFull(self.full_message(size))
         while True:
-            if self._spilling and self.allocator.free_bytes() + self._spilling >= need:
+            soon = self._spilling + self.pages.punching
+            if soon and self.allocator.free_bytes() + soon >= need:
                 return None
             victim = self._victim()
             if victim is None:
-                if self._spilling:
+                if soon:
                     return None
                 raise StoreFull(self.full_message(size, "what is free is fragmented between pinned objects"))
             if not victim.primary:
@@ -524,6 +529,26 @@ class StoreTable:
             if req_id is not None:
                 self._out.append((peer, req_id, value))
         obj.waiting_pins = []
+
+    def return_pages(self, now: float) -> list[Reply]:
+        """Punch the free pages beyond the warm pool out of the arena (store/pages.py), each
+        range reserved in the allocator until its punch, a copy job, is done."""
+        fd, pages = self.arena_fd, self.pages
+        if fd < 0:
+            return self._settle()
+        for start, cut, end in pages.plan(now, self.allocator.free_blocks, self.allocator.used,
+                                          allocated_bytes(fd), lambda s, e: resident_extents(fd, s, e)):
+            self.allocator.take(start, cut)
+            pages.start(end - cut)
+            self._start_copy(lambda cut=cut, end=end: punch_hole(fd, cut, end - cut),
+                             lambda _, error, cut=cut, end=end: self._punched(cut, end, error))
+        return self._settle()
+
+    def _punched(self, start: int, end: int, error: BaseException | None) -> None:
+        if error is not None:
+            log.warning("could not return arena pages [%d, %d) to the kernel: %s", start, end, error)
+        self.allocator.free(start)
+        self.pages.done(start, end, error is None)
 
     # ------------------------------------------------------------ reporting
 
