@@ -534,7 +534,7 @@ class StoreTable:
         """Punch the free pages beyond the warm pool out of the arena (store/pages.py), each
         range reserved in the allocator until its punch, a copy job, is done."""
         fd, pages = self.arena_fd, self.pages
-        if fd < 0:
+        if fd < 0 or self._waits or self._spilling:  # room is wanted now: the pages are too
             return self._settle()
         for start, cut, end in pages.plan(now, self.allocator.free_blocks, self.allocator.used,
                                           allocated_bytes(fd), lambda s, e: resident_extents(fd, s, e)):
