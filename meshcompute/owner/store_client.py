@@ -21,6 +21,11 @@ from ..store.spill import DISK_FULL
 from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize
 
+MAP_AHEAD_MAX = 256 << 20
+"""Bytes: after a put, at most this much of the arena beyond its block is mapped ahead (as much
+as the object itself below that): enough for the next put of a loop, bounded because the pages
+become resident (the daemon's warm pool keeps them while puts go on, docs/store.md)."""
+
 
 class _Unpinner:
     """Sends STORE_UNPIN when the read-only mapping of an object is unmapped."""
@@ -44,6 +49,7 @@ class StoreClient:
         self._unpin = unpin  # sends STORE_UNPIN (any thread)
         self._seal = seal  # sends STORE_SEAL (any thread)
         self.fd = os.open(store_path, os.O_RDWR)
+        self.capacity = capacity
         self.arena = mmap.mmap(self.fd, capacity)
         self.arena_mv = memoryview(self.arena)
         # Pages of our mapping that are populated: puts there are a plain memcpy.
@@ -72,6 +78,13 @@ class StoreClient:
             # Map them in the background so the next put reusing them is a memcpy.
             pwrite_object(self.fd, offset, ser.meta, ser.buffers, ser.is_error)
             self.prefaulter.request(offset, size, epoch)
+        # The next block handed out is most likely the one right after this (lowest offsets go
+        # first): map it ahead in the background, so that a loop that keeps what it puts
+        # writes with memcpy too.  Pages punched meanwhile are forgotten at that put.
+        end = -(-(offset + size) // mmap.PAGESIZE) * mmap.PAGESIZE
+        ahead = min(size, MAP_AHEAD_MAX, self.capacity - end)
+        if ahead > 0 and not self.touched.covers(end, end + ahead):
+            self.prefaulter.request(end, ahead, epoch)
         self._seal(object_id)
         return ("s", offset, size)
 

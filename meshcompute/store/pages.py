@@ -35,14 +35,15 @@ from typing import Any
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
-EPOCH_CHUNK = 2 << 20
-"""Punches are recorded per 2 MiB of the arena: a block of 100 MiB checks 50 entries."""
+EPOCH_CHUNK = 64 << 10
+"""Punches are recorded per 64 KiB of the arena (and punch whole ones): a 100 MiB block checks
+1600 entries, and a punch next to a block costs its writer at most 64 KiB of its mapping."""
 WINDOW_S = 2.0
 """The warm pool holds about the bytes allocated in this many seconds: a loop that puts and
 frees keeps its pages; a burst that stopped gives them back this long after."""
 PUNCH_MIN = 2 << 20
 """Free resident bytes beyond the pool's target are returned only from this much on: a page
-or two over the target is not worth a punch, and its writers' mappings would lose a chunk."""
+or two over the target is not worth a punch, nor the mappings its writers would lose."""
 CHECK_PERIOD_S = 0.25
 """How often the daemon compares the free resident bytes with the pool's target."""
 
@@ -94,9 +95,10 @@ class PagePool:
     """
 
     def __init__(self, capacity: int, floor: int = 0, pool_max: int = 1 << 30,
-                 window_s: float = WINDOW_S, min_punch: int = PUNCH_MIN) -> None:
+                 window_s: float = WINDOW_S, min_punch: int = PUNCH_MIN, align: int = EPOCH_CHUNK) -> None:
         self.floor = floor
         self.min_punch = min_punch
+        self.align = align
         self.pool_max = max(pool_max, floor)
         self.window_s = window_s
         self.epoch = 0
@@ -113,13 +115,14 @@ class PagePool:
         self.allocated_total += size
 
     def target(self, now: float) -> int:
-        """Free resident bytes to keep: those allocated in the last window, within [floor, pool_max]."""
+        """Free resident bytes to keep: twice those allocated in the last window, within [floor, pool_max]."""
         samples = self._samples
         samples.append((now, self.allocated_total))
         while len(samples) > 1 and samples[1][0] <= now - self.window_s:
             samples.popleft()
+        # Twice the recent bytes: a writer maps the block after its last one ahead (store_client).
         recent = self.allocated_total - samples[0][1]
-        return max(self.floor, min(self.pool_max, recent))
+        return max(self.floor, min(self.pool_max, 2 * recent))
 
     def punch_info(self, offset: int, size: int) -> tuple[int, int]:
         """(epoch now, latest punch epoch of the chunks of ``[offset, offset+size)``): the writer's
@@ -131,8 +134,10 @@ class PagePool:
 
     def plan(self, now: float, free_blocks: Callable[[], list[tuple[int, int]]], used: int, file_bytes: int,
              extents: Callable[[int, int], list[tuple[int, int]]]) -> list[tuple[int, int, int]]:
-        """Ranges to punch now: ``(free block start, from, to)`` with ``[from, to)`` the tail of
-        that free block, highest first, until the free resident bytes fit the target.
+        """Ranges to punch now, highest first, until the free resident bytes fit the target:
+        ``(free block start, from, to)``, where ``[from, block end)`` is the tail of that free
+        block to reserve and ``[from, to)`` the part to punch, whole ``align`` units (so that a
+        punch never marks the chunk of a neighbouring block as punched).
 
         ``file_bytes``: what the arena file holds; ``used``: bytes in allocated blocks (held by
         objects, so resident or about to be); ``free_blocks()``: the allocator's, by offset;
@@ -145,24 +150,25 @@ class PagePool:
         for start, size in reversed(free_blocks()):
             if excess <= 0:
                 break
-            cut = None
-            for lo, hi in reversed(extents(start, start + size)):
-                cut = lo
-                excess -= hi - lo
-                if excess <= 0:  # punched enough: keep the low part of this extent
-                    cut = lo - excess
-                    cut -= cut % 4096
+            stop = (start + size) - (start + size) % self.align
+            cut = stop
+            for lo, hi in reversed(extents(start, stop)):
+                if hi - lo >= excess:  # punched enough: keep the low part of this extent
+                    cut, excess = hi - excess, 0
                     break
-            if cut is not None and cut < start + size:
-                out.append((start, cut, start + size))
+                cut, excess = lo, excess - (hi - lo)
+            cut += -cut % self.align
+            if cut < stop:
+                out.append((start, cut, stop))
         return out
 
-    def start(self, length: int) -> None:
-        self.punching += length
+    def start(self, reserved: int) -> None:
+        self.punching += reserved
 
-    def done(self, start: int, end: int, ok: bool) -> None:
-        """A punch finished (or failed: its pages stay, its chunks are marked all the same)."""
-        self.punching -= end - start
+    def done(self, start: int, end: int, reserved: int, ok: bool) -> None:
+        """A punch of ``[start, end)`` finished (or failed: its pages stay, its chunks are
+        marked all the same); ``reserved``: the bytes it held in the allocator."""
+        self.punching -= reserved
         self.epoch += 1
         if ok:
             self.punched_bytes += end - start

@@ -126,34 +126,40 @@ class PopulatedRanges(Ranges):
     """The pages of a writer's arena mapping that are populated, and since which punch epoch.
 
     ``since[c]``: the daemon's punch epoch (store/pages.py) when the oldest
-    populated range still recorded in chunk ``c`` was recorded, -1 for none.  A
-    punch later than that in the chunk may have taken those pages out of the
-    mapping: :meth:`forget_punched` drops the whole chunk (a put there then uses
-    ``pwritev`` and maps it again), so a put never copies through a mapping it
-    only believes populated.
+    populated range still recorded in chunk ``c`` was recorded, ``NEVER`` for
+    none.  A punch later than that in the chunk may have taken those pages out
+    of the mapping: :meth:`forget_punched` drops the whole chunk (a put there
+    then uses ``pwritev`` and maps it again), so a put never copies through a
+    mapping it only believes populated.
     """
+
+    NEVER = 1 << 62
 
     def __init__(self, capacity: int) -> None:
         super().__init__()
-        self.since = array("q", [-1]) * (capacity // EPOCH_CHUNK + 1)
+        self.since = array("q", [self.NEVER]) * (capacity // EPOCH_CHUNK + 1)
         # The writer's thread and the prefaulter's both update: ranges and epochs change together.
         self._epochs_lock = threading.Lock()
 
     def add_at(self, start: int, end: int, epoch: int) -> None:
         """Pages ``[start, end)`` were populated after every punch up to ``epoch`` (the
         epoch the daemon reported when it granted their block)."""
+        first, last = start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1
         with self._epochs_lock:
-            for c in range(start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1):
-                if self.since[c] < 0 or epoch < self.since[c]:
-                    self.since[c] = epoch
+            chunks = self.since[first:last]
+            if max(chunks) > epoch:  # (a put loop over the same block skips this)
+                self.since[first:last] = array("q", [min(s, epoch) for s in chunks])
             self.add(start, end)
 
     def forget_punched(self, start: int, end: int, punched_at: int) -> None:
         """The block ``[start, end)``'s chunks were last punched at epoch ``punched_at``."""
+        first, last = start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1
         with self._epochs_lock:
-            for c in range(start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1):
-                if 0 <= self.since[c] < punched_at:
-                    self.since[c] = -1
+            if min(self.since[first:last]) >= punched_at:  # nothing punched since we mapped it
+                return
+            for c in range(first, last):
+                if self.since[c] < punched_at:
+                    self.since[c] = self.NEVER
                     self.remove(c * EPOCH_CHUNK, (c + 1) * EPOCH_CHUNK)
 
 

@@ -538,17 +538,17 @@ class StoreTable:
             return self._settle()
         for start, cut, end in pages.plan(now, self.allocator.free_blocks, self.allocator.used,
                                           allocated_bytes(fd), lambda s, e: resident_extents(fd, s, e)):
-            self.allocator.take(start, cut)
-            pages.start(end - cut)
+            taken = self.allocator.take(start, cut)
+            pages.start(taken)
             self._start_copy(lambda cut=cut, end=end: punch_hole(fd, cut, end - cut),
-                             lambda _, error, cut=cut, end=end: self._punched(cut, end, error))
+                             lambda _, error, cut=cut, end=end, n=taken: self._punched(cut, end, n, error))
         return self._settle()
 
-    def _punched(self, start: int, end: int, error: BaseException | None) -> None:
+    def _punched(self, start: int, end: int, taken: int, error: BaseException | None) -> None:
         if error is not None:
             log.warning("could not return arena pages [%d, %d) to the kernel: %s", start, end, error)
         self.allocator.free(start)
-        self.pages.done(start, end, error is None)
+        self.pages.done(start, end, taken, error is None)
 
     # ------------------------------------------------------------ reporting
 
