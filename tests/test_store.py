@@ -607,7 +607,7 @@ def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_map
 
 
 @pytest.fixture
-def shm_table():
+def shm_table(tmp_path):
     """A table over a real tmpfs arena (pages are allocated and punched as on a node)."""
     from meshcompute.store.pages import PagePool
 
@@ -615,7 +615,7 @@ def shm_table():
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     os.unlink(path)
     os.ftruncate(fd, CAP)
-    t = StoreTable(CAP, fd, None, "test-node")
+    t = StoreTable(CAP, fd, str(tmp_path / "spill"), "test-node")
     t.pages = PagePool(CAP, floor=0, pool_max=CAP, window_s=1.0, min_punch=PAGE, align=PAGE)
     yield t
     os.close(fd)
@@ -659,6 +659,23 @@ def test_table_punches_free_pages_beyond_the_warm_pool_highest_first(shm_table):
     assert allocated_bytes(t.arena_fd) == 16 * PAGE
     assert resident_extents(t.arena_fd, 0, CAP) == [(offs[b"d"], offs[b"d"] + 16 * PAGE)]
     assert t.statistics().used == 16 * PAGE
+
+
+def test_table_restores_a_spilled_object_into_punched_pages(shm_table):
+    from meshcompute.store.pages import resident_extents
+
+    t = shm_table
+    data = _data(7, 32 * PAGE)
+    off = _sealed(t, b"a", data)
+    _sealed(t, b"b", _data(8, 32 * PAGE))
+    t.create(b"c", 32 * PAGE, "owner", "writer")  # "a" is spilled to make room
+    assert t.objects[b"a"].offset is None
+    t.free([b"b", b"c"])
+    t.return_pages(0.0)
+    t.return_pages(10.0)  # a window later: every free page goes
+    assert resident_extents(t.arena_fd, 0, CAP) == [] and t.pages.punched_bytes > 0
+    [(_, _, (restored, size))] = t.pin(b"a", "reader", 3)
+    assert restored == off and os.pread(t.arena_fd, size, restored) == data
 
 
 def test_populated_ranges_forget_chunks_punched_after_they_were_mapped():

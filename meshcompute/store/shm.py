@@ -168,8 +168,12 @@ class Prefaulter:
 
     ``touched`` records what is populated; a put into a covered block copies
     through the mapping at memcpy speed.  The thread starts at the first request
-    and is a daemon thread; ``close`` stops it between chunks.
+    and is a daemon thread; ``close`` stops it between chunks.  The latest
+    request goes first (it is the likeliest to serve the next put) and at most
+    ``QUEUE`` wait: on a busy machine older ones are dropped, not piled up.
     """
+
+    QUEUE = 8
 
     def __init__(self, base: int, touched: PopulatedRanges) -> None:
         self.base = base
@@ -187,6 +191,7 @@ class Prefaulter:
             if self._closed or not self.supported:
                 return
             self._queue.append((offset, length, epoch))
+            del self._queue[:-self.QUEUE]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
                 self._thread.start()
@@ -208,7 +213,7 @@ class Prefaulter:
                     self._cv.wait()
                 if self._closed:
                     return
-                offset, length, epoch = self._queue.pop(0)
+                offset, length, epoch = self._queue.pop()
             end = offset + length
             pos = offset
             while pos < end:
