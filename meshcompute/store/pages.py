@@ -104,7 +104,7 @@ class PagePool:
         self.epoch = 0
         self.epochs = array("q", [0]) * (capacity // EPOCH_CHUNK + 1)
         self.punching = 0
-        self.punched_bytes = 0  # punched so far (statistics)
+        self.punched_bytes = 0  # bytes of resident pages returned so far (statistics)
         self.allocated_total = 0  # bytes of blocks handed out, ever
         # (time, allocated_total) at each check of the last window, after a sample of 0 at the start.
         self._samples: collections.deque = collections.deque([(float("-inf"), 0)])
@@ -133,18 +133,18 @@ class PagePool:
     # --------------------------------------------------------------- punching
 
     def plan(self, now: float, free_blocks: Callable[[], list[tuple[int, int]]], used: int, file_bytes: int,
-             extents: Callable[[int, int], list[tuple[int, int]]]) -> list[tuple[int, int, int]]:
+             extents: Callable[[int, int], list[tuple[int, int]]]) -> list[tuple[int, int, int, int]]:
         """Ranges to punch now, highest first, until the free resident bytes fit the target:
-        ``(free block start, from, to)``, where ``[from, block end)`` is the tail of that free
-        block to reserve and ``[from, to)`` the part to punch, whole ``align`` units (so that a
-        punch never marks the chunk of a neighbouring block as punched).
+        ``(free block start, from, to, resident bytes there)``, where ``[from, block end)`` is the
+        tail of that free block to reserve and ``[from, to)`` the part to punch, whole ``align``
+        units (so that a punch never marks the chunk of a neighbouring block as punched).
 
         ``file_bytes``: what the arena file holds; ``used``: bytes in allocated blocks (held by
         objects, so resident or about to be); ``free_blocks()``: the allocator's, by offset;
         ``extents(start, end)``: the resident parts of a range.
         """
         excess = file_bytes - used - self.target(now)
-        out: list[tuple[int, int, int]] = []
+        out: list[tuple[int, int, int, int]] = []
         if excess < self.min_punch:
             return out
         for start, size in reversed(free_blocks()):
@@ -152,26 +152,28 @@ class PagePool:
                 break
             stop = (start + size) - (start + size) % self.align
             cut = stop
-            for lo, hi in reversed(extents(start, stop)):
+            resident = extents(start, stop)
+            for lo, hi in reversed(resident):
                 if hi - lo >= excess:  # punched enough: keep the low part of this extent
                     cut, excess = hi - excess, 0
                     break
                 cut, excess = lo, excess - (hi - lo)
             cut += -cut % self.align
             if cut < stop:
-                out.append((start, cut, stop))
+                out.append((start, cut, stop, sum(max(0, hi - max(lo, cut)) for lo, hi in resident)))
         return out
 
     def start(self, reserved: int) -> None:
         self.punching += reserved
 
-    def done(self, start: int, end: int, reserved: int, ok: bool) -> None:
+    def done(self, start: int, end: int, reserved: int, resident: int, ok: bool) -> None:
         """A punch of ``[start, end)`` finished (or failed: its pages stay, its chunks are
-        marked all the same); ``reserved``: the bytes it held in the allocator."""
+        marked all the same); ``reserved``: the bytes it held in the allocator; ``resident``:
+        the bytes of pages it returned."""
         self.punching -= reserved
         self.epoch += 1
         if ok:
-            self.punched_bytes += end - start
+            self.punched_bytes += resident
         first, last = start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK
         self.epochs[first:last + 1] = array("q", [self.epoch]) * (last - first + 1)
 

@@ -536,19 +536,19 @@ class StoreTable:
         fd, pages = self.arena_fd, self.pages
         if fd < 0 or self._waits or self._spilling:  # room is wanted now: the pages are too
             return self._settle()
-        for start, cut, end in pages.plan(now, self.allocator.free_blocks, self.allocator.used,
-                                          allocated_bytes(fd), lambda s, e: resident_extents(fd, s, e)):
+        for start, cut, end, resident in pages.plan(now, self.allocator.free_blocks, self.allocator.used,
+                                                    allocated_bytes(fd), lambda s, e: resident_extents(fd, s, e)):
             taken = self.allocator.take(start, cut)
             pages.start(taken)
             self._start_copy(lambda cut=cut, end=end: punch_hole(fd, cut, end - cut),
-                             lambda _, error, cut=cut, end=end, n=taken: self._punched(cut, end, n, error))
+                             lambda _, error, r=(cut, end, taken, resident): self._punched(*r, error))
         return self._settle()
 
-    def _punched(self, start: int, end: int, taken: int, error: BaseException | None) -> None:
+    def _punched(self, start: int, end: int, taken: int, resident: int, error: BaseException | None) -> None:
         if error is not None:
             log.warning("could not return arena pages [%d, %d) to the kernel: %s", start, end, error)
         self.allocator.free(start)
-        self.pages.done(start, end, taken, error is None)
+        self.pages.done(start, end, taken, resident, error is None)
 
     # ------------------------------------------------------------ reporting
 
