@@ -8,6 +8,7 @@ that freeing a primary frees them too).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -17,6 +18,8 @@ from ..store.shm import ArenaWarmer
 from ..store.table import Copy, StoreTable
 from ..wire.messages import Msg
 from .config import default_prefault, default_warm_pool
+
+log = logging.getLogger("meshcompute.daemon")
 
 
 class StoreService:
@@ -59,7 +62,11 @@ class StoreService:
         """The loop's timed duty: return free pages beyond the warm pool (store/pages.py)."""
         if now >= self._next_page_check:
             self._next_page_check = now + CHECK_PERIOD_S
-            self.send_replies(self.table.return_pages(now))
+            try:
+                self.send_replies(self.table.return_pages(now))
+            except OSError as err:  # the arena's file system cannot say which pages it holds
+                log.warning("freed arena pages stay resident: %s", err)
+                self._next_page_check = float("inf")
 
     def send_replies(self, replies: list) -> None:
         for peer, req_id, value in replies:

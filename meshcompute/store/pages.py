@@ -28,10 +28,15 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
+import logging
 import os
 from array import array
 from collections.abc import Callable
 from typing import Any
+
+from .allocator import Allocator
+
+log = logging.getLogger("meshcompute.store")
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -163,8 +168,25 @@ class PagePool:
                 out.append((start, cut, stop, sum(max(0, hi - max(lo, cut)) for lo, hi in resident)))
         return out
 
-    def start(self, reserved: int) -> None:
-        self.punching += reserved
+    def return_pages(self, allocator: Allocator, fd: int, now: float,
+                     start_copy: Callable[[Callable[[], Any], Callable[[Any, BaseException | None], None]], None]
+                     ) -> None:
+        """Start the punches ``plan`` asks for: each range reserved in ``allocator`` (the
+        table's) until its punch, run by ``start_copy`` (on a helper thread), is done."""
+        for start, cut, end, resident in self.plan(now, allocator.free_blocks, allocator.used,
+                                                   allocated_bytes(fd), lambda s, e: resident_extents(fd, s, e)):
+            taken = allocator.take(start, cut)
+            self.punching += taken
+
+            def done(_: Any, error: BaseException | None, r=(cut, end, taken, resident)) -> None:
+                allocator.free(r[0])
+                self.done(*r, ok=error is None)
+                if error is not None:
+                    # Not tmpfs, or a kernel without hole punching: keep every page from now on.
+                    log.warning("could not return arena pages to the kernel (%s); they stay", error)
+                    self.floor = self.pool_max = allocator.capacity
+
+            start_copy(lambda cut=cut, end=end: punch_hole(fd, cut, end - cut), done)
 
     def done(self, start: int, end: int, reserved: int, resident: int, ok: bool) -> None:
         """A punch of ``[start, end)`` finished (or failed: its pages stay, its chunks are

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .allocator import Allocator, OutOfSpace
-from .pages import PagePool, allocated_bytes, punch_hole, resident_extents
+from .pages import PagePool
 from .spill import DISK_FULL, SpillDir, out_of_disk
 
 log = logging.getLogger("meshcompute.store")
@@ -531,24 +531,10 @@ class StoreTable:
         obj.waiting_pins = []
 
     def return_pages(self, now: float) -> list[Reply]:
-        """Punch the free pages beyond the warm pool out of the arena (store/pages.py), each
-        range reserved in the allocator until its punch, a copy job, is done."""
-        fd, pages = self.arena_fd, self.pages
-        if fd < 0 or self._waits or self._spilling:  # room is wanted now: the pages are too
-            return self._settle()
-        for start, cut, end, resident in pages.plan(now, self.allocator.free_blocks, self.allocator.used,
-                                                    allocated_bytes(fd), lambda s, e: resident_extents(fd, s, e)):
-            taken = self.allocator.take(start, cut)
-            pages.start(taken)
-            self._start_copy(lambda cut=cut, end=end: punch_hole(fd, cut, end - cut),
-                             lambda _, error, r=(cut, end, taken, resident): self._punched(*r, error))
+        """Punch the free pages beyond the warm pool out of the arena (store/pages.py)."""
+        if self.arena_fd >= 0 and not self._waits and not self._spilling:  # else the room is wanted now
+            self.pages.return_pages(self.allocator, self.arena_fd, now, self._start_copy)
         return self._settle()
-
-    def _punched(self, start: int, end: int, taken: int, resident: int, error: BaseException | None) -> None:
-        if error is not None:
-            log.warning("could not return arena pages [%d, %d) to the kernel: %s", start, end, error)
-        self.allocator.free(start)
-        self.pages.done(start, end, taken, resident, error is None)
 
     # ------------------------------------------------------------ reporting
 
