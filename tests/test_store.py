@@ -636,6 +636,7 @@ def test_table_punches_free_pages_beyond_the_warm_pool_highest_first(shm_table):
     t.pages.floor = 16 * PAGE
     t.return_pages(5.0)
     assert len(copies.jobs) == 1 and t.pages.punching == 32 * PAGE
+    assert t.statistics().used == 16 * PAGE  # "d" only: a range being punched holds no object
     # The range being punched is reserved: a new block goes elsewhere meanwhile.
     [(_, _, (status, off, epoch, punched_at))] = t.request_create(b"e", 8 * PAGE, "owner", "w", "w", 2)
     assert status == "ok" and (epoch, punched_at) == (0, 0)

@@ -64,7 +64,7 @@ class StoreStats:
     """One snapshot of a node's store (NODE_INFO's ``"store"`` entry, as a dict)."""
 
     capacity: int  # bytes of the arena
-    used: int  # bytes of the arena in allocated blocks
+    used: int  # bytes of the arena in blocks of objects
     objects: int  # objects held, in memory or spilled (freed but still pinned included)
     pinned_objects: int  # objects mapped by at least one reader
     pinned_bytes: int
@@ -543,7 +543,7 @@ class StoreTable:
         pinned = [o for o in everything if o.pins]
         return StoreStats(
             capacity=self.capacity,
-            used=self.allocator.used,
+            used=self.allocator.used - self.pages.punching,  # ranges being punched hold no object
             objects=len(everything),
             pinned_objects=len(pinned),
             pinned_bytes=sum(self.allocator.size_of(o.offset) for o in pinned),
