@@ -33,7 +33,9 @@ Rules:
   * a spilled object is restored at its next pin, into whatever block is free
     then (possibly spilling others); its spill file stays until the object is
     freed, so spilling it again costs no I/O;
-  * ``StoreFull`` only when nothing unpinned is left to evict or spill.
+  * ``StoreFull`` only when nothing unpinned is left to evict or spill;
+  * free pages beyond the warm pool are punched out of the arena (pages.py), a
+    range being punched reserved in the allocator until its punch is done.
 
 Replies are returned as lists of ``(peer, req_id, value)`` for the caller to send;
 replies that completions of copies produce come from ``take_replies()``.
