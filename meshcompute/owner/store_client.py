@@ -84,7 +84,7 @@ class StoreClient:
         end = -(-(offset + size) // mmap.PAGESIZE) * mmap.PAGESIZE
         ahead = min(size, MAP_AHEAD_MAX, self.capacity - end)
         if ahead > 0 and not self.touched.covers(end, end + ahead):
-            self.prefaulter.request(end, ahead, epoch)
+            self.prefaulter.request(end, ahead, epoch, ahead=True)
         self._seal(object_id)
         return ("s", offset, size)
 

@@ -19,6 +19,7 @@ figures).  Three things here take that off the put's path:
 from __future__ import annotations
 
 import bisect
+import collections
 import ctypes
 import errno
 import logging
@@ -168,30 +169,30 @@ class Prefaulter:
 
     ``touched`` records what is populated; a put into a covered block copies
     through the mapping at memcpy speed.  The thread starts at the first request
-    and is a daemon thread; ``close`` stops it between chunks.  The latest
-    request goes first (it is the likeliest to serve the next put) and at most
-    ``QUEUE`` wait: on a busy machine older ones are dropped, not piled up.
+    and is a daemon thread; ``close`` stops it between chunks.  Requests are
+    served in order, except that one marked ``ahead`` (the range a writer's
+    next put most likely lands in) goes before all others.
     """
-
-    QUEUE = 8
 
     def __init__(self, base: int, touched: PopulatedRanges) -> None:
         self.base = base
         self.touched = touched
-        self._queue: list[tuple[int, int, int]] = []
+        self._queue: collections.deque[tuple[int, int, int]] = collections.deque()
         self._cv = threading.Condition()
         self._map_lock = threading.Lock()  # held while touching the mapping
         self._thread: threading.Thread | None = None
         self._closed = False
         self.supported = True
 
-    def request(self, offset: int, length: int, epoch: int) -> None:
-        """Populate ``[offset, offset+length)``, a block granted at punch epoch ``epoch``."""
+    def request(self, offset: int, length: int, epoch: int, ahead: bool = False) -> None:
+        """Populate ``[offset, offset+length)``, a range whose pages are as of punch epoch ``epoch``."""
         with self._cv:
             if self._closed or not self.supported:
                 return
-            self._queue.append((offset, length, epoch))
-            del self._queue[:-self.QUEUE]
+            if ahead:
+                self._queue.appendleft((offset, length, epoch))
+            else:
+                self._queue.append((offset, length, epoch))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
                 self._thread.start()
@@ -213,7 +214,7 @@ class Prefaulter:
                     self._cv.wait()
                 if self._closed:
                     return
-                offset, length, epoch = self._queue.pop()
+                offset, length, epoch = self._queue.popleft()
             end = offset + length
             pos = offset
             while pos < end:
