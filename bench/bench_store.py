@@ -100,6 +100,85 @@ def part_put_mesh(quick: bool) -> dict:
             "reused": _med(reused), "reused_all": [round(x, 2) for x in reused]}
 
 
+# ------------------------------------------------------- put of fresh arrays
+
+
+def _arena_allocated(core) -> int:
+    """Bytes of tmpfs pages the arena file holds (what the store keeps resident)."""
+    return os.fstat(core.store.fd).st_blocks * 512
+
+
+def part_fresh(quick: bool) -> dict:
+    """A new 100 MiB array each put, as a loop that produces and stores results does.
+
+    Baseline: numpy's own copy into fresh memory (``np.empty_like`` + ``copyto``,
+    which gets transparent huge pages where the host allows), timed in the same
+    process right before each put.  Two loops: the ref dropped after each put
+    (the store reuses warm blocks) and refs held (each put takes a new block).
+    Then the arena's allocated bytes after everything was freed: what the node
+    keeps resident when idle.
+    """
+    import gc
+
+    import numpy as np
+
+    import meshcompute as mesh
+    from meshcompute.owner import context
+
+    mesh.init("local", num_cpus=1, object_store_memory=2 << 30)
+    core = context.core
+    rng = np.random.default_rng(0)
+    n = 100 * MiB // 8
+    # Idle: once the daemon pre-allocated its warm region (512 MiB of this 2 GiB store).
+    deadline = time.time() + 60
+    while mesh.nodes()[0]["ObjectStore"]["prefaulted_bytes"] < 512 * MiB and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    idle = _arena_allocated(core)
+    rounds = 6 if quick else 12
+    memcpy, dropped = [], []
+    for _ in range(rounds):
+        a = rng.random(n)
+        t = time.perf_counter()
+        d = np.empty_like(a)
+        np.copyto(d, a)
+        memcpy.append(a.nbytes / (time.perf_counter() - t) / 1e9)
+        del d
+        t = time.perf_counter()
+        ref = mesh.put(a)
+        dropped.append(a.nbytes / (time.perf_counter() - t) / 1e9)
+        del ref, a
+    held, held_memcpy, refs = [], [], []
+    for _ in range(6):
+        a = rng.random(n)
+        t = time.perf_counter()
+        d = np.empty_like(a)
+        np.copyto(d, a)
+        held_memcpy.append(a.nbytes / (time.perf_counter() - t) / 1e9)
+        del d
+        t = time.perf_counter()
+        refs.append(mesh.put(a))
+        held.append(a.nbytes / (time.perf_counter() - t) / 1e9)
+        del a
+    peak = _arena_allocated(core)
+    del refs
+    gc.collect()
+    t0 = time.perf_counter()
+    after: list = []
+    while time.perf_counter() - t0 < 10:
+        time.sleep(0.5)
+        after.append(_arena_allocated(core))
+    mesh.shutdown()
+    med = _med(memcpy)
+    return {"memcpy_fresh": med, "put_dropped": _med(dropped), "put_dropped_ratio": round(_med(dropped) / med, 2),
+            "put_dropped_all": [round(x, 2) for x in dropped], "memcpy_fresh_all": [round(x, 2) for x in memcpy],
+            "memcpy_fresh_held": _med(held_memcpy), "put_held": _med(held),
+            "put_held_all": [round(x, 2) for x in held], "memcpy_fresh_held_all": [round(x, 2) for x in held_memcpy],
+            "put_held_ratio": round(_med(held) / _med(held_memcpy), 2),
+            "arena_idle_mib": round(idle / MiB), "arena_peak_mib": round(peak / MiB),
+            "arena_after_free_mib": [round(x / MiB) for x in after]}
+
+
 # ------------------------------------------------------------------ physics
 
 
@@ -160,6 +239,105 @@ def part_physics(quick: bool) -> dict:
             memcpy.append(n / m / 1e9)
             ratios[c].append(m / case(*c))
     return {"memcpy": _med(memcpy), **{f"{p} pages, {h}": _med(r) for (p, h), r in ratios.items()}}
+
+
+# ------------------------------------------------------------------ options
+
+
+def part_options(quick: bool) -> dict:
+    """Ways of writing 100 MiB into a tmpfs file, next to numpy's copy into fresh memory.
+
+    Wall time in one process, medians of several rounds (``GB/s`` and the ratio to
+    ``np.copyto(np.empty_like(a), a)``).  Shows what a put of fresh data can reach
+    by each route: pages punched (what the warm pool returned), allocated but not
+    mapped, or mapped; ``pwritev`` from one or two threads; ``MADV_HUGEPAGE`` on
+    the mapping; ``MADV_POPULATE_WRITE``; hole punching itself.  Also whether
+    ``memfd_create(MFD_HUGETLB)`` works on this host.
+    """
+    import mmap
+    import threading
+
+    import numpy as np
+
+    from meshcompute.store.pages import punch_hole
+    from meshcompute.store.shm import mapping_address, populate_write
+
+    n = 100 * MiB
+    src = np.random.default_rng(0).integers(0, 255, n, dtype=np.uint8)
+    path = f"/dev/shm/meshcompute_bench_{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.unlink(path)
+    os.ftruncate(fd, n)
+    mm = mmap.mmap(fd, n)
+    base = mapping_address(mm)
+    view = [np.frombuffer(mm, np.uint8)]  # released before the mapping closes
+    times: dict = {}
+
+    def timed(name, fn, before=None):
+        if before:
+            before()
+        t = time.perf_counter()
+        fn()
+        times.setdefault(name, []).append(n / (time.perf_counter() - t) / 1e9)
+
+    def punch():
+        punch_hole(fd, 0, n)
+
+    def allocate():
+        punch()
+        os.posix_fallocate(fd, 0, n)
+
+    def fresh_copy():
+        d = np.empty_like(src)
+        np.copyto(d, src)
+
+    def pwritev_threads(k):
+        part = n // k
+        ts = [threading.Thread(target=os.pwritev, args=(fd, [memoryview(src)[i * part:(i + 1) * part]], i * part))
+              for i in range(k)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    def write_mapping():
+        view[0][:] = src
+
+    for _ in range(3 if quick else 5):
+        timed("numpy copy into fresh memory", fresh_copy)
+        timed("memcpy through a mapping, punched pages", write_mapping, punch)
+        timed("memcpy through a mapping, mapped pages", write_mapping)
+        timed("memcpy through a mapping, allocated pages", write_mapping, allocate)
+        timed("memcpy, punched pages, MADV_HUGEPAGE", write_mapping,
+              lambda: (punch(), mm.madvise(mmap.MADV_HUGEPAGE)))
+        timed("pwritev, punched pages", lambda: os.pwritev(fd, [memoryview(src)], 0), punch)
+        timed("pwritev, allocated pages", lambda: os.pwritev(fd, [memoryview(src)], 0), allocate)
+        timed("pwritev 2 threads, punched pages", lambda: pwritev_threads(2), punch)
+        timed("pwritev 2 threads, allocated pages", lambda: pwritev_threads(2), allocate)
+        timed("MADV_POPULATE_WRITE alone, punched pages", lambda: populate_write(base, 0, n), punch)
+        timed("fallocate alone", lambda: os.posix_fallocate(fd, 0, n), punch)
+        timed("punching alone", punch)
+    view.clear()
+    mm.close()
+    os.close(fd)
+    try:
+        mfd = os.memfd_create("meshcompute_bench", os.MFD_HUGETLB)
+        try:
+            os.ftruncate(mfd, 2 * MiB)
+            m2 = mmap.mmap(mfd, 2 * MiB)
+            m2[:1] = b"x"
+            m2.close()
+            hugetlb = "works"
+        finally:
+            os.close(mfd)
+    except (OSError, AttributeError) as e:
+        hugetlb = f"fails: {e}"
+    ref = statistics.median(times["numpy copy into fresh memory"])
+    out: dict = {"memfd MFD_HUGETLB": hugetlb}
+    for name, xs in times.items():
+        out[name] = {"gbps": _med(xs), "min": round(min(xs), 2), "max": round(max(xs), 2),
+                     "ratio": round(statistics.median(xs) / ref, 2)}
+    return out
 
 
 # ---------------------------------------------------------------- put (Ray)
@@ -298,7 +476,7 @@ def part_spill(quick: bool) -> dict:
     return out
 
 
-PARTS = {"put": part_put_mesh, "ray": part_put_ray, "scale": part_scale, "spill": part_spill,
+PARTS = {"put": part_put_mesh, "fresh": part_fresh, "options": part_options, "ray": part_put_ray, "scale": part_scale, "spill": part_spill,
          "physics": part_physics}
 
 
@@ -319,7 +497,7 @@ def _ray_available() -> bool:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["physics", "put", "scale", "spill"], default=None)
+    ap.add_argument("--only", choices=["physics", "options", "put", "fresh", "scale", "spill"], default=None)
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
@@ -337,6 +515,14 @@ def main() -> None:
         for k, v in r.items():
             if k != "memcpy":
                 print(f"  {k:<36} {v:.2f}" if isinstance(v, float) else f"  {k}: {v}")
+    if args.only in (None, "options"):
+        results["options"] = r = _run_part("options", args.quick)
+        print("writing 100 MiB into /dev/shm, wall time, next to numpy's copy into fresh memory")
+        for k, v in r.items():
+            if isinstance(v, dict):
+                print(f"  {k:<44} {v['gbps']:6.2f} GB/s [{v['min']:.2f}-{v['max']:.2f}]  {v['ratio']:.2f}")
+            else:
+                print(f"  {k}: {v}")
     if args.only in (None, "put"):
         results["put"] = r = _run_part("put", args.quick)
         print(f"put of a 100 MiB numpy array, GB/s (memcpy in the same process: {r.get('memcpy')} GB/s)")
@@ -356,6 +542,18 @@ def main() -> None:
                 print("  ray failed:", q["error"][-300:])
         elif not args.no_ray:
             print("  ray: not installed")
+    if args.only in (None, "fresh"):
+        results["fresh"] = r = _run_part("fresh", args.quick)
+        if "error" not in r:
+            print("put of a new 100 MiB array each time, GB/s, next to numpy's copy into fresh memory")
+            print(f"  ref dropped after each put: put {r['put_dropped']}, memcpy {r['memcpy_fresh']} "
+                  f"({r['put_dropped_ratio']:.0%})")
+            print(f"  refs held (a new block each): put {r['put_held']}, memcpy {r['memcpy_fresh_held']} "
+                  f"({r['put_held_ratio']:.0%})")
+            print(f"  arena allocated, MiB: idle {r['arena_idle_mib']}, peak {r['arena_peak_mib']}, "
+                  f"every 0.5 s after freeing: {r['arena_after_free_mib']}")
+        else:
+            print("  fresh puts failed:", r["error"])
     if args.only in (None, "scale"):
         results["scale"] = r = _run_part("scale", args.quick)
         print("scale:")

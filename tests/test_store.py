@@ -280,7 +280,7 @@ class HeldCopies:
 
 
 def _sealed(t: StoreTable, oid: bytes, data: bytes) -> int:
-    [(_, _, (status, off))] = t.request_create(oid, len(data), "owner", "writer", "writer", 1)
+    [(_, _, (status, off, *_))] = t.request_create(oid, len(data), "owner", "writer", "writer", 1)
     assert status == "ok"
     os.pwrite(t.arena_fd, data, off)
     t.seal(oid)
@@ -295,7 +295,7 @@ def test_table_create_waits_for_the_spill_that_makes_room(table):
     assert table.request_create(b"new", 32 * PAGE, "owner", "writer", "writer", 7) == []
     assert len(copies.jobs) == 1 and table.objects[bytes([0])].moving == "spill"
     assert table.statistics().used == 64 * PAGE  # the block is still there while it is copied
-    [(peer, req_id, (status, off))] = copies.finish()
+    [(peer, req_id, (status, off, *_))] = copies.finish()
     assert (peer, req_id, status) == ("writer", 7, "ok") and off == 0
     assert table.objects[bytes([0])].offset is None and table.statistics().spills == 1
     os.pwrite(table.arena_fd, _data(9, 32 * PAGE), off)
@@ -321,7 +321,7 @@ def test_table_pin_during_a_spill_waits_and_keeps_the_object(table):
     assert ("reader", 6, (off, 32 * PAGE)) in replies
     assert table.objects[b"a"].spill_path is not None and table.objects[b"a"].offset == off
     assert table.objects[b"b"].moving == "spill"
-    [(_, req_id, (status, _))] = copies.finish()
+    [(_, req_id, (status, *_))] = copies.finish()
     assert req_id == 5
     assert status == "ok" and table.objects[b"b"].offset is None
     assert os.pread(table.arena_fd, 32 * PAGE, off) == data
@@ -333,7 +333,7 @@ def test_table_free_during_a_spill_deletes_the_file_afterwards(table):
     _sealed(table, b"b", _data(2, 32 * PAGE))
     table.request_create(b"c", 32 * PAGE, "owner", "writer", "writer", 5)
     assert table.free([b"a"]) == [] and table.statistics().used == 64 * PAGE  # not while copied
-    [(_, req_id, (status, _))] = copies.finish()
+    [(_, req_id, (status, *_))] = copies.finish()
     assert req_id == 5
     assert status == "ok" and b"a" not in table.objects
     s = table.statistics()
@@ -678,3 +678,166 @@ def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_map
     ref = mesh.put(second)
     assert len(calls) == 1 and mesh.get(ref)[0] == second[0]
     assert np.array_equal(mesh.get(ref), second)
+
+
+# ------------------------------------------------------- returning pages
+
+
+@pytest.fixture
+def shm_table(tmp_path):
+    """A table over a real tmpfs arena (pages are allocated and punched as on a node)."""
+    from meshcompute.store.pages import PagePool
+
+    path = f"/dev/shm/meshcompute_test_pages_{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(path)
+    os.ftruncate(fd, CAP)
+    t = StoreTable(CAP, fd, str(tmp_path / "spill"), "test-node")
+    t.pages = PagePool(CAP, floor=0, pool_max=CAP, window_s=1.0, min_punch=PAGE, align=PAGE)
+    yield t
+    os.close(fd)
+
+
+def test_table_punches_free_pages_beyond_the_warm_pool_highest_first(shm_table):
+    from meshcompute.store.pages import allocated_bytes, resident_extents
+
+    t = shm_table
+    copies = HeldCopies(t)
+    datas = {oid: _data(i, 16 * PAGE) for i, oid in enumerate([b"a", b"b", b"c", b"d"])}
+    offs = {oid: _sealed(t, oid, d) for oid, d in datas.items()}
+    assert allocated_bytes(t.arena_fd) == 64 * PAGE
+    t.free([b"a", b"b", b"c"])
+    # Just put: the pool keeps what the last window allocated.
+    assert t.return_pages(0.0) == [] and copies.jobs == []
+    # A window later the pool shrinks to its floor; the highest free pages go first.
+    t.pages.floor = 16 * PAGE
+    t.return_pages(5.0)
+    assert len(copies.jobs) == 1 and t.pages.punching == 32 * PAGE
+    assert t.statistics().used == 16 * PAGE  # "d" only: a range being punched holds no object
+    # The range being punched is reserved: a new block goes elsewhere meanwhile.
+    [(_, _, (status, off, epoch, punched_at))] = t.request_create(b"e", 8 * PAGE, "owner", "w", "w", 2)
+    assert status == "ok" and (epoch, punched_at) == (0, 0)
+    assert not offs[b"b"] <= off < offs[b"c"] + 16 * PAGE
+    copies.finish()
+    assert t.pages.punching == 0 and t.pages.epoch == 1
+    kept = resident_extents(t.arena_fd, 0, CAP)
+    assert (offs[b"a"], offs[b"a"] + 16 * PAGE) in kept and allocated_bytes(t.arena_fd) == 32 * PAGE
+    assert os.pread(t.arena_fd, 16 * PAGE, offs[b"d"]) == datas[b"d"]
+    # A block over punched pages says so: its writer's mapping of them is gone.
+    t.free([b"e"])
+    [(_, _, (status, off, epoch, punched_at))] = t.request_create(b"f", 48 * PAGE, "owner", "w", "w", 3)
+    assert status == "ok" and off == 0 and (epoch, punched_at) == (1, 1)
+    # With no floor, every free page goes.
+    t.free([b"f"])
+    t.pages.floor = 0
+    t.return_pages(10.0)  # "e" and "f" were allocated since the last check: kept
+    assert copies.jobs == []
+    t.return_pages(20.0)
+    copies.finish()
+    assert allocated_bytes(t.arena_fd) == 16 * PAGE
+    assert resident_extents(t.arena_fd, 0, CAP) == [(offs[b"d"], offs[b"d"] + 16 * PAGE)]
+    assert t.statistics().used == 16 * PAGE
+
+
+def test_table_restores_a_spilled_object_into_punched_pages(shm_table):
+    from meshcompute.store.pages import resident_extents
+
+    t = shm_table
+    data = _data(7, 32 * PAGE)
+    off = _sealed(t, b"a", data)
+    _sealed(t, b"b", _data(8, 32 * PAGE))
+    t.create(b"c", 32 * PAGE, "owner", "writer")  # "a" is spilled to make room
+    assert t.objects[b"a"].offset is None
+    t.free([b"b", b"c"])
+    t.return_pages(0.0)
+    t.return_pages(10.0)  # a window later: every free page goes
+    assert resident_extents(t.arena_fd, 0, CAP) == [] and t.pages.punched_bytes > 0
+    [(_, _, (restored, size))] = t.pin(b"a", "reader", 3)
+    assert restored == off and os.pread(t.arena_fd, size, restored) == data
+
+
+def test_populated_ranges_forget_chunks_punched_after_they_were_mapped():
+    from meshcompute.store.pages import EPOCH_CHUNK
+    from meshcompute.store.shm import PopulatedRanges
+
+    r = PopulatedRanges(8 * EPOCH_CHUNK)
+    r.add_at(0, 3 * EPOCH_CHUNK, epoch=2)
+    r.forget_punched(0, EPOCH_CHUNK, punched_at=2)  # a punch before we mapped it: still ours
+    assert r.covers(0, 3 * EPOCH_CHUNK)
+    r.forget_punched(EPOCH_CHUNK, EPOCH_CHUNK + PAGE, punched_at=3)  # punched since
+    assert r.covers(0, EPOCH_CHUNK) and not r.covers(EPOCH_CHUNK, EPOCH_CHUNK + PAGE)
+    assert r.covers(2 * EPOCH_CHUNK, 3 * EPOCH_CHUNK) and len(r) == 2
+    r.add_at(EPOCH_CHUNK, 2 * EPOCH_CHUNK, epoch=3)  # mapped again after that punch
+    r.forget_punched(EPOCH_CHUNK, 2 * EPOCH_CHUNK, punched_at=3)
+    assert r.covers(0, 3 * EPOCH_CHUNK)
+
+
+@pytest.fixture
+def no_prefault(monkeypatch):
+    monkeypatch.setenv("MESH_STORE_PREFAULT", "0")  # idle means no resident pages at all
+
+
+def _arena_bytes() -> int:
+    from meshcompute.owner import context
+
+    return os.fstat(context.core.store.fd).st_blocks * 512
+
+
+@pytest.mark.node_options(object_store_memory=1 << 30)
+def test_freed_arena_pages_go_back_to_the_kernel_and_reuse_stays_correct(no_prefault, fresh_node, monkeypatch):
+    from meshcompute.owner import context
+    from meshcompute.owner import store_client as core_mod
+
+    core = context.core
+    pwrites = []
+    real = core_mod.pwrite_object
+    monkeypatch.setattr(core_mod, "pwrite_object", lambda *a: pwrites.append(a[1]) or real(*a))
+    monkeypatch.setattr(core_mod, "MAP_AHEAD_MAX", 0)  # only the blocks written are mapped
+    idle = _arena_bytes()
+    rng = np.random.default_rng(5)
+    offsets: list = []
+    for _ in range(3):
+        arrays = [rng.random(64 * MiB // 8) for _ in range(4)]
+        if offsets:  # the writer still has the last round's blocks in its books...
+            assert all(core.store.touched.covers(o, o + 64 * MiB) for o in offsets)
+        n = len(pwrites)
+        refs = [mesh.put(a) for a in arrays]
+        assert _arena_bytes() >= idle + 256 * MiB
+        # ...but they were punched since: the same blocks are written with pwritev, not
+        # through a mapping that lost them.
+        assert len(pwrites) == n + 4 and (not offsets or pwrites[n:] == offsets)
+        offsets = pwrites[n:]
+        for a, ref in zip(arrays, refs):
+            got = mesh.get(ref)
+            assert np.array_equal(got, a)
+            del got
+        # The writer maps its blocks in the background.
+        assert wait_for(lambda got=offsets: all(core.store.touched.covers(o, o + 64 * MiB) for o in got), timeout=20)
+        del refs, arrays, ref, a
+        gc.collect()
+        # Once the puts stop, the warm pool shrinks to nothing and the pages go back.
+        assert wait_for(lambda: _arena_bytes() <= idle + 16 * MiB, timeout=20), _arena_bytes()
+    assert _stats()["punched_bytes"] >= 3 * 256 * MiB
+
+
+@pytest.mark.node_options(object_store_memory=1 << 30)
+def test_a_put_loop_keeps_its_pages_warm(no_prefault, fresh_node, monkeypatch):
+    from meshcompute.owner import context
+    from meshcompute.owner import store_client as core_mod
+
+    core = context.core
+    pwrites = []
+    real = core_mod.pwrite_object
+    monkeypatch.setattr(core_mod, "pwrite_object", lambda *a: pwrites.append(a[1]) or real(*a))
+    a = np.arange(32 * MiB // 8, dtype=np.float64)
+    ref = mesh.put(a)
+    assert len(pwrites) == 1
+    assert wait_for(lambda: core.store.touched.covers(pwrites[0], pwrites[0] + 32 * MiB), timeout=10)
+    del ref
+    for i in range(8):
+        time.sleep(0.3)  # longer than the pool's check period, within its window
+        ref = mesh.put(a + i)
+        assert mesh.get(ref)[1] == 1 + i
+        del ref
+    # Every put reused the first block, still warm and still mapped: one memcpy each.
+    assert len(pwrites) == 1 and _stats()["punched_bytes"] == 0

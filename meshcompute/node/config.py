@@ -33,6 +33,23 @@ def default_prefault(capacity: int) -> int:
     return min(capacity // 4, PREFAULT_MAX)
 
 
+WARM_POOL_MAX = 1 << 30
+"""Bytes: at most this much freed arena memory stays resident for the next puts (the whole
+capacity of a smaller store); the rest goes back to the kernel.  Within it the pool follows the
+bytes allocated in the last 2 s (``store/pages.py``): a put into a kept page is a memcpy, into a
+returned one ~4-8x slower (docs/store.md), so a put loop (or a store that spills and restores
+objects) keeps its pages while an idle node keeps only the pre-allocated region.  The cap bounds
+what a burst of puts leaves resident for those 2 s.  ``MESH_STORE_WARM_POOL`` (bytes) overrides;
+0 keeps only the pre-allocated region."""
+
+
+def default_warm_pool(capacity: int) -> int:
+    env = os.environ.get("MESH_STORE_WARM_POOL")
+    if env is not None:
+        return max(0, min(int(env), capacity))
+    return min(capacity, WARM_POOL_MAX)
+
+
 CGROUP_ROOT = "/sys/fs/cgroup"
 _UNLIMITED = 1 << 60  # cgroup v1 says "no limit" with a number near 2**63
 

@@ -4,7 +4,8 @@ One per node, single-threaded: one loop polls the inbox, the zygote's event pipe
 the copier's completions and a timer.  Bulk copies (spill, restore, pulled
 chunks) run on the copier's helper threads and come back to the loop
 (copier.py); one low-priority thread pre-allocates the arena's warm region at
-start (meshcompute/store/shm.py).  It is *not* on the per-task path: owners lease a worker for a
+start (meshcompute/store/shm.py), and the timer returns freed arena pages beyond
+the warm pool to the kernel (store_service.py).  It is *not* on the per-task path: owners lease a worker for a
 resource shape and push tasks to it directly; the daemon only grants leases,
 takes them back, and tells a lease holder when its worker dies.
 
@@ -44,12 +45,11 @@ from ..gcs.shell import Control, NodeLink
 from ..host.sessions import arena_path, pid_alive, remove_session, vouched_pid
 from ..observe.feed import FeedSource, MonitorFeed
 from ..sched.resources import ResourcePool
-from ..store.shm import ArenaWarmer
 from ..store.table import StoreTable, spill_dir_for
 from ..wire.messages import Msg, decode, describe, encode
 from ..wire.transport import DropLog, Endpoint, drain, make_address, node_of, parse_address
 from .actors import ActorDirectory
-from .config import default_prefault, node_resources
+from .config import node_resources
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
 from .info import node_record, peer_records
@@ -95,7 +95,6 @@ class Daemon:
         self.spill_dir = spill_dir if spill_dir is not None else spill_dir_for(session_dir)
         self.store = StoreService(StoreTable(store_capacity, -1, self.spill_dir, node_id), node_id,
                                   self.send, self._peer_address)
-        self.warmer: ArenaWarmer | None = None
         self.workers = WorkerPool(session_dir, node_id, host, num_cpus)
         self.processes = Processes()
         self.placement = Placement(node_id, self.resources, self.peer_views,
@@ -184,8 +183,7 @@ class Daemon:
             os.write(ready_fd, (json.dumps(info) + "\n").encode())
             os.close(ready_fd)
         # Started only now: the daemon must not have threads when it forks the zygote.
-        self.warmer = ArenaWarmer(self.store_path, default_prefault(self.store_capacity))
-        self.warmer.start()
+        self.store.start_warming(self.store_path)
         self.loop()
 
     # ------------------------------------------------------------------- loop
@@ -230,6 +228,7 @@ class Daemon:
             self._next_check = now + LIVENESS_PERIOD_S
             self._check_liveness()
         self.control.tick(now)
+        self.store.tick(now)
         if self.monitor.active:
             self.monitor.tick(now)
         if self.gathers:
@@ -569,8 +568,7 @@ class Daemon:
     def stop(self) -> None:
         """Leave the mesh, stop every worker, remove the node's shared memory, spill files
         and session dir."""
-        if self.warmer is not None:
-            self.warmer.stop()
+        self.store.stop_warming()
         self.jobs.stop_all()  # before the node leaves: their drivers use it
         if self.membership is not None:
             try:

@@ -15,7 +15,7 @@ def node_record(d: Any) -> dict:
         "alive": True,
         "resources_total": dict(d.resources.total),
         "resources_available": {k: max(0.0, v) for k, v in d.resources.available.items()},
-        "store": d.store.statistics(d.warmer.done if d.warmer is not None else 0),
+        "store": d.store.statistics(),
         "workers": len(d.workers.workers),
         "pid": os.getpid(),
         "session_dir": d.session_dir,

@@ -8,12 +8,18 @@ that freeing a primary frees them too).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from ..store.pages import CHECK_PERIOD_S, PagePool
+from ..store.shm import ArenaWarmer
 from ..store.table import Copy, StoreTable
 from ..wire.messages import Msg
+from .config import default_prefault, default_warm_pool
+
+log = logging.getLogger("meshcompute.daemon")
 
 
 class StoreService:
@@ -34,6 +40,33 @@ class StoreService:
         self.send = send
         self.peer_address = peer_address  # a live peer daemon's address by node id
         self.copy_holders: dict[bytes, set[str]] = {}  # daemons that pulled our primaries
+        self.warmer: ArenaWarmer | None = None
+        self._next_page_check = 0.0
+
+    # ------------------------------------------------------------ arena pages
+
+    def start_warming(self, path: str) -> None:
+        """Pre-allocate the arena's low region in the background and keep it (and a warm pool
+        sized to recent puts) resident; every other freed page goes back to the kernel."""
+        capacity = self.table.capacity
+        prefault = default_prefault(capacity)
+        self.table.pages = PagePool(capacity, floor=prefault, pool_max=default_warm_pool(capacity))
+        self.warmer = ArenaWarmer(path, prefault)
+        self.warmer.start()
+
+    def stop_warming(self) -> None:
+        if self.warmer is not None:
+            self.warmer.stop()
+
+    def tick(self, now: float) -> None:
+        """The loop's timed duty: return free pages beyond the warm pool (store/pages.py)."""
+        if now >= self._next_page_check:
+            self._next_page_check = now + CHECK_PERIOD_S
+            try:
+                self.send_replies(self.table.return_pages(now))
+            except OSError as err:  # the arena's file system cannot say which pages it holds
+                log.warning("freed arena pages stay resident: %s", err)
+                self._next_page_check = float("inf")
 
     def send_replies(self, replies: list) -> None:
         for peer, req_id, value in replies:
@@ -113,10 +146,11 @@ class StoreService:
 
     # --------------------------------------------------------------- reporting
 
-    def statistics(self, prefaulted: int) -> dict:
+    def statistics(self) -> dict:
         stats = asdict(self.table.statistics())
-        # How much of the arena's warm region is pre-allocated so far.
-        stats["prefaulted_bytes"] = prefaulted
+        # How much of the arena's warm region is pre-allocated so far; what was punched out.
+        stats["prefaulted_bytes"] = self.warmer.done if self.warmer is not None else 0
+        stats.update(self.table.pages.statistics())
         return stats
 
     def object_records(self, pid_of: Callable[[str], int | None]) -> list[dict]:

@@ -17,11 +17,16 @@ from typing import Any
 
 from .. import exceptions as exc
 from ..store.layout import encoded_size, pwrite_object, read_object, write_object
-from ..store.shm import Prefaulter, Ranges, mapping_address
+from ..store.shm import PopulatedRanges, Prefaulter, mapping_address
 from ..store.spill import DISK_FULL
 from ..wire.messages import Msg
 from ..wire.serialization import INLINE_THRESHOLD, DeserializeContext, Serialized, deserialize
 from .pins import PinCache
+
+MAP_AHEAD_MAX = 256 << 20
+"""Bytes: after a put, at most this much of the arena beyond its block is mapped ahead (as much
+as the object itself below that): enough for the next put of a loop, bounded because the pages
+become resident (the daemon's warm pool keeps them while puts go on, docs/store.md)."""
 
 
 class StoreClient:
@@ -34,6 +39,7 @@ class StoreClient:
         self._unpin = unpin  # unpin(object_ids, reason): sends STORE_UNPIN (any thread)
         self._seal = seal  # seal(object_id, keep_pinned): sends STORE_SEAL (any thread)
         self.fd = os.open(store_path, os.O_RDWR)
+        self.capacity = capacity
         self.arena = mmap.mmap(self.fd, capacity)
         self.arena_mv = memoryview(self.arena)
         self.closed = False
@@ -41,7 +47,7 @@ class StoreClient:
         self.pins = PinCache(self.arena_mv.toreadonly(), referenced,
                              lambda oid, ref: None if self.closed else post(self.pins.value_gone, oid, ref))
         # Pages of our mapping that are populated: puts there are a plain memcpy.
-        self.touched = Ranges()
+        self.touched = PopulatedRanges(capacity)
         self.prefaulter = Prefaulter(mapping_address(self.arena), self.touched)
 
     def put(self, ser: Serialized, owner: str, object_id: bytes | None, keep_pinned: bool = False) -> tuple:
@@ -56,17 +62,26 @@ class StoreClient:
         answer = self._request(Msg.STORE_CREATE, object_id, size, owner)
         if answer[0] != "ok":
             raise store_full(answer[1])
-        offset = answer[1]
+        _, offset, epoch, punched_at = answer
+        # Pages the daemon punched out of the arena since we mapped them are gone from our mapping.
+        self.touched.forget_punched(offset, offset + size, punched_at)
         if self.touched.covers(offset, offset + size) or not self.prefaulter.supported:
             # Pages already in our page table: one memcpy per buffer.
             write_object(self.arena_mv[offset: offset + size], ser.meta, ser.buffers, ser.is_error)
-            self.touched.add(offset, offset + size)
+            self.touched.add_at(offset, offset + size, epoch)
         else:
             # Pages we never mapped: faulting them in one by one costs several
             # times the copy; pwritev fills them without faults (docs/store.md).
             # Map them in the background so the next put reusing them is a memcpy.
             pwrite_object(self.fd, offset, ser.meta, ser.buffers, ser.is_error)
-            self.prefaulter.request(offset, size)
+            self.prefaulter.request(offset, size, epoch)
+        # The next block handed out is most likely the one right after this (lowest offsets go
+        # first): map it ahead in the background, so that a loop that keeps what it puts
+        # writes with memcpy too.  Pages punched meanwhile are forgotten at that put.
+        end = -(-(offset + size) // mmap.PAGESIZE) * mmap.PAGESIZE
+        ahead = min(size, MAP_AHEAD_MAX, self.capacity - end)
+        if ahead > 0 and not self.touched.covers(end, end + ahead):
+            self.prefaulter.request(end, ahead, epoch, ahead=True)
         if keep_pinned:
             self.pins.add(object_id, offset, size, use=False)
         self._seal(object_id, keep_pinned)

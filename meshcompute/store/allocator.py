@@ -135,6 +135,19 @@ class Allocator:
         self._insert(start, end - start)
         return size
 
+    def take(self, start: int, offset: int) -> int:
+        """Allocate ``[offset, end)`` of the free block ``[start, end)`` (its tail; the head stays
+        free); returns the bytes taken.  The page pool reserves what it punches this way."""
+        end = start + self._remove(start)
+        if not start <= offset < end or offset % self.align:
+            self._insert(start, end - start)
+            raise ValueError(f"{offset} is not an aligned offset in the free block at {start}")
+        if offset > start:
+            self._insert(start, offset - start)
+        self._allocated[offset] = end - offset
+        self.used += end - offset
+        return end - offset
+
     def size_of(self, offset: int) -> int:
         return self._allocated[offset]
 

@@ -11,18 +11,24 @@ figures).  Three things here take that off the put's path:
   call (``MADV_POPULATE_WRITE``, Linux 5.14+) instead of a fault per page;
 * :class:`Prefaulter` (writer side) does that in the background for blocks the
   writer wrote with ``pwritev``, so the next put reusing them is a plain memcpy;
-  :class:`Ranges` remembers which pages of the writer's mapping are populated.
+  :class:`PopulatedRanges` remembers which pages of the writer's mapping are
+  populated, and forgets those the daemon punched out of the arena since
+  (store/pages.py: freed pages beyond the warm pool go back to the kernel).
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import ctypes
 import errno
 import logging
 import mmap
 import os
 import threading
+from array import array
+
+from .pages import EPOCH_CHUNK
 
 log = logging.getLogger("meshcompute.store")
 
@@ -88,6 +94,22 @@ class Ranges:
             self._starts[i:j] = [start]
             self._ends[i:j] = [end]
 
+    def remove(self, start: int, end: int) -> None:
+        with self._lock:
+            i = bisect.bisect_right(self._ends, start)  # first range ending after start
+            j = bisect.bisect_left(self._starts, end)  # ranges starting at or after end stay
+            keep_s: list[int] = []
+            keep_e: list[int] = []
+            if i < j:
+                if self._starts[i] < start:
+                    keep_s.append(self._starts[i])
+                    keep_e.append(start)
+                if self._ends[j - 1] > end:
+                    keep_s.append(end)
+                    keep_e.append(self._ends[j - 1])
+            self._starts[i:j] = keep_s
+            self._ends[i:j] = keep_e
+
     def covers(self, start: int, end: int) -> bool:
         with self._lock:
             i = bisect.bisect_right(self._starts, start) - 1
@@ -101,29 +123,76 @@ class Ranges:
         return len(self._starts)
 
 
+class PopulatedRanges(Ranges):
+    """The pages of a writer's arena mapping that are populated, and since which punch epoch.
+
+    ``since[c]``: the daemon's punch epoch (store/pages.py) when the oldest
+    populated range still recorded in chunk ``c`` was recorded, ``NEVER`` for
+    none.  A punch later than that in the chunk may have taken those pages out
+    of the mapping: :meth:`forget_punched` drops the whole chunk (a put there
+    then uses ``pwritev`` and maps it again), so a put never copies through a
+    mapping it only believes populated.
+    """
+
+    NEVER = 1 << 62
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.since = array("q", [self.NEVER]) * (capacity // EPOCH_CHUNK + 1)
+        # The writer's thread and the prefaulter's both update: ranges and epochs change together.
+        self._epochs_lock = threading.Lock()
+
+    def add_at(self, start: int, end: int, epoch: int) -> None:
+        """Pages ``[start, end)`` were populated after every punch up to ``epoch`` (the
+        epoch the daemon reported when it granted their block)."""
+        first, last = start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1
+        with self._epochs_lock:
+            chunks = self.since[first:last]
+            if max(chunks) > epoch:  # (a put loop over the same block skips this)
+                self.since[first:last] = array("q", [min(s, epoch) for s in chunks])
+            self.add(start, end)
+
+    def forget_punched(self, start: int, end: int, punched_at: int) -> None:
+        """The block ``[start, end)``'s chunks were last punched at epoch ``punched_at``."""
+        first, last = start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1
+        with self._epochs_lock:
+            if min(self.since[first:last]) >= punched_at:  # nothing punched since we mapped it
+                return
+            for c in range(first, last):
+                if self.since[c] < punched_at:
+                    self.since[c] = self.NEVER
+                    self.remove(c * EPOCH_CHUNK, (c + 1) * EPOCH_CHUNK)
+
+
 class Prefaulter:
     """Populates ranges of a writer's arena mapping in a background thread.
 
     ``touched`` records what is populated; a put into a covered block copies
     through the mapping at memcpy speed.  The thread starts at the first request
-    and is a daemon thread; ``close`` stops it between chunks.
+    and is a daemon thread; ``close`` stops it between chunks.  Requests are
+    served in order, except that one marked ``ahead`` (the range a writer's
+    next put most likely lands in) goes before all others.
     """
 
-    def __init__(self, base: int, touched: Ranges) -> None:
+    def __init__(self, base: int, touched: PopulatedRanges) -> None:
         self.base = base
         self.touched = touched
-        self._queue: list[tuple[int, int]] = []
+        self._queue: collections.deque[tuple[int, int, int]] = collections.deque()
         self._cv = threading.Condition()
         self._map_lock = threading.Lock()  # held while touching the mapping
         self._thread: threading.Thread | None = None
         self._closed = False
         self.supported = True
 
-    def request(self, offset: int, length: int) -> None:
+    def request(self, offset: int, length: int, epoch: int, ahead: bool = False) -> None:
+        """Populate ``[offset, offset+length)``, a range whose pages are as of punch epoch ``epoch``."""
         with self._cv:
             if self._closed or not self.supported:
                 return
-            self._queue.append((offset, length))
+            if ahead:
+                self._queue.appendleft((offset, length, epoch))
+            else:
+                self._queue.append((offset, length, epoch))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
                 self._thread.start()
@@ -145,7 +214,7 @@ class Prefaulter:
                     self._cv.wait()
                 if self._closed:
                     return
-                offset, length = self._queue.pop(0)
+                offset, length, epoch = self._queue.popleft()
             end = offset + length
             pos = offset
             while pos < end:
@@ -159,7 +228,7 @@ class Prefaulter:
                     return
                 if err:  # no room in /dev/shm: leave the rest to pwritev
                     break
-                self.touched.add(pos, pos + n)
+                self.touched.add_at(pos, pos + n, epoch)
                 pos += n
 
 
@@ -167,8 +236,8 @@ class ArenaWarmer:
     """Allocates the tmpfs pages of ``[0, length)`` of the arena in the background.
 
     ``fallocate`` on pages that hold data already changes nothing, so it runs
-    regardless of what is allocated.  The pages stay for the life of the node:
-    freed blocks are never punched out, so they stay warm for reuse.
+    regardless of what is allocated.  The region is the warm pool's floor
+    (store/pages.py): freed pages beyond the pool go back to the kernel, these stay.
     """
 
     def __init__(self, path: str, length: int, delay: float = 0.5) -> None:

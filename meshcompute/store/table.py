@@ -35,7 +35,9 @@ Rules:
     freed, so spilling it again costs no I/O;
   * pins that processes keep (owner/pins.py) are let go on request: before
     ``StoreFull``, an allocation asks their holders once (releases.py);
-  * ``StoreFull`` only when nothing unpinned is left to evict or spill.
+  * ``StoreFull`` only when nothing unpinned is left to evict or spill;
+  * free pages beyond the warm pool are punched out of the arena (pages.py), a
+    range being punched reserved in the allocator until its punch is done.
 
 Replies are returned as lists of ``(peer, req_id, value)`` for the caller to send;
 replies that completions of copies produce come from ``take_replies()``.
@@ -50,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .allocator import Allocator, OutOfSpace
+from .pages import PagePool
 from .releases import ReleaseRequests
 from .spill import DISK_FULL, SpillDir, out_of_disk, spill_dir_for  # noqa: F401 - the daemon imports it here
 
@@ -65,7 +68,7 @@ class StoreStats:
     """One snapshot of a node's store (NODE_INFO's ``"store"`` entry, as a dict)."""
 
     capacity: int  # bytes of the arena
-    used: int  # bytes of the arena in allocated blocks
+    used: int  # bytes of the arena in blocks of objects
     objects: int  # objects held, in memory or spilled (freed but still pinned included)
     pinned_objects: int  # objects mapped by at least one reader
     pinned_bytes: int
@@ -155,6 +158,7 @@ class StoreTable:
         # Processes asked to let go of the pins they keep (STORE_RELEASE), and their answers.
         self.releases = ReleaseRequests(lambda: list(self.objects.values()) + list(self.retired),
                                         self.allocator.size_of, lambda: self.spill is not None)
+        self.pages = PagePool(capacity)  # the warm pool; the daemon sets its bounds
 
     # ---------------------------------------------------------------- writes
 
@@ -196,7 +200,7 @@ class StoreTable:
         def grant(offset: int) -> None:
             obj.offset = offset
             self.counts["created"] += 1
-            answer(("ok", offset))
+            answer(("ok", offset, *self.pages.punch_info(offset, size)))
 
         def fail(why: str) -> None:
             if self.objects.get(oid) is obj:
@@ -418,6 +422,7 @@ class StoreTable:
             if offset is None:
                 return  # spills are under way; their completions pump again
             self._waits.popleft()
+            self.pages.note_allocated(self.allocator.size_of(offset))
             w.grant(offset)
 
     def _place(self, w: _Wait) -> int | None:
@@ -436,17 +441,19 @@ class StoreTable:
             raise StoreFull(self.full_message(size, "it is larger than the whole store"))
         movable = sum(self.allocator.size_of(o.offset) for lru in self._lru.values() for o in lru
                       if o.primary is False or self.spill is not None)
-        short = need - self.allocator.free_bytes() - movable - self._spilling
+        soon = self._spilling + self.pages.punching  # free once their copies finish
+        short = need - self.allocator.free_bytes() - movable - soon
         if short > 0:
             if self.releases.ask_once(w, short):
                 return None  # the holders of kept pins answer first
             raise StoreFull(self.full_message(size))
         while True:
-            if self._spilling and self.allocator.free_bytes() + self._spilling >= need:
+            soon = self._spilling + self.pages.punching
+            if soon and self.allocator.free_bytes() + soon >= need:
                 return None
             victim = self._victim()
             if victim is None:
-                if self._spilling or self.releases.ask_once(w, 0):
+                if soon or self.releases.ask_once(w, 0):
                     return None
                 raise StoreFull(self.full_message(size, "what is free is fragmented between pinned objects"))
             if not victim.primary:
@@ -560,6 +567,12 @@ class StoreTable:
                 self._out.append((peer, req_id, value))
         obj.waiting_pins = []
 
+    def return_pages(self, now: float) -> list[Reply]:
+        """Punch the free pages beyond the warm pool out of the arena (store/pages.py)."""
+        if self.arena_fd >= 0 and not self._waits and not self._spilling:  # else the room is wanted now
+            self.pages.return_pages(self.allocator, self.arena_fd, now, self._start_copy)
+        return self._settle()
+
     # ------------------------------------------------------------ reporting
 
     def statistics(self) -> StoreStats:
@@ -567,7 +580,7 @@ class StoreTable:
         pinned = [o for o in everything if o.pins]
         return StoreStats(
             capacity=self.capacity,
-            used=self.allocator.used,
+            used=self.allocator.used - self.pages.punching,  # ranges being punched hold no object
             objects=len(everything),
             pinned_objects=len(pinned),
             pinned_bytes=sum(self.allocator.size_of(o.offset) for o in pinned),
