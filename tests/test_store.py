@@ -374,7 +374,7 @@ def test_table_asks_keepers_of_pins_before_it_spills_or_is_full(table):
     assert sorted(table.releases.take()) == [("p1", [bytes([0]), bytes([1])]), ("p2", [bytes([2])])]
     assert table.statistics().release_requests == 1 and table.statistics().spills == 0
     assert table.unpin_many([], "p2", "asked") == []  # p2 uses its value: still waiting for p1
-    [(peer, req_id, (status, offset))] = table.unpin_many([bytes([0])], "p1", "asked")
+    [(peer, req_id, (status, offset, *_))] = table.unpin_many([bytes([0])], "p1", "asked")
     assert (peer, req_id, status) == ("w", 7, "ok") and table.statistics().spills == 1
     assert table.objects[bytes([0])].offset is None and table.objects[bytes([1])].offset is not None
     assert table.seal(b"x") == []
@@ -383,7 +383,7 @@ def test_table_asks_keepers_of_pins_before_it_spills_or_is_full(table):
     assert table.request_create(b"y", 16 * PAGE, "owner", "w", "w", 8) == []
     assert sorted(table.releases.take()) == [("p1", [bytes([1])]), ("p2", [bytes([2])])]
     assert table.unpin_many([], "p1", "asked") == []
-    [(_, _, (status, _))] = table.process_gone("p2")  # a dead keeper answers nothing: its pins go
+    [(_, _, (status, *_))] = table.process_gone("p2")  # a dead keeper answers nothing: its pins go
     assert status == "ok" and table.objects[bytes([2])].offset is None  # spilled
     # A keeper that answers without letting go (its value is in use): then the store is full.
     assert table.request_create(b"z", 16 * PAGE, "owner", "w", "w", 9) == []

@@ -55,33 +55,13 @@ from .allocator import Allocator, OutOfSpace
 from .pages import PagePool
 from .releases import ReleaseRequests
 from .spill import DISK_FULL, SpillDir, out_of_disk, spill_dir_for  # noqa: F401 - the daemon imports it here
+from .stats import StoreStats, full_message, statistics
 
 log = logging.getLogger("meshcompute.store")
 
 
 class StoreFull(Exception):
     """No room for an object, even after evicting and spilling what could go."""
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """One snapshot of a node's store (NODE_INFO's ``"store"`` entry, as a dict)."""
-
-    capacity: int  # bytes of the arena
-    used: int  # bytes of the arena in blocks of objects
-    objects: int  # objects held, in memory or spilled (freed but still pinned included)
-    pinned_objects: int  # objects mapped by at least one reader
-    pinned_bytes: int
-    spilled_bytes: int  # bytes of spill files on disk
-    spilled_objects: int  # objects with a spill file (some may also be in memory again)
-    restores: int  # spilled objects read back into memory
-    evictions: int  # secondary copies dropped to make room
-    spill_dir: str
-    spills: int = 0  # spill files written
-    unsealed_objects: int = 0  # objects being written
-    created: int = 0
-    freed: int = 0
-    release_requests: int = 0  # times processes were asked to let go of the pins they keep
 
 
 @dataclass(eq=False)
@@ -576,36 +556,7 @@ class StoreTable:
     # ------------------------------------------------------------ reporting
 
     def statistics(self) -> StoreStats:
-        everything = list(self.objects.values()) + list(self.retired)
-        pinned = [o for o in everything if o.pins]
-        return StoreStats(
-            capacity=self.capacity,
-            used=self.allocator.used - self.pages.punching,  # ranges being punched hold no object
-            objects=len(everything),
-            pinned_objects=len(pinned),
-            pinned_bytes=sum(self.allocator.size_of(o.offset) for o in pinned),
-            spilled_bytes=self.spilled_bytes,
-            spilled_objects=self.spilled_objects,
-            restores=self.counts["restores"],
-            evictions=self.counts["evictions"],
-            spill_dir=self.spill.path if self.spill else "",
-            spills=self.counts["spills"],
-            unsealed_objects=sum(1 for o in everything if not o.sealed),
-            created=self.counts["created"],
-            freed=self.counts["freed"],
-            release_requests=self.releases.requests,
-        )
+        return statistics(self)
 
     def full_message(self, size: int, why: str = "") -> str:
-        s = self.statistics()
-        in_memory = [o for o in list(self.objects.values()) + list(self.retired) if o.offset is not None]
-        writing = sum(self.allocator.size_of(o.offset) for o in in_memory if not o.sealed)
-        where = f" to {s.spill_dir}" if s.spill_dir else ""
-        spill = (f"{s.spilled_bytes} bytes of {s.spilled_objects} objects are spilled{where}"
-                 if self.spill is not None else "spilling is off")
-        return (f"The object store of node {self.node_id} cannot fit an object of {size} bytes"
-                f"{' (' + why + ')' if why else ''}: {s.used} of {s.capacity} bytes are in use by "
-                f"{len(in_memory)} objects in memory: {s.pinned_bytes} bytes pinned by "
-                f"readers ({s.pinned_objects} objects; pinned objects cannot be spilled) and {writing} bytes "
-                f"being written; {spill}. Drop the values you got from get() and the references you no "
-                f"longer need, or start with a larger object_store_memory.")
+        return full_message(self, size, why)
