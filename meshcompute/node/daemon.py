@@ -48,9 +48,11 @@ from ..store.table import StoreTable, spill_dir_for
 from ..wire.messages import Msg, decode, describe, encode
 from ..wire.transport import DropLog, Endpoint, drain, make_address, node_of, parse_address
 from .actors import ActorDirectory
+from .bulk import OPEN_TIMEOUT_S, BulkChannel
 from .config import default_prefault, node_resources
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
+from .info import node_info
 from .leases import LeaseTable
 from .metrics import start_metrics
 from .placement import Placement
@@ -109,6 +111,7 @@ class Daemon:
             actors=lambda: self.actors.actors.values(), actor_pid=self.actors.worker_pid,
             pids=self.workers.pids, usage=self.usage))
         self.pulls: Pulls | None = None  # once the arena is mapped (serve())
+        self.bulk: BulkChannel | None = None  # object chunks' own sockets, in a mesh (serve())
         self.copier: Copier | None = None  # helper threads for bulk copies (serve())
         self.running = True
         self.membership: Any = None
@@ -152,8 +155,11 @@ class Daemon:
         # Threads start only now: the zygote was forked while the daemon had none.
         self.copier = Copier()
         self.store.use_copier(self.copier.submit)
+        self.bulk = None if self.host is None else BulkChannel(
+            self.ctx, self.host, self.address, self.keys, self.ep.auth, self._open_bulk, self.drops)
         self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send,
-                           self.copier.submit, time.monotonic, self._locate)
+                           self.copier.submit, time.monotonic, self._locate,
+                           self.send if self.bulk is None else self.bulk.send)
         # The first node of a mesh starts the control store; joiners are added by its leader.
         link = NodeLink(node_id=self.node_id, session_dir=self.session_dir, send=self.send,
                         peer_views=self.peer_views, resources=self.resources,
@@ -187,6 +193,10 @@ class Daemon:
             poller.register(inbox, zmq.POLLIN)
         poller.register(self.workers.events_fd, zmq.POLLIN)
         poller.register(self.copier.fd, zmq.POLLIN)
+        if self.bulk is not None:
+            self.bulk.watch(poller)
+        self._bulk_handlers = {Msg.PULL_CHUNK: self.pulls.on_pull_chunk, Msg.CHUNK_DATA: self.pulls.on_chunk_data,
+                               Msg.PULL_DONE: self.pulls.on_pull_done}
         handlers = self._handlers()
         self._next_check = time.monotonic() + LIVENESS_PERIOD_S
         self._next_view = 0.0
@@ -205,6 +215,9 @@ class Daemon:
         for inbox in self.ep.inboxes:
             if inbox in events:
                 drain(inbox, lambda frames: self._dispatch(frames, handlers), 1000)
+        if self.bulk is not None:
+            for sock in [s for s in self.bulk.sockets if s in events]:
+                self.bulk.drain(sock, self._bulk_handlers, 64)
         if self.workers.events_fd in events:
             self._read_zygote()
         if self.copier.fd in events:
@@ -261,9 +274,7 @@ class Daemon:
             Msg.KILL_WORKER: lambda sender, msg, frames: self.workers.kill(msg[1]),
             Msg.NODE_INFO: self.on_node_info,
             Msg.GOSSIP: self.on_gossip,
-            Msg.PULL_CHUNK: pulls.on_pull_chunk,
-            Msg.CHUNK_DATA: pulls.on_chunk_data,
-            Msg.PULL_DONE: pulls.on_pull_done,
+            Msg.BULK_OPEN: lambda sender, msg, frames: self.bulk is not None and self.bulk.on_open(sender, msg, self.reply),
             Msg.REPLY: self.gathers.on_reply,
             Msg.MONITOR_SUBSCRIBE: lambda sender, msg, frames: monitor.on_subscribe(sender, msg),
             Msg.MONITOR_UNSUBSCRIBE: lambda sender, msg, frames: monitor.on_unsubscribe(sender),
@@ -449,6 +460,8 @@ class Daemon:
         self.ep.forget(addr)
         self.store.process_gone(addr)
         self.pulls.process_gone(addr)
+        if self.bulk is not None:
+            self.bulk.peer_gone(addr)
         self.leases.owner_gone(addr)
         self.actors.owner_gone(addr)
         self.monitor.drop(addr)
@@ -505,40 +518,7 @@ class Daemon:
 
     def on_node_info(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, what = msg
-        info = {
-            "node_id": self.node_id,
-            "address": self.address,
-            "state": "alive",
-            "alive": True,
-            "resources_total": dict(self.resources.total),
-            "resources_available": {k: max(0.0, v) for k, v in self.resources.available.items()},
-            "store": self.store.statistics(self.warmer.done if self.warmer is not None else 0),
-            "workers": len(self.workers.workers),
-            "pid": os.getpid(),
-            "session_dir": self.session_dir,
-            "queued": len(self.leases.pending),
-            "tasks": self.processes.task_totals(),
-            "control": self.control.status(),  # leader, term, commit index, role
-            "pulls": dict(self.pulls.started),
-            "dropped": dict(self.drops.counts),  # refused messages and handler errors, by kind
-        }
-        if what == "mesh":
-            nodes = [info]
-            for p in self.peer_views().values():
-                nodes.append({
-                    "node_id": p.node_id, "address": p.address, "state": p.state,
-                    "alive": p.state in ("alive", "suspect"),
-                    "resources_total": p.total, "resources_available": p.available,
-                    "store": {"used": p.store[0], "capacity": p.store[1]} if p.store else {},
-                    "queued": p.queue,
-                    # As gossiped (up to a fraction of a second old).
-                    "control": ({"role": p.gcs[0], "term": p.gcs[1], "commit_index": p.gcs[2],
-                                 "leader": p.gcs[3] or None} if p.gcs else {}),
-                })
-            self.reply(sender, req_id, {"nodes": nodes, "leader": self.control.status()["leader"],
-                                        "self": self.node_id})
-            return
-        self.reply(sender, req_id, info)
+        self.reply(sender, req_id, node_info(self, what))
 
     def _peer_requests(self, msg_type: Msg, *fields) -> list:
         return [(p.address, msg_type, *fields) for p in self.peer_views().values()
@@ -552,6 +532,11 @@ class Daemon:
         if scope == "mesh":
             requests += self._peer_requests(Msg.TIMELINE, "node")
         self.gathers.gather(sender, req_id, requests, [], 2.5 if scope == "mesh" else 1.5, flatten_lanes)
+
+    def _open_bulk(self, daemon: str, answer: Any) -> None:
+        """Ask a peer daemon where its bulk socket is; ``answer(endpoint or None)``."""
+        self.gathers.gather(answer, None, [(daemon, Msg.BULK_OPEN)], [], OPEN_TIMEOUT_S,
+                            lambda parts: parts[0] if parts else None)
 
     def _locate(self, oid: bytes, answer: Any) -> None:
         """Ask every live peer whether it holds a sealed copy of ``oid``; ``answer(addresses)``."""
@@ -585,6 +570,8 @@ class Daemon:
         if self.copier is not None:
             self.copier.stop()  # before the arena's descriptor closes under a copy
         try:
+            if self.bulk is not None:
+                self.bulk.close()
             self.ep.close()
             self.ctx.term()
         except Exception:

@@ -78,12 +78,16 @@ class Pulls:
 
     def __init__(self, store: StoreService, arena: memoryview, address: Callable[[], str],
                  peer_views: Callable[[], dict], send: Callable[..., None], copy: Copy,
-                 now: Callable[[], float], locate: Callable[[bytes, Callable[[list], None]], None]) -> None:
+                 now: Callable[[], float], locate: Callable[[bytes, Callable[[list], None]], None],
+                 bulk_send: Callable[..., None] | None = None) -> None:
         self.store = store
         self.arena = arena  # the daemon's view of its arena
         self.address = address
         self.peer_views = peer_views
         self.send = send
+        # Chunk requests, chunks and PULL_DONE travel on the bulk channel (node/bulk.py), in
+        # one FIFO per peer: a PULL_DONE never overtakes a chunk request asked again.
+        self.bulk_send = bulk_send or send
         self.copy = copy  # copy(job, done): job on a helper thread, done on the loop
         self.now = now  # the monotonic clock
         self.locate = locate  # locate(oid, answer): answer([addresses of daemons holding a sealed copy])
@@ -164,7 +168,7 @@ class Pulls:
     def _request_chunks(self, p: Pull) -> None:
         while p.inflight < PULL_WINDOW and p.next_offset < p.size:
             length = min(PULL_CHUNK_BYTES, p.size - p.next_offset)
-            self.send(p.source, Msg.PULL_CHUNK, p.oid, p.next_offset, length)
+            self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, p.next_offset, length)
             p.missing.add(p.next_offset)
             p.next_offset += length
             p.inflight += 1
@@ -209,7 +213,7 @@ class Pulls:
             p.progress_at = self.now()
             if p.received >= p.size:
                 self.pulled_bytes += p.size
-                self.send(p.source, Msg.PULL_DONE, oid)
+                self.bulk_send(p.source, Msg.PULL_DONE, oid)
                 self._finish(p, ok=True)
             else:
                 self._request_chunks(p)
@@ -221,7 +225,7 @@ class Pulls:
         table = self.store.table
         if not ok:
             if p.source is not None:  # gave up on a live source: its transfer pin goes too
-                self.send(p.source, Msg.PULL_DONE, p.oid)
+                self.bulk_send(p.source, Msg.PULL_DONE, p.oid)
             self.store.send_replies(table.free([p.oid]))
             for reader, req_id in p.waiters:
                 if req_id is not None:
@@ -261,7 +265,7 @@ class Pulls:
         """A node declared dead is alive after all: release the transfer pins we hold there."""
         for daemon in [d for d in self.owed_done if node_of(d) == node_id]:
             for oid in self.owed_done.pop(daemon):
-                self.send(daemon, Msg.PULL_DONE, oid)
+                self.bulk_send(daemon, Msg.PULL_DONE, oid)
 
     def node_forgotten(self, node_id: str) -> None:
         """A dead node stayed dead: nothing of ours there to release."""
@@ -292,14 +296,14 @@ class Pulls:
         # The first chunk pins the copy there for the transfer (its bytes are dropped if we
         # have them); then every chunk still missing.
         if 0 not in p.missing:
-            self.send(p.source, Msg.PULL_CHUNK, p.oid, 0, min(PULL_CHUNK_BYTES, p.size))
+            self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, 0, min(PULL_CHUNK_BYTES, p.size))
         self._ask_missing(p)
         self._request_chunks(p)
 
     def _ask_missing(self, p: Pull) -> None:
         """Ask the source again for every chunk asked for and not yet written."""
         for offset in sorted(p.missing):
-            self.send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset))
+            self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset))
 
     # ------------------------------------------------------------ serving out
 
@@ -325,7 +329,7 @@ class Pulls:
                 waiting = self.serving.pop(key, [])
                 if not isinstance(value, tuple) or value[0] == "full":
                     for o, _ in [(0, length), *waiting]:
-                        self.send(sender, Msg.CHUNK_DATA, oid, o, False, "the object is not here any more")
+                        self.bulk_send(sender, Msg.CHUNK_DATA, oid, o, False, "the object is not here any more")
                     return
                 self.store.copy_holders.setdefault(oid, set()).add(sender)
                 where = value[0]
@@ -342,12 +346,12 @@ class Pulls:
         table = self.store.table
         obj = table.objects.get(oid)
         if obj is None or obj.offset is None or sender not in obj.pins or offset + length > obj.size:
-            self.send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
+            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
             return
         data = self.arena[obj.offset + offset: obj.offset + offset + length]
         if not self.compressed.get(oid):
             # Sent as it lies (zero-copy): the pin keeps the block in place until PULL_DONE.
-            self.send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data])
+            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data])
             return
         held = table.hold(oid)
 
@@ -355,9 +359,9 @@ class Pulls:
             if held is not None:
                 self.store.send_replies(table.release_hold(held))
             if err is not None:
-                self.send(sender, Msg.CHUNK_DATA, oid, offset, False, f"compressing failed: {err}")
+                self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, f"compressing failed: {err}")
             else:
-                self.send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[packed])
+                self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[packed])
 
         self.copy(lambda: lz4.block.compress(data), sent)
 
