@@ -155,8 +155,8 @@ class Daemon:
         # Threads start only now: the zygote was forked while the daemon had none.
         self.copier = Copier()
         self.store.use_copier(self.copier.submit)
-        self.bulk = None if self.host is None else BulkChannel(
-            self.ctx, self.host, self.address, self.keys, self.ep.auth, self._open_bulk, self.drops)
+        self.bulk = None if self.host is None else BulkChannel(self.ctx, self.host, self._open_bulk,
+                                                               self.copier.submit, self.drops)
         self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send,
                            self.copier.submit, time.monotonic, self._locate,
                            self.send if self.bulk is None else self.bulk.send)
@@ -533,9 +533,9 @@ class Daemon:
             requests += self._peer_requests(Msg.TIMELINE, "node")
         self.gathers.gather(sender, req_id, requests, [], 2.5 if scope == "mesh" else 1.5, flatten_lanes)
 
-    def _open_bulk(self, daemon: str, answer: Any) -> None:
-        """Ask a peer daemon where its bulk socket is; ``answer(endpoint or None)``."""
-        self.gathers.gather(answer, None, [(daemon, Msg.BULK_OPEN)], [], OPEN_TIMEOUT_S,
+    def _open_bulk(self, daemon: str, session_id: bytes, key: bytes, answer: Any) -> None:
+        """Open a bulk session with a peer daemon; ``answer(its bulk endpoint or None)``."""
+        self.gathers.gather(answer, None, [(daemon, Msg.BULK_OPEN, session_id, key)], [], OPEN_TIMEOUT_S,
                             lambda parts: parts[0] if parts else None)
 
     def _locate(self, oid: bytes, answer: Any) -> None:

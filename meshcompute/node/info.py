@@ -24,6 +24,7 @@ def node_info(d: Any, what: str) -> dict:
         "control": d.control.status(),  # leader, term, commit index, role
         "pulls": dict(d.pulls.started),
         "dropped": dict(d.drops.counts),  # refused messages and handler errors, by kind
+        "bulk": d.bulk.endpoint if d.bulk is not None else None,  # where peers fetch our objects' chunks
     }
     if what != "mesh":
         return info

@@ -349,15 +349,19 @@ class Pulls:
             self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
             return
         data = self.arena[obj.offset + offset: obj.offset + offset + length]
-        if not self.compressed.get(oid):
-            # Sent as it lies (zero-copy): the pin keeps the block in place until PULL_DONE.
-            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data])
-            return
-        held = table.hold(oid)
+        held = table.hold(oid)  # the block stays while a helper thread reads it
 
-        def sent(packed: Any, err: BaseException | None) -> None:
+        def release() -> None:
             if held is not None:
                 self.store.send_replies(table.release_hold(held))
+
+        if not self.compressed.get(oid):
+            # Sealed as it lies, straight from the arena.
+            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data], after=release)
+            return
+
+        def sent(packed: Any, err: BaseException | None) -> None:
+            release()
             if err is not None:
                 self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, f"compressing failed: {err}")
             else:

@@ -91,7 +91,7 @@ class Msg(IntEnum):
     PROCESS_GONE = 70  # daemon -> daemons and its own processes: these processes are gone
     STREAM_ITEM = 71  # worker -> owner: a generator task yielded its next value
     STREAM_CONSUMED = 72  # owner -> worker: the consumer took this many items (backpressure)
-    BULK_OPEN = 73  # daemon -> daemon: where is your bulk socket (object chunks)? REPLY with its endpoint
+    BULK_OPEN = 73  # daemon -> daemon: a bulk session's id and key; REPLY with the bulk socket's endpoint
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -154,7 +154,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.PROCESS_GONE: ("addresses",),
     Msg.STREAM_ITEM: ("task_id", "index", "value"),
     Msg.STREAM_CONSUMED: ("task_id", "consumed"),
-    Msg.BULK_OPEN: ("req_id",),
+    Msg.BULK_OPEN: ("req_id", "session_id", "key"),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"
