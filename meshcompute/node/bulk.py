@@ -73,7 +73,8 @@ HWM = 256
 """Messages a bulk connection queues at most each way, a backstop to the pulls' credit
 windows (PULL_WINDOW chunks in flight per pull)."""
 BULK_TOS = 0x08
-"""IP type of service of bulk connections: IPTOS_THROUGHPUT, the "bulk" class.  A queue
+"""IP type of service of what a holder sends on its bulk socket (chunks):
+IPTOS_THROUGHPUT, the "bulk" class.  A queue
 that serves by class (Linux's pfifo_fast, a DSCP-aware switch) then sends the control
 channel's packets first when a link is full; fq_codel (Linux's default on a real
 interface) gets the same from serving sparse flows first."""
@@ -203,7 +204,8 @@ class BulkChannel:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 0)  # requests are small; a send on the loop must never block
         sock.setsockopt(zmq.RCVHWM, HWM)
-        sock.setsockopt(zmq.TOS, BULK_TOS)
+        # No TOS mark here: requests are small and must not queue behind the chunks this node
+        # itself sends on (a relay's link carries both).
         sock.setsockopt(zmq.MAXMSGSIZE, ANSWER_FRAME_BYTES)
         sock.connect(endpoint)
         self.pulling[holder] = s

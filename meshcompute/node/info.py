@@ -23,6 +23,7 @@ def node_info(d: Any, what: str) -> dict:
         "tasks": d.processes.task_totals(),
         "control": d.control.status(),  # leader, term, commit index, role
         "pulls": dict(d.pulls.started),
+        "served_bytes": d.pulls.served_bytes,  # chunks sent to peers' pulls, ever
         "dropped": dict(d.drops.counts),  # refused messages and handler errors, by kind
         "bulk": d.bulk.endpoint if d.bulk is not None else None,  # where peers fetch our objects' chunks
     }

@@ -134,7 +134,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.GOSSIP: ("packet",),
     Msg.NODE_STATE: ("node_id", "state", "address"),
     Msg.LEASE_SPILLBACK: ("req_id", "daemon_addr", "node_id"),
-    Msg.PULL_CHUNK: ("object_id", "offset", "length"),
+    Msg.PULL_CHUNK: ("object_id", "offset", "length", "direct"),
     Msg.CHUNK_DATA: ("object_id", "offset", "compressed", "error"),
     Msg.PULL_DONE: ("object_id",),
     Msg.MONITOR_SUBSCRIBE: ("req_id", "scope", "ttl"),
