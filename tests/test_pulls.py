@@ -181,3 +181,17 @@ def test_a_node_pulling_an_object_serves_its_chunks_on_as_they_land(pulls):
     assert table.objects[OID].sealed and OTHER in table.objects[OID].pins
     p.on_pull_done(OTHER, (Msg.PULL_DONE, OID), [])
     assert OTHER not in table.objects[OID].pins
+
+
+def test_a_reader_whose_relay_stalls_goes_back_to_the_holder(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 2 * PULL_CHUNK_BYTES, READER, 2, clock[0])
+    p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, 0, False, ("relay", OTHER)), [])
+    net.sent.clear()
+    clock[0] += PULL_STALL_S
+    p.expire(clock[0])  # the relay sent nothing for PULL_STALL_S
+    assert [(peer, f[1], f[3]) for peer, f in net.of(Msg.PULL_CHUNK)] == [
+        (SOURCE, 0, True), (SOURCE, PULL_CHUNK_BYTES, True)]
+    for offset in (0, PULL_CHUNK_BYTES):
+        _chunk(p, net, offset, PULL_CHUNK_BYTES)
+    assert [f for peer, f in net.of(Msg.REPLY) if peer == READER][0][0] == 2

@@ -274,6 +274,9 @@ class Pulls:
         for p in list(self.pulls.values()):
             if p.offset < 0 or p.source is None or now - p.progress_at < PULL_STALL_S:
                 continue
+            if p.origin is not None:  # a relay that stalls (its own pull may): the holder serves us
+                self._fall_back(p)
+                continue
             if p.retries >= PULL_RETRIES:
                 log.warning("pull of object %s from %s stalled; giving up", p.oid.hex(), p.source)
                 self._finish(p, ok=False)
