@@ -195,3 +195,14 @@ def test_a_reader_whose_relay_stalls_goes_back_to_the_holder(pulls):
     for offset in (0, PULL_CHUNK_BYTES):
         _chunk(p, net, offset, PULL_CHUNK_BYTES)
     assert [f for peer, f in net.of(Msg.REPLY) if peer == READER][0][0] == 2
+
+
+def test_readers_waiting_on_a_relay_whose_pull_fails_hear_it_at_once(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 2 * PULL_CHUNK_BYTES, READER, 4, clock[0])
+    _chunk(p, net, 0, PULL_CHUNK_BYTES)
+    p.on_pull_chunk(OTHER, (Msg.PULL_CHUNK, OID, PULL_CHUNK_BYTES, PULL_CHUNK_BYTES, False), [])
+    p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, PULL_CHUNK_BYTES, False, "the object is not here any more"), [])
+    assert [f[1:] for peer, f in net.of(Msg.CHUNK_DATA) if peer == OTHER] == [
+        (PULL_CHUNK_BYTES, False, "the relay lost the object")]
+    assert OID not in p.pulls and table.statistics().used == 0

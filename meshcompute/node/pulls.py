@@ -257,9 +257,9 @@ class Pulls:
                 self.store.send_replies(table.pin(p.oid, reader, req_id))
             for reader in p.relayed:  # they read on from the sealed copy, pinned until PULL_DONE
                 self.store.send_replies(table.pin(p.oid, reader, None))
-        for waiting in p.forward.values():
+        for offset, waiting in p.forward.items():  # only a failed pull leaves chunks not landed
             for reader, _ in waiting:
-                self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, 0, False, "the relay lost the object")
+                self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, "the relay lost the object")
         self._notify(p)
 
     @staticmethod
@@ -334,7 +334,7 @@ class Pulls:
         self._request_chunks(p)
 
     def _follow(self, p: Pull, relay: str) -> None:
-        """The holder sends us to a node that is pulling the object (or pulled it): ask it."""
+        """The holder sends us to a node that is pulling the object: ask it."""
         p.origin, p.source = p.source, relay
         p.progress_at, p.retries = self.now(), 0
         self.started["relayed"] += 1
