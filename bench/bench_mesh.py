@@ -5,8 +5,9 @@
 Builds two hosts in network namespaces on a bridge (scripts/netns.py's test bed),
 starts `mesh start` in host 1 and `mesh join` in host 2, and in the same run
 measures: raw TCP (Python sockets) host 1 -> host 2; ZeroMQ without and with
-CURVE (the mesh's encryption) over the same veth; and the time for a task on
-host 2 to read an object that lives in host 1's store (the pull, end to end).
+CURVE (the control channel's encryption) over the same veth; and the time for a
+task on host 2 to read an object that lives in host 1's store (the pull, end to
+end: its chunks travel on the bulk channel, sealed with AES-256-GCM).
 Prints MB/s (10^6 bytes/s) and the pull's share of raw TCP.  Needs root.
 """
 

@@ -5,6 +5,7 @@
     python scripts/netns.py exec 2 -- python3 -c "print('hello from host 2')"
     python scripts/netns.py cut 1                 # host 1 off the network ...
     python scripts/netns.py heal 1                # ... and back
+    python scripts/netns.py shape 1 200           # host 1's link: 200 Mbit/s each way (tc tbf)
     python scripts/netns.py throughput 1 2 --bytes 512M
     python scripts/netns.py status
     python scripts/netns.py down                  # kill, delete everything; safe to repeat
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("host", type=int)
     for name, text in (("cut", "take host I off the network"), ("heal", "put host I back")):
         sub.add_parser(name, parents=[common], help=text).add_argument("host", type=int)
+    p = sub.add_parser("shape", parents=[common], help="limit host I's link to MBIT Mbit/s each way (tc tbf)")
+    p.add_argument("host", type=int)
+    p.add_argument("mbit", type=float)
     p = sub.add_parser("throughput", parents=[common], help="TCP throughput from host A to host B")
     p.add_argument("a", type=int)
     p.add_argument("b", type=int)
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 bed.cut(args.host)
             elif args.cmd == "heal":
                 bed.heal(args.host)
+            elif args.cmd == "shape":
+                bed.shape(args.host, args.mbit)
             elif args.cmd == "throughput":
                 mbs = measure_tcp_throughput(bed, args.a, args.b, args.bytes)
                 print(f"{args.bytes / (1 << 20):.0f} MiB from host {args.a} to host {args.b}: {mbs:.0f} MB/s")

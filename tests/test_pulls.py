@@ -28,8 +28,10 @@ class Net:
     def __init__(self) -> None:
         self.sent: list[tuple] = []
 
-    def send(self, peer, msg_type, *fields, frames=()):
+    def send(self, peer, msg_type, *fields, frames=(), after=None):
         self.sent.append((peer, msg_type, fields, list(frames)))
+        if after is not None:
+            after()  # the chunk's buffer is no longer read
 
     def of(self, msg_type):
         return [(p, f) for p, t, f, _ in self.sent if t == msg_type]
@@ -133,4 +135,74 @@ def test_a_pull_whose_source_dies_with_no_other_copy_fails(pulls):
     p.node_gone("nodeB")
     p.located[0][1]([None, None])
     assert [f for peer, f in net.of(Msg.REPLY) if peer == READER] == [(6, None)]
+    assert OID not in p.pulls and table.statistics().used == 0
+
+
+def test_a_reader_sent_to_a_relay_asks_it_and_falls_back_to_the_holder_if_it_fails(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 3 * PULL_CHUNK_BYTES, READER, 5, clock[0])
+    net.sent.clear()
+    p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, 0, False, ("relay", OTHER)), [])
+    assert [(peer, f[1], f[3]) for peer, f in net.of(Msg.PULL_CHUNK)] == [
+        (OTHER, 0, False), (OTHER, PULL_CHUNK_BYTES, False), (OTHER, 2 * PULL_CHUNK_BYTES, False)]
+    assert p.started["relayed"] == 1
+    # The holder's refusals of the other first requests (it sent us elsewhere) change nothing.
+    p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, PULL_CHUNK_BYTES, False, "not here"), [])
+    assert OID in p.pulls
+    p.on_chunk_data(OTHER, (Msg.CHUNK_DATA, OID, 0, False, None), [b"x" * PULL_CHUNK_BYTES])
+    net.sent.clear()
+    p.on_chunk_data(OTHER, (Msg.CHUNK_DATA, OID, PULL_CHUNK_BYTES, False, "the relay lost the object"), [])
+    # Back to the holder, which must serve us itself: the first chunk (it pins) and the missing ones.
+    assert [(peer, f[1], f[3]) for peer, f in net.of(Msg.PULL_CHUNK)] == [
+        (SOURCE, 0, True), (SOURCE, PULL_CHUNK_BYTES, True), (SOURCE, 2 * PULL_CHUNK_BYTES, True)]
+    for offset in (PULL_CHUNK_BYTES, 2 * PULL_CHUNK_BYTES):
+        _chunk(p, net, offset, PULL_CHUNK_BYTES)
+    assert net.of(Msg.PULL_DONE) == [(SOURCE, (OID,))]
+    assert [f for peer, f in net.of(Msg.REPLY) if peer == READER][0][0] == 5
+    assert table.objects[OID].sealed
+
+
+def test_a_node_pulling_an_object_serves_its_chunks_on_as_they_land(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 2 * PULL_CHUNK_BYTES, READER, 1, clock[0])
+
+    def served():
+        return [f[1] for peer, f in net.of(Msg.CHUNK_DATA) if peer == OTHER and f[3] is None]
+
+    p.on_pull_chunk(OTHER, (Msg.PULL_CHUNK, OID, 0, PULL_CHUNK_BYTES, False), [])
+    p.on_pull_chunk(OTHER, (Msg.PULL_CHUNK, OID, PULL_CHUNK_BYTES, PULL_CHUNK_BYTES, False), [])
+    assert served() == [], "a chunk not here yet waits"
+    _chunk(p, net, 0, PULL_CHUNK_BYTES)
+    assert served() == [0]
+    _chunk(p, net, PULL_CHUNK_BYTES, PULL_CHUNK_BYTES)
+    assert served() == [0, PULL_CHUNK_BYTES]
+    assert p.served_bytes == 2 * PULL_CHUNK_BYTES
+    # Sealed now: the relay's reader holds a pin on the copy until its PULL_DONE.
+    assert table.objects[OID].sealed and OTHER in table.objects[OID].pins
+    p.on_pull_done(OTHER, (Msg.PULL_DONE, OID), [])
+    assert OTHER not in table.objects[OID].pins
+
+
+def test_a_reader_whose_relay_stalls_goes_back_to_the_holder(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 2 * PULL_CHUNK_BYTES, READER, 2, clock[0])
+    p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, 0, False, ("relay", OTHER)), [])
+    net.sent.clear()
+    clock[0] += PULL_STALL_S
+    p.expire(clock[0])  # the relay sent nothing for PULL_STALL_S
+    assert [(peer, f[1], f[3]) for peer, f in net.of(Msg.PULL_CHUNK)] == [
+        (SOURCE, 0, True), (SOURCE, PULL_CHUNK_BYTES, True)]
+    for offset in (0, PULL_CHUNK_BYTES):
+        _chunk(p, net, offset, PULL_CHUNK_BYTES)
+    assert [f for peer, f in net.of(Msg.REPLY) if peer == READER][0][0] == 2
+
+
+def test_readers_waiting_on_a_relay_whose_pull_fails_hear_it_at_once(pulls):
+    p, net, clock, table = pulls
+    p.pull(OID, "nodeB", 2 * PULL_CHUNK_BYTES, READER, 4, clock[0])
+    _chunk(p, net, 0, PULL_CHUNK_BYTES)
+    p.on_pull_chunk(OTHER, (Msg.PULL_CHUNK, OID, PULL_CHUNK_BYTES, PULL_CHUNK_BYTES, False), [])
+    p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, PULL_CHUNK_BYTES, False, "the object is not here any more"), [])
+    assert [f[1:] for peer, f in net.of(Msg.CHUNK_DATA) if peer == OTHER] == [
+        (PULL_CHUNK_BYTES, False, "the relay lost the object")]
     assert OID not in p.pulls and table.statistics().used == 0

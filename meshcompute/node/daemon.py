@@ -49,10 +49,11 @@ from ..store.table import StoreTable, spill_dir_for
 from ..wire.messages import Msg, decode, describe, encode
 from ..wire.transport import DropLog, Endpoint, drain, make_address, node_of, parse_address
 from .actors import ActorDirectory
+from .bulk import OPEN_TIMEOUT_S, BulkChannel
 from .config import node_resources
 from .copier import Copier
 from .gather import Gathers, flatten, flatten_lanes
-from .info import node_record, peer_records
+from .info import node_info, usage
 from .jobs import Jobs
 from .leases import LeaseTable
 from .metrics import start_metrics
@@ -113,12 +114,12 @@ class Daemon:
             forget=lambda addr: self.ep.forget(addr), is_local_process=lambda addr: addr in self.processes.pids,
             peer_views=self.peer_views, control_status=lambda: self.control.status(),
             actors=lambda: self.actors.actors.values(), actor_pid=self.actors.worker_pid,
-            pids=self.workers.pids, usage=self.usage))
+            pids=self.workers.pids, usage=lambda: usage(self)))
         self.pulls: Pulls | None = None  # once the arena is mapped (serve())
+        self.bulk: BulkChannel | None = None  # object chunks' own sockets, in a mesh (serve())
         self.copier: Copier | None = None  # helper threads for bulk copies (serve())
         self.running = True
         self.stop_requests = 0  # SIGTERMs: the first drains a mesh node, the second stops it now
-        self.drain_until = 0.0
         self.membership: Any = None
         self.standalone = False
         self.seeds: list[str] = []
@@ -160,8 +161,11 @@ class Daemon:
         # Threads start only now: the zygote was forked while the daemon had none.
         self.copier = Copier()
         self.store.use_copier(self.copier.submit)
+        self.bulk = None if self.host is None else BulkChannel(self.ctx, self.host, self._open_bulk,
+                                                               self.copier.submit, self.drops)
         self.pulls = Pulls(self.store, self.arena_mv, lambda: self.address, self.peer_views, self.send,
-                           self.copier.submit, time.monotonic, self._locate)
+                           self.copier.submit, time.monotonic, self._locate,
+                           self.send if self.bulk is None else self.bulk.send)
         # The first node of a mesh starts the control store; joiners are added by its leader.
         link = NodeLink(node_id=self.node_id, session_dir=self.session_dir, send=self.send,
                         peer_views=self.peer_views, resources=self.resources,
@@ -194,6 +198,10 @@ class Daemon:
             poller.register(inbox, zmq.POLLIN)
         poller.register(self.workers.events_fd, zmq.POLLIN)
         poller.register(self.copier.fd, zmq.POLLIN)
+        if self.bulk is not None:
+            self.bulk.watch(poller)
+        self._bulk_handlers = {Msg.PULL_CHUNK: self.pulls.on_pull_chunk, Msg.CHUNK_DATA: self.pulls.on_chunk_data,
+                               Msg.PULL_DONE: self.pulls.on_pull_done}
         handlers = self._handlers()
         self._next_check = time.monotonic() + LIVENESS_PERIOD_S
         self._next_view = 0.0
@@ -212,6 +220,9 @@ class Daemon:
         for inbox in self.ep.inboxes:
             if inbox in events:
                 drain(inbox, lambda frames: self._dispatch(frames, handlers), 1000)
+        if self.bulk is not None:
+            for sock in [s for s in self.bulk.sockets if s in events]:
+                self.bulk.drain(sock, self._bulk_handlers, 64)
         if self.workers.events_fd in events:
             self._read_zygote()
         if self.copier.fd in events:
@@ -271,9 +282,7 @@ class Daemon:
             Msg.KILL_WORKER: lambda sender, msg, frames: self.workers.kill(msg[1]),
             Msg.NODE_INFO: self.on_node_info,
             Msg.GOSSIP: self.on_gossip,
-            Msg.PULL_CHUNK: pulls.on_pull_chunk,
-            Msg.CHUNK_DATA: pulls.on_chunk_data,
-            Msg.PULL_DONE: pulls.on_pull_done,
+            Msg.BULK_OPEN: lambda sender, msg, frames: self.bulk is not None and self.bulk.on_open(sender, msg, self.reply),
             Msg.REPLY: self.gathers.on_reply,
             Msg.MONITOR_SUBSCRIBE: lambda sender, msg, frames: monitor.on_subscribe(sender, msg),
             Msg.MONITOR_UNSUBSCRIBE: lambda sender, msg, frames: monitor.on_unsubscribe(sender),
@@ -326,7 +335,7 @@ class Daemon:
         return {
             "a": self.address,
             "t": self.resources.public_total(),
-            "v": {} if self.drain_until else {k: round(v, 3) for k, v in self.resources.public_available().items()},
+            "v": {} if self.leases.draining else {k: round(v, 3) for k, v in self.resources.public_available().items()},
             "s": [self.store.table.allocator.used, self.store_capacity],
             "q": len(self.leases.pending),
             "g": self.control.gossip_meta() if self.control is not None else [],
@@ -460,6 +469,8 @@ class Daemon:
         self.ep.forget(addr)
         self.store.process_gone(addr)
         self.pulls.process_gone(addr)
+        if self.bulk is not None:
+            self.bulk.peer_gone(addr)
         self.leases.owner_gone(addr)
         self.actors.owner_gone(addr)
         self.monitor.drop(addr)
@@ -483,16 +494,13 @@ class Daemon:
         DRAIN_S; a second request, or an embedded node, stops at once."""
         if self.membership is None or self.stop_requests > 1:
             self.running = False
-        if self.drain_until or not self.running:
-            return
-        self.drain_until = now + DRAIN_S
-        log.info("draining: %d leases out; leaving in at most %.0f s", len(self.leases.leases), DRAIN_S)
-        for owner in self.leases.begin_drain():
-            self.send(owner, Msg.NODE_DRAINING, self.node_id)
+        elif not self.leases.draining:
+            log.info("draining: %d leases out; leaving in at most %.0f s", len(self.leases.leases), DRAIN_S)
+            for owner in self.leases.begin_drain(now + DRAIN_S):
+                self.send(owner, Msg.NODE_DRAINING, self.node_id)
 
     def _check_liveness(self) -> None:
-        if self.drain_until and (not self.leases.leases or time.monotonic() >= self.drain_until):
-            self.running = False
+        self.running = self.running and not self.leases.drained(time.monotonic())
         if self.gone_nodes:
             self._cleanup_gone_nodes()
         if self.parent_pid and not pid_alive(self.parent_pid):
@@ -520,23 +528,9 @@ class Daemon:
 
     # ---------------------------------------------------------- observability
 
-    def usage(self) -> dict:
-        """What the monitor feed samples: resources, store, task counters."""
-        t = self.store.table
-        return {"total": self.resources.total, "available": self.resources.available,
-                "store": {"used": t.allocator.used, "capacity": t.capacity, "spilled_bytes": t.spilled_bytes,
-                          "spilled_objects": t.spilled_objects, "objects": len(t.objects)},
-                "tasks": self.processes.task_totals(), "workers": len(self.workers.workers),
-                "pending_leases": len(self.leases.pending)}
-
     def on_node_info(self, sender: str, msg: tuple, frames: list) -> None:
         _, req_id, what = msg
-        me = node_record(self)
-        if what == "mesh":
-            self.reply(sender, req_id, {"nodes": [me, *peer_records(self.peer_views())],
-                                        "leader": self.control.status()["leader"], "self": self.node_id})
-            return
-        self.reply(sender, req_id, me)
+        self.reply(sender, req_id, node_info(self, what))
 
     def _peer_requests(self, msg_type: Msg, *fields) -> list:
         return [(p.address, msg_type, *fields) for p in self.peer_views().values()
@@ -550,6 +544,11 @@ class Daemon:
         if scope == "mesh":
             requests += self._peer_requests(Msg.TIMELINE, "node")
         self.gathers.gather(sender, req_id, requests, [], 2.5 if scope == "mesh" else 1.5, flatten_lanes)
+
+    def _open_bulk(self, daemon: str, session_id: bytes, key: bytes, answer: Any) -> None:
+        """Open a bulk session with a peer daemon; ``answer(its bulk endpoint or None)``."""
+        self.gathers.gather(answer, None, [(daemon, Msg.BULK_OPEN, session_id, key)], [], OPEN_TIMEOUT_S,
+                            lambda parts: parts[0] if parts else None)
 
     def _locate(self, oid: bytes, answer: Any) -> None:
         """Ask every live peer whether it holds a sealed copy of ``oid``; ``answer(addresses)``."""
@@ -583,6 +582,8 @@ class Daemon:
         if self.copier is not None:
             self.copier.stop()  # before the arena's descriptor closes under a copy
         try:
+            if self.bulk is not None:
+                self.bulk.close()
             self.ep.close()
             self.ctx.term()
         except Exception:

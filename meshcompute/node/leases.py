@@ -80,6 +80,7 @@ class LeaseTable:
         self.leases: dict[bytes, Lease] = {}
         self.pending: collections.deque[LeaseRequest] = collections.deque()
         self.draining = False  # the node is leaving: it grants nothing more (begin_drain)
+        self.drain_until = 0.0  # ... and leaves once every lease is back, or at this time
         self._last_revoke = 0.0
 
     # ---------------------------------------------------------------- messages
@@ -127,12 +128,17 @@ class LeaseTable:
         if req.fetching == 0 and req in self.pending:
             self.schedule()
 
-    def begin_drain(self) -> set[str]:
-        """The node is leaving: grant nothing more, send waiting requests elsewhere (``grant``).
-        Returns the owners that hold leases here, to be told (``NODE_DRAINING``)."""
-        self.draining = True
+    def begin_drain(self, until: float) -> set[str]:
+        """The node is leaving: grant nothing more, send waiting requests elsewhere (``grant``),
+        until every lease is back or the monotonic time ``until``.  Returns the owners that hold
+        leases here, to be told (``NODE_DRAINING``)."""
+        self.draining, self.drain_until = True, until
         self.schedule()
         return {ls.owner for ls in self.leases.values()}
+
+    def drained(self, now: float) -> bool:
+        """Whether a draining node may leave now."""
+        return self.draining and (not self.leases or now >= self.drain_until)
 
     def spillback(self, req: LeaseRequest, peer: Any) -> None:
         self.placement.note_sent(peer)

@@ -58,6 +58,11 @@ class Pull:
     notify: list = field(default_factory=list)  # callables to call when it ends (prefetches), no pin
     progress_at: float = 0.0  # monotonic time of the last chunk (or of the start)
     retries: int = 0
+    origin: str | None = None  # the holder that sent us to ``source``, a relay (fallen back to if it fails)
+    direct: bool = False  # the holder must serve us itself (its relay failed us once)
+    have: set = field(default_factory=set)  # offsets of chunks written: a relay serves them on
+    forward: dict = field(default_factory=dict)  # offset -> [(reader, length)] waiting for that chunk
+    relayed: set = field(default_factory=set)  # daemons we serve this object on to while it arrives
 
 
 class Pulls:
@@ -78,12 +83,16 @@ class Pulls:
 
     def __init__(self, store: StoreService, arena: memoryview, address: Callable[[], str],
                  peer_views: Callable[[], dict], send: Callable[..., None], copy: Copy,
-                 now: Callable[[], float], locate: Callable[[bytes, Callable[[list], None]], None]) -> None:
+                 now: Callable[[], float], locate: Callable[[bytes, Callable[[list], None]], None],
+                 bulk_send: Callable[..., None] | None = None) -> None:
         self.store = store
         self.arena = arena  # the daemon's view of its arena
         self.address = address
         self.peer_views = peer_views
         self.send = send
+        # Chunk requests, chunks and PULL_DONE travel on the bulk channel (node/bulk.py), in
+        # one FIFO per peer: a PULL_DONE never overtakes a chunk request asked again.
+        self.bulk_send = bulk_send or send
         self.copy = copy  # copy(job, done): job on a helper thread, done on the loop
         self.now = now  # the monotonic clock
         self.locate = locate  # locate(oid, answer): answer([addresses of daemons holding a sealed copy])
@@ -96,6 +105,8 @@ class Pulls:
         self.serving: dict[tuple[str, bytes], list] = {}  # (peer, oid) -> chunk requests waiting for the pin
         # Transfer pins we hold at daemons declared dead: released (PULL_DONE) if they come back.
         self.owed_done: dict[str, set[bytes]] = {}
+        self.tails: dict[bytes, str] = {}  # object of ours -> the daemon that last began pulling it
+        self.served_bytes = 0  # bytes of chunks sent to peers, ever
 
     # ------------------------------------------------------------ pulling in
 
@@ -164,7 +175,7 @@ class Pulls:
     def _request_chunks(self, p: Pull) -> None:
         while p.inflight < PULL_WINDOW and p.next_offset < p.size:
             length = min(PULL_CHUNK_BYTES, p.size - p.next_offset)
-            self.send(p.source, Msg.PULL_CHUNK, p.oid, p.next_offset, length)
+            self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, p.next_offset, length, p.direct)
             p.missing.add(p.next_offset)
             p.next_offset += length
             p.inflight += 1
@@ -174,10 +185,19 @@ class Pulls:
         p = self.pulls.get(oid)
         if p is None or p.offset < 0 or offset not in p.missing:
             return  # not ours, or a chunk asked for twice (after a stall) that came already
-        p.missing.discard(offset)
         if error is not None or not frames:
-            self._finish(p, ok=False)
+            if sender != p.source:
+                return  # an earlier source's refusal: the current one was asked since
+            if (isinstance(error, (list, tuple)) and len(error) == 2 and error[0] == "relay"
+                    and isinstance(error[1], str) and p.origin is None and not p.direct):
+                self._follow(p, error[1])
+            elif p.origin is not None:
+                self._fall_back(p)
+            else:
+                p.missing.discard(offset)
+                self._finish(p, ok=False)
             return
+        p.missing.discard(offset)
         table = self.store.table
         obj = table.hold(oid)
         if obj is None:
@@ -207,9 +227,12 @@ class Pulls:
             p.received += n
             p.inflight -= 1
             p.progress_at = self.now()
+            p.have.add(offset)
+            for reader, length in p.forward.pop(offset, []):
+                self._serve_partial(p, reader, offset, length)
             if p.received >= p.size:
                 self.pulled_bytes += p.size
-                self.send(p.source, Msg.PULL_DONE, oid)
+                self.bulk_send(p.source, Msg.PULL_DONE, oid)
                 self._finish(p, ok=True)
             else:
                 self._request_chunks(p)
@@ -219,9 +242,11 @@ class Pulls:
     def _finish(self, p: Pull, ok: bool) -> None:
         self.pulls.pop(p.oid, None)
         table = self.store.table
+        if p.origin is not None:  # the holder that sent us to a relay: we no longer pull
+            self.bulk_send(p.origin, Msg.PULL_DONE, p.oid)
         if not ok:
             if p.source is not None:  # gave up on a live source: its transfer pin goes too
-                self.send(p.source, Msg.PULL_DONE, p.oid)
+                self.bulk_send(p.source, Msg.PULL_DONE, p.oid)
             self.store.send_replies(table.free([p.oid]))
             for reader, req_id in p.waiters:
                 if req_id is not None:
@@ -230,6 +255,11 @@ class Pulls:
             self.store.send_replies(table.seal(p.oid))
             for reader, req_id in p.waiters:
                 self.store.send_replies(table.pin(p.oid, reader, req_id, keep=True))  # a process's kept pin
+            for reader in p.relayed:  # they read on from the sealed copy, pinned until PULL_DONE
+                self.store.send_replies(table.pin(p.oid, reader, None))
+        for offset, waiting in p.forward.items():  # only a failed pull leaves chunks not landed
+            for reader, _ in waiting:
+                self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, "the relay lost the object")
         self._notify(p)
 
     @staticmethod
@@ -244,6 +274,9 @@ class Pulls:
         for p in list(self.pulls.values()):
             if p.offset < 0 or p.source is None or now - p.progress_at < PULL_STALL_S:
                 continue
+            if p.origin is not None:  # a relay that stalls (its own pull may): the holder serves us
+                self._fall_back(p)
+                continue
             if p.retries >= PULL_RETRIES:
                 log.warning("pull of object %s from %s stalled; giving up", p.oid.hex(), p.source)
                 self._finish(p, ok=False)
@@ -256,12 +289,16 @@ class Pulls:
         """A peer daemon is gone: chunk requests of its that waited for a pin go too."""
         for key in [k for k in self.serving if k[0] == addr]:
             del self.serving[key]
+        for p in self.pulls.values():
+            p.relayed.discard(addr)
+            for offset, waiting in list(p.forward.items()):
+                p.forward[offset] = [w for w in waiting if w[0] != addr]
 
     def node_back(self, node_id: str) -> None:
         """A node declared dead is alive after all: release the transfer pins we hold there."""
         for daemon in [d for d in self.owed_done if node_of(d) == node_id]:
             for oid in self.owed_done.pop(daemon):
-                self.send(daemon, Msg.PULL_DONE, oid)
+                self.bulk_send(daemon, Msg.PULL_DONE, oid)
 
     def node_forgotten(self, node_id: str) -> None:
         """A dead node stayed dead: nothing of ours there to release."""
@@ -292,14 +329,30 @@ class Pulls:
         # The first chunk pins the copy there for the transfer (its bytes are dropped if we
         # have them); then every chunk still missing.
         if 0 not in p.missing:
-            self.send(p.source, Msg.PULL_CHUNK, p.oid, 0, min(PULL_CHUNK_BYTES, p.size))
+            self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, 0, min(PULL_CHUNK_BYTES, p.size), p.direct)
         self._ask_missing(p)
         self._request_chunks(p)
+
+    def _follow(self, p: Pull, relay: str) -> None:
+        """The holder sends us to a node that is pulling the object: ask it."""
+        p.origin, p.source = p.source, relay
+        p.progress_at, p.retries = self.now(), 0
+        self.started["relayed"] += 1
+        self._ask_missing(p)
+
+    def _fall_back(self, p: Pull) -> None:
+        """The relay cannot serve us: back to the holder, which must now serve us itself."""
+        log.info("pull of object %s: relay %s failed, back to %s", p.oid.hex(), p.source, p.origin)
+        p.source, p.origin, p.direct = p.origin, None, True
+        p.progress_at, p.retries = self.now(), 0
+        if 0 not in p.missing:  # the first chunk pins the copy there
+            self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, 0, min(PULL_CHUNK_BYTES, p.size), True)
+        self._ask_missing(p)
 
     def _ask_missing(self, p: Pull) -> None:
         """Ask the source again for every chunk asked for and not yet written."""
         for offset in sorted(p.missing):
-            self.send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset))
+            self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset), p.direct)
 
     # ------------------------------------------------------------ serving out
 
@@ -311,7 +364,15 @@ class Pulls:
         self.send(sender, Msg.REPLY, req_id, self.address() if held else None)
 
     def on_pull_chunk(self, sender: str, msg: tuple, frames: list) -> None:
-        _, oid, offset, length = msg
+        _, oid, offset, length, *rest = msg
+        if not (isinstance(oid, bytes) and isinstance(offset, int) and isinstance(length, int)):
+            raise ValueError("PULL_CHUNK fields of the wrong types")
+        p = self.pulls.get(oid)
+        if p is not None and sender != p.source:
+            self._relay(p, sender, offset, length)  # it is arriving here: served on as it lands
+            return
+        if offset == 0 and not (rest and rest[0]) and self._redirect(sender, oid):
+            return
         key = (sender, oid)
         if key in self.serving:
             self.serving[key].append((offset, length))  # after the pin, in order
@@ -325,9 +386,10 @@ class Pulls:
                 waiting = self.serving.pop(key, [])
                 if not isinstance(value, tuple) or value[0] == "full":
                     for o, _ in [(0, length), *waiting]:
-                        self.send(sender, Msg.CHUNK_DATA, oid, o, False, "the object is not here any more")
+                        self.bulk_send(sender, Msg.CHUNK_DATA, oid, o, False, "the object is not here any more")
                     return
                 self.store.copy_holders.setdefault(oid, set()).add(sender)
+                self._note_tail(oid, sender)
                 where = value[0]
                 sample = self.arena[where: where + min(SAMPLE_BYTES, length)]
                 self.compressed[oid] = len(lz4.block.compress(sample)) < 0.8 * len(sample)
@@ -342,25 +404,79 @@ class Pulls:
         table = self.store.table
         obj = table.objects.get(oid)
         if obj is None or obj.offset is None or sender not in obj.pins or offset + length > obj.size:
-            self.send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
+            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
             return
         data = self.arena[obj.offset + offset: obj.offset + offset + length]
-        if not self.compressed.get(oid):
-            # Sent as it lies (zero-copy): the pin keeps the block in place until PULL_DONE.
-            self.send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data])
-            return
-        held = table.hold(oid)
+        held = table.hold(oid)  # the block stays while a helper thread reads it
+        self.served_bytes += length
 
-        def sent(packed: Any, err: BaseException | None) -> None:
+        def release() -> None:
             if held is not None:
                 self.store.send_replies(table.release_hold(held))
+
+        if not self.compressed.get(oid):
+            # Sealed as it lies, straight from the arena.
+            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data], after=release)
+            return
+
+        def sent(packed: Any, err: BaseException | None) -> None:
+            release()
             if err is not None:
-                self.send(sender, Msg.CHUNK_DATA, oid, offset, False, f"compressing failed: {err}")
+                self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, f"compressing failed: {err}")
             else:
-                self.send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[packed])
+                self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[packed])
 
         self.copy(lambda: lz4.block.compress(data), sent)
 
+    def _redirect(self, sender: str, oid: bytes) -> bool:
+        """A first chunk request for a primary copy of ours that another node is pulling: send
+        the reader there instead, so each node forwards what it gets once and four readers
+        cost our link one copy (a chain: each new reader goes to the last).  A puller's
+        PULL_DONE (to us, also from one we sent elsewhere) ends its turn as the tail."""
+        obj = self.store.table.objects.get(oid)
+        tail = self.tails.get(oid)
+        if obj is None or not obj.primary or not obj.sealed or sender in obj.pins or tail in (None, sender):
+            return False
+        peer = self.peer_views().get(node_of(tail))
+        if peer is None or peer.state != "alive":
+            return False
+        self._note_tail(oid, sender)
+        self.bulk_send(sender, Msg.CHUNK_DATA, oid, 0, False, ("relay", tail))
+        return True
+
+    def _note_tail(self, oid: bytes, reader: str) -> None:
+        self.tails[oid] = reader
+        if len(self.tails) > 4096:  # forget objects that are gone
+            objects = self.store.table.objects
+            self.tails = {o: r for o, r in self.tails.items() if o in objects}
+
+    def _relay(self, p: Pull, reader: str, offset: int, length: int) -> None:
+        if length != min(PULL_CHUNK_BYTES, p.size - offset) or offset % PULL_CHUNK_BYTES or offset < 0:
+            self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, "not a chunk of this object")
+            return
+        p.relayed.add(reader)
+        if offset in p.have:
+            self._serve_partial(p, reader, offset, length)
+        else:
+            p.forward.setdefault(offset, []).append((reader, length))
+
+    def _serve_partial(self, p: Pull, reader: str, offset: int, length: int) -> None:
+        """Serve on a chunk of an object still arriving here (written, so it is in place)."""
+        table = self.store.table
+        held = table.hold(p.oid)
+        if held is None or p.offset < 0:
+            self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, "the object is not here any more")
+            return
+        self.served_bytes += length
+        data = self.arena[p.offset + offset: p.offset + offset + length]
+        self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, None, frames=[data],
+                       after=lambda: self.store.send_replies(table.release_hold(held)))
+
     def on_pull_done(self, sender: str, msg: tuple, frames: list) -> None:
+        p = self.pulls.get(msg[1])
+        if p is not None:
+            p.relayed.discard(sender)
+        if self.tails.get(msg[1]) == sender:
+            del self.tails[msg[1]]  # it no longer pulls: the next reader is served here
         self.compressed.pop(msg[1], None)
         self.store.send_replies(self.store.table.unpin(msg[1], sender))

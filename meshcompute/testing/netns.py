@@ -318,6 +318,25 @@ class TestBed:
         """Take host i off the network (its link goes down; its processes keep running)."""
         _ip("link", "set", self.veth(i), "down")
 
+    def shape(self, i: int, mbit: float, latency_ms: float = 50.0) -> None:
+        """Limit host i's link to ``mbit`` Mbit/s each way: a ``tc`` token bucket on both
+        ends of its veth, queueing into pfifo_fast, whose three bands serve packets by
+        their IP TOS (low delay first, bulk last) as Linux's classic default does; a
+        real interface's fq_codel would instead serve a flow that sends little before
+        one that sends much.  The burst allows one 64 KiB segment: veths pass TSO-sized
+        packets."""
+        if shutil.which("tc") is None:
+            raise NetnsError("the `tc` command (iproute2) is not installed")
+        bucket = ["root", "handle", "1:", "tbf", "rate", f"{mbit}mbit", "burst", "256kb",
+                  "latency", f"{latency_ms}ms"]
+        for dev, prefix in ((self.veth(i), []), ("eth0", ["ip", "netns", "exec", self.namespace(i)])):
+            for rule in (["qdisc", "replace", "dev", dev, *bucket],
+                         ["qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:", "pfifo_fast"]):
+                argv = [*prefix, "tc", *rule]
+                proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+                if proc.returncode != 0:
+                    raise NetnsError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
     def heal(self, i: int, timeout: float = 5.0) -> None:
         """Put host i back on the network; returns once the link is up."""
         veth = self.veth(i)

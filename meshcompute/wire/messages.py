@@ -98,6 +98,7 @@ class Msg(IntEnum):
     JOB_STOP = 74  # client -> any daemon (relayed to the job's): stop it; REPLY (status, stopped)
     JOB_LOGS = 75  # client -> any daemon (relayed to the job's): its output from an offset; REPLY (status, chunk)
     STORE_RELEASE = 76  # daemon -> process: the store needs room, let go of the pins you keep idle
+    BULK_OPEN = 77  # daemon -> daemon: a bulk session's id and key; REPLY with the bulk socket's endpoint
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {
@@ -142,7 +143,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.GOSSIP: ("packet",),
     Msg.NODE_STATE: ("node_id", "state", "address"),
     Msg.LEASE_SPILLBACK: ("req_id", "daemon_addr", "node_id"),
-    Msg.PULL_CHUNK: ("object_id", "offset", "length"),
+    Msg.PULL_CHUNK: ("object_id", "offset", "length", "direct"),
     Msg.CHUNK_DATA: ("object_id", "offset", "compressed", "error"),
     Msg.PULL_DONE: ("object_id",),
     Msg.MONITOR_SUBSCRIBE: ("req_id", "scope", "ttl"),
@@ -166,6 +167,7 @@ FIELDS: dict[Msg, tuple[str, ...]] = {
     Msg.JOB_STOP: ("req_id", "submission_id"),
     Msg.JOB_LOGS: ("req_id", "submission_id", "offset"),
     Msg.STORE_RELEASE: ("object_ids",),
+    Msg.BULK_OPEN: ("req_id", "session_id", "key"),
 }
 
 assert set(FIELDS) == set(Msg), "every message type needs its field list"

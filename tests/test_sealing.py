@@ -1,0 +1,74 @@
+"""Sealed bulk frames (wire/sealing.py): what opens, what does not, what comes twice."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshcompute.wire.sealing import (
+    ANSWER,
+    PREFIX,
+    REQUEST,
+    InvalidTag,
+    ReplayWindow,
+    Seal,
+    new_key,
+    new_session_id,
+    parse_prefix,
+)
+from meshcompute.wire.sealing import WINDOW as W
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def seal():
+    return Seal(new_key(), new_session_id())
+
+
+def test_a_sealed_message_opens_with_its_key_direction_and_counter(seal):
+    prefix, *boxes = seal.seal(ANSWER, 6, [b"header", b"x" * 100_000])
+    assert parse_prefix(prefix) == (seal.session_id, 6)
+    assert seal.open(ANSWER, 6, prefix, boxes) == [b"header", b"x" * 100_000]
+    assert all(len(b) > 16 and b"header" not in b for b in boxes)  # encrypted, with a tag
+
+
+def test_a_flipped_bit_a_moved_box_another_key_or_direction_do_not_open(seal):
+    prefix, head, data = seal.seal(ANSWER, 0, [b"header", b"data" * 1000])
+    tampered = bytearray(data)
+    tampered[100] ^= 1
+    with pytest.raises(InvalidTag):
+        seal.open(ANSWER, 0, prefix, [head, bytes(tampered)])
+    with pytest.raises(InvalidTag):
+        seal.open(ANSWER, 0, prefix, [data, head])  # boxes swapped
+    with pytest.raises(InvalidTag):
+        seal.open(REQUEST, 0, prefix, [head, data])  # the other direction's nonces
+    other_prefix = seal.seal(ANSWER, 2, [b"header"])[0]
+    with pytest.raises(InvalidTag):
+        seal.open(ANSWER, 2, other_prefix, [head])  # a box moved into another message
+    with pytest.raises(InvalidTag):
+        Seal(new_key(), seal.session_id).open(ANSWER, 0, prefix, [head, data])
+    with pytest.raises(InvalidTag):
+        seal.open(ANSWER, 0, prefix, [])
+
+
+def test_prefixes_that_are_not_ours_are_refused_before_decrypting():
+    sid = new_session_id()
+    assert parse_prefix(PREFIX.pack(b"MCB1", sid, 4)) == (sid, 4)
+    assert parse_prefix(PREFIX.pack(b"MCB2", sid, 4)) is None  # another magic
+    assert parse_prefix(PREFIX.pack(b"MCB1", sid, 3)) is None  # not a message's first counter
+    assert parse_prefix(b"x" * 27) is None
+    assert parse_prefix(b"x" * (8 << 20)) is None
+    with pytest.raises(ValueError):
+        Seal(b"short", sid)
+
+
+def test_each_counter_is_accepted_once_in_any_order_within_the_window():
+    w = ReplayWindow()
+    assert w.accept(0) and not w.accept(0)
+    assert w.accept(6) and w.accept(2)  # out of order (sealed on two threads)
+    assert not w.accept(2) and not w.accept(6)
+    assert w.accept(4)
+    far = 2 * (W + 10)
+    assert w.accept(far)
+    assert not w.fresh(8), "older than the window: refused even if never seen"
+    assert w.fresh(far - 2) and not w.fresh(far)
