@@ -66,3 +66,29 @@ def _busy(info: dict) -> bool:
     except Exception:
         return False
     return node["resources_available"].get("CPU", 2) == 0
+
+
+def test_a_leaving_leader_hands_the_control_store_over_before_it_goes():
+    """SIGTERM to the control store's leader: it hands leadership to another voter
+    (Raft's transfer) and leaves only then, so the survivors have a leader the moment
+    it is gone -- no election timeout in between."""
+    from meshcompute.host.launcher import query
+
+    if mesh.is_initialized():
+        mesh.shutdown()
+    with loopback_mesh(3, num_cpus=1, object_store_memory=64 * MiB) as (token, nodes):
+        infos = [info for _, info in nodes]
+
+        def control(info):
+            return query(info, "node")["control"]
+
+        assert wait_for(lambda: len({control(i)["leader"] for i in infos} - {None}) == 1
+                        and all(len(control(i)["voters"]) == 3 for i in infos), timeout=30)
+        leader_id = control(infos[0])["leader"]
+        (proc, leader), = [(p, i) for p, i in nodes if i["node_id"] == leader_id]
+        survivor = next(i for i in infos if i["node_id"] != leader_id)
+        term = control(survivor)["term"]
+        os.kill(leader["pid"], signal.SIGTERM)  # a node of this test's mesh, started above
+        proc.wait(30)
+        now = control(survivor)  # right after it exited
+        assert now["leader"] not in (None, leader_id) and now["term"] == term + 1, now

@@ -43,6 +43,9 @@ REQUEST_TIMEOUT_S = 10.0
 # Internal writes (actor states, jobs) wait longer: they are not on anyone's
 # critical path, and dropping them loses history.
 BACKGROUND_TIMEOUT_S = 120.0
+# How long (s) a leaving leader waits for another voter to take over (an election
+# timeout is about 1 s; a transfer normally takes one round trip).
+HAND_OVER_S = 2.0
 
 
 class BundleResources(Protocol):
@@ -85,6 +88,7 @@ class Control:
         self.answered: set[tuple[str, int, int]] = set()  # (pg, attempt, index) we acked or refused
         self.pg_waiters: dict[str, list[tuple[str, int]]] = defaultdict(list)  # pg -> (process, req_id)
         self.pgs_changed = False
+        self.hand_over_until = 0.0  # a leaving leader waits until then for a successor
         self.parked: list[tuple[str, tuple, list]] = []  # actor creations waiting for their group
 
     # ------------------------------------------------------------- plumbing
@@ -241,6 +245,17 @@ class Control:
         """[role, term, commit, leader node id] for gossip (and `mesh status` on other nodes)."""
         st = self.server.status()
         return [st["role"], st["term"], st["commit"], st["leader"] or ""]
+
+    def hand_over(self, now: float) -> None:
+        """This node is leaving: a leader hands leadership to another voter first (may_leave)."""
+        if self.server.hand_over():
+            log.info("leaving: handing the control store's leadership over")
+            self.hand_over_until = now + HAND_OVER_S
+
+    def may_leave(self, now: float) -> bool:
+        """Whether leaving now costs the control store no election: not its leader any more
+        (or the hand-over took longer than HAND_OVER_S: then an election it is)."""
+        return not self.server.is_leader() or now >= self.hand_over_until
 
     def status(self) -> dict:
         st = self.server.status()

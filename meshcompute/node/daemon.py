@@ -496,11 +496,13 @@ class Daemon:
             self.running = False
         elif not self.leases.draining:
             log.info("draining: %d leases out; leaving in at most %.0f s", len(self.leases.leases), DRAIN_S)
+            self.control.hand_over(now)
             for owner in self.leases.begin_drain(now + DRAIN_S):
                 self.send(owner, Msg.NODE_DRAINING, self.node_id)
 
     def _check_liveness(self) -> None:
-        self.running = self.running and not self.leases.drained(time.monotonic())
+        now = time.monotonic()
+        self.running = self.running and not (self.leases.drained(now) and self.control.may_leave(now))
         if self.gone_nodes:
             self._cleanup_gone_nodes()
         if self.parent_pid and not pid_alive(self.parent_pid):
@@ -510,7 +512,6 @@ class Daemon:
         for addr, pid in list(self.processes.drivers.items()):
             if not pid_alive(pid):
                 self.process_gone(addr)
-        now = time.monotonic()
         self.jobs.poll(now)
         self.workers.reap_idle(now, self.processes.owns_objects)
         self.pulls.expire(now)
