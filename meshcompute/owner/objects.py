@@ -128,6 +128,10 @@ class ObjectTable:
                  on_freed: Callable[[bytes], None] = lambda oid: None) -> None:
         self.io = io
         self.entries: dict[bytes, Entry] = {}
+        # Small values a user thread put whose entry the I/O thread has not made yet (put_done
+        # drops them): a get right after the put reads them here instead of waiting for it.
+        # Set by user threads, popped by the I/O thread: single dict operations, never iterated.
+        self.fresh: dict[bytes, Serialized] = {}
         # Local ObjectRef counts, changed from any thread under ref_lock.
         self.ref_lock = threading.Lock()
         self.ref_counts: dict[bytes, int] = {}
@@ -137,6 +141,23 @@ class ObjectTable:
         self.dead_nodes: set[str] = set()
         self.on_owned_freed: Callable[[], None] | None = None  # a worker re-reports whether it owns objects
         self.pins: Any = None  # the store pins this process keeps (pins.PinCache): let go with the last ref
+
+    def put_fresh(self, oid: bytes, where: tuple, contained: list) -> None:
+        """A user thread put a value (put_done follows on the I/O thread): keep a small one
+        with no refs inside in ``fresh`` until then."""
+        if where[0] == "v" and not contained:
+            self.fresh[oid] = where[1]
+
+    def fresh_entry(self, oid: bytes) -> Entry | None:
+        """For a user thread's get: the entry of ``oid``, or, while a put of it waits for its turn
+        of the I/O thread (``fresh``), one made from its value; None if neither."""
+        ser = self.fresh.get(oid)
+        if ser is None:  # applied meanwhile, or gone
+            e = self.entries.get(oid)
+            return e if e is not None and e.state == READY else None
+        e = Entry(True, self.io.address)
+        e.value, e.state = ser, READY
+        return e
 
     def entry(self, oid: bytes, owner: str) -> Entry:
         """The entry of ``oid``, made (not owned) if this process has none yet."""
@@ -280,6 +301,7 @@ class ObjectTable:
 
     def put_done(self, oid: bytes, where: tuple, contained: list, node_id: str) -> None:
         """A ``put`` (or a large argument) is stored: ("v", Serialized) or ("s", offset, size)."""
+        self.fresh.pop(oid, None)
         e = Entry(True, self.io.address)
         if where[0] == "v":
             e.value = where[1]

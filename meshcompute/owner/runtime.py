@@ -364,8 +364,8 @@ class Core:
     def get(self, refs: list, timeout: float | None = None) -> list:
         ids_ = [r._id for r in refs]
         deadline = None if timeout is None else time.monotonic() + timeout
-        entries = self.objects.entries
-        if not all((e := entries.get(i)) is not None and e.state == READY for i in ids_):
+        entries, fresh = self.objects.entries, self.objects.fresh
+        if not all(((e := entries.get(i)) is not None and e.state == READY) or i in fresh for i in ids_):
             unique = list({r._id: r for r in refs}.values())
             ready = self.wait_ready(unique, len(unique), timeout)
             if len(ready) < len(unique):
@@ -376,8 +376,8 @@ class Core:
 
     def _materialize(self, oid: bytes, deadline: float | None, timeout: float | None) -> Any:
         e = self.objects.entries.get(oid)
-        if e is None or e.state != READY:  # freed under us: can only happen for lost objects
-            raise exc.ObjectLostError(object_id=oid.hex())
+        if (e is None or e.state != READY) and (e := self.objects.fresh_entry(oid)) is None:
+            raise exc.ObjectLostError(object_id=oid.hex())  # freed under us: a lost object
         if e.loc is not None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -495,6 +495,7 @@ class Core:
         oid = ids.object_id(ids.new_task_id(), 0)
         where = self.put_serialized(ser, object_id=oid)
         ref = ObjectRef(oid, self.address)
+        self.objects.put_fresh(oid, where, ser.contained)  # a get of it needs no I/O thread turn
         self.post(self.objects.put_done, oid, where, ser.contained, self.node_id)
         return ref
 
