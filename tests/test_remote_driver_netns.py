@@ -5,7 +5,8 @@ driver connects with ``init("HOST:PORT")`` and the mesh's token, and uses tasks,
 actors, puts and gets; a job submitted from it with a working dir ends SUCCEEDED
 with its logs, a failing one FAILED, a stopped one STOPPED; a wrong token fails
 fast.  The fourth host keeps its own sessions directory, as another machine would.
-Needs root and ``ip netns``; marked ``netns``.
+Needs root and ``ip netns``; marked ``netns`` and ``slow`` (about a minute: run it with
+``pytest -m slow``; tests/test_jobs.py covers the same on loopback in the default suite).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from meshcompute.wire.auth import generate_token
 
 pytestmark = [
     pytest.mark.netns,
+    pytest.mark.slow,
     pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())),
     pytest.mark.timeout(300),
 ]
