@@ -114,3 +114,19 @@ def loopback_mesh(n: int = 3, *, num_cpus: float, object_store_memory: int, vote
         for proc, info in nodes:
             stop_node(info)
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def driver_on_loopback_mesh(n: int = 2, *, num_cpus: float, object_store_memory: int):
+    """``loopback_mesh`` with this process as a driver on its first node, once every node is
+    seen alive; yields ``(token, nodes)`` and shuts the driver down before the nodes."""
+    if mesh.is_initialized():
+        mesh.shutdown()
+    with loopback_mesh(n, num_cpus=num_cpus, object_store_memory=object_store_memory) as (token, nodes):
+        try:
+            mesh.init(address=nodes[0][1]["tcp"].replace("tcp://", ""))
+            assert wait_for(lambda: len([x for x in mesh.nodes() if x["alive"]]) == n, timeout=30)
+            yield token, nodes
+        finally:
+            if mesh.is_initialized():
+                mesh.shutdown()

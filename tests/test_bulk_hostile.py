@@ -33,7 +33,7 @@ from meshcompute.wire.sealing import (
 )
 from meshcompute.wire.transport import Endpoint, recv
 
-from .conftest import loopback_mesh, wait_for
+from .conftest import driver_on_loopback_mesh, wait_for
 from .test_frame_limits import _declare_huge_frame, _steady_rss
 
 pytestmark = pytest.mark.timeout(180)
@@ -43,17 +43,9 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def mesh2():
-    if mesh.is_initialized():
-        mesh.shutdown()
-    with loopback_mesh(2, num_cpus=1, object_store_memory=128 * MiB) as (token, nodes):
-        try:
-            mesh.init(address=nodes[0][1]["tcp"].replace("tcp://", ""))
-            assert wait_for(lambda: len([n for n in mesh.nodes() if n["alive"]]) == 2, timeout=30)
-            b = nodes[1][1]
-            yield {"token": token, "b": b, "on_b": NodeAffinitySchedulingStrategy(node_id=b["node_id"], soft=False)}
-        finally:
-            if mesh.is_initialized():
-                mesh.shutdown()
+    with driver_on_loopback_mesh(2, num_cpus=1, object_store_memory=128 * MiB) as (token, nodes):
+        b = nodes[1][1]
+        yield {"token": token, "b": b, "on_b": NodeAffinitySchedulingStrategy(node_id=b["node_id"], soft=False)}
 
 
 @mesh.remote

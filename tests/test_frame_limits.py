@@ -16,7 +16,7 @@ import pytest
 import meshcompute as mesh
 from meshcompute.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .conftest import loopback_mesh, wait_for
+from .conftest import driver_on_loopback_mesh
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -25,17 +25,9 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def mesh2():
-    if mesh.is_initialized():
-        mesh.shutdown()
-    with loopback_mesh(2, num_cpus=2, object_store_memory=256 * MiB) as (token, nodes):
-        try:
-            mesh.init(address=nodes[0][1]["tcp"].replace("tcp://", ""))
-            assert wait_for(lambda: len([n for n in mesh.nodes() if n["alive"]]) == 2, timeout=30)
-            b = nodes[1][1]
-            yield {"nodes": nodes, "b": b, "on_b": NodeAffinitySchedulingStrategy(node_id=b["node_id"], soft=False)}
-        finally:
-            if mesh.is_initialized():
-                mesh.shutdown()
+    with driver_on_loopback_mesh(2, num_cpus=2, object_store_memory=256 * MiB) as (token, nodes):
+        b = nodes[1][1]
+        yield {"nodes": nodes, "b": b, "on_b": NodeAffinitySchedulingStrategy(node_id=b["node_id"], soft=False)}
 
 
 @mesh.remote

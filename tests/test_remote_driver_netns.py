@@ -23,6 +23,8 @@ import pytest
 from meshcompute.testing.netns import TestBed, netns_unavailable_reason
 from meshcompute.wire.auth import generate_token
 
+from .test_mesh_netns import _stop_bed_nodes
+
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
@@ -141,16 +143,3 @@ def test_a_driver_and_jobs_from_a_host_without_a_node():
             import shutil
 
             shutil.rmtree(elsewhere_root, ignore_errors=True)
-
-
-def _stop_bed_nodes() -> None:
-    from meshcompute.host.launcher import stop_node
-    from meshcompute.host.sessions import SESSIONS_ROOT
-
-    for name in os.listdir(SESSIONS_ROOT):
-        path = os.path.join(SESSIONS_ROOT, name, "daemon.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                info = json.load(f)
-            if (info.get("host") or "").startswith("10.77."):
-                stop_node(info)
