@@ -19,7 +19,10 @@ import pytest
 # Every node this test session starts keeps its session dir under this root (the
 # variable is inherited by drivers the tests spawn), so the leak check below sees
 # only our processes, even when another suite runs beside this one.
-SESSIONS_ROOT = os.environ.setdefault("MESH_SESSIONS_ROOT", tempfile.mkdtemp(prefix="mesh-test-"))
+# (Made only when unset: processes the tests start import this file again, and each made an
+# empty directory that nothing removed.)
+SESSIONS_ROOT = os.environ.get("MESH_SESSIONS_ROOT") or tempfile.mkdtemp(prefix="mesh-test-")
+os.environ["MESH_SESSIONS_ROOT"] = SESSIONS_ROOT
 
 import meshcompute as mesh  # noqa: E402  (after the root is set)
 from meshcompute.host.sessions import pid_alive  # noqa: E402,F401  (re-exported to tests)
