@@ -301,7 +301,6 @@ class ObjectTable:
 
     def put_done(self, oid: bytes, where: tuple, contained: list, node_id: str) -> None:
         """A ``put`` (or a large argument) is stored: ("v", Serialized) or ("s", offset, size)."""
-        self.fresh.pop(oid, None)
         e = Entry(True, self.io.address)
         if where[0] == "v":
             e.value = where[1]
@@ -311,6 +310,7 @@ class ObjectTable:
         e.contained = contained
         self.entries[oid] = e
         self.resolve(oid, e)
+        self.fresh.pop(oid, None)  # only now: a get that saw it there finds the entry ready
 
     @staticmethod
     def value_fields(e: Entry) -> tuple[tuple, list]:

@@ -296,8 +296,8 @@ class Core:
 
     def wait_ready(self, refs: list, num: int, timeout: float | None) -> set[bytes]:
         """Block until ``num`` of ``refs`` are ready or the timeout passes."""
-        entries = self.objects.entries
-        ready = {r._id for r in refs if (e := entries.get(r._id)) is not None and e.state == READY}
+        entries, fresh = self.objects.entries, self.objects.fresh
+        ready = {r._id for r in refs if ((e := entries.get(r._id)) is not None and e.state == READY) or r._id in fresh}
         if len(ready) >= num:
             return ready
         pending = [r for r in refs if r._id not in ready]
