@@ -93,6 +93,17 @@ def test_each_environment_has_its_packages_and_workers(node, wheels):
 
 
 @mesh.remote
+def plain_parent(wheel):
+    # Blocked in get, a parent runs its queued children itself, but only those of its own
+    # environment: this one must wait for a worker of the child's.
+    return mesh.get(version.options(runtime_env={"pip": [wheel]}).remote())[0]
+
+
+def test_a_parent_without_the_environment_does_not_run_the_child_inline(node, wheels):
+    assert mesh.get(plain_parent.remote(wheels["v1"]), timeout=200) == "1.0"
+
+
+@mesh.remote
 class Versioned:
     def version(self):
         import meshpipdemo

@@ -190,9 +190,9 @@ class ActorDirectory:
                 self._place(a, idle, may_own)
 
     def _place(self, a: Actor, idle: list[Worker], may_own: Callable[[str, float], bool]) -> None:
+        env = self._pip_env(a)  # before anything is acquired: it writes a file, which may fail
         a.gpu_ids = self.resources.acquire(a.shape)
         now = time.monotonic()
-        env = self._pip_env(a)
         free = [w for w in idle if w.env == env and not (w.ran_tasks and may_own(w.addr, now - w.idle_since))]
         if free:
             w = free[-1]
@@ -207,14 +207,16 @@ class ActorDirectory:
 
     def _pip_env(self, a: Actor) -> str:
         """The actor's pip runtime_env by hash ("" for none): only a worker of it may host it."""
-        pip = (a.spec.get("runtime_env") or {}).get("pip")
+        runtime_env = a.spec.get("runtime_env")
+        pip = runtime_env.get("pip") if isinstance(runtime_env, dict) else None
         if pip is None:
             return ""
         try:
             env, requirements, options = checked(pip)
-        except ValueError:
+            self.workers.know_env(env, requirements, options)
+            self.workers.write_requirements(env)
+        except (ValueError, OSError):
             return ""  # the worker refuses it when applying the environment: the actor fails there
-        self.workers.know_env(env, requirements, options)
         return env
 
     def worker_registered(self, w: Worker) -> bool:

@@ -94,7 +94,11 @@ class LeaseTable:
             hints = {}
         req = LeaseRequest(sender, req_id, shape, strategy=strategy, hints=hints)
         if hints.get("pip") is not None:
-            req.env = self._pip_env(hints["pip"])  # ValueError: a malformed one drops the message
+            try:
+                req.env = self._pip_env(hints["pip"])  # ValueError: a malformed one drops the message
+            except OSError as e:
+                self.send(sender, Msg.LEASE_REFUSED, req_id, "runtime_env", f"cannot write its requirements: {e}")
+                return
         target = self.placement.choose(req.shape, req.strategy, req.hints)
         if target is not None:
             self.spillback(req, target)
@@ -111,6 +115,7 @@ class LeaseTable:
     def _pip_env(self, pip: Any) -> str:
         env, requirements, options = checked(pip)
         self.workers.know_env(env, requirements, options)
+        self.workers.write_requirements(env)
         return env
 
     def env_failed(self, w: Worker, reason: str) -> None:
@@ -234,6 +239,14 @@ class LeaseTable:
         # What is left after the requests already waiting for a worker to start.
         spare = dict(self.resources.available)
         for req in self.pending:
+            if req.fetching:
+                still.append(req)  # its arguments are on their way here
+                continue
+            removed = self.placement.removed_group(req.shape) if group_of(req.shape) else None
+            if removed is not None:  # its bundles are gone for good: waiting would be forever
+                self.send(req.owner, Msg.LEASE_REFUSED, req.req_id, "placement_group",
+                          f"its placement group {removed} was removed")
+                continue
             if self.draining:
                 target = self.placement.elsewhere(req.shape, req.strategy, req.hints, node_of(req.owner))
                 if target is None:
@@ -241,15 +254,7 @@ class LeaseTable:
                 else:
                     self.spillback(req, target)
                 continue
-            if req.fetching:
-                still.append(req)  # its arguments are on their way here
-                continue
             if not self.resources.fits(req.shape, spare):
-                removed = self.placement.removed_group(req.shape)
-                if removed is not None:  # its bundles are gone for good: waiting would be forever
-                    self.send(req.owner, Msg.LEASE_REFUSED, req.req_id, "placement_group",
-                              f"its placement group {removed} was removed")
-                    continue
                 if not (may_spill and self._place_elsewhere(req, spare)):
                     still.append(req)
                 continue

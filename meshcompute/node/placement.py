@@ -102,11 +102,9 @@ class Placement:
         """For a node that is leaving: the peer view to send a request to -- one with room
         now, else the owner's node -- or None when there is none."""
         target = self.choose(shape, strategy, dict(hints, spilled=False), available={})
-        if target is None and owner_node != self.node_id:
-            p = self.peer_views().get(owner_node)
-            if p is not None and p.address and p.state == "alive":
-                target = p
-        return target
+        # Else its owner's node places it again, unless it was placed here for affinity, a
+        # bundle, SPREAD or its arguments (reject_when_full): then it goes with this node.
+        return target if target is not None else self.send_back(owner_node, shape, strategy, hints)
 
     def choose(self, shape: tuple, strategy: Any, hints: dict, available: dict | None = None) -> Any:
         """The peer view of the node to send the request to, or None to keep it here.

@@ -129,9 +129,8 @@ class WorkerPool:
         """Remember what pip environment ``env`` installs (from a lease request that needs it)."""
         self.envs.setdefault(env, (requirements, options))
 
-    def start_env_worker(self, env: str) -> Worker:
-        """Start a worker of pip environment ``env``: it installs the environment first if
-        this node has not (worker/pip_env.py), which may take a while."""
+    def write_requirements(self, env: str) -> None:
+        """The requirements file of pip environment ``env`` (known_env), written once per node."""
         from ..worker.pip_env import requirements_path
 
         path = requirements_path(self.session_dir, env)
@@ -139,8 +138,14 @@ class WorkerPool:
             requirements, options = self.envs[env]
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(f"{path}.tmp", "w") as f:
-                f.write(" ".join(options) + "\n" + "".join(r + "\n" for r in requirements))
+                # Options on a comment line: pip reads the file too, and skips it.
+                f.write(" ".join(["#", "meshcompute:", *options]) + "\n" + "".join(r + "\n" for r in requirements))
             os.replace(f"{path}.tmp", path)
+
+    def start_env_worker(self, env: str) -> Worker:
+        """Start a worker of pip environment ``env``: it installs the environment first if
+        this node has not (worker/pip_env.py), which may take a while."""
+        self.write_requirements(env)
         wid = ids.random_id()
         w = Worker(wid, env=env)
         self.workers[wid] = w

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..wire.transport import node_of
+
 
 def on_node_draining(tasks: Any, sender: str, msg: tuple, frames: list) -> None:
     _, node_id = msg
+    if node_of(sender) != node_id:  # a daemon speaks for its own node only
+        return
     tasks.nodes.pop(node_id, None)  # not a lease target any more (sched.keys.lease_target)
     for lease in [ls for ls in tasks.lease_by_id.values() if ls.daemon == sender]:
         leases = tasks.leases.get(lease.key)

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+PIP_ENV_VAR = "MESH_PIP_ENV"
+"""Set in a worker of a pip runtime_env to the environment's hash (worker/pip_env.py): it runs
+only that environment's tasks, and a blocked parent runs inline only children of its own."""
+
 
 class Task:
     """An owned task or actor call, from submission to completion."""

@@ -23,9 +23,10 @@ from .. import exceptions as exc
 
 def on_lease_refused(tasks: Any, sender: str, msg: tuple, frames: list) -> None:
     _, req_id, kind, reason = msg
-    req = tasks.requests.pop(req_id, None)
-    if req is None:  # withdrawn meanwhile
+    req = tasks.requests.get(req_id)
+    if req is None or sender != req.daemon:  # withdrawn meanwhile, or not from the daemon asked
         return
+    del tasks.requests[req_id]
     tasks.requests_out[req.key] -= 1
     queue = tasks.queues.pop(req.key, None) or ()
     for t in queue:

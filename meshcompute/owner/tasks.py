@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 from typing import Any
 
 from .. import exceptions as exc
@@ -41,7 +42,7 @@ from .lineage import Lineage
 from .object_ref import rebuild_ref
 from .objects import READY, Entry, ObjectTable, fill
 from .reconstruct import rebuild
-from .records import Lease, LeaseRequest, Task
+from .records import PIP_ENV_VAR, Lease, LeaseRequest, Task
 
 log = logging.getLogger("meshcompute")
 
@@ -319,7 +320,8 @@ class TaskQueues:
         for oid in oids:
             t = self.tasks.get(ids.task_of(oid))
             if (t is None or t.dispatched or t.deps or t.actor_id is not None or t.cancelled
-                    or type(t.num_returns) is not int or any(k != "CPU" or v > 1 for k, v in t.shape)):
+                    or type(t.num_returns) is not int or any(k != "CPU" or v > 1 for k, v in t.shape)
+                    or (t.pip_env[0] if t.pip_env else "") != os.environ.get(PIP_ENV_VAR, "")):
                 continue
             q = self.queues.get(t.key)
             if not q or t not in q:

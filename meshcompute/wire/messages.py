@@ -51,7 +51,6 @@ class Msg(IntEnum):
     BECOME_ACTOR = 23  # daemon hands a fresh worker an actor to construct
     ACTOR_READY = 24  # worker reports its actor constructed (or failed)
     REPLY = 25  # generic answer to a request carrying req_id
-    LEASE_REFUSED = 26  # never granted: its placement group was removed, or its runtime_env failed
     # 26 retired (SHUTDOWN: nothing sent it; a node stops on SIGTERM)
     CANCEL_LEASE_REQUEST = 27
     NODE_DRAINING = 28  # daemon -> owners of its leases: it is leaving; push nothing more, return when idle
@@ -99,6 +98,7 @@ class Msg(IntEnum):
     JOB_LOGS = 75  # client -> any daemon (relayed to the job's): its output from an offset; REPLY (status, chunk)
     STORE_RELEASE = 76  # daemon -> process: the store needs room, let go of the pins you keep idle
     BULK_OPEN = 77  # daemon -> daemon: a bulk session's id and key; REPLY with the bulk socket's endpoint
+    LEASE_REFUSED = 78  # never granted: its placement group was removed, or its runtime_env failed
 
 
 FIELDS: dict[Msg, tuple[str, ...]] = {

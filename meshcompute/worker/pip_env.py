@@ -30,9 +30,13 @@ import signal
 import site
 import subprocess
 import sys
+import time
 
-ENV_VAR = "MESH_PIP_ENV"
-"""Set in a worker of a pip environment to its hash (a task checks it runs in its own)."""
+from ..owner.records import PIP_ENV_VAR as ENV_VAR  # set in a worker of a pip environment to its hash
+
+INSTALL_FAILED = 3
+"""The exit code of a worker whose environment could not be installed (its reason is in the
+environment's ``.failed`` file); any other early exit is not an installation's failure."""
 
 PIP_TIMEOUT_S = 900.0
 """The longest one installation may take (s): building wheels from source can be slow."""
@@ -53,21 +57,28 @@ def checked(pip: object) -> tuple[str, list[str], list[str]]:
     for it is not trusted: it names a directory).  ValueError if malformed."""
     if not isinstance(pip, (tuple, list)) or len(pip) != 3:
         raise ValueError("malformed pip environment")
-    _, requirements, options = pip
+    try:
+        _, requirements, options = pip
+    except (TypeError, ValueError):
+        raise ValueError("malformed pip environment") from None
+    # One line each (pip splits a requirements file at any line break, not only "\n").
     if (not isinstance(requirements, list) or not requirements or len(requirements) > 1000
-            or not all(isinstance(r, str) and 0 < len(r) < 4096 and "\n" not in r for r in requirements)
-            or not isinstance(options, list) or not set(options) <= {"pip_check"}):
+            or not all(isinstance(r, str) and 0 < len(r) < 4096 and len(r.splitlines()) == 1 for r in requirements)
+            or not isinstance(options, list) or not all(isinstance(o, str) and o == "pip_check" for o in options)):
         raise ValueError("malformed pip environment")
     return pip_wire(requirements, "pip_check" in options)
 
 
 def failure(session_dir: str, env: str, reason: str) -> str:
-    """Why a worker of ``env`` exited before it served: pip's words when its installation failed."""
-    try:
-        with open(failure_path(session_dir, env)) as f:
-            return f"its pip runtime_env could not be installed: {f.read()}"
-    except OSError:
-        return f"the worker process of its pip runtime_env exited before it started ({reason})"
+    """Why a worker of ``env`` exited before it served (``reason``: how it exited): pip's words
+    when its installation failed."""
+    if reason == f"exited with code {INSTALL_FAILED}":
+        try:
+            with open(failure_path(session_dir, env)) as f:
+                return f"its pip runtime_env could not be installed: {f.read()}"
+        except OSError:
+            pass
+    return f"the worker process of its pip runtime_env exited before it started ({reason})"
 
 
 def env_dir(session_dir: str, env: str) -> str:
@@ -82,16 +93,24 @@ def requirements_path(session_dir: str, env: str) -> str:
     return env_dir(session_dir, env) + ".txt"
 
 
-def install(session_dir: str, env: str, log) -> str | None:
-    """Install environment ``env`` unless it is there; returns why it failed, or None."""
+def install(session_dir: str, env: str, log, started: float) -> str | None:
+    """Install environment ``env`` unless it is there; returns why it failed, or None.
+    ``started``: when this worker was asked for (a failure since then is its answer too)."""
     target = env_dir(session_dir, env)
     ready = os.path.join(target, ".meshcompute-ready")
     with open(target + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installation per node; the others wait for it
         if os.path.exists(ready):
             return None
+        try:  # another worker of this environment failed since this one started: so would this
+            if os.path.getmtime(failure_path(session_dir, env)) >= started:
+                with open(failure_path(session_dir, env)) as f:
+                    return f.read()
+            os.unlink(failure_path(session_dir, env))  # an older failure: try again
+        except FileNotFoundError:
+            pass
         with open(requirements_path(session_dir, env)) as f:
-            options = f.readline().split()  # first line: our own options (pip check)
+            options = f.readline().split()[2:]  # "# meshcompute: pip_check": a comment to pip
         shutil.rmtree(target, ignore_errors=True)
         why = _run([sys.executable, "-m", "venv", "--without-pip", target], log)
         if why is None:
@@ -109,10 +128,6 @@ def install(session_dir: str, env: str, log) -> str | None:
                 f.write(why)
             return why
         open(ready, "w").close()
-        try:
-            os.unlink(failure_path(session_dir, env))
-        except FileNotFoundError:
-            pass
         return None
 
 
@@ -147,6 +162,7 @@ def _run(cmd: list[str], log) -> str | None:
 
 def main(argv: list[str]) -> int:
     mode, session_dir, node_id, host, worker_id, zygote_pid, env = argv[:7]
+    started = time.time()
     if mode == "install":
         from ..host.sessions import set_parent_death_signal
 
@@ -155,10 +171,10 @@ def main(argv: list[str]) -> int:
             return 0
         log_path = os.path.join(session_dir, "logs", f"worker-{worker_id}.log")
         with open(log_path, "a") as log:
-            why = install(session_dir, env, log)
+            why = install(session_dir, env, log, started)
             if why is not None:
                 log.write(f"the pip runtime_env {env} could not be installed: {why}\n")
-                return 3
+                return INSTALL_FAILED
         # Become the worker: the virtualenv's interpreter.
         os.environ[ENV_VAR] = env
         python = os.path.join(env_dir(session_dir, env), "bin", "python")
