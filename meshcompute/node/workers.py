@@ -54,9 +54,10 @@ class WorkerPool:
       * ``workers`` holds every worker not known to have exited, by id;
         ``by_addr`` and ``by_pid`` index the same records once the worker
         registered (``by_addr``) or the zygote reported its pid (``by_pid``);
-      * ``starting`` counts records in state "starting": forks asked for whose
-        process has not registered yet (the scheduler forks only what is not
-        already on its way);
+      * ``starting`` counts records of the node's own workers in state "starting":
+        forks asked for whose process has not registered yet (the scheduler forks
+        only what is not already on its way); ``starting_env[env]`` counts the
+        same for the workers of each pip environment;
       * the pool never decides what a worker runs: leases and actors set
         ``state``/``lease_id``/``actor_id``; the pool only creates, indexes,
         reaps and kills.
