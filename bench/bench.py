@@ -298,6 +298,20 @@ def tree_memory(root, pss: bool = True) -> tuple[int, int, int]:
     return rss, total_pss, len(procs)
 
 
+def run_part(script: str, args: list[str], timeout: float) -> dict:
+    """Run ``script --part ...`` (a bench script's part in a fresh process, with this checkout
+    first on the path) and return the last JSON object it printed, or ``{"error": ...}``."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([repo, env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, os.path.abspath(script), "--part", *args], capture_output=True,
+                          text=True, env=env, cwd=repo, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-1500:]}
+    return json.loads(lines[-1])
+
+
 def run_child(cmd: list[str], name: str, timeout: float, env: dict | None = None, cwd: str | None = None,
               watch=None) -> dict:
     """Run a child that prints ``FIGURE``/``RESULT`` lines; returns the figures it printed.

@@ -28,6 +28,9 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench.py's helpers
+from bench import run_part  # noqa: E402
+
 MiB = 1 << 20
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -481,14 +484,7 @@ PARTS = {"put": part_put_mesh, "fresh": part_fresh, "options": part_options, "ra
 
 
 def _run_part(name: str, quick: bool) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--part", name] + (["--quick"] if quick else [])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr or proc.stdout)[-1500:]}
-    return json.loads(lines[-1])
+    return run_part(__file__, [name] + (["--quick"] if quick else []), 900)
 
 
 def _ray_available() -> bool:
