@@ -242,7 +242,7 @@ class LeaseTable:
             if req.fetching:
                 still.append(req)  # its arguments are on their way here
                 continue
-            removed = self.placement.removed_group(req.shape) if group_of(req.shape) else None
+            removed = self.placement.removed_group(req.shape)
             if removed is not None:  # its bundles are gone for good: waiting would be forever
                 self.send(req.owner, Msg.LEASE_REFUSED, req.req_id, "placement_group",
                           f"its placement group {removed} was removed")
