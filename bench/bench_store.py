@@ -262,8 +262,17 @@ def part_options(quick: bool) -> dict:
 
     import numpy as np
 
+    from meshcompute.store.layout import write_object_behind
     from meshcompute.store.pages import punch_hole
-    from meshcompute.store.shm import mapping_address, populate_write
+    from meshcompute.store.shm import (
+        PUT_CHUNK,
+        PopulatedRanges,
+        Prefaulter,
+        mapping_address,
+        populate,
+        populate_write,
+        unmap_pages,
+    )
 
     n = 100 * MiB
     src = np.random.default_rng(0).integers(0, 255, n, dtype=np.uint8)
@@ -306,6 +315,19 @@ def part_options(quick: bool) -> dict:
     def write_mapping():
         view[0][:] = src
 
+    def written_unmapped():
+        # What the daemon's warm region and warm pool hold: pages written once, not in this page table.
+        allocate()
+        populate(base, 0, n)
+        unmap_pages(base, 0, n)
+
+    populator = Prefaulter(base, PopulatedRanges(n), idle_unmap_s=None)
+
+    def copy_behind_populating():
+        job = populator.populate_now(0, n)
+        # (the object: a header and one buffer, 4 KiB short of the 100 MiB for it)
+        assert write_object_behind(memoryview(mm), b"", [memoryview(src)[: n - 4096]], False, job.wait, PUT_CHUNK)
+
     for _ in range(3 if quick else 5):
         timed("numpy copy into fresh memory", fresh_copy)
         timed("memcpy through a mapping, punched pages", write_mapping, punch)
@@ -318,8 +340,14 @@ def part_options(quick: bool) -> dict:
         timed("pwritev 2 threads, punched pages", lambda: pwritev_threads(2), punch)
         timed("pwritev 2 threads, allocated pages", lambda: pwritev_threads(2), allocate)
         timed("MADV_POPULATE_WRITE alone, punched pages", lambda: populate_write(base, 0, n), punch)
+        timed("pwritev, written pages", lambda: os.pwritev(fd, [memoryview(src)], 0), written_unmapped)
+        timed("MADV_POPULATE_READ alone, written pages", lambda: populate(base, 0, n), written_unmapped)
+        timed("MADV_POPULATE_READ, then memcpy, written pages", lambda: (populate(base, 0, n), write_mapping()),
+              written_unmapped)
+        timed("memcpy behind a thread populating, written pages", copy_behind_populating, written_unmapped)
         timed("fallocate alone", lambda: os.posix_fallocate(fd, 0, n), punch)
         timed("punching alone", punch)
+    populator.close()
     view.clear()
     mm.close()
     os.close(fd)

@@ -656,7 +656,8 @@ def test_ranges_merge_and_cover():
     assert len(r) == 1 and r.covers(0, 1000)
 
 
-def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_mapping(fresh_node, monkeypatch):
+def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_mapping(no_prefault, fresh_node,
+                                                                                     monkeypatch):
     from meshcompute.owner import context
     from meshcompute.owner import store_client as core_mod
 
@@ -698,6 +699,18 @@ def shm_table(tmp_path):
     os.close(fd)
 
 
+def test_a_block_is_written_only_inside_the_zeroed_region_and_never_punched():
+    from meshcompute.store.pages import EPOCH_CHUNK, PagePool
+
+    pool = PagePool(64 * EPOCH_CHUNK)
+    pool.zeroed = 16 * EPOCH_CHUNK
+    assert pool.punch_info(0, 16 * EPOCH_CHUNK) == (0, 0, True)
+    assert pool.punch_info(8 * EPOCH_CHUNK, 9 * EPOCH_CHUNK)[2] is False  # reaches past the zeroed region
+    pool.done(4 * EPOCH_CHUNK, 5 * EPOCH_CHUNK, EPOCH_CHUNK, EPOCH_CHUNK, ok=True)
+    assert pool.punch_info(0, 4 * EPOCH_CHUNK) == (1, 0, True)
+    assert pool.punch_info(0, 5 * EPOCH_CHUNK) == (1, 1, False)  # a hole now
+
+
 def test_table_punches_free_pages_beyond_the_warm_pool_highest_first(shm_table):
     from meshcompute.store.pages import allocated_bytes, resident_extents
 
@@ -715,8 +728,8 @@ def test_table_punches_free_pages_beyond_the_warm_pool_highest_first(shm_table):
     assert len(copies.jobs) == 1 and t.pages.punching == 32 * PAGE
     assert t.statistics().used == 16 * PAGE  # "d" only: a range being punched holds no object
     # The range being punched is reserved: a new block goes elsewhere meanwhile.
-    [(_, _, (status, off, epoch, punched_at))] = t.request_create(b"e", 8 * PAGE, "owner", "w", "w", 2)
-    assert status == "ok" and (epoch, punched_at) == (0, 0)
+    [(_, _, (status, off, epoch, punched_at, written))] = t.request_create(b"e", 8 * PAGE, "owner", "w", "w", 2)
+    assert status == "ok" and (epoch, punched_at, written) == (0, 0, False)  # nothing zeroed at start here
     assert not offs[b"b"] <= off < offs[b"c"] + 16 * PAGE
     copies.finish()
     assert t.pages.punching == 0 and t.pages.epoch == 1
@@ -725,8 +738,9 @@ def test_table_punches_free_pages_beyond_the_warm_pool_highest_first(shm_table):
     assert os.pread(t.arena_fd, 16 * PAGE, offs[b"d"]) == datas[b"d"]
     # A block over punched pages says so: its writer's mapping of them is gone.
     t.free([b"e"])
-    [(_, _, (status, off, epoch, punched_at))] = t.request_create(b"f", 48 * PAGE, "owner", "w", "w", 3)
-    assert status == "ok" and off == 0 and (epoch, punched_at) == (1, 1)
+    t.pages.zeroed = CAP  # (as if zeroed at start: punched since all the same)
+    [(_, _, (status, off, epoch, punched_at, written))] = t.request_create(b"f", 48 * PAGE, "owner", "w", "w", 3)
+    assert status == "ok" and off == 0 and (epoch, punched_at, written) == (1, 1, False)
     # With no floor, every free page goes.
     t.free([b"f"])
     t.pages.floor = 0
@@ -783,6 +797,58 @@ def _arena_bytes() -> int:
     return os.fstat(context.core.store.fd).st_blocks * 512
 
 
+def _shared_resident() -> int:
+    """Bytes of shared memory in this process's page table (/proc: RssShmem)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssShmem:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssShmem in /proc/self/status")
+
+
+def test_a_put_into_zeroed_pages_maps_them_as_it_copies_and_an_idle_writer_unmaps_them(fresh_node, monkeypatch):
+    from meshcompute.owner import context
+
+    core = context.core
+    size = 32 * MiB
+    # The daemon zeroes its pre-allocated region (64 MiB of this 256 MiB store) in the background.
+    assert wait_for(lambda: _stats()["zeroed_bytes"] >= 64 * MiB, timeout=30), _stats()
+    core.store.prefaulter.unmap_when_idle_for(3600.0)
+    before = dict(core.store.writes)
+    first = np.random.default_rng(1).random(size // 8)
+    ref = mesh.put(first)
+    assert dict(core.store.writes) == {**before, "populated": before.get("populated", 0) + 1}
+    assert np.array_equal(mesh.get(ref), first)
+    mapped = _shared_resident()
+    assert mapped >= size
+    # Idle a moment: the writer drops what it mapped; the daemon's arena keeps the pages.
+    arena = _arena_bytes()
+    core.store.prefaulter.unmap_when_idle_for(0.2)
+    assert wait_for(lambda: core.store.touched.total() == 0, timeout=10)
+    assert core.store.prefaulter.unmapped_bytes >= size
+    assert _shared_resident() <= mapped - size + MiB and _arena_bytes() >= arena - MiB
+    # The object reads the same through the dropped mapping (the pages fault back in).
+    assert np.array_equal(mesh.get(ref), first)
+    del ref
+    gc.collect()
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)
+    # The freed block is written again the same way, and reads back right.
+    core.store.prefaulter.unmap_when_idle_for(3600.0)
+    second = first[::-1].copy()
+    ref = mesh.put(second)
+    assert core.store.writes["populated"] == before.get("populated", 0) + 2 and "pwritev" not in core.store.writes
+    assert np.array_equal(mesh.get(ref), second)
+    del ref
+    gc.collect()
+    assert wait_for(lambda: _stats()["objects"] == 0, timeout=5)
+    # Now mapped: a memcpy, on two threads for an object this large; the halves meet right.
+    third = np.random.default_rng(3).random(size // 8)
+    mapped = core.store.writes["mapped"]
+    ref = mesh.put(third)
+    assert core.store.writes["mapped"] == mapped + 1
+    assert np.array_equal(mesh.get(ref), third)
+
+
 @pytest.mark.node_options(object_store_memory=1 << 30)
 def test_freed_arena_pages_go_back_to_the_kernel_and_reuse_stays_correct(no_prefault, fresh_node, monkeypatch):
     from meshcompute.owner import context
@@ -793,6 +859,8 @@ def test_freed_arena_pages_go_back_to_the_kernel_and_reuse_stays_correct(no_pref
     real = core_mod.pwrite_object
     monkeypatch.setattr(core_mod, "pwrite_object", lambda *a: pwrites.append(a[1]) or real(*a))
     monkeypatch.setattr(core_mod, "MAP_AHEAD_MAX", 0)  # only the blocks written are mapped
+    # The writer keeps what it mapped however long it stays idle: what it loses is the punches' doing.
+    core.store.prefaulter.unmap_when_idle_for(None)
     idle = _arena_bytes()
     rng = np.random.default_rng(5)
     offsets: list = []

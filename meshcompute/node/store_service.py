@@ -51,7 +51,8 @@ class StoreService:
         capacity = self.table.capacity
         prefault = default_prefault(capacity)
         self.table.pages = PagePool(capacity, floor=prefault, pool_max=default_warm_pool(capacity))
-        self.warmer = ArenaWarmer(path, prefault)
+        pages = self.table.pages
+        self.warmer = ArenaWarmer(path, prefault, on_zeroed=lambda n: setattr(pages, "zeroed", n))
         self.warmer.start()
 
     def stop_warming(self) -> None:
@@ -150,6 +151,7 @@ class StoreService:
         stats = asdict(self.table.statistics())
         # How much of the arena's warm region is pre-allocated so far; what was punched out.
         stats["prefaulted_bytes"] = self.warmer.done if self.warmer is not None else 0
+        stats["zeroed_bytes"] = self.warmer.zeroed if self.warmer is not None else 0
         stats.update(self.table.pages.statistics())
         return stats
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
+from typing import Any
 
 _HEAD = struct.Struct("<IIB7x")
 _ALIGN = 64
@@ -45,6 +47,63 @@ def write_object(dest: memoryview, meta: bytes, buffers: list, is_error: bool = 
     for buf, n in zip(buffers, lens):
         dest[pos : pos + n] = buf
         pos += n + _pad(n)
+
+
+def _copy_range(out: Any, pieces: list, lo: int, hi: int, step: int | None = None,
+                ready: Callable[[int], bool] | None = None) -> bool:
+    """Copy bytes ``[lo, hi)`` of the object whose bytes are ``pieces`` into ``out`` (a uint8
+    array), in parts of at most ``step`` bytes, each once ``ready(end of the part)`` said so
+    (False: stop, and return False).  numpy copies without the GIL."""
+    import numpy as np
+
+    start = 0
+    for piece in pieces:
+        size = memoryview(piece).nbytes
+        a, b = max(lo, start), min(hi, start + size)
+        if a < b:
+            src = np.frombuffer(piece, dtype=np.uint8)
+            while a < b:
+                n = b - a if step is None else min(b - a, step - a % step)
+                if ready is not None and not ready(a + n):
+                    return False
+                out[a: a + n] = src[a - start: a - start + n]
+                a += n
+        start += size
+        if start >= hi:
+            break
+    return True
+
+
+def write_object_split(dest: memoryview, meta: bytes, buffers: list, is_error: bool,
+                       run_elsewhere: Callable[[Callable[[], Any]], Callable[[], Any]]) -> None:
+    """:func:`write_object` on two cores: ``run_elsewhere(fn)`` starts ``fn`` on another thread
+    and returns a call that waits for it; that thread copies the second half of the bytes
+    while this one copies the first."""
+    import numpy as np
+
+    out = np.frombuffer(dest, dtype=np.uint8)
+    pieces = object_chunks(meta, buffers, is_error)
+    mid = out.size // 2 // _ALIGN * _ALIGN
+    wait = run_elsewhere(lambda: _copy_range(out, pieces, mid, out.size))
+    try:
+        _copy_range(out, pieces, 0, mid)
+    finally:
+        wait()
+
+
+def write_object_behind(dest: memoryview, meta: bytes, buffers: list, is_error: bool,
+                        ready: Callable[[int], bool], step: int) -> bool:
+    """Copy the object into ``dest`` like :func:`write_object`, in parts of at most ``step``
+    bytes, each only once ``ready(end)`` said that ``dest[:end]`` may be written now (another
+    thread maps those pages meanwhile).  Returns False, having stopped, when ``ready`` did.
+
+    The copies run without the GIL (numpy's), so the thread preparing the next parts runs
+    meanwhile on another core.
+    """
+    import numpy as np
+
+    out = np.frombuffer(dest, dtype=np.uint8)
+    return _copy_range(out, object_chunks(meta, buffers, is_error), 0, out.size, step, ready)
 
 
 _ZEROS = bytes(_ALIGN)

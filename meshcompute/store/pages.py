@@ -109,6 +109,7 @@ class PagePool:
         self.epoch = 0
         self.epochs = array("q", [0]) * (capacity // EPOCH_CHUNK + 1)
         self.punching = 0
+        self.zeroed = 0  # [0, zeroed) was allocated and zeroed at start (shm.ArenaWarmer), not punched since unless epochs say so
         self.punched_bytes = 0  # bytes of resident pages returned so far (statistics)
         self.allocated_total = 0  # bytes of blocks handed out, ever
         # (time, allocated_total) at each check of the last window, after a sample of 0 at the start.
@@ -129,11 +130,18 @@ class PagePool:
         recent = self.allocated_total - samples[0][1]
         return max(self.floor, min(self.pool_max, 2 * recent))
 
-    def punch_info(self, offset: int, size: int) -> tuple[int, int]:
-        """(epoch now, latest punch epoch of the chunks of ``[offset, offset+size)``): the writer's
-        populated pages there older than the second are gone."""
+    def punch_info(self, offset: int, size: int) -> tuple[int, int, bool]:
+        """(epoch now, latest punch epoch of the chunks of ``[offset, offset+size)``, whether
+        every page there is written): the writer's populated pages there older than the
+        second are gone; where the third is true, populating the block costs no zeroing.
+
+        "Written" is known for the region zeroed at start and never punched; a block
+        elsewhere may be all written too (freed pages the pool kept), but asking the
+        kernel page by page costs ~1 ms per 100 MiB, so such a block counts as not.
+        """
         first, last = offset // EPOCH_CHUNK, (offset + max(size, 1) - 1) // EPOCH_CHUNK
-        return self.epoch, max(self.epochs[first:last + 1])
+        punched_at = max(self.epochs[first:last + 1])
+        return self.epoch, punched_at, punched_at == 0 and offset + size <= self.zeroed
 
     # --------------------------------------------------------------- punching
 

@@ -6,11 +6,18 @@ it in the writer's page table one fault at a time (docs/store.md has the
 figures).  Three things here take that off the put's path:
 
 * :class:`ArenaWarmer` (daemon side) allocates the tmpfs pages of the low part
-  of the arena with ``fallocate`` in the background, at low priority;
-* :func:`populate_write` installs a range of a writer's mapping in one system
-  call (``MADV_POPULATE_WRITE``, Linux 5.14+) instead of a fault per page;
+  of the arena with ``fallocate`` in the background, at low priority, and
+  zeroes them: ``fallocate`` leaves a page unwritten until something first
+  touches it, and mapping an unwritten page costs a fault and a zeroing each;
+* :func:`populate` installs a range of a writer's mapping in one system call
+  (``MADV_POPULATE_READ``, Linux 5.14+) instead of a fault per page; on a
+  shared mapping of written tmpfs pages it maps them writable, 16 per fault;
 * :class:`Prefaulter` (writer side) does that in the background for blocks the
-  writer wrote with ``pwritev``, so the next put reusing them is a plain memcpy;
+  writer wrote with ``pwritev``, so the next put reusing them is a plain memcpy,
+  and, on a thread of normal priority, chunk by chunk ahead of a put that copies
+  behind it (:meth:`Prefaulter.populate_now`); once the writer has put nothing
+  for ``IDLE_UNMAP_S`` it drops the pages from its page table again (the file
+  keeps them: only this process's resident size shrinks);
   :class:`PopulatedRanges` remembers which pages of the writer's mapping are
   populated, and forgets those the daemon punched out of the arena since
   (store/pages.py: freed pages beyond the warm pool go back to the kernel).
@@ -26,15 +33,25 @@ import logging
 import mmap
 import os
 import threading
+import time
 from array import array
+from collections.abc import Callable
 
-from .pages import EPOCH_CHUNK
+from .pages import EPOCH_CHUNK, WINDOW_S
 
 log = logging.getLogger("meshcompute.store")
 
+MADV_DONTNEED = 4
+MADV_POPULATE_READ = 22
 MADV_POPULATE_WRITE = 23
 CHUNK = 8 << 20
 """Background work is done in chunks of this many bytes, so it yields often."""
+PUT_CHUNK = 4 << 20
+"""Bytes a put's copy trails its populating thread by: small enough that the copy starts
+early (populating 4 MiB takes ~0.3 ms), large enough that each step is one system call."""
+IDLE_UNMAP_S = WINDOW_S
+"""Seconds without a put after which a writer drops the arena pages it populated from its page
+table: as long as the daemon keeps a burst's freed pages warm (store/pages.py)."""
 
 _libc = None
 
@@ -66,6 +83,29 @@ def populate_write(base: int, offset: int, length: int) -> int:
     start = offset - offset % mmap.PAGESIZE
     rc = _madvise()(base + start, offset + length - start, MADV_POPULATE_WRITE)
     return 0 if rc == 0 else ctypes.get_errno()
+
+
+def populate(base: int, offset: int, length: int) -> int:
+    """Install pages ``[offset, offset+length)`` of the shared mapping at ``base``.
+
+    ``MADV_POPULATE_READ``: on tmpfs a read fault maps a page that is already
+    written (not a hole, not left unwritten by ``fallocate``) writable and maps
+    its neighbours with it, about 3x faster than ``MADV_POPULATE_WRITE`` here.
+    Returns 0 or the errno, as :func:`populate_write` does.
+    """
+    if length <= 0:
+        return 0
+    start = offset - offset % mmap.PAGESIZE
+    rc = _madvise()(base + start, offset + length - start, MADV_POPULATE_READ)
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
+def unmap_pages(base: int, offset: int, length: int) -> None:
+    """Drop pages ``[offset, offset+length)`` from this process's page table
+    (``MADV_DONTNEED`` on a shared file mapping: the file keeps them and their bytes;
+    touching them again maps them back)."""
+    start = offset - offset % mmap.PAGESIZE
+    _madvise()(base + start, offset + length - start, MADV_DONTNEED)
 
 
 def lower_thread_priority(nice: int = 10) -> None:
@@ -115,6 +155,10 @@ class Ranges:
             i = bisect.bisect_right(self._starts, start) - 1
             return i >= 0 and self._ends[i] >= end
 
+    def spans(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return list(zip(self._starts, self._ends))
+
     def total(self) -> int:
         with self._lock:
             return sum(e - s for s, e in zip(self._starts, self._ends))
@@ -152,6 +196,16 @@ class PopulatedRanges(Ranges):
                 self.since[first:last] = array("q", [min(s, epoch) for s in chunks])
             self.add(start, end)
 
+    def forget_all(self) -> list[tuple[int, int]]:
+        """Forget every populated range; returns them."""
+        with self._epochs_lock:
+            spans = self.spans()
+            for start, end in spans:
+                self.remove(start, end)
+                first, last = start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1
+                self.since[first:last] = array("q", [self.NEVER]) * (last - first)
+            return spans
+
     def forget_punched(self, start: int, end: int, punched_at: int) -> None:
         """The block ``[start, end)``'s chunks were last punched at epoch ``punched_at``."""
         first, last = start // EPOCH_CHUNK, (end - 1) // EPOCH_CHUNK + 1
@@ -164,23 +218,62 @@ class PopulatedRanges(Ranges):
                     self.remove(c * EPOCH_CHUNK, (c + 1) * EPOCH_CHUNK)
 
 
+class PopulateJob:
+    """One put's block being populated ahead of its copy: :meth:`wait` blocks until the
+    pages up to a point are in the page table, or the populating failed."""
+
+    def __init__(self, offset: int, length: int) -> None:
+        self.offset = offset
+        self.end = offset + length
+        self.done_upto = offset  # [offset, done_upto) is populated
+        self.failed = False
+        self._cv = threading.Condition()
+
+    def advance(self, upto: int) -> None:
+        with self._cv:
+            self.done_upto = upto
+            self._cv.notify()
+
+    def fail(self) -> None:
+        with self._cv:
+            self.failed = True
+            self._cv.notify()
+
+    def wait(self, upto: int, timeout: float = 5.0) -> bool:
+        """True once ``[offset, upto)`` is populated; False if that failed or took over
+        ``timeout`` seconds (the writer then writes with ``pwritev``)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self.done_upto >= upto or self.failed, timeout) and not self.failed
+
+
 class Prefaulter:
-    """Populates ranges of a writer's arena mapping in a background thread.
+    """Populates ranges of a writer's arena mapping: in the background, and ahead of a put.
 
     ``touched`` records what is populated; a put into a covered block copies
-    through the mapping at memcpy speed.  The thread starts at the first request
-    and is a daemon thread; ``close`` stops it between chunks.  Requests are
-    served in order, except that one marked ``ahead`` (the range a writer's
-    next put most likely lands in) goes before all others.
+    through the mapping at memcpy speed.  Two daemon threads, each started at
+    its first use and stopped by ``close`` between chunks:
+
+    * a low-priority one serves :meth:`request` in order, except that one marked
+      ``ahead`` (the range a writer's next put most likely lands in) goes before
+      all others; it also unmaps what is populated once the writer has put
+      nothing for ``idle_unmap_s`` (a process that put 2 GiB once does not keep
+      it resident; the daemon's warm pool keeps the pages themselves);
+    * one of normal priority serves :meth:`populate_now`, the block a put is
+      copying into right now, chunk by chunk ahead of the copy.
     """
 
-    def __init__(self, base: int, touched: PopulatedRanges) -> None:
+    def __init__(self, base: int, touched: PopulatedRanges, idle_unmap_s: float = IDLE_UNMAP_S) -> None:
         self.base = base
         self.touched = touched
+        self.idle_unmap_s = idle_unmap_s
+        self.last_put = time.monotonic()
+        self.unmapped_bytes = 0  # dropped from the page table after idle periods (statistics, tests)
         self._queue: collections.deque[tuple[int, int, int]] = collections.deque()
+        self._jobs: collections.deque[PopulateJob] = collections.deque()
         self._cv = threading.Condition()
         self._map_lock = threading.Lock()  # held while touching the mapping
         self._thread: threading.Thread | None = None
+        self._put_thread: threading.Thread | None = None
         self._closed = False
         self.supported = True
 
@@ -193,25 +286,110 @@ class Prefaulter:
                 self._queue.appendleft((offset, length, epoch))
             else:
                 self._queue.append((offset, length, epoch))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
-                self._thread.start()
-            self._cv.notify()
+            self._start_background()
+            self._cv.notify_all()
+
+    def note_put(self) -> None:
+        """The writer put something now: what it populated stays mapped a while longer."""
+        self.last_put = time.monotonic()
+        if self._thread is None and self.idle_unmap_s is not None:
+            with self._cv:
+                self._start_background()
+
+    def unmap_when_idle_for(self, seconds: float | None) -> None:
+        """Unmap what is populated after ``seconds`` without a put (None: never)."""
+        with self._cv:
+            self.idle_unmap_s = seconds
+            self._cv.notify_all()
+
+    def populate_now(self, offset: int, length: int) -> PopulateJob:
+        """Start populating a put's block; the put copies behind it (:meth:`PopulateJob.wait`)."""
+        job = PopulateJob(offset, length)
+        with self._cv:
+            if self._closed or not self.supported:
+                job.fail()
+                return job
+            self._jobs.append(job)
+            if self._put_thread is None:
+                self._put_thread = threading.Thread(target=self._serve_puts, name="meshcompute-populate", daemon=True)
+                self._put_thread.start()
+            self._cv.notify_all()
+        return job
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._queue.clear()
-            self._cv.notify()
+            for job in self._jobs:
+                job.fail()
+            self._jobs.clear()
+            self._cv.notify_all()
         with self._map_lock:  # the mapping may be closed once this returns
             pass
+
+    def _start_background(self) -> None:  # with self._cv held
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
+            self._thread.start()
+
+    def _populate(self, pos: int, n: int) -> int:
+        with self._map_lock:
+            if self._closed:
+                return errno.ESHUTDOWN
+            err = populate(self.base, pos, n)
+        if err == errno.EINVAL:  # an old kernel: writers use their mapping
+            self.supported = False
+        return err
+
+    def _serve_puts(self) -> None:
+        while True:
+            with self._cv:
+                while not self._jobs and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                job = self._jobs.popleft()
+            pos = job.offset
+            while pos < job.end:
+                n = min(PUT_CHUNK, job.end - pos)
+                if self._populate(pos, n):
+                    job.fail()  # no room in /dev/shm, or closed: the put writes with pwritev
+                    break
+                pos += n
+                job.advance(pos)
+
+    def _idle_wait(self) -> bool:
+        """Wait for a request (True), or until the writer has been idle long enough that
+        its populated pages should go (False).  With ``self._cv`` held."""
+        while not self._queue and not self._closed:
+            if self.idle_unmap_s is None or not len(self.touched):
+                self._cv.wait()
+                continue
+            left = self.last_put + self.idle_unmap_s - time.monotonic()
+            if left <= 0:
+                return False
+            self._cv.wait(left)
+        return True
+
+    def _unmap_idle(self) -> None:
+        with self._map_lock:
+            if self._closed or time.monotonic() - self.last_put < self.idle_unmap_s:
+                return
+            for start, end in self.touched.forget_all():
+                unmap_pages(self.base, start, end - start)
+                self.unmapped_bytes += end - start
 
     def _run(self) -> None:
         lower_thread_priority()
         while True:
             with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
+                if not self._idle_wait():
+                    self._cv.release()
+                    try:
+                        self._unmap_idle()
+                    finally:
+                        self._cv.acquire()
+                    continue
                 if self._closed:
                     return
                 offset, length, epoch = self._queue.popleft()
@@ -219,32 +397,34 @@ class Prefaulter:
             pos = offset
             while pos < end:
                 n = min(CHUNK, end - pos)
-                with self._map_lock:
-                    if self._closed:
-                        return
-                    err = populate_write(self.base, pos, n)
-                if err == errno.EINVAL:  # an old kernel: writers use their mapping
-                    self.supported = False
-                    return
-                if err:  # no room in /dev/shm: leave the rest to pwritev
+                if self._populate(pos, n):  # no room in /dev/shm: leave the rest to pwritev
                     break
                 self.touched.add_at(pos, pos + n, epoch)
                 pos += n
 
 
 class ArenaWarmer:
-    """Allocates the tmpfs pages of ``[0, length)`` of the arena in the background.
+    """Allocates and zeroes the tmpfs pages of ``[0, length)`` of the arena in the background.
 
     ``fallocate`` on pages that hold data already changes nothing, so it runs
-    regardless of what is allocated.  The region is the warm pool's floor
-    (store/pages.py): freed pages beyond the pool go back to the kernel, these stay.
+    regardless of what is allocated.  It leaves new pages unwritten, though:
+    the first process to map one pays a fault and the zeroing.  So each chunk
+    is then read through a mapping of this thread's own (reading changes no
+    byte), which zeroes the pages once, and unmapped again.  ``zeroed`` grows as
+    that goes; blocks below it are ready to be populated and copied into at
+    memory speed (the STORE_CREATE reply says so).  The region is the warm
+    pool's floor (store/pages.py): freed pages beyond the pool go back to the
+    kernel, these stay.
     """
 
-    def __init__(self, path: str, length: int, delay: float = 0.5) -> None:
+    def __init__(self, path: str, length: int, delay: float = 0.5,
+                 on_zeroed: Callable[[int], None] | None = None) -> None:
         self.path = path
         self.length = length
         self.delay = delay
         self.done = 0
+        self.zeroed = 0
+        self.on_zeroed = on_zeroed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="meshcompute-warm", daemon=True)
 
@@ -265,16 +445,27 @@ class ArenaWarmer:
             fd = os.open(self.path, os.O_RDWR)
         except OSError:
             return
+        view: mmap.mmap | None = None
         try:
+            view = mmap.mmap(fd, self.length)
+            base = mapping_address(view)
             while self.done < self.length and not self._stop.is_set():
                 n = min(CHUNK, self.length - self.done)
                 os.posix_fallocate(fd, self.done, n)
+                if populate(base, self.done, n) == 0:
+                    unmap_pages(base, self.done, n)
+                    if self.zeroed == self.done:
+                        self.zeroed += n
+                        if self.on_zeroed is not None:
+                            self.on_zeroed(self.zeroed)
                 self.done += n
                 # Yield between chunks: on a small machine a tight loop of
                 # fallocate starves the node's own loop (gossip answers late).
                 if self._stop.wait(0.02):
                     break
-        except OSError as err:  # /dev/shm full: not fatal, puts fault pages in themselves
+        except (OSError, ValueError) as err:  # /dev/shm full: not fatal, puts fault pages in themselves
             log.info("stopped pre-allocating the arena at %d bytes: %s", self.done, err)
         finally:
+            if view is not None:
+                view.close()
             os.close(fd)
