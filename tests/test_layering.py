@@ -130,3 +130,21 @@ def test_sched_takes_clock_and_randomness_as_arguments():
     for path in (ROOT / "sched").glob("*.py"):
         for line, target in _imports(path):
             assert target not in ("!time", "!os"), f"{path.name}:{line} imports {target[1:]}"
+
+
+@pytest.mark.parametrize("modules", [
+    "meshcompute",  # a driver
+    "meshcompute.owner.runtime, meshcompute.worker.executor, meshcompute.worker.main",  # what the zygote preloads
+    "meshcompute.node.daemon",
+])
+def test_processes_do_not_import_what_few_use(modules):
+    """asyncio and ssl (7 MiB of every process's resident size), prometheus_client with its
+    HTTP server: imported only where used (async actors, `await ref`, a metrics port)."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, importlib\nfor m in {modules!r}.split(', '): importlib.import_module(m)\n"
+            "print(' '.join(m for m in ('asyncio', 'ssl', 'prometheus_client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"{modules} imports {out.stdout.strip()}"

@@ -9,7 +9,6 @@ many times it was restarted). A driver runs no task: these say so.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..owner.object_ref import ObjectRef
@@ -90,6 +89,8 @@ def is_canceled(core: Any) -> bool:
     ex = core.executor
     if ex._loop is not None:
         try:
+            import asyncio
+
             asyncio.get_running_loop()
         except RuntimeError:
             pass

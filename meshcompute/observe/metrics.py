@@ -17,9 +17,6 @@ import errno
 import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
 from ..exceptions import MeshError
 from .stats import LATENCY_BUCKETS
 
@@ -90,6 +87,8 @@ class SnapshotCollector:
         return []  # nothing to check at registration: the families come from the snapshot
 
     def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         snap = self.snapshot
         for name, (kind, labels, text) in FAMILIES.items():
             names = ["node", *labels]
@@ -118,6 +117,10 @@ class MetricsServer:
     daemon process's own CPU, memory and descriptors (``process_*``)."""
 
     def __init__(self, node_id: str, host: str, port: int) -> None:
+        # Imported here: prometheus_client brings http.server and ssl (4 MiB), and a node
+        # without a metrics port (the default) never serves them.
+        from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = SnapshotCollector(node_id)
         self.registry.register(self.collector)

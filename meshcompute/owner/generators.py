@@ -7,7 +7,6 @@ consumer's side, usable from any user thread, and from asyncio code.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from .. import exceptions as exc
@@ -63,6 +62,8 @@ class ObjectRefGenerator:
         return self
 
     async def __anext__(self) -> ObjectRef:
+        import asyncio
+
         ref = await asyncio.get_running_loop().run_in_executor(None, self._next_or_none)
         if ref is None:
             raise StopAsyncIteration

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..wire import ids
 from ..wire.serialization import current_deserialize_context, note_contained
 from . import context
+
+if TYPE_CHECKING:  # asyncio (and ssl with it) costs 7 MiB a process: imported where used
+    import asyncio
 
 
 class ObjectRef:
@@ -87,6 +89,8 @@ class ObjectRef:
 
     def as_future(self) -> asyncio.Future:
         """An asyncio future of the value, in the running event loop."""
+        import asyncio
+
         return asyncio.wrap_future(self.future())
 
     def __await__(self):

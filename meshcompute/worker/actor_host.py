@@ -9,7 +9,6 @@ methods.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextvars
 import inspect
@@ -64,6 +63,8 @@ class ActorHost:
                 # actor's loop, before any call runs (calls wait for ACTOR_READY).
                 instance = cls.__new__(cls)
                 init = call_with(instance.__init__, args, spec["kw_names"])
+                import asyncio
+
                 asyncio.run_coroutine_threadsafe(init, self._loop).result()
                 self.actor = instance
             else:
@@ -80,6 +81,8 @@ class ActorHost:
         core.post(core._send_daemon, Msg.ACTOR_READY, actor_id, None)
 
     def _start_async_loop(self, concurrency: int) -> None:
+        import asyncio
+
         loop = asyncio.new_event_loop()
         self._loop = loop
         started = threading.Event()
@@ -110,6 +113,8 @@ class ActorHost:
         with self._calls_cv:  # counted until its result is out: exit_actor() waits for it
             self._calls_running += 1
         if self._loop is not None:
+            import asyncio
+
             asyncio.run_coroutine_threadsafe(self._call_async(caller, call, frames), self._loop)
         else:
             self._pool.submit(self._call_sync, caller, call, frames)
@@ -183,6 +188,8 @@ class ActorHost:
             fn = getattr(self.actor, method)
             result = call_with(fn, args, kw_names)
             if inspect.iscoroutine(result):
+                import asyncio
+
                 result = asyncio.run(result)
             if isinstance(num_returns, (tuple, list)):
                 result = self._stream(caller, task_id, result, num_returns, f"{type(self.actor).__name__}.{method}")
@@ -216,6 +223,8 @@ class ActorHost:
             self._call_ended()
 
     async def _call_async_once(self, caller: str, call: tuple, frames: list) -> None:
+        import asyncio
+
         task_id, method, args_wire, kw_names, num_returns, return_ids = call
         result = error = None
         label = f"{self.actor_label}.{method}"
@@ -256,6 +265,8 @@ class ActorHost:
 
     async def _run_async(self, caller: str, task_id: bytes, method: str, args_wire: list, kw_names: tuple,
                          num_returns: Any, frames: list) -> Any:
+        import asyncio
+
         if any(a[0] == "r" for a in args_wire):
             args = await asyncio.get_running_loop().run_in_executor(
                 None, self._resolve_args, args_wire, frames, caller)

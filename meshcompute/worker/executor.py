@@ -8,7 +8,6 @@ task waiting on its children never sits on work those children need.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import inspect
 import itertools
@@ -19,7 +18,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import exceptions as exc
 from ..observe.stats import FunctionStats
@@ -31,6 +30,9 @@ from ..wire.serialization import DeserializeContext, deserialize, serialize
 from . import actor_host, calls
 from .actor_host import ActorHost
 from .calls import RUNNING, Cancelled, Running, call_with, copy_of, error_of
+
+if TYPE_CHECKING:  # asyncio (and ssl with it) costs 7 MiB a process: imported where used
+    import asyncio
 
 _OWN_FILES = frozenset({__file__, actor_host.__file__, calls.__file__})
 """The executor's own files: their frames are left out of remote tracebacks."""
@@ -386,6 +388,8 @@ class Executor(ActorHost):
         refs: list = []
         for i in itertools.count():
             if how[1] is not None:
+                import asyncio
+
                 await asyncio.get_running_loop().run_in_executor(None, self._await_consumer, task_id, i, how[1])
             try:
                 value = await gen.__anext__()
