@@ -642,6 +642,44 @@ def test_clean_stale_sessions_leaves_arenas_of_live_daemons_alone():
                 os.unlink(path)
 
 
+def test_a_put_copies_only_behind_the_populating_thread_at_any_offset():
+    import mmap
+
+    from meshcompute.store.layout import encoded_size, read_object, write_object_behind
+    from meshcompute.store.shm import PUT_CHUNK, PopulatedRanges, Prefaulter, mapping_address
+
+    offset, payload = 3 * PUT_CHUNK + 4096, np.random.default_rng(7).integers(0, 255, 5 * PUT_CHUNK, np.uint8)
+    size = encoded_size(3, [payload.nbytes])
+    path = f"/dev/shm/meshcompute_test_{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    os.unlink(path)
+    try:
+        os.ftruncate(fd, offset + size)
+        os.pwrite(fd, bytes(offset + size), 0)  # written pages, as the warm region's are
+        mm = mmap.mmap(fd, offset + size)
+        populator = Prefaulter(mapping_address(mm), PopulatedRanges(offset + size), idle_unmap_s=None)
+        job = populator.populate_now(offset, size)
+        asked: list = []
+
+        def ready(length: int) -> bool:
+            ok = job.wait(length)
+            asked.append((length, job.done_upto - offset))
+            return ok
+
+        view = memoryview(mm)[offset: offset + size]
+        assert write_object_behind(view, b"abc", [memoryview(payload)], False, ready, PUT_CHUNK)
+        # Every part was copied once the pages under it were mapped, never before.
+        assert len(asked) >= 6 and all(done >= length for length, done in asked), asked
+        assert asked[-1][0] == size
+        meta, bufs, _ = read_object(view)
+        assert bytes(meta) == b"abc" and np.array_equal(np.frombuffer(bufs[0], np.uint8), payload)
+        del meta, bufs, view
+        populator.close()
+        mm.close()
+    finally:
+        os.close(fd)
+
+
 def test_ranges_merge_and_cover():
     from meshcompute.store.shm import Ranges
 

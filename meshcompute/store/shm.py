@@ -239,9 +239,10 @@ class PopulateJob:
             self.failed = True
             self._cv.notify()
 
-    def wait(self, upto: int, timeout: float = 5.0) -> bool:
-        """True once ``[offset, upto)`` is populated; False if that failed or took over
-        ``timeout`` seconds (the writer then writes with ``pwritev``)."""
+    def wait(self, length: int, timeout: float = 5.0) -> bool:
+        """True once the block's first ``length`` bytes are populated; False if that failed
+        or took over ``timeout`` seconds (the writer then writes with ``pwritev``)."""
+        upto = self.offset + length
         with self._cv:
             return self._cv.wait_for(lambda: self.done_upto >= upto or self.failed, timeout) and not self.failed
 

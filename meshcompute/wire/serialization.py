@@ -55,6 +55,8 @@ class Serialized:
 
     @property
     def size(self) -> int:
+        if not self.buffers:  # most values (a task's results one by one): no generator to make
+            return len(self.meta)
         return len(self.meta) + sum(memoryview(b).nbytes for b in self.buffers)
 
 
