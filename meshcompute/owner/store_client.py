@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -72,12 +73,19 @@ class StoreClient:
         self.writes: collections.Counter = collections.Counter()
         self._two_cores = len(os.sched_getaffinity(0)) >= 2
         self._copier: concurrent.futures.ThreadPoolExecutor | None = None
+        self._copier_lock = threading.Lock()
 
     def _run_on_copier(self, fn: Callable[[], Any]) -> Callable[[], Any]:
-        """Start ``fn`` on this process's copy thread; returns a call that waits for it."""
-        if self._copier is None:
-            self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="meshcompute-copy")
-        return self._copier.submit(fn).result
+        """Start ``fn`` on this process's copy thread; returns a call that waits for it.
+        Where no thread can start (interpreter exit), runs ``fn`` here first."""
+        try:
+            with self._copier_lock:
+                if self._copier is None:
+                    self._copier = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="meshcompute-copy")
+                return self._copier.submit(fn).result
+        except RuntimeError:
+            fn()
+            return lambda: None
 
     def put(self, ser: Serialized, owner: str, object_id: bytes | None, keep_pinned: bool = False) -> tuple:
         """Store a value; returns ("v", ser) for small values or ("s", offset, size).
@@ -187,6 +195,8 @@ class StoreClient:
             self.arena.close()
         except Exception:  # views handed to the user are still alive; the OS unmaps at exit
             pass
+        # self.fd stays open: a put still running on another thread writes with it, and a
+        # number closed here could be some other file's by then.  One per init(), closed at exit.
 
 
 def store_full(why: str) -> exc.ObjectStoreFullError:

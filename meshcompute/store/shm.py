@@ -220,13 +220,13 @@ class PopulatedRanges(Ranges):
 
 class PopulateJob:
     """One put's block being populated ahead of its copy: :meth:`wait` blocks until the
-    pages up to a point are in the page table, or the populating failed."""
+    block's first bytes are in the page table, or the populating failed."""
 
     def __init__(self, offset: int, length: int) -> None:
         self.offset = offset
         self.end = offset + length
         self.done_upto = offset  # [offset, done_upto) is populated
-        self.failed = False
+        self.failed = False  # populating failed, or the put stopped waiting: stop populating
         self._cv = threading.Condition()
 
     def advance(self, upto: int) -> None:
@@ -241,10 +241,14 @@ class PopulateJob:
 
     def wait(self, length: int, timeout: float = 5.0) -> bool:
         """True once the block's first ``length`` bytes are populated; False if that failed
-        or took over ``timeout`` seconds (the writer then writes with ``pwritev``)."""
+        or took over ``timeout`` seconds (the writer then writes with ``pwritev``, and the
+        rest of the block is not populated: it may be freed and punched meanwhile)."""
         upto = self.offset + length
         with self._cv:
-            return self._cv.wait_for(lambda: self.done_upto >= upto or self.failed, timeout) and not self.failed
+            if self._cv.wait_for(lambda: self.done_upto >= upto or self.failed, timeout) and not self.failed:
+                return True
+            self.failed = True
+            return False
 
 
 class Prefaulter:
@@ -261,9 +265,13 @@ class Prefaulter:
       it resident; the daemon's warm pool keeps the pages themselves);
     * one of normal priority serves :meth:`populate_now`, the block a put is
       copying into right now, chunk by chunk ahead of the copy.
+
+    The two never wait for each other: each counts itself in ``_busy`` while it
+    touches the mapping, and ``close`` waits for that count to reach 0 (the
+    mapping may be closed once it returns).
     """
 
-    def __init__(self, base: int, touched: PopulatedRanges, idle_unmap_s: float = IDLE_UNMAP_S) -> None:
+    def __init__(self, base: int, touched: PopulatedRanges, idle_unmap_s: float | None = IDLE_UNMAP_S) -> None:
         self.base = base
         self.touched = touched
         self.idle_unmap_s = idle_unmap_s
@@ -272,7 +280,7 @@ class Prefaulter:
         self._queue: collections.deque[tuple[int, int, int]] = collections.deque()
         self._jobs: collections.deque[PopulateJob] = collections.deque()
         self._cv = threading.Condition()
-        self._map_lock = threading.Lock()  # held while touching the mapping
+        self._busy = 0  # threads touching the mapping now
         self._thread: threading.Thread | None = None
         self._put_thread: threading.Thread | None = None
         self._closed = False
@@ -281,21 +289,21 @@ class Prefaulter:
     def request(self, offset: int, length: int, epoch: int, ahead: bool = False) -> None:
         """Populate ``[offset, offset+length)``, a range whose pages are as of punch epoch ``epoch``."""
         with self._cv:
-            if self._closed or not self.supported:
+            if self._closed or not self.supported or not self._start_background():
                 return
             if ahead:
                 self._queue.appendleft((offset, length, epoch))
             else:
                 self._queue.append((offset, length, epoch))
-            self._start_background()
             self._cv.notify_all()
 
     def note_put(self) -> None:
-        """The writer put something now: what it populated stays mapped a while longer."""
+        """The writer puts something now: what it populated stays mapped ``idle_unmap_s`` longer."""
         self.last_put = time.monotonic()
-        if self._thread is None and self.idle_unmap_s is not None:
+        if self.idle_unmap_s is not None:
             with self._cv:
-                self._start_background()
+                if self._start_background():
+                    self._cv.notify_all()  # (a thread waiting with nothing mapped starts counting)
 
     def unmap_when_idle_for(self, seconds: float | None) -> None:
         """Unmap what is populated after ``seconds`` without a put (None: never)."""
@@ -310,10 +318,15 @@ class Prefaulter:
             if self._closed or not self.supported:
                 job.fail()
                 return job
-            self._jobs.append(job)
             if self._put_thread is None:
-                self._put_thread = threading.Thread(target=self._serve_puts, name="meshcompute-populate", daemon=True)
-                self._put_thread.start()
+                thread = threading.Thread(target=self._serve_puts, name="meshcompute-populate", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had (limits, interpreter exit): pwritev
+                    job.fail()
+                    return job
+                self._put_thread = thread
+            self._jobs.append(job)
             self._cv.notify_all()
         return job
 
@@ -325,19 +338,38 @@ class Prefaulter:
                 job.fail()
             self._jobs.clear()
             self._cv.notify_all()
-        with self._map_lock:  # the mapping may be closed once this returns
-            pass
+            self._cv.wait_for(lambda: self._busy == 0, 5)
 
-    def _start_background(self) -> None:  # with self._cv held
+    def _start_background(self) -> bool:  # with self._cv held
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._run, name="meshcompute-prefault", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: puts write with pwritev, nothing is queued
+                return False
+            self._thread = thread
+        return True
+
+    def _enter(self) -> bool:
+        with self._cv:
+            if self._closed:
+                return False
+            self._busy += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._cv:
+            self._busy -= 1
+            if self._closed:
+                self._cv.notify_all()
 
     def _populate(self, pos: int, n: int) -> int:
-        with self._map_lock:
-            if self._closed:
-                return errno.ESHUTDOWN
+        if not self._enter():
+            return errno.ESHUTDOWN
+        try:
             err = populate(self.base, pos, n)
+        finally:
+            self._leave()
         if err == errno.EINVAL:  # an old kernel: writers use their mapping
             self.supported = False
         return err
@@ -351,49 +383,53 @@ class Prefaulter:
                     return
                 job = self._jobs.popleft()
             pos = job.offset
-            while pos < job.end:
+            while pos < job.end and not job.failed:  # (a put that stopped waiting wants no more)
                 n = min(PUT_CHUNK, job.end - pos)
                 if self._populate(pos, n):
-                    job.fail()  # no room in /dev/shm, or closed: the put writes with pwritev
+                    job.fail()  # no room in /dev/shm, or closing: the put writes with pwritev
                     break
                 pos += n
                 job.advance(pos)
 
-    def _idle_wait(self) -> bool:
-        """Wait for a request (True), or until the writer has been idle long enough that
-        its populated pages should go (False).  With ``self._cv`` held."""
+    def _idle_wait(self) -> float | None:
+        """Wait for a request (None), or until the writer has been idle long enough that
+        its populated pages should go (returns how long that is).  With ``self._cv`` held."""
         while not self._queue and not self._closed:
-            if self.idle_unmap_s is None or not len(self.touched):
+            idle = self.idle_unmap_s
+            if idle is None:
                 self._cv.wait()
                 continue
-            left = self.last_put + self.idle_unmap_s - time.monotonic()
-            if left <= 0:
-                return False
-            self._cv.wait(left)
-        return True
+            left = self.last_put + idle - time.monotonic()
+            if left > 0:
+                self._cv.wait(left)
+            elif len(self.touched):
+                return idle
+            else:
+                self._cv.wait()  # nothing mapped: until the next put (note_put wakes us)
+        return None
 
-    def _unmap_idle(self) -> None:
-        with self._map_lock:
-            if self._closed or time.monotonic() - self.last_put < self.idle_unmap_s:
-                return
+    def _unmap_idle(self, idle: float) -> None:
+        if time.monotonic() - self.last_put < idle or not self._enter():
+            return
+        try:
             for start, end in self.touched.forget_all():
                 unmap_pages(self.base, start, end - start)
                 self.unmapped_bytes += end - start
+        finally:
+            self._leave()
 
     def _run(self) -> None:
         lower_thread_priority()
         while True:
             with self._cv:
-                if not self._idle_wait():
-                    self._cv.release()
-                    try:
-                        self._unmap_idle()
-                    finally:
-                        self._cv.acquire()
-                    continue
+                idle = self._idle_wait()
                 if self._closed:
                     return
-                offset, length, epoch = self._queue.popleft()
+                if idle is None:
+                    offset, length, epoch = self._queue.popleft()
+            if idle is not None:
+                self._unmap_idle(idle)
+                continue
             end = offset + length
             pos = offset
             while pos < end:
@@ -446,27 +482,37 @@ class ArenaWarmer:
             fd = os.open(self.path, os.O_RDWR)
         except OSError:
             return
-        view: mmap.mmap | None = None
         try:
-            view = mmap.mmap(fd, self.length)
-            base = mapping_address(view)
             while self.done < self.length and not self._stop.is_set():
                 n = min(CHUNK, self.length - self.done)
                 os.posix_fallocate(fd, self.done, n)
-                if populate(base, self.done, n) == 0:
-                    unmap_pages(base, self.done, n)
-                    if self.zeroed == self.done:
-                        self.zeroed += n
-                        if self.on_zeroed is not None:
-                            self.on_zeroed(self.zeroed)
+                if self.zeroed == self.done and self._zero(fd, self.done, n):
+                    self.zeroed += n
+                    if self.on_zeroed is not None:
+                        self.on_zeroed(self.zeroed)
                 self.done += n
                 # Yield between chunks: on a small machine a tight loop of
                 # fallocate starves the node's own loop (gossip answers late).
                 if self._stop.wait(0.02):
                     break
-        except (OSError, ValueError) as err:  # /dev/shm full: not fatal, puts fault pages in themselves
+        except OSError as err:  # /dev/shm full: not fatal, puts fault pages in themselves
             log.info("stopped pre-allocating the arena at %d bytes: %s", self.done, err)
         finally:
-            if view is not None:
-                view.close()
             os.close(fd)
+
+    @staticmethod
+    def _zero(fd: int, offset: int, length: int) -> bool:
+        """Read ``[offset, offset+length)`` (whole pages) through a mapping of its own, which
+        makes tmpfs zero the pages ``fallocate`` left unwritten; False if that failed."""
+        try:
+            view = mmap.mmap(fd, length, offset=offset)
+        except (OSError, ValueError):
+            return False
+        try:
+            base = mapping_address(view)
+            if populate(base, 0, length):
+                return False
+            unmap_pages(base, 0, length)
+            return True
+        finally:
+            view.close()
