@@ -51,6 +51,22 @@ def test_a_flipped_bit_a_moved_box_another_key_or_direction_do_not_open(seal):
         seal.open(ANSWER, 0, prefix, [])
 
 
+def test_a_chunk_opens_later_straight_into_its_destination_and_only_if_genuine(seal):
+    prefix, head, data = seal.seal(ANSWER, 4, [b"header", b"chunk" * 1000])
+    first, part = seal.open_first(ANSWER, 4, prefix, [head, data])
+    assert first == b"header" and part.nbytes == 5000
+    dest = bytearray(part.nbytes)
+    part.open_into(memoryview(dest))
+    assert bytes(dest) == b"chunk" * 1000 and part.open() == b"chunk" * 1000
+    tampered = bytearray(data)
+    tampered[10] ^= 1
+    _, forged = seal.open_first(ANSWER, 4, prefix, [head, bytes(tampered)])  # the header is genuine
+    with pytest.raises(InvalidTag):
+        forged.open_into(memoryview(bytearray(forged.nbytes)))
+    with pytest.raises(InvalidTag):
+        seal.open_first(ANSWER, 4, prefix, [data, head])  # a header that is not one
+
+
 def test_prefixes_that_are_not_ours_are_refused_before_decrypting():
     sid = new_session_id()
     assert parse_prefix(PREFIX.pack(b"MCB1", sid, 4)) == (sid, 4)

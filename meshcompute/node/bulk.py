@@ -293,7 +293,8 @@ class BulkChannel:
                     return
                 self._handle(holder, parts, ANSWERS, handlers)
 
-        self.copy(lambda: s.seal.open(ANSWER, counter, frames[0], frames[1:]), opened)
+        # The chunk itself stays sealed: the pull opens it straight into the object's block.
+        self.copy(lambda: s.seal.open_first(ANSWER, counter, frames[0], frames[1:]), opened)
 
     def _handle(self, sender: str, parts: list, allowed: tuple, handlers: dict) -> None:
         # Sealed under a session only a member could open: as trusted as the CURVE channel.

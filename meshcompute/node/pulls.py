@@ -18,8 +18,10 @@ from typing import Any
 
 import lz4.block
 
+from ..store.shm import mapping_address, populate, unmap_pages
 from ..store.table import Copy
 from ..wire.messages import Msg
+from ..wire.sealing import SealedPart
 from ..wire.transport import node_of
 from .store_service import StoreService
 
@@ -87,6 +89,7 @@ class Pulls:
                  bulk_send: Callable[..., None] | None = None) -> None:
         self.store = store
         self.arena = arena  # the daemon's view of its arena
+        self._arena_base = mapping_address(arena) if arena.nbytes else 0  # (0: none, pwrite only)
         self.address = address
         self.peer_views = peer_views
         self.send = send
@@ -206,7 +209,14 @@ class Pulls:
         frame, fd, start, room = frames[0], table.arena_fd, p.offset + offset, p.size - offset
 
         def write() -> int:
-            data = memoryview(frame)
+            if isinstance(frame, SealedPart) and not compressed:
+                # Opened straight into the block: no plaintext buffer, no second copy.
+                n = frame.nbytes
+                if n > room:
+                    raise ValueError(f"a chunk of {n} bytes does not fit at {offset} of {p.size}")
+                if self._open_into_block(frame, start, n):
+                    return n
+            data = memoryview(frame.open() if isinstance(frame, SealedPart) else frame)
             if compressed:
                 data = memoryview(lz4.block.decompress(data))
             n = data.nbytes
@@ -355,6 +365,21 @@ class Pulls:
             self.bulk_send(p.source, Msg.PULL_CHUNK, p.oid, offset, min(PULL_CHUNK_BYTES, p.size - offset), p.direct)
 
     # ------------------------------------------------------------ serving out
+
+    def _open_into_block(self, part: SealedPart, start: int, n: int) -> bool:
+        """Decrypt ``part`` into the arena at ``start`` through the daemon's mapping (copier
+        thread): its pages are mapped in one call first (a fault per tmpfs page would cost
+        more than the copy) and dropped from the daemon's page table after, so a node that
+        forwards gigabytes does not keep them resident.  False, with nothing written, where
+        they cannot be mapped; raises InvalidTag for a forged chunk (its block is the pull's,
+        unsealed, and the pull then fails)."""
+        if not self._arena_base or populate(self._arena_base, start, n):
+            return False
+        try:
+            part.open_into(self.arena[start: start + n])
+        finally:
+            unmap_pages(self._arena_base, start, n)
+        return True
 
     def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
         """A peer's pull lost its source: do we hold a sealed copy? REPLY our address or None."""

@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = ["InvalidTag", "KEY_BYTES", "MAGIC", "PARTS", "PREFIX", "ReplayWindow", "SESSION_ID_BYTES",
-           "Seal", "TAG_BYTES", "new_key", "new_session_id", "parse_prefix"]
+           "Seal", "SealedPart", "TAG_BYTES", "new_key", "new_session_id", "parse_prefix"]
 
 MAGIC = b"MCB1"
 PREFIX = struct.Struct(">4s16sQ")
@@ -97,6 +97,47 @@ class Seal:
         # memoryview: cryptography takes buffers, not every object that exports one (zmq.Frame).
         return [self._aead.decrypt(direction + (counter + i).to_bytes(8, "big"), memoryview(box), aad)
                 for i, box in enumerate(boxes)]
+
+    def open_first(self, direction: bytes, counter: int, prefix: Any, boxes: list) -> list:
+        """Like :meth:`open`, but only the first part (the message's header, which says where
+        the rest goes) is opened now; the others come as :class:`SealedPart`."""
+        if not 0 < len(boxes) <= PARTS:
+            raise InvalidTag()
+        aad = bytes(prefix)
+        first = self._aead.decrypt(direction + counter.to_bytes(8, "big"), memoryview(boxes[0]), aad)
+        return [first, *(SealedPart(self._aead, direction + (counter + i).to_bytes(8, "big"), box, aad)
+                         for i, box in enumerate(boxes[1:], 1))]
+
+
+class SealedPart:
+    """A box of a message whose first part was opened (:meth:`Seal.open_first`), opened
+    later where its bytes belong: :meth:`open_into` decrypts straight into the
+    destination (an object's block), with no buffer in between.  Until it is opened
+    nothing in it is trusted; a forged box raises InvalidTag then, having written its
+    garbage into the destination, which the caller must discard."""
+
+    __slots__ = ("_aead", "_nonce", "_box", "_aad")
+
+    def __init__(self, aead: AESGCM, nonce: bytes, box: Any, aad: bytes) -> None:
+        self._aead = aead
+        self._nonce = nonce
+        self._box = box
+        self._aad = aad
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes it holds once opened."""
+        return max(0, memoryview(self._box).nbytes - TAG_BYTES)
+
+    def open(self) -> bytes:
+        return self._aead.decrypt(self._nonce, memoryview(self._box), self._aad)
+
+    def open_into(self, dest: memoryview) -> None:
+        """Decrypt into ``dest`` (exactly :attr:`nbytes` long); raises InvalidTag if forged."""
+        if hasattr(self._aead, "decrypt_into"):  # cryptography >= 45
+            self._aead.decrypt_into(self._nonce, memoryview(self._box), self._aad, dest)
+        else:
+            dest[:] = self.open()
 
 
 class ReplayWindow:
