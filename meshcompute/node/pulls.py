@@ -381,6 +381,12 @@ class Pulls:
             unmap_pages(self._arena_base, start, n)
         return True
 
+    def _done_reading(self, start: int, length: int) -> None:
+        """A served chunk was read (sealed or compressed): its pages leave the daemon's page
+        table, so a node that serves gigabytes does not keep them resident (the file keeps them)."""
+        if self._arena_base:
+            unmap_pages(self._arena_base, start, length)
+
     def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
         """A peer's pull lost its source: do we hold a sealed copy? REPLY our address or None."""
         _, req_id, oid = msg
@@ -431,11 +437,13 @@ class Pulls:
         if obj is None or obj.offset is None or sender not in obj.pins or offset + length > obj.size:
             self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, "the object is not here any more")
             return
-        data = self.arena[obj.offset + offset: obj.offset + offset + length]
+        start = obj.offset + offset
+        data = self.arena[start: start + length]
         held = table.hold(oid)  # the block stays while a helper thread reads it
         self.served_bytes += length
 
         def release() -> None:
+            self._done_reading(start, length)
             if held is not None:
                 self.store.send_replies(table.release_hold(held))
 
@@ -494,8 +502,13 @@ class Pulls:
             return
         self.served_bytes += length
         data = self.arena[p.offset + offset: p.offset + offset + length]
-        self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, None, frames=[data],
-                       after=lambda: self.store.send_replies(table.release_hold(held)))
+        start = p.offset + offset
+
+        def release() -> None:
+            self._done_reading(start, length)
+            self.store.send_replies(table.release_hold(held))
+
+        self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, None, frames=[data], after=release)
 
     def on_pull_done(self, sender: str, msg: tuple, frames: list) -> None:
         p = self.pulls.get(msg[1])
