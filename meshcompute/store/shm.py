@@ -72,17 +72,23 @@ def mapping_address(mm: mmap.mmap) -> int:
         del buf
 
 
+def _advise(base: int, offset: int, length: int, advice: int) -> int:
+    """``madvise`` the whole pages under ``[offset, offset+length)`` of the mapping at ``base``;
+    0 or the errno."""
+    if length <= 0:
+        return 0
+    start = offset - offset % mmap.PAGESIZE
+    rc = _madvise()(base + start, offset + length - start, advice)
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
 def populate_write(base: int, offset: int, length: int) -> int:
     """Install pages ``[offset, offset+length)`` of the mapping at ``base`` writable.
 
     Returns 0, or the errno: EINVAL where the kernel lacks MADV_POPULATE_WRITE
     (before 5.14), ENOMEM/EFAULT when tmpfs has no room for the pages.
     """
-    if length <= 0:
-        return 0
-    start = offset - offset % mmap.PAGESIZE
-    rc = _madvise()(base + start, offset + length - start, MADV_POPULATE_WRITE)
-    return 0 if rc == 0 else ctypes.get_errno()
+    return _advise(base, offset, length, MADV_POPULATE_WRITE)
 
 
 def populate(base: int, offset: int, length: int) -> int:
@@ -93,19 +99,14 @@ def populate(base: int, offset: int, length: int) -> int:
     its neighbours with it, about 3x faster than ``MADV_POPULATE_WRITE`` here.
     Returns 0 or the errno, as :func:`populate_write` does.
     """
-    if length <= 0:
-        return 0
-    start = offset - offset % mmap.PAGESIZE
-    rc = _madvise()(base + start, offset + length - start, MADV_POPULATE_READ)
-    return 0 if rc == 0 else ctypes.get_errno()
+    return _advise(base, offset, length, MADV_POPULATE_READ)
 
 
 def unmap_pages(base: int, offset: int, length: int) -> None:
     """Drop pages ``[offset, offset+length)`` from this process's page table
     (``MADV_DONTNEED`` on a shared file mapping: the file keeps them and their bytes;
     touching them again maps them back)."""
-    start = offset - offset % mmap.PAGESIZE
-    _madvise()(base + start, offset + length - start, MADV_DONTNEED)
+    _advise(base, offset, length, MADV_DONTNEED)
 
 
 def lower_thread_priority(nice: int = 10) -> None:
@@ -281,6 +282,7 @@ class Prefaulter:
         self._jobs: collections.deque[PopulateJob] = collections.deque()
         self._cv = threading.Condition()
         self._busy = 0  # threads touching the mapping now
+        self._waiting_for_put = False  # the background thread sleeps until note_put wakes it
         self._thread: threading.Thread | None = None
         self._put_thread: threading.Thread | None = None
         self._closed = False
@@ -302,8 +304,10 @@ class Prefaulter:
         self.last_put = time.monotonic()
         if self.idle_unmap_s is not None:
             with self._cv:
-                if self._start_background():
-                    self._cv.notify_all()  # (a thread waiting with nothing mapped starts counting)
+                # Wake the thread only where it waits for a put (nothing mapped); otherwise its
+                # timed wait sees ``last_put`` when it ends: no wake-up per put.
+                if self._start_background() and self._waiting_for_put:
+                    self._cv.notify_all()
 
     def unmap_when_idle_for(self, seconds: float | None) -> None:
         """Unmap what is populated after ``seconds`` without a put (None: never)."""
@@ -404,8 +408,12 @@ class Prefaulter:
                 self._cv.wait(left)
             elif len(self.touched):
                 return idle
-            else:
-                self._cv.wait()  # nothing mapped: until the next put (note_put wakes us)
+            else:  # nothing mapped: until the next put (note_put wakes us)
+                self._waiting_for_put = True
+                try:
+                    self._cv.wait()
+                finally:
+                    self._waiting_for_put = False
         return None
 
     def _unmap_idle(self, idle: float) -> None:
