@@ -85,18 +85,14 @@ class Seal:
         if not 0 < len(parts) <= PARTS:
             raise ValueError(f"a sealed message has 1 to {PARTS} parts")
         prefix = PREFIX.pack(MAGIC, self.session_id, counter)
-        return [prefix, *(self._aead.encrypt(direction + (counter + i).to_bytes(8, "big"), memoryview(part), prefix)
+        return [prefix, *(self._aead.encrypt(_nonce(direction, counter + i), memoryview(part), prefix)
                           for i, part in enumerate(parts))]
 
     def open(self, direction: bytes, counter: int, prefix: Any, boxes: list) -> list[bytes]:
         """The parts of a sealed message; raises InvalidTag if any box was not sealed with
         this key, this direction and this prefix, at its position."""
-        if not 0 < len(boxes) <= PARTS:
-            raise InvalidTag()
-        aad = bytes(prefix)
-        # memoryview: cryptography takes buffers, not every object that exports one (zmq.Frame).
-        return [self._aead.decrypt(direction + (counter + i).to_bytes(8, "big"), memoryview(box), aad)
-                for i, box in enumerate(boxes)]
+        first, *rest = self.open_first(direction, counter, prefix, boxes)
+        return [first, *(part.open() for part in rest)]
 
     def open_first(self, direction: bytes, counter: int, prefix: Any, boxes: list) -> list:
         """Like :meth:`open`, but only the first part (the message's header, which says where
@@ -104,9 +100,15 @@ class Seal:
         if not 0 < len(boxes) <= PARTS:
             raise InvalidTag()
         aad = bytes(prefix)
-        first = self._aead.decrypt(direction + counter.to_bytes(8, "big"), memoryview(boxes[0]), aad)
-        return [first, *(SealedPart(self._aead, direction + (counter + i).to_bytes(8, "big"), box, aad)
+        # memoryview: cryptography takes buffers, not every object that exports one (zmq.Frame).
+        first = self._aead.decrypt(_nonce(direction, counter), memoryview(boxes[0]), aad)
+        return [first, *(SealedPart(self._aead, _nonce(direction, counter + i), box, aad)
                          for i, box in enumerate(boxes[1:], 1))]
+
+
+def _nonce(direction: bytes, counter: int) -> bytes:
+    """The AES-GCM nonce of the box sealed under ``counter`` in ``direction`` (12 bytes)."""
+    return direction + counter.to_bytes(8, "big")
 
 
 class SealedPart:
