@@ -139,30 +139,31 @@ def part_fresh(quick: bool) -> dict:
     time.sleep(0.5)
     idle = _arena_allocated(core)
     rounds = 6 if quick else 12
-    memcpy, dropped = [], []
-    for _ in range(rounds):
-        a = rng.random(n)
+
+    def fresh_copy_then_put(a: np.ndarray) -> tuple:
+        """GB/s of numpy's copy of ``a`` into fresh memory, then of its put; and the ref."""
         t = time.perf_counter()
         d = np.empty_like(a)
         np.copyto(d, a)
-        memcpy.append(a.nbytes / (time.perf_counter() - t) / 1e9)
+        copy = a.nbytes / (time.perf_counter() - t) / 1e9
         del d
         t = time.perf_counter()
         ref = mesh.put(a)
-        dropped.append(a.nbytes / (time.perf_counter() - t) / 1e9)
-        del ref, a
+        return copy, a.nbytes / (time.perf_counter() - t) / 1e9, ref
+
+    memcpy, dropped = [], []
+    for _ in range(rounds):
+        copy, put, ref = fresh_copy_then_put(rng.random(n))
+        memcpy.append(copy)
+        dropped.append(put)
+        del ref
     held, held_memcpy, refs = [], [], []
     for _ in range(6):
-        a = rng.random(n)
-        t = time.perf_counter()
-        d = np.empty_like(a)
-        np.copyto(d, a)
-        held_memcpy.append(a.nbytes / (time.perf_counter() - t) / 1e9)
-        del d
-        t = time.perf_counter()
-        refs.append(mesh.put(a))
-        held.append(a.nbytes / (time.perf_counter() - t) / 1e9)
-        del a
+        copy, put, ref = fresh_copy_then_put(rng.random(n))
+        held_memcpy.append(copy)
+        held.append(put)
+        refs.append(ref)
+    del ref
     peak = _arena_allocated(core)
     del refs
     gc.collect()
