@@ -72,8 +72,13 @@ def test_sigterm_makes_the_node_leave_and_the_command_exit_0(blocking):
 @pytest.mark.timeout(60)
 def test_a_sigkilled_command_takes_its_node_with_it(blocking):
     proc, info, _ = blocking
-    pids = _session_pids(info["session_dir"])
-    assert int(info["pid"]) in pids and len(pids) >= 3  # daemon, zygote, a worker
+    # The daemon forks its zygote first and the zygote its first worker after: wait for all three.
+    def whole_node() -> set[int] | None:
+        found = _session_pids(info["session_dir"])
+        return found if len(found) >= 3 else None
+
+    pids = wait_for(whole_node, timeout=20)
+    assert pids and int(info["pid"]) in pids, _session_pids(info["session_dir"])  # daemon, zygote, a worker
     proc.kill()
     proc.wait(10)
     assert wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=10), [p for p in pids if pid_alive(p)]
