@@ -28,8 +28,10 @@ class Net:
     def __init__(self) -> None:
         self.sent: list[tuple] = []
 
-    def send(self, peer, msg_type, *fields, frames=(), after=None):
+    def send(self, peer, msg_type, *fields, frames=(), after=None, reading=None):
         self.sent.append((peer, msg_type, fields, list(frames)))
+        if reading is not None:
+            reading(lambda: bytes(frames[0]))  # as the bulk channel seals it
         if after is not None:
             after()  # the chunk's buffer is no longer read
 

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+import gc
+
+import zmq
+
 from meshcompute.wire.sealing import (
     ANSWER,
     PREFIX,
     REQUEST,
+    BoxBuffers,
     InvalidTag,
     ReplayWindow,
     Seal,
@@ -16,6 +21,8 @@ from meshcompute.wire.sealing import (
     parse_prefix,
 )
 from meshcompute.wire.sealing import WINDOW as W
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -65,6 +72,36 @@ def test_a_chunk_opens_later_straight_into_its_destination_and_only_if_genuine(s
         forged.open_into(memoryview(bytearray(forged.nbytes)))
     with pytest.raises(InvalidTag):
         seal.open_first(ANSWER, 4, prefix, [data, head])  # a header that is not one
+
+
+def test_large_boxes_are_sealed_into_buffers_that_come_back_once_zeromq_sent_them(seal):
+    buffers = BoxBuffers(size=(4 << 20) + 16, keep=2)
+    chunk = bytes(range(256)) * (4 << 12)  # 1 MiB: worth a buffer
+    ctx = zmq.Context()
+    out, inp = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        inp.bind("inproc://boxes")
+        out.connect("inproc://boxes")
+        for counter in (0, 2, 4):
+            sealed = seal.seal(ANSWER, counter, [b"header", chunk], buffers)
+            assert isinstance(sealed[2], memoryview) and sealed[2].nbytes == len(chunk) + 16
+            out.send_multipart(sealed, copy=False)
+            del sealed  # ZeroMQ holds the only reference now
+            prefix, head, box = inp.recv_multipart()
+            assert seal.open(ANSWER, counter, prefix, [head, box]) == [b"header", chunk]
+            gc.collect()
+            assert wait_for(lambda: buffers.free == 1, timeout=5), "the buffer did not come back"
+        # A box too small to be worth one, or too large for one, is sealed the plain way.
+        assert isinstance(seal.seal(ANSWER, 6, [b"h", b"small"], buffers)[2], bytes)
+        assert isinstance(seal.seal(ANSWER, 8, [b"h", chunk * 5], buffers)[2], bytes)
+        buffers.drop_idle()  # something was taken since the last call: kept
+        assert buffers.free == 1
+        buffers.drop_idle()  # nothing taken since: freed
+        assert buffers.free == 0
+    finally:
+        out.close(0)
+        inp.close(0)
+        ctx.term()
 
 
 def test_prefixes_that_are_not_ours_are_refused_before_decrypting():

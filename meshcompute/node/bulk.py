@@ -26,7 +26,8 @@ session's key, or comes again, is dropped and counted (``NODE_INFO`` ->
 bounded before decryption: libzmq refuses a frame over a socket's ZMQ_MAXMSGSIZE
 before allocating it (the holder's socket takes only requests, 4 KiB; a puller's
 DEALER, connected only to the endpoint a member named, a chunk's worth).  Chunks
-are sealed and opened on the copier's threads, never on the loop.
+are sealed and opened on the copier's threads, never on the loop (which opens only
+the headers, a hundred bytes each).
 docs/security.md has the threat analysis.
 
 The kernel then interleaves a probe's packets with the chunks' on the link (a
@@ -49,6 +50,7 @@ from ..wire.sealing import (
     PARTS,
     REQUEST,
     TAG_BYTES,
+    BoxBuffers,
     InvalidTag,
     ReplayWindow,
     Seal,
@@ -78,11 +80,18 @@ IPTOS_THROUGHPUT, the "bulk" class.  A queue
 that serves by class (Linux's pfifo_fast, a DSCP-aware switch) then sends the control
 channel's packets first when a link is full; fq_codel (Linux's default on a real
 interface) gets the same from serving sparse flows first."""
+SEAL_BUFFERS = 8
+"""Chunk-sized buffers kept for sealing (PULL_WINDOW chunks of two pulls in flight)."""
+SEAL_BUFFERS_IDLE_S = 2.0
+"""Seconds without a chunk sealed after which the kept buffers are freed."""
 OPEN_TIMEOUT_S = 5.0
 """How long a puller waits for BULK_OPEN's answer before it drops what waited (a pull
 asks again after its stall timeout)."""
 
 Copy = Callable[[Callable[[], Any], Callable[[Any, BaseException | None], None]], None]
+Reading = Callable[[Callable[[], Any]], Any]
+"""``reading(read)`` runs ``read()`` (on a helper thread), having made the chunk's bytes
+ready to read, and tidies up after (node/pulls.py maps and unmaps arena pages)."""
 
 
 @dataclass
@@ -134,6 +143,8 @@ class BulkChannel:
         self.out: dict[str, zmq.Socket] = {}  # holder daemon -> our DEALER to its bulk socket
         self.holder_of: dict[zmq.Socket, str] = {}
         self.waiting: dict[str, list] = {}  # holder -> (type, fields) waiting for BULK_OPEN's answer
+        self.buffers = BoxBuffers(ANSWER_FRAME_BYTES, SEAL_BUFFERS)
+        self._next_trim = 0.0
         self._poller: zmq.Poller | None = None
 
     def watch(self, poller: zmq.Poller) -> None:
@@ -148,13 +159,19 @@ class BulkChannel:
 
     # ------------------------------------------------------------ sending
 
+    def tick(self, now: float) -> None:
+        """Free the sealing buffers once no chunk was sealed for SEAL_BUFFERS_IDLE_S."""
+        if now >= self._next_trim:
+            self._next_trim = now + SEAL_BUFFERS_IDLE_S
+            self.buffers.drop_idle()
+
     def send(self, peer: str, msg_type: Msg, *fields: Any, frames: list = (),
-             after: Callable[[], None] | None = None) -> None:
+             after: Callable[[], None] | None = None, reading: Reading | None = None) -> None:
         """A request goes to holder ``peer``'s bulk socket; an answer back to puller ``peer``
-        (sealed on a helper thread when it carries a chunk; ``after()`` once the chunk's
-        buffer is no longer read)."""
+        (sealed on a helper thread when it carries a chunk, inside ``reading``; ``after()``
+        on the loop once the chunk's buffer is no longer read)."""
         if msg_type in ANSWERS:
-            self._answer(peer, [encode(msg_type, *fields), *frames[:1]], after)
+            self._answer(peer, [encode(msg_type, *fields), *frames[:1]], after, reading)
             return
         s = self.pulling.get(peer)
         if s is not None and peer in self.out:
@@ -169,7 +186,8 @@ class BulkChannel:
         session = Session(Seal(key, new_session_id()), peer)
         self.ask(peer, session.seal.session_id, key, lambda endpoint: self._opened(session, endpoint))
 
-    def _answer(self, puller: str, parts: list, after: Callable[[], None] | None) -> None:
+    def _answer(self, puller: str, parts: list, after: Callable[[], None] | None,
+                reading: Reading | None) -> None:
         sid = self.served_by_peer.get(puller)
         s = self.served.get(sid) if sid is not None else None
         if s is None or s.route is None:
@@ -188,8 +206,12 @@ class BulkChannel:
 
         if len(parts) == 1:
             sent(s.seal.seal(ANSWER, counter, parts), None)
-        else:
-            self.copy(lambda: s.seal.seal(ANSWER, counter, parts), sent)
+            return
+
+        def seal() -> list:
+            return s.seal.seal(ANSWER, counter, parts, self.buffers)
+
+        self.copy(seal if reading is None else lambda: reading(seal), sent)
 
     def _opened(self, s: Session, endpoint: Any) -> None:
         holder = s.peer
@@ -283,18 +305,15 @@ class BulkChannel:
         if checked is None:
             return
         counter = checked[1]
-
-        def opened(parts: Any, err: BaseException | None) -> None:
-            if err is not None:
-                self.drops.note("bulk: forged frame", holder)
-            elif self.pulling.get(holder) is s:
-                if not s.window.accept(counter):  # the same message twice, opened at once
-                    self.drops.note("bulk: replayed frame", holder)
-                    return
-                self._handle(holder, parts, ANSWERS, handlers)
-
-        # The chunk itself stays sealed: the pull opens it straight into the object's block.
-        self.copy(lambda: s.seal.open_first(ANSWER, counter, frames[0], frames[1:]), opened)
+        # Only the header is opened here, on the loop (a hundred bytes, its own tag): the chunk
+        # stays sealed, and the pull opens it on a helper thread straight into the object's block.
+        try:
+            parts = s.seal.open_first(ANSWER, counter, frames[0], frames[1:])
+        except InvalidTag:
+            self.drops.note("bulk: forged frame", holder)
+            return
+        s.window.accept(counter)
+        self._handle(holder, parts, ANSWERS, handlers)
 
     def _handle(self, sender: str, parts: list, allowed: tuple, handlers: dict) -> None:
         # Sealed under a session only a member could open: as trusted as the CURVE channel.

@@ -515,6 +515,8 @@ class Daemon:
         self.jobs.poll(now)
         self.workers.reap_idle(now, self.processes.owns_objects)
         self.pulls.expire(now)
+        if self.bulk is not None:
+            self.bulk.tick(now)
         self.metrics.refresh()
         self.schedule()
 

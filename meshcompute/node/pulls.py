@@ -381,11 +381,20 @@ class Pulls:
             unmap_pages(self._arena_base, start, n)
         return True
 
-    def _done_reading(self, start: int, length: int) -> None:
-        """A served chunk was read (sealed or compressed): its pages leave the daemon's page
-        table, so a node that serves gigabytes does not keep them resident (the file keeps them)."""
-        if self._arena_base:
-            unmap_pages(self._arena_base, start, length)
+    def _reading(self, start: int, length: int) -> Callable[[Callable[[], Any]], Any]:
+        """How a helper thread reads a chunk it serves from the arena: its pages are mapped in
+        one call first (cheaper than a fault per 64 KiB) and dropped from the daemon's page
+        table after, so a node that serves gigabytes does not keep them resident (the file
+        keeps them)."""
+        def reading(read: Callable[[], Any]) -> Any:
+            if self._arena_base:
+                populate(self._arena_base, start, length)
+            try:
+                return read()
+            finally:
+                if self._arena_base:
+                    unmap_pages(self._arena_base, start, length)
+        return reading
 
     def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
         """A peer's pull lost its source: do we hold a sealed copy? REPLY our address or None."""
@@ -442,14 +451,16 @@ class Pulls:
         held = table.hold(oid)  # the block stays while a helper thread reads it
         self.served_bytes += length
 
+        reading = self._reading(start, length)
+
         def release() -> None:
-            self._done_reading(start, length)
             if held is not None:
                 self.store.send_replies(table.release_hold(held))
 
         if not self.compressed.get(oid):
             # Sealed as it lies, straight from the arena.
-            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data], after=release)
+            self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, False, None, frames=[data], after=release,
+                           reading=reading)
             return
 
         def sent(packed: Any, err: BaseException | None) -> None:
@@ -459,7 +470,7 @@ class Pulls:
             else:
                 self.bulk_send(sender, Msg.CHUNK_DATA, oid, offset, True, None, frames=[packed])
 
-        self.copy(lambda: lz4.block.compress(data), sent)
+        self.copy(lambda: reading(lambda: lz4.block.compress(data)), sent)
 
     def _redirect(self, sender: str, oid: bytes) -> bool:
         """A first chunk request for a primary copy of ours that another node is pulling: send
@@ -505,10 +516,10 @@ class Pulls:
         start = p.offset + offset
 
         def release() -> None:
-            self._done_reading(start, length)
             self.store.send_replies(table.release_hold(held))
 
-        self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, None, frames=[data], after=release)
+        self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, None, frames=[data], after=release,
+                       reading=self._reading(start, length))
 
     def on_pull_done(self, sender: str, msg: tuple, frames: list) -> None:
         p = self.pulls.get(msg[1])
