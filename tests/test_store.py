@@ -791,6 +791,26 @@ def test_table_punches_free_pages_beyond_the_warm_pool_highest_first(shm_table):
     assert t.statistics().used == 16 * PAGE
 
 
+def test_the_warm_pool_keeps_a_bounded_part_of_a_burst_for_a_while_after_it():
+    from meshcompute.store.pages import PagePool
+
+    floor, linger = 64 * MiB, 256 * MiB
+    pool = PagePool(4 << 30, floor=floor, pool_max=1 << 30, window_s=2.0, linger=linger, linger_s=30.0)
+    assert pool.target(0.0) == floor
+    pool.note_allocated(1000 * MiB)
+    assert pool.target(0.25) == 1 << 30  # twice the last window's bytes, capped
+    assert pool.target(3.0) == floor + linger  # the window passed: the lingering part stays
+    assert pool.target(29.0) == floor + linger
+    assert pool.target(31.0) == floor  # 30 s after the allocations
+    pool.note_allocated(50 * MiB)
+    assert pool.target(40.0) == floor + 50 * MiB  # (more than twice it: the floor is kept besides)
+    assert pool.target(43.0) == floor + 50 * MiB  # a small burst lingers whole
+    assert pool.target(75.0) == floor
+    off = PagePool(4 << 30, floor=floor, pool_max=1 << 30, window_s=2.0)  # linger 0: as before
+    off.note_allocated(1000 * MiB)
+    assert off.target(0.25) == 1 << 30 and off.target(3.0) == floor
+
+
 def test_table_restores_a_spilled_object_into_punched_pages(shm_table):
     from meshcompute.store.pages import resident_extents
 
@@ -827,6 +847,11 @@ def test_populated_ranges_forget_chunks_punched_after_they_were_mapped():
 @pytest.fixture
 def no_prefault(monkeypatch):
     monkeypatch.setenv("MESH_STORE_PREFAULT", "0")  # idle means no resident pages at all
+
+
+@pytest.fixture
+def no_linger(monkeypatch):
+    monkeypatch.setenv("MESH_STORE_WARM_LINGER", "0")  # the pool falls to its floor 2-3 s after puts
 
 
 def _arena_bytes() -> int:
@@ -888,7 +913,8 @@ def test_a_put_into_zeroed_pages_maps_them_as_it_copies_and_an_idle_writer_unmap
 
 
 @pytest.mark.node_options(object_store_memory=1 << 30)
-def test_freed_arena_pages_go_back_to_the_kernel_and_reuse_stays_correct(no_prefault, fresh_node, monkeypatch):
+def test_freed_arena_pages_go_back_to_the_kernel_and_reuse_stays_correct(no_prefault, no_linger, fresh_node,
+                                                                          monkeypatch):
     from meshcompute.owner import context
     from meshcompute.owner import store_client as core_mod
 
@@ -923,7 +949,29 @@ def test_freed_arena_pages_go_back_to_the_kernel_and_reuse_stays_correct(no_pref
         gc.collect()
         # Once the puts stop, the warm pool shrinks to nothing and the pages go back.
         assert wait_for(lambda: _arena_bytes() <= idle + 16 * MiB, timeout=20), _arena_bytes()
-    assert _stats()["punched_bytes"] >= 3 * 256 * MiB
+    # (The file shrinks when a punch returns, on a helper thread; the loop counts it just after.)
+    assert wait_for(lambda: _stats()["punched_bytes"] >= 3 * 256 * MiB, timeout=5), _stats()
+
+
+@pytest.mark.node_options(object_store_memory=1 << 30)
+def test_after_a_burst_a_bounded_part_of_its_pages_stays_for_the_next(no_prefault, fresh_node):
+    from meshcompute.node.config import default_warm_linger
+
+    linger = default_warm_linger(1 << 30)
+    assert linger == 256 * MiB
+    idle = _arena_bytes()
+    refs = [mesh.put(np.full(64 * MiB // 8, i, dtype=np.int64)) for i in range(6)]
+    assert _arena_bytes() >= idle + 384 * MiB
+    del refs
+    gc.collect()
+    # What is beyond the lingering part goes back within seconds, and no more than that.
+    assert wait_for(lambda: _arena_bytes() <= idle + linger + 16 * MiB, timeout=20), _arena_bytes()
+    assert wait_for(lambda: _stats()["punching_bytes"] == 0, timeout=5)  # each punch counted
+    punched = _stats()["punched_bytes"]
+    assert punched >= 128 * MiB - 16 * MiB
+    for _ in range(10):  # the lingering part stays resident (its 30 s are not over)
+        time.sleep(0.5)
+        assert _arena_bytes() >= idle + linger - 16 * MiB and _stats()["punched_bytes"] == punched
 
 
 @pytest.mark.node_options(object_store_memory=1 << 30)

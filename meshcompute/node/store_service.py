@@ -17,7 +17,7 @@ from ..store.pages import CHECK_PERIOD_S, PagePool
 from ..store.shm import ArenaWarmer
 from ..store.table import Copy, StoreTable
 from ..wire.messages import Msg
-from .config import default_prefault, default_warm_pool
+from .config import default_prefault, default_warm_linger, default_warm_pool
 
 log = logging.getLogger("meshcompute.daemon")
 
@@ -47,10 +47,11 @@ class StoreService:
 
     def start_warming(self, path: str) -> None:
         """Pre-allocate the arena's low region in the background and keep it (and a warm pool
-        sized to recent puts) resident; every other freed page goes back to the kernel."""
+        sized to recent allocations) resident; every other freed page goes back to the kernel."""
         capacity = self.table.capacity
         prefault = default_prefault(capacity)
-        self.table.pages = PagePool(capacity, floor=prefault, pool_max=default_warm_pool(capacity))
+        self.table.pages = PagePool(capacity, floor=prefault, pool_max=default_warm_pool(capacity),
+                                    linger=default_warm_linger(capacity))
         pages = self.table.pages
         self.warmer = ArenaWarmer(path, prefault, on_zeroed=lambda n: setattr(pages, "zeroed", n))
         self.warmer.start()
