@@ -8,7 +8,13 @@ measures: raw TCP (Python sockets) host 1 -> host 2; ZeroMQ without and with
 CURVE (the control channel's encryption) over the same veth; and the time for a
 task on host 2 to read an object that lives in host 1's store (the pull, end to
 end: its chunks travel on the bulk channel, sealed with AES-256-GCM).
-Prints MB/s (10^6 bytes/s) and the pull's share of raw TCP.  Needs root.
+Each run measures every path, one after the other, so that whatever drifts on
+the machine between runs (raw TCP over the veth pair swings by half) falls on all
+of them alike.  A run reads three new objects: the first after the pause in which
+the other paths were measured (both nodes have returned most freed memory to the
+kernel by then), the other two back to back.  Prints MB/s (10^6 bytes/s): the
+median of each path, and the pull's share of raw TCP both as a ratio of the
+medians and as the median of each run's own ratio.  Needs root.
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import textwrap
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -71,17 +79,30 @@ DRIVER = textwrap.dedent("""
 
     pinned = touch.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other))
     mesh.get(pinned.remote(mesh.put(np.zeros(8))))  # warm up a worker on host 2
-    out = []
-    for _ in range(int(sys.argv[3])):
-        arr = np.random.default_rng().integers(0, 2**62, size=int(sys.argv[2]) // 8, dtype=np.int64)
-        ref = mesh.put(arr)
-        t = time.perf_counter()
-        mesh.get(pinned.remote(ref))
-        out.append(arr.nbytes / (time.perf_counter() - t) / 1e6)
-        del ref
-    print(json.dumps(out), flush=True)
+    print("ready", flush=True)
+    for line in sys.stdin:  # a line: how many objects to read, one after the other
+        rates = []
+        for _ in range(int(line)):
+            arr = np.random.default_rng().integers(0, 2**62, size=int(sys.argv[2]) // 8, dtype=np.int64)
+            ref = mesh.put(arr)
+            t = time.perf_counter()
+            mesh.get(pinned.remote(ref))
+            rates.append(arr.nbytes / (time.perf_counter() - t) / 1e6)
+            del ref
+        print(json.dumps(rates), flush=True)
     mesh.shutdown()
 """)
+
+
+def zmq_rate(bed: TestBed, mode: str, token: str, nbytes: int, port: int) -> float:
+    """MB/s of ``nbytes`` in 4 MiB messages over one ZeroMQ connection, host 1 -> host 2."""
+    sink = bed.spawn(2, [sys.executable, "-c", ZMQ_SINK, bed.address(2), str(port), mode, token],
+                     stdout=subprocess.PIPE, text=True, cwd=REPO)
+    sink.stdout.readline()
+    out = bed.exec(1, [sys.executable, "-c", ZMQ_SOURCE, bed.address(2), str(port), mode, token, str(nbytes)],
+                   timeout=300, cwd=REPO)
+    sink.wait(30)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -95,42 +116,54 @@ def main() -> None:
     nbytes = args.mib << 20
     token = generate_token()
     py = sys.executable
+    rates: dict[str, list[float]] = {"raw": [], "plain": [], "curve": [], "paused": [], "pull": []}
     with TestBed(2, prefix="mbench") as bed:
-        raw = [measure_tcp_throughput(bed, 1, 2, nbytes) for _ in range(args.runs)]
-        zmq_rates = {}
-        for mode in ("plain", "curve"):
-            rates = []
-            for run in range(args.runs):
-                port = str(6100 + run + (10 if mode == "curve" else 0))
-                sink = bed.spawn(2, [py, "-c", ZMQ_SINK, bed.address(2), port, mode, token],
-                                 stdout=__import__("subprocess").PIPE, text=True, cwd=REPO)
-                sink.stdout.readline()
-                out = bed.exec(1, [py, "-c", ZMQ_SOURCE, bed.address(2), port, mode, token, str(nbytes)],
-                               timeout=300, cwd=REPO)
-                sink.wait(30)
-                rates.append(float(out.stdout.strip().splitlines()[-1]))
-            zmq_rates[mode] = rates
         mesh = [py, "-m", "meshcompute.cli"]
         common = ["--port", "7777", "--num-cpus", "2", "--token", token, "--object-store-memory", str(3 * nbytes)]
         assert bed.exec(1, mesh + ["start", "--host", bed.address(1)] + common, cwd=REPO).returncode == 0
         assert bed.exec(2, mesh + ["join", f"{bed.address(1)}:7777", "--host", bed.address(2)] + common,
                         cwd=REPO).returncode == 0
-        import time
-
         time.sleep(2)
-        out = bed.exec(1, [py, "-c", DRIVER, f"{bed.address(1)}:7777", str(nbytes), str(args.runs)],
-                       timeout=600, cwd=REPO)
-        if out.returncode != 0:
-            sys.exit(out.stdout + out.stderr)
-        pulls = json.loads(out.stdout.strip().splitlines()[-1])
-        bed.exec(1, mesh + ["stop"], cwd=REPO)
+        driver = bed.spawn(1, [py, "-c", DRIVER, f"{bed.address(1)}:7777", str(nbytes)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            if driver.stdout.readline().strip() != "ready":
+                sys.exit("the driver did not start")
+            for run in range(args.runs):
+                rates["raw"].append(measure_tcp_throughput(bed, 1, 2, nbytes, port=5201 + run))
+                rates["plain"].append(zmq_rate(bed, "plain", token, nbytes, 6100 + 2 * run))
+                rates["curve"].append(zmq_rate(bed, "curve", token, nbytes, 6101 + 2 * run))
+                driver.stdin.write("3\n")
+                driver.stdin.flush()
+                line = driver.stdout.readline()
+                if not line:
+                    sys.exit(f"the driver stopped (exit {driver.wait(30)})")
+                paused, *pulls = json.loads(line)
+                rates["paused"].append(paused)
+                rates["pull"].append(statistics.median(pulls))
+                print(f"run {run + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items())
+                      + f"; pull / raw TCP {rates['pull'][-1] / rates['raw'][-1]:.0%}", flush=True)
+            driver.stdin.close()
+            driver.wait(60)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+            bed.exec(1, mesh + ["stop"], cwd=REPO)
     med = statistics.median
+
+    def own(kind: str) -> float:
+        return med(p / r for p, r in zip(rates[kind], rates["raw"]))
+
     print(f"\nobject of {args.mib} MiB, host 1 -> host 2 over a veth pair; medians of {args.runs} runs, MB/s")
-    print(f"  raw TCP (Python sockets)          {med(raw):8.0f}")
-    print(f"  ZeroMQ, plain                     {med(zmq_rates['plain']):8.0f}")
-    print(f"  ZeroMQ, CURVE                     {med(zmq_rates['curve']):8.0f}")
-    print(f"  meshcompute pull (task end to end){med(pulls):8.0f}   = {med(pulls) / med(raw):.0%} of raw TCP, "
-          f"{med(pulls) / med(zmq_rates['curve']):.0%} of CURVE ZeroMQ")
+    print(f"  raw TCP (Python sockets)          {med(rates['raw']):8.0f}")
+    print(f"  ZeroMQ, plain                     {med(rates['plain']):8.0f}")
+    print(f"  ZeroMQ, CURVE                     {med(rates['curve']):8.0f}")
+    for kind, label in (("pull", "back to back"), ("paused", "after a pause")):
+        print(f"  meshcompute pull, {label:13s}   {med(rates[kind]):8.0f}   = "
+              f"{med(rates[kind]) / med(rates['raw']):.0%} of raw TCP (median of each run's own ratio: "
+              f"{own(kind):.0%}), {med(rates[kind]) / med(rates['curve']):.0%} of CURVE ZeroMQ")
+    print("  (a pull: a task on host 2 reads an object host 1 put just before; end to end)")
 
 
 if __name__ == "__main__":
