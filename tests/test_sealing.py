@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import gc
 
+import pytest
 import zmq
 
 from meshcompute.wire.sealing import (
