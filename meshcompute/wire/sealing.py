@@ -171,7 +171,7 @@ class BoxBuffers:
         self.keep = keep
         self.min_bytes = min_bytes  # smaller boxes are sealed the plain way: allocating them is cheap
         self._free: list[bytearray] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # (a view may be collected, and come back, while it is held)
         self._used = False  # taken since the last drop_idle
 
     def take(self, nbytes: int) -> memoryview | None:
