@@ -159,3 +159,27 @@ def test_copier_runs_jobs_on_helper_threads_and_completions_on_the_caller():
         assert (None, ZeroDivisionError) in [(r, e) for r, e, _ in seen]
     finally:
         copier.stop()
+
+
+def test_an_idle_copier_thread_keeps_nothing_of_its_last_job():
+    import gc
+    import select
+    import weakref
+
+    from meshcompute.node.copier import Copier
+
+    class Result:  # what a sealing job returns: a buffer its owner wants back once dropped
+        pass
+
+    copier = Copier()
+    try:
+        results = []
+        for _ in range(4):  # every thread runs at least one job, most likely
+            copier.submit(Result, lambda result, error: results.append(weakref.ref(result)))
+        while copier.inflight:
+            assert select.select([copier.fd], [], [], 10)[0]
+            copier.run_completions()
+        gc.collect()
+        assert len(results) == 4 and all(r() is None for r in results), "an idle helper thread holds a result"
+    finally:
+        copier.stop()

@@ -64,6 +64,9 @@ class Copier:
                 result, error = None, e
             self._done.put((done, result, error))
             os.eventfd_write(self.fd, 1)
+            # Hold nothing of a finished job while waiting for the next: its result may be an
+            # 8 MiB buffer that its owner expects back once the loop has dropped it.
+            del item, job, done, result, error
 
     def run_completions(self) -> None:
         """Run the callbacks of the finished jobs (the loop calls this when ``fd`` is readable)."""
