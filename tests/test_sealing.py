@@ -75,26 +75,38 @@ def test_a_chunk_opens_later_straight_into_its_destination_and_only_if_genuine(s
 
 def test_large_boxes_are_sealed_into_buffers_that_come_back_once_zeromq_sent_them(seal):
     buffers = BoxBuffers(size=(4 << 20) + 16, keep=2)
-    chunk = bytes(range(256)) * (4 << 12)  # 1 MiB: worth a buffer
+    chunk = bytes(range(256)) * (3 << 12)  # 3 MiB: worth a buffer (half one or more)
     ctx = zmq.Context()
     out, inp = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
     try:
+        out.connect("inproc://boxes")  # nobody bound yet: what is sent waits in ZeroMQ
+        first = seal.seal(ANSWER, 0, [b"header", chunk], buffers)
+        box = first[2]
+        assert isinstance(box, memoryview) and box.nbytes == len(chunk) + 16
+        out.send_multipart(first, copy=False)
+        del first
+        gc.collect()
+        assert buffers.free == 0, "a buffer came back while ZeroMQ still held it"
+        second = seal.seal(ANSWER, 2, [b"header", chunk[::-1]], buffers)
+        assert second[2].obj is not box.obj  # another buffer: the first is still on its way
+        out.send_multipart(second, copy=False)
+        del second, box
         inp.bind("inproc://boxes")
-        out.connect("inproc://boxes")
-        for counter in (0, 2, 4):
-            sealed = seal.seal(ANSWER, counter, [b"header", chunk], buffers)
-            assert isinstance(sealed[2], memoryview) and sealed[2].nbytes == len(chunk) + 16
-            out.send_multipart(sealed, copy=False)
-            del sealed  # ZeroMQ holds the only reference now
-            prefix, head, box = inp.recv_multipart()
-            assert seal.open(ANSWER, counter, prefix, [head, box]) == [b"header", chunk]
-            gc.collect()
-            assert wait_for(lambda: buffers.free == 1, timeout=5), "the buffer did not come back"
-        # A box too small to be worth one, or too large for one, is sealed the plain way.
-        assert isinstance(seal.seal(ANSWER, 6, [b"h", b"small"], buffers)[2], bytes)
-        assert isinstance(seal.seal(ANSWER, 8, [b"h", chunk * 5], buffers)[2], bytes)
-        buffers.drop_idle()  # something was taken since the last call: kept
+        for counter, want in ((0, chunk), (2, chunk[::-1])):  # both arrive intact
+            prefix, head, sealed = inp.recv_multipart()
+            assert seal.open(ANSWER, counter, prefix, [head, sealed]) == [b"header", want]
+        gc.collect()
+        assert wait_for(lambda: buffers.free == 2, timeout=5), "the buffers did not come back"
+        # Boxes under half a buffer, or over one, are sealed the plain way.
+        assert isinstance(seal.seal(ANSWER, 4, [b"h", chunk[:1 << 20]], buffers)[2], bytes)
+        assert isinstance(seal.seal(ANSWER, 6, [b"h", chunk * 2], buffers)[2], bytes)
+        third = seal.seal(ANSWER, 8, [b"h", chunk], buffers)  # taken from the kept two
         assert buffers.free == 1
+        del third
+        gc.collect()
+        assert buffers.free == 2
+        buffers.drop_idle()  # something was taken since the last call: kept
+        assert buffers.free == 2
         buffers.drop_idle()  # nothing taken since: freed
         assert buffers.free == 0
     finally:

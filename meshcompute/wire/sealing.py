@@ -166,18 +166,19 @@ class BoxBuffers:
     come back on ZeroMQ's.
     """
 
-    def __init__(self, size: int, keep: int, min_bytes: int = 1 << 20) -> None:
+    def __init__(self, size: int, keep: int) -> None:
         self.size = size  # bytes of each buffer: the largest box
         self.keep = keep
-        self.min_bytes = min_bytes  # smaller boxes are sealed the plain way: allocating them is cheap
         self._free: list[bytearray] = []
         self._lock = threading.RLock()  # (a view may be collected, and come back, while it is held)
         self._used = False  # taken since the last drop_idle
 
     def take(self, nbytes: int) -> memoryview | None:
         """A writable view of ``nbytes`` of a free buffer, or None where ``nbytes`` is not
-        worth one (or too large, or ``encrypt_into`` is missing: cryptography < 45)."""
-        if not self.min_bytes <= nbytes <= self.size or not _HAS_ENCRYPT_INTO:
+        worth one (under half a buffer: a chunk's worth is what repeats, and a smaller box
+        would hold a whole buffer while it travels), too large, or ``encrypt_into`` is
+        missing (cryptography < 45)."""
+        if not self.size // 2 <= nbytes <= self.size or not _HAS_ENCRYPT_INTO:
             return None
         with self._lock:
             self._used = True
@@ -185,7 +186,7 @@ class BoxBuffers:
         if buf is None:
             buf = bytearray(self.size)
         view = memoryview(buf)[:nbytes]
-        weakref.finalize(view, self._give_back, buf)
+        weakref.finalize(view, self._give_back, buf).atexit = False  # (nothing to give back to then)
         return view
 
     def _give_back(self, buf: bytearray) -> None:
