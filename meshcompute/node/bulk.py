@@ -305,8 +305,11 @@ class BulkChannel:
         if checked is None:
             return
         counter = checked[1]
-        # Only the header is opened here, on the loop (a hundred bytes, its own tag): the chunk
-        # stays sealed, and the pull opens it on a helper thread straight into the object's block.
+        if memoryview(frames[1]).nbytes > REQUEST_FRAME_BYTES:  # a header is a hundred bytes
+            self.drops.note("bulk: malformed frame", holder)
+            return
+        # Only the header is opened here, on the loop (its own tag): the chunk stays sealed,
+        # and the pull opens it on a helper thread straight into the object's block.
         try:
             parts = s.seal.open_first(ANSWER, counter, frames[0], frames[1:])
         except InvalidTag:
