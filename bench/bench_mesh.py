@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import statistics
 import subprocess
 import sys
@@ -105,6 +106,13 @@ def zmq_rate(bed: TestBed, mode: str, token: str, nbytes: int, port: int) -> flo
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """The next line ``proc`` prints, or "" if it prints none within ``timeout`` seconds."""
+    if not select.select([proc.stdout], [], [], timeout)[0]:
+        return ""
+    return proc.stdout.readline()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mib", type=int, default=256, help="object size (MiB)")
@@ -127,7 +135,7 @@ def main() -> None:
         driver = bed.spawn(1, [py, "-c", DRIVER, f"{bed.address(1)}:7777", str(nbytes)], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, text=True, cwd=REPO)
         try:
-            if driver.stdout.readline().strip() != "ready":
+            if read_line(driver, 120).strip() != "ready":
                 sys.exit("the driver did not start")
             for run in range(args.runs):
                 rates["raw"].append(measure_tcp_throughput(bed, 1, 2, nbytes, port=5201 + run))
@@ -135,9 +143,9 @@ def main() -> None:
                 rates["curve"].append(zmq_rate(bed, "curve", token, nbytes, 6101 + 2 * run))
                 driver.stdin.write("3\n")
                 driver.stdin.flush()
-                line = driver.stdout.readline()
+                line = read_line(driver, 600)
                 if not line:
-                    sys.exit(f"the driver stopped (exit {driver.wait(30)})")
+                    sys.exit("the driver stopped or stalled")
                 paused, *pulls = json.loads(line)
                 rates["paused"].append(paused)
                 rates["pull"].append(statistics.median(pulls))
