@@ -147,3 +147,31 @@ def test_a_members_replayed_and_tampered_frames_are_dropped_and_its_session_goes
         ep.close()
         ctx.destroy(linger=0)
     _pull_from_b_works(mesh2)
+
+
+def test_a_puller_drops_a_chunk_whose_header_box_is_too_large_before_opening_it():
+    """The puller's loop opens each chunk's header itself: one over 4 KiB (a sealed header is
+    a hundred bytes) is dropped before any decryption, whoever sealed it."""
+    import logging
+
+    from meshcompute.node.bulk import BulkChannel, Session
+    from meshcompute.wire.transport import DropLog
+
+    ctx = zmq.Context()
+    drops = DropLog(logging.getLogger("test"))
+    bulk = BulkChannel(ctx, "127.0.0.1", lambda *a: None, lambda job, done: done(job(), None), drops)
+    try:
+        holder = "holder-daemon"
+        seal = Seal(new_key(), new_session_id())
+        bulk.pulling[holder] = Session(seal, holder)
+        got = []
+        handlers = {Msg.CHUNK_DATA: lambda sender, msg, parts: got.append((sender, msg[1], len(parts)))}
+        header = encode(Msg.CHUNK_DATA, b"oid", 0, False, None)
+        huge = encode(Msg.CHUNK_DATA, b"oid" * 3000, 0, False, None)  # over 4 KiB
+        bulk._chunk(holder, seal.seal(ANSWER, 0, [huge, b"data"]), handlers)
+        assert got == [] and drops.counts == {"bulk: malformed frame": 1}
+        bulk._chunk(holder, seal.seal(ANSWER, 2, [header, b"data"]), handlers)
+        assert got == [(holder, b"oid", 1)] and drops.counts == {"bulk: malformed frame": 1}
+    finally:
+        bulk.close()
+        ctx.term()
