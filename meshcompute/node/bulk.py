@@ -270,8 +270,10 @@ class BulkChannel:
 
     def _check(self, frames: list, sessions: dict) -> tuple[Session, int] | None:
         """The session and counter of a well-formed message with a fresh counter, else None
-        (dropped and counted).  No decryption and no allocation yet."""
-        parsed = parse_prefix(frames[0]) if 2 <= len(frames) <= 1 + PARTS else None
+        (dropped and counted).  No decryption and no allocation yet.  Its header box (which
+        the loop opens itself) is at most REQUEST_FRAME_BYTES: a sealed header is a hundred."""
+        parsed = (parse_prefix(frames[0]) if 2 <= len(frames) <= 1 + PARTS
+                  and memoryview(frames[1]).nbytes <= REQUEST_FRAME_BYTES else None)
         if parsed is None:
             self.drops.note("bulk: malformed frame", "")
             return None
@@ -305,9 +307,6 @@ class BulkChannel:
         if checked is None:
             return
         counter = checked[1]
-        if memoryview(frames[1]).nbytes > REQUEST_FRAME_BYTES:  # a header is a hundred bytes
-            self.drops.note("bulk: malformed frame", holder)
-            return
         # Only the header is opened here, on the loop (its own tag): the chunk stays sealed,
         # and the pull opens it on a helper thread straight into the object's block.
         try:
