@@ -34,7 +34,7 @@ from meshcompute.wire.sealing import (
 from meshcompute.wire.transport import Endpoint, recv
 
 from .conftest import driver_on_loopback_mesh, wait_for
-from .test_frame_limits import _declare_huge_frame, _steady_rss
+from .test_frame_limits import _declare_huge_frame, _steady_anon_rss
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -76,7 +76,7 @@ def test_frames_from_a_stranger_are_dropped_and_cost_nothing(mesh2):
     endpoint = query(b, "node")["bulk"]
     host, port = endpoint[len("tcp://"):].rsplit(":", 1)
     daemon = psutil.Process(b["pid"])
-    before = _steady_rss(daemon)
+    before = _steady_anon_rss(daemon)
     ctx = zmq.Context()
     try:
         stranger = ctx.socket(zmq.DEALER)
@@ -94,7 +94,7 @@ def test_frames_from_a_stranger_are_dropped_and_cost_nothing(mesh2):
     # A frame declared at 1 GiB: the connection is dropped when its length is read.
     sent, hung_up = _declare_huge_frame(host, int(port), b"NULL", 1 << 30, 64 * MiB)
     assert hung_up and sent < 64 * MiB
-    assert _steady_rss(daemon) - before < 4 * MiB
+    assert _steady_anon_rss(daemon) - before < 4 * MiB
     assert daemon.is_running()
     _pull_from_b_works(mesh2)
 
