@@ -12,7 +12,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from meshcompute.node.pulls import PULL_CHUNK_BYTES, PULL_RETRIES, PULL_STALL_S, PULL_WINDOW, Pulls
+from meshcompute.node.pulls import (
+    PULL_CHUNK_BYTES,
+    PULL_RETRIES,
+    PULL_STALL_S,
+    PULL_WINDOW,
+    MappedSpan,
+    Pulls,
+)
 from meshcompute.node.store_service import StoreService
 from meshcompute.store.table import StoreTable
 from meshcompute.wire.messages import Msg
@@ -208,3 +215,35 @@ def test_readers_waiting_on_a_relay_whose_pull_fails_hear_it_at_once(pulls):
     assert [f[1:] for peer, f in net.of(Msg.CHUNK_DATA) if peer == OTHER] == [
         (PULL_CHUNK_BYTES, False, "the relay lost the object")]
     assert OID not in p.pulls and table.statistics().used == 0
+
+
+def test_the_span_of_mapped_pages_is_dropped_once_idle_and_only_then():
+    span = MappedSpan(idle_s=2.0)
+    assert span.take_idle(100.0) is None  # nothing mapped
+    span.note(8 << 20, 16 << 20, 100.0)
+    span.note(0, 8 << 20, 101.0)
+    assert span.take_idle(102.9) is None  # a chunk 1.9 s ago: transfers may go on
+    assert span.take_idle(103.0) == (0, 16 << 20)
+    assert span.take_idle(110.0) is None  # dropped once
+    span.note(32 << 20, 40 << 20, 111.0)
+    assert span.take_idle(113.0) == (32 << 20, 40 << 20)  # a new span, not the old one
+
+
+def test_a_pull_notes_the_pages_it_writes_and_its_tick_drops_them_when_idle(pulls, monkeypatch):
+    p, net, clock, table = pulls
+    jobs = []
+    p.copy = lambda job, done: (jobs.append(job), done(job(), None))
+    p._arena_base = 1  # as if mapped: the drop is handed to a helper thread
+    size = 2 * PULL_CHUNK_BYTES
+    p.pull(OID, "nodeB", size, READER, 7, clock[0])
+    for i in range(2):
+        _chunk(p, net, i * PULL_CHUNK_BYTES, PULL_CHUNK_BYTES)
+    start = table.objects[OID].offset
+    assert (p.mapped.start, p.mapped.end) == (start, start + size)
+    writes = len(jobs)
+    p.tick(clock[0] + 1.0)
+    assert len(jobs) == writes  # still within the idle time
+    dropped = []
+    monkeypatch.setattr("meshcompute.node.pulls.unmap_pages", lambda base, o, n: dropped.append((o, n)))
+    p.tick(clock[0] + 2.5)
+    assert dropped == [(start, size)] and len(jobs) == writes + 1

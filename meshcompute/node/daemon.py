@@ -514,7 +514,7 @@ class Daemon:
                 self.process_gone(addr)
         self.jobs.poll(now)
         self.workers.reap_idle(now, self.processes.owns_objects)
-        self.pulls.expire(now)
+        self.pulls.tick(now)
         if self.bulk is not None:
             self.bulk.tick(now)
         self.metrics.refresh()

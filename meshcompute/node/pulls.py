@@ -18,7 +18,7 @@ from typing import Any
 
 import lz4.block
 
-from ..store.shm import mapping_address, populate, unmap_pages
+from ..store.shm import IDLE_UNMAP_S, mapping_address, populate, unmap_pages
 from ..store.table import Copy
 from ..wire.messages import Msg
 from ..wire.sealing import SealedPart
@@ -42,6 +42,38 @@ fails the pull at once; this catches a live source that lost requests (a reset
 connection drops what was queued on it)."""
 PULL_RETRIES = 2
 """Times a stalled pull asks again before it fails (its readers then hear None)."""
+
+
+class MappedSpan:
+    """The span of the arena that the daemon's helper threads mapped to read or write chunks.
+
+    Mapping a chunk's pages costs a walk of its page table, and dropping them again a
+    zap and a TLB flush on every core running the daemon: about a tenth of a pull's CPU
+    when done for each chunk.  So the pages stay mapped while chunks flow, and the
+    whole span is dropped once none was mapped for ``idle_s`` seconds, so that an idle
+    node's resident size does not count the objects it moved (the file keeps their bytes;
+    a punched page leaves every mapping by itself).  Pure bookkeeping, on the loop.
+    """
+
+    def __init__(self, idle_s: float = IDLE_UNMAP_S) -> None:
+        self.idle_s = idle_s
+        self.start = self.end = 0  # [start, end) covers every page mapped since the last drop
+        self.used_at = 0.0
+
+    def note(self, start: int, end: int, now: float) -> None:
+        """Pages ``[start, end)`` are about to be mapped."""
+        if self.end <= self.start:
+            self.start, self.end = start, end
+        else:
+            self.start, self.end = min(self.start, start), max(self.end, end)
+        self.used_at = now
+
+    def take_idle(self, now: float) -> tuple[int, int] | None:
+        """The span to drop, once nothing was mapped for ``idle_s``; then it is empty."""
+        if self.end <= self.start or now - self.used_at < self.idle_s:
+            return None
+        span, self.start, self.end = (self.start, self.end), 0, 0
+        return span
 
 
 @dataclass
@@ -110,6 +142,7 @@ class Pulls:
         self.owed_done: dict[str, set[bytes]] = {}
         self.tails: dict[bytes, str] = {}  # object of ours -> the daemon that last began pulling it
         self.served_bytes = 0  # bytes of chunks sent to peers, ever
+        self.mapped = MappedSpan()  # arena pages the helper threads keep mapped while chunks flow
 
     # ------------------------------------------------------------ pulling in
 
@@ -207,6 +240,7 @@ class Pulls:
             self._finish(p, ok=False)
             return
         frame, fd, start, room = frames[0], table.arena_fd, p.offset + offset, p.size - offset
+        self.mapped.note(start, start + min(room, PULL_CHUNK_BYTES), self.now())
 
         def write() -> int:
             if isinstance(frame, SealedPart) and not compressed:
@@ -277,6 +311,11 @@ class Pulls:
         callbacks, p.notify = p.notify, []
         for done in callbacks:
             done()
+
+    def tick(self, now: float) -> None:
+        """The daemon's periodic call: stalled pulls, and mappings no transfer uses any more."""
+        self.expire(now)
+        self.drop_idle_mappings(now)
 
     def expire(self, now: float) -> None:
         """Pulls with no chunk for PULL_STALL_S ask for their missing chunks again, PULL_RETRIES
@@ -369,32 +408,34 @@ class Pulls:
     def _open_into_block(self, part: SealedPart, start: int, n: int) -> bool:
         """Decrypt ``part`` into the arena at ``start`` through the daemon's mapping (copier
         thread): its pages are mapped in one call first (a fault per tmpfs page would cost
-        more than the copy) and dropped from the daemon's page table after, so a node that
-        forwards gigabytes does not keep them resident.  False, with nothing written, where
-        they cannot be mapped; raises InvalidTag for a forged chunk (its block is the pull's,
-        unsealed, and the pull then fails)."""
+        more than the copy; they stay mapped until ``drop_idle_mappings``).  False, with
+        nothing written, where they cannot be mapped; raises InvalidTag for a forged chunk
+        (its block is the pull's, unsealed, and the pull then fails)."""
         if not self._arena_base or populate(self._arena_base, start, n):
             return False
-        try:
-            part.open_into(self.arena[start: start + n])
-        finally:
-            unmap_pages(self._arena_base, start, n)
+        part.open_into(self.arena[start: start + n])
         return True
 
     def _reading(self, start: int, length: int) -> Callable[[Callable[[], Any]], Any]:
         """How a helper thread reads a chunk it serves from the arena: its pages are mapped in
-        one call first (cheaper than a fault per 64 KiB) and dropped from the daemon's page
-        table after, so a node that serves gigabytes does not keep them resident (the file
-        keeps them)."""
+        one call first (cheaper than a fault per 64 KiB; they stay mapped until
+        ``drop_idle_mappings``)."""
+        self.mapped.note(start, start + length, self.now())
+
         def reading(read: Callable[[], Any]) -> Any:
             if self._arena_base:
                 populate(self._arena_base, start, length)
-            try:
-                return read()
-            finally:
-                if self._arena_base:
-                    unmap_pages(self._arena_base, start, length)
+            return read()
         return reading
+
+    def drop_idle_mappings(self, now: float) -> None:
+        """Once no chunk was read or written for IDLE_UNMAP_S, drop the arena pages the helper
+        threads mapped from the daemon's page table (on a helper thread: a zap of hundreds of
+        MiB takes milliseconds), so an idle node that moved gigabytes stays small."""
+        span = self.mapped.take_idle(now)
+        if span is not None and self._arena_base:
+            start, end = span
+            self.copy(lambda: unmap_pages(self._arena_base, start, end - start), lambda _v, _e: None)
 
     def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
         """A peer's pull lost its source: do we hold a sealed copy? REPLY our address or None."""
