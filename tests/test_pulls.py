@@ -7,22 +7,24 @@ given by the test: no sockets, no sleeping.
 
 from __future__ import annotations
 
+import mmap
 import os
 from types import SimpleNamespace
 
 import pytest
 
+from meshcompute.node.chunk_pages import ChunkPages
 from meshcompute.node.pulls import (
     PULL_CHUNK_BYTES,
     PULL_RETRIES,
     PULL_STALL_S,
     PULL_WINDOW,
-    MappedSpan,
     Pulls,
 )
 from meshcompute.node.store_service import StoreService
 from meshcompute.store.table import StoreTable
 from meshcompute.wire.messages import Msg
+from meshcompute.wire.sealing import ANSWER, Seal, new_key, new_session_id
 
 SOURCE = "nodeB/daemon@tcp://127.0.0.1:1"
 READER = "nodeA/p_reader@"
@@ -217,33 +219,59 @@ def test_readers_waiting_on_a_relay_whose_pull_fails_hear_it_at_once(pulls):
     assert OID not in p.pulls and table.statistics().used == 0
 
 
-def test_the_span_of_mapped_pages_is_dropped_once_idle_and_only_then():
-    span = MappedSpan(idle_s=2.0)
-    assert span.take_idle(100.0) is None  # nothing mapped
-    span.note(8 << 20, 16 << 20, 100.0)
-    span.note(0, 8 << 20, 101.0)
-    assert span.take_idle(102.9) is None  # a chunk 1.9 s ago: transfers may go on
-    assert span.take_idle(103.0) == (0, 16 << 20)
-    assert span.take_idle(110.0) is None  # dropped once
-    span.note(32 << 20, 40 << 20, 111.0)
-    assert span.take_idle(113.0) == (32 << 20, 40 << 20)  # a new span, not the old one
+def test_chunk_pages_are_mapped_once_until_punched_and_dropped_once_idle():
+    MiB = 1 << 20
+    pages = ChunkPages(64 * MiB, idle_s=2.0)
+    assert pages.take_idle(100.0) is None  # nothing touched
+    # (epoch now, latest punch epoch there, all written) as PagePool.punch_info gives them
+    assert pages.plan(8 * MiB, 16 * MiB, (5, 0, False), 100.0) == 5  # not mapped: map it
+    pages.mapped(8 * MiB, 16 * MiB, 5)
+    assert pages.plan(8 * MiB, 16 * MiB, (5, 0, False), 100.5) is None  # mapped already
+    assert pages.plan(0, 8 * MiB, (5, 0, False), 101.0) == 5  # its neighbour is not
+    pages.mapped(0, 8 * MiB, 5)
+    assert pages.plan(4 * MiB, 12 * MiB, (5, 0, False), 101.0) is None
+    # A punch after they were mapped (epoch 7 > 5) took the pages out of every mapping.
+    assert pages.plan(8 * MiB, 16 * MiB, (7, 7, False), 101.5) == 7
+    assert pages.take_idle(103.4) is None  # a chunk 1.9 s ago: transfers may go on
+    assert pages.take_idle(103.5) == (0, 16 * MiB)
+    assert pages.take_idle(110.0) is None  # dropped once
+    assert pages.plan(0, 8 * MiB, (7, 0, False), 111.0) == 7  # dropped: mapped again
+    assert pages.take_idle(113.0) == (0, 8 * MiB)
 
 
-def test_a_pull_notes_the_pages_it_writes_and_its_tick_drops_them_when_idle(pulls, monkeypatch):
-    p, net, clock, table = pulls
-    jobs = []
-    p.copy = lambda job, done: (jobs.append(job), done(job(), None))
-    p._arena_base = 1  # as if mapped: the drop is handed to a helper thread
-    size = 2 * PULL_CHUNK_BYTES
-    p.pull(OID, "nodeB", size, READER, 7, clock[0])
-    for i in range(2):
-        _chunk(p, net, i * PULL_CHUNK_BYTES, PULL_CHUNK_BYTES)
-    start = table.objects[OID].offset
-    assert (p.mapped.start, p.mapped.end) == (start, start + size)
-    writes = len(jobs)
-    p.tick(clock[0] + 1.0)
-    assert len(jobs) == writes  # still within the idle time
-    dropped = []
-    monkeypatch.setattr("meshcompute.node.pulls.unmap_pages", lambda base, o, n: dropped.append((o, n)))
-    p.tick(clock[0] + 2.5)
-    assert dropped == [(start, size)] and len(jobs) == writes + 1
+def test_a_pull_maps_the_pages_it_opens_chunks_into_once_and_drops_them_when_idle(tmp_path):
+    """Sealed chunks are opened straight into the block through a real mapping of the
+    arena: its pages are mapped before the first chunk lands, recorded, and dropped
+    (one call, on a helper thread) once no chunk moved for the idle time."""
+    cap = 64 << 20
+    fd = os.open(tmp_path / "arena", os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, cap)
+    arena = mmap.mmap(fd, cap)
+    try:
+        table = StoreTable(cap, fd, str(tmp_path / "spill"), "nodeA")
+        net, clock, jobs = Net(), [100.0], []
+        store = StoreService(table, "nodeA", net.send, lambda node: None)
+        peer = SimpleNamespace(node_id="nodeB", state="alive", address=SOURCE)
+        p = Pulls(store, memoryview(arena), lambda: "nodeA/daemon@", lambda: {"nodeB": peer}, net.send,
+                  lambda job, done: (jobs.append(job), done(job(), None)), lambda: clock[0],
+                  lambda oid, answer: None)
+        seal = Seal(new_key(), new_session_id())
+        size = 2 * PULL_CHUNK_BYTES
+        data = os.urandom(size)
+        p.pull(OID, "nodeB", size, READER, 7, clock[0])
+        for i, offset in enumerate((0, PULL_CHUNK_BYTES)):
+            prefix, *boxes = seal.seal(ANSWER, 2 * i, [b"header", data[offset: offset + PULL_CHUNK_BYTES]])
+            _, part = seal.open_first(ANSWER, 2 * i, prefix, boxes)
+            p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, offset, False, None), [part])
+        start = table.objects[OID].offset
+        assert table.objects[OID].sealed and arena[start: start + size] == data
+        assert p.pages.populated.spans() == [(start, start + size)]
+        assert p.pages.plan(start, start + size, table.pages.punch_info(start, size), clock[0]) is None
+        writes = len(jobs)
+        p.tick(clock[0] + 1.0)
+        assert len(jobs) == writes  # within the idle time: kept
+        p.tick(clock[0] + 2.5)
+        assert len(jobs) == writes + 1 and p.pages.populated.spans() == []  # dropped, in one job
+        assert arena[start: start + size] == data  # the file keeps the bytes
+    finally:
+        os.close(fd)  # (the mapping goes with the last view of it)

@@ -18,11 +18,12 @@ from typing import Any
 
 import lz4.block
 
-from ..store.shm import IDLE_UNMAP_S, mapping_address, populate, unmap_pages
+from ..store.shm import mapping_address, populate, unmap_pages
 from ..store.table import Copy
 from ..wire.messages import Msg
 from ..wire.sealing import SealedPart
 from ..wire.transport import node_of
+from .chunk_pages import ChunkPages
 from .store_service import StoreService
 
 log = logging.getLogger("meshcompute.daemon")
@@ -42,38 +43,6 @@ fails the pull at once; this catches a live source that lost requests (a reset
 connection drops what was queued on it)."""
 PULL_RETRIES = 2
 """Times a stalled pull asks again before it fails (its readers then hear None)."""
-
-
-class MappedSpan:
-    """The span of the arena that the daemon's helper threads mapped to read or write chunks.
-
-    Mapping a chunk's pages costs a walk of its page table, and dropping them again a
-    zap and a TLB flush on every core running the daemon: about a tenth of a pull's CPU
-    when done for each chunk.  So the pages stay mapped while chunks flow, and the
-    whole span is dropped once none was mapped for ``idle_s`` seconds, so that an idle
-    node's resident size does not count the objects it moved (the file keeps their bytes;
-    a punched page leaves every mapping by itself).  Pure bookkeeping, on the loop.
-    """
-
-    def __init__(self, idle_s: float = IDLE_UNMAP_S) -> None:
-        self.idle_s = idle_s
-        self.start = self.end = 0  # [start, end) covers every page mapped since the last drop
-        self.used_at = 0.0
-
-    def note(self, start: int, end: int, now: float) -> None:
-        """Pages ``[start, end)`` are about to be mapped."""
-        if self.end <= self.start:
-            self.start, self.end = start, end
-        else:
-            self.start, self.end = min(self.start, start), max(self.end, end)
-        self.used_at = now
-
-    def take_idle(self, now: float) -> tuple[int, int] | None:
-        """The span to drop, once nothing was mapped for ``idle_s``; then it is empty."""
-        if self.end <= self.start or now - self.used_at < self.idle_s:
-            return None
-        span, self.start, self.end = (self.start, self.end), 0, 0
-        return span
 
 
 @dataclass
@@ -142,7 +111,7 @@ class Pulls:
         self.owed_done: dict[str, set[bytes]] = {}
         self.tails: dict[bytes, str] = {}  # object of ours -> the daemon that last began pulling it
         self.served_bytes = 0  # bytes of chunks sent to peers, ever
-        self.mapped = MappedSpan()  # arena pages the helper threads keep mapped while chunks flow
+        self.pages = ChunkPages(store.table.capacity)  # arena pages the helper threads keep mapped
 
     # ------------------------------------------------------------ pulling in
 
@@ -240,16 +209,13 @@ class Pulls:
             self._finish(p, ok=False)
             return
         frame, fd, start, room = frames[0], table.arena_fd, p.offset + offset, p.size - offset
-        self.mapped.note(start, start + min(room, PULL_CHUNK_BYTES), self.now())
+        direct = isinstance(frame, SealedPart) and not compressed and frame.nbytes <= room
+        epoch = self._plan_pages(start, frame.nbytes) if direct else None
 
         def write() -> int:
-            if isinstance(frame, SealedPart) and not compressed:
+            if direct and self._open_into_block(frame, start, frame.nbytes, epoch):
                 # Opened straight into the block: no plaintext buffer, no second copy.
-                n = frame.nbytes
-                if n > room:
-                    raise ValueError(f"a chunk of {n} bytes does not fit at {offset} of {p.size}")
-                if self._open_into_block(frame, start, n):
-                    return n
+                return frame.nbytes
             data = memoryview(frame.open() if isinstance(frame, SealedPart) else frame)
             if compressed:
                 data = memoryview(lz4.block.decompress(data))
@@ -405,34 +371,48 @@ class Pulls:
 
     # ------------------------------------------------------------ serving out
 
-    def _open_into_block(self, part: SealedPart, start: int, n: int) -> bool:
+    def _plan_pages(self, start: int, n: int) -> int | None:
+        """On the loop: the punch epoch at which a helper thread maps ``[start, start+n)``
+        before touching it, or None where the daemon's mapping has those pages already."""
+        return self.pages.plan(start, start + n, self.store.table.pages.punch_info(start, n), self.now())
+
+    def _map_pages(self, start: int, n: int, epoch: int | None) -> bool:
+        """On a helper thread: map pages planned by ``_plan_pages`` in one call (a fault per
+        64 KiB of tmpfs would cost more than the copy).  False where they cannot be."""
+        if not self._arena_base:
+            return False
+        if epoch is not None:
+            if populate(self._arena_base, start, n):
+                return False
+            self.pages.mapped(start, start + n, epoch)
+        return True
+
+    def _open_into_block(self, part: SealedPart, start: int, n: int, epoch: int | None) -> bool:
         """Decrypt ``part`` into the arena at ``start`` through the daemon's mapping (copier
-        thread): its pages are mapped in one call first (a fault per tmpfs page would cost
-        more than the copy; they stay mapped until ``drop_idle_mappings``).  False, with
-        nothing written, where they cannot be mapped; raises InvalidTag for a forged chunk
-        (its block is the pull's, unsealed, and the pull then fails)."""
-        if not self._arena_base or populate(self._arena_base, start, n):
+        thread).  False, with nothing written, where its pages cannot be mapped; raises
+        InvalidTag for a forged chunk (its block is the pull's, unsealed, and the pull then
+        fails)."""
+        if not self._map_pages(start, n, epoch):
             return False
         part.open_into(self.arena[start: start + n])
         return True
 
     def _reading(self, start: int, length: int) -> Callable[[Callable[[], Any]], Any]:
-        """How a helper thread reads a chunk it serves from the arena: its pages are mapped in
-        one call first (cheaper than a fault per 64 KiB; they stay mapped until
-        ``drop_idle_mappings``)."""
-        self.mapped.note(start, start + length, self.now())
+        """How a helper thread reads a chunk it serves from the arena: through the daemon's
+        mapping, its pages mapped first where they are not."""
+        epoch = self._plan_pages(start, length)
 
         def reading(read: Callable[[], Any]) -> Any:
-            if self._arena_base:
-                populate(self._arena_base, start, length)
+            self._map_pages(start, length, epoch)
             return read()
         return reading
 
     def drop_idle_mappings(self, now: float) -> None:
-        """Once no chunk was read or written for IDLE_UNMAP_S, drop the arena pages the helper
-        threads mapped from the daemon's page table (on a helper thread: a zap of hundreds of
-        MiB takes milliseconds), so an idle node that moved gigabytes stays small."""
-        span = self.mapped.take_idle(now)
+        """Once no chunk was read or written for a while (``ChunkPages``), drop the arena
+        pages the helper threads mapped from the daemon's page table (on a helper thread:
+        a zap of hundreds of MiB takes milliseconds), so an idle node that moved gigabytes
+        stays small."""
+        span = self.pages.take_idle(now)
         if span is not None and self._arena_base:
             start, end = span
             self.copy(lambda: unmap_pages(self._arena_base, start, end - start), lambda _v, _e: None)
