@@ -164,6 +164,7 @@ def test_copier_runs_jobs_on_helper_threads_and_completions_on_the_caller():
 def test_an_idle_copier_thread_keeps_nothing_of_its_last_job():
     import gc
     import select
+    import time
     import weakref
 
     from meshcompute.node.copier import Copier
@@ -179,7 +180,11 @@ def test_an_idle_copier_thread_keeps_nothing_of_its_last_job():
         while copier.inflight:
             assert select.select([copier.fd], [], [], 10)[0]
             copier.run_completions()
-        gc.collect()
+        # A thread lets go of its job just after it hands the completion over: wait for that.
+        deadline = time.monotonic() + 5
+        while not all(r() is None for r in results) and time.monotonic() < deadline:
+            time.sleep(0.01)
+            gc.collect()
         assert len(results) == 4 and all(r() is None for r in results), "an idle helper thread holds a result"
     finally:
         copier.stop()
