@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from meshcompute.node.chunk_pages import ChunkPages
+from meshcompute.node.chunk_pages import ChunkPages, MapFirst
 from meshcompute.node.pulls import (
     PULL_CHUNK_BYTES,
     PULL_RETRIES,
@@ -22,6 +22,7 @@ from meshcompute.node.pulls import (
     Pulls,
 )
 from meshcompute.node.store_service import StoreService
+from meshcompute.store.shm import mapping_address
 from meshcompute.store.table import StoreTable
 from meshcompute.wire.messages import Msg
 from meshcompute.wire.sealing import ANSWER, Seal, new_key, new_session_id
@@ -223,38 +224,88 @@ def test_chunk_pages_are_mapped_once_until_punched_and_dropped_once_idle():
     MiB = 1 << 20
     pages = ChunkPages(64 * MiB, idle_s=2.0)
     assert pages.take_idle(100.0) is None  # nothing touched
-    # (epoch now, latest punch epoch there, all written) as PagePool.punch_info gives them
-    assert pages.plan(8 * MiB, 16 * MiB, (5, 0, False), 100.0) == 5  # not mapped: map it
-    pages.mapped(8 * MiB, 16 * MiB, 5)
+    # (epoch now, latest punch epoch there, all written), as PagePool.punch_info gives them
+    how = pages.plan(8 * MiB, 16 * MiB, (5, 0, False), 100.0)
+    assert how == MapFirst(5, record=True)  # not mapped: map it first
+    pages.mapped(8 * MiB, 16 * MiB, how)
+    pages.done(100.1)
     assert pages.plan(8 * MiB, 16 * MiB, (5, 0, False), 100.5) is None  # mapped already
-    assert pages.plan(0, 8 * MiB, (5, 0, False), 101.0) == 5  # its neighbour is not
-    pages.mapped(0, 8 * MiB, 5)
+    pages.done(100.5)
+    how = pages.plan(0, 8 * MiB, (5, 0, False), 101.0)
+    assert how is not None  # its neighbour is not
+    pages.mapped(0, 8 * MiB, how)
+    pages.done(101.0)
     assert pages.plan(4 * MiB, 12 * MiB, (5, 0, False), 101.0) is None
+    pages.done(101.0)
     # A punch after they were mapped (epoch 7 > 5) took the pages out of every mapping.
-    assert pages.plan(8 * MiB, 16 * MiB, (7, 7, False), 101.5) == 7
+    assert pages.plan(8 * MiB, 16 * MiB, (7, 7, False), 101.5) == MapFirst(7, record=True)
+    pages.done(101.5)
     assert pages.take_idle(103.4) is None  # a chunk 1.9 s ago: transfers may go on
     assert pages.take_idle(103.5) == (0, 16 * MiB)
     assert pages.take_idle(110.0) is None  # dropped once
-    assert pages.plan(0, 8 * MiB, (7, 0, False), 111.0) == 7  # dropped: mapped again
-    assert pages.take_idle(113.0) == (0, 8 * MiB)
+    # While the drop's unmap runs, a chunk maps its pages but records nothing (they may be
+    # zapped under it); the pages it touched are dropped the next time.
+    how = pages.plan(0, 8 * MiB, (7, 0, False), 111.0)
+    assert how == MapFirst(7, record=False)
+    pages.mapped(0, 8 * MiB, how)
+    pages.done(111.0)
+    assert pages.populated.spans() == [] and pages.take_idle(120.0) is None  # (still dropping)
+    pages.dropped()
+    assert pages.take_idle(120.0) == (0, 8 * MiB)
+    pages.dropped()
 
 
-def test_a_pull_maps_the_pages_it_opens_chunks_into_once_and_drops_them_when_idle(tmp_path):
-    """Sealed chunks are opened straight into the block through a real mapping of the
-    arena: its pages are mapped before the first chunk lands, recorded, and dropped
-    (one call, on a helper thread) once no chunk moved for the idle time."""
+def test_chunk_pages_are_not_dropped_while_a_chunk_is_in_progress():
+    """A chunk job can wait in the helper threads' queue behind a long spill: its pages are
+    not dropped before it completes, however long ago it was planned."""
+    pages = ChunkPages(64 << 20, idle_s=2.0)
+    how = pages.plan(0, 8 << 20, (1, 0, False), 100.0)
+    assert pages.take_idle(150.0) is None  # planned 50 s ago, still in progress
+    pages.mapped(0, 8 << 20, how)
+    pages.done(150.0)
+    assert pages.take_idle(151.0) is None  # completed 1 s ago
+    assert pages.take_idle(152.0) == (0, 8 << 20)
+
+
+def _resident_in_mapping(base: int) -> int:
+    """Resident bytes of this process's mapping that starts at ``base`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                inside = int(head.split("-")[0], 16) == base
+            elif inside and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no such mapping")
+
+
+def test_chunks_map_their_pages_once_and_the_daemon_drops_them_when_idle(tmp_path, monkeypatch):
+    """Over a real mapping of a tmpfs-like arena: a pull opens sealed chunks straight into
+    the block, mapping each chunk's pages first; serving the object on reads them without
+    mapping them again; once no chunk moved for the idle time they leave the page table
+    in one call (the file keeps their bytes), and the next chunk maps them again."""
+    import meshcompute.node.pulls as pulls_module
+
+    populated, unmapped = [], []
+    real_populate, real_unmap = pulls_module.populate, pulls_module.unmap_pages
+    monkeypatch.setattr(pulls_module, "populate", lambda b, o, n: populated.append((o, n)) or real_populate(b, o, n))
+    monkeypatch.setattr(pulls_module, "unmap_pages", lambda b, o, n: unmapped.append((o, n)) or real_unmap(b, o, n))
     cap = 64 << 20
     fd = os.open(tmp_path / "arena", os.O_RDWR | os.O_CREAT, 0o600)
     os.ftruncate(fd, cap)
     arena = mmap.mmap(fd, cap)
     try:
+        base = mapping_address(arena)
+        if real_populate(base, 0, mmap.PAGESIZE):
+            pytest.skip("this kernel cannot populate a mapping in one call (Linux < 5.14)")
+        real_unmap(base, 0, mmap.PAGESIZE)
         table = StoreTable(cap, fd, str(tmp_path / "spill"), "nodeA")
-        net, clock, jobs = Net(), [100.0], []
+        net, clock = Net(), [100.0]
         store = StoreService(table, "nodeA", net.send, lambda node: None)
         peer = SimpleNamespace(node_id="nodeB", state="alive", address=SOURCE)
         p = Pulls(store, memoryview(arena), lambda: "nodeA/daemon@", lambda: {"nodeB": peer}, net.send,
-                  lambda job, done: (jobs.append(job), done(job(), None)), lambda: clock[0],
-                  lambda oid, answer: None)
+                  lambda job, done: done(job(), None), lambda: clock[0], lambda oid, answer: None)
         seal = Seal(new_key(), new_session_id())
         size = 2 * PULL_CHUNK_BYTES
         data = os.urandom(size)
@@ -264,14 +315,22 @@ def test_a_pull_maps_the_pages_it_opens_chunks_into_once_and_drops_them_when_idl
             _, part = seal.open_first(ANSWER, 2 * i, prefix, boxes)
             p.on_chunk_data(SOURCE, (Msg.CHUNK_DATA, OID, offset, False, None), [part])
         start = table.objects[OID].offset
-        assert table.objects[OID].sealed and arena[start: start + size] == data
-        assert p.pages.populated.spans() == [(start, start + size)]
-        assert p.pages.plan(start, start + size, table.pages.punch_info(start, size), clock[0]) is None
-        writes = len(jobs)
+        assert table.objects[OID].sealed
+        assert populated == [(start, PULL_CHUNK_BYTES), (start + PULL_CHUNK_BYTES, PULL_CHUNK_BYTES)]
+        assert _resident_in_mapping(base) >= size
+        # Served on to another node: read from the pages mapped already.
+        for offset in (0, PULL_CHUNK_BYTES):
+            p.on_pull_chunk(OTHER, (Msg.PULL_CHUNK, OID, offset, PULL_CHUNK_BYTES, True), [])
+        served = [f for peer_, t, f, fr in net.sent if t == Msg.CHUNK_DATA and peer_ == OTHER]
+        assert len(served) == 2 and len(populated) == 2 and p.pages.in_progress == 0
         p.tick(clock[0] + 1.0)
-        assert len(jobs) == writes  # within the idle time: kept
+        assert unmapped == [] and _resident_in_mapping(base) >= size  # within the idle time: kept
         p.tick(clock[0] + 2.5)
-        assert len(jobs) == writes + 1 and p.pages.populated.spans() == []  # dropped, in one job
-        assert arena[start: start + size] == data  # the file keeps the bytes
+        assert unmapped == [(start, size)] and _resident_in_mapping(base) == 0
+        assert arena[start: start + size] == data  # the file kept the bytes
+        # The next chunk served maps its pages again.
+        clock[0] += 10
+        p.on_pull_chunk(OTHER, (Msg.PULL_CHUNK, OID, 0, PULL_CHUNK_BYTES, True), [])
+        assert populated[2:] == [(start, PULL_CHUNK_BYTES)]
     finally:
         os.close(fd)  # (the mapping goes with the last view of it)

@@ -91,7 +91,7 @@ asks again after its stall timeout)."""
 Copy = Callable[[Callable[[], Any], Callable[[Any, BaseException | None], None]], None]
 Reading = Callable[[Callable[[], Any]], Any]
 """``reading(read)`` runs ``read()`` (on a helper thread), having made the chunk's bytes
-ready to read, and tidies up after (node/pulls.py maps and unmaps arena pages)."""
+ready to read (node/pulls.py maps the arena pages where the daemon's mapping lacks them)."""
 
 
 @dataclass

@@ -11,50 +11,85 @@ the daemon runs on.  So:
 * pages stay mapped while chunks flow, and a chunk whose pages were mapped
   after the last punch of their part of the arena (store/pages.py's punch
   epochs: a punch takes pages out of every mapping) is not mapped again;
-* once no chunk was read or written for ``idle_s`` seconds, everything touched
-  is dropped from the daemon's page table, so an idle node's resident size does
-  not count the objects it moved (the file keeps their bytes).
+* once no chunk was read or written for IDLE_S and none is in progress,
+  everything touched is dropped from the daemon's page table (on a helper
+  thread), so an idle node's resident size does not count the objects it moved
+  (the file keeps their bytes).
 
-Pure bookkeeping: the loop plans, a helper thread records what it mapped.
+Pure bookkeeping on the loop thread, except ``mapped``, which a helper thread
+calls (``PopulatedRanges`` locks).
 """
 
 from __future__ import annotations
 
-from ..store.shm import IDLE_UNMAP_S, PopulatedRanges
+from typing import NamedTuple
+
+from ..store.shm import PopulatedRanges
+
+IDLE_S = 2.0
+"""Seconds without a chunk after which the daemon drops the pages it mapped for chunks: long
+enough that a transfer's chunks keep them (they come milliseconds apart), short enough that
+a node that moved gigabytes looks idle in ``top`` soon after."""
+
+
+class MapFirst(NamedTuple):
+    """A helper thread must map the pages before touching them; ``record`` says whether
+    it then notes them as mapped (not while a drop may be zapping them)."""
+
+    epoch: int
+    record: bool
 
 
 class ChunkPages:
     """Invariants: ``populated`` holds only ranges that a populate call mapped after every
-    punch up to the epoch recorded with them (so a covered range is mapped, unless it was
-    punched later, which ``forget_punched`` catches); ``[start, end)`` covers every page
-    touched since the last drop, populated or faulted in."""
+    punch up to the epoch recorded with them, and after the last drop had finished (so a
+    covered range is mapped, unless punched later, which ``forget_punched`` catches);
+    ``[start, end)`` covers every page touched since the last drop began; nothing is
+    dropped while a chunk planned here is still in progress."""
 
-    def __init__(self, capacity: int, idle_s: float = IDLE_UNMAP_S) -> None:
+    def __init__(self, capacity: int, idle_s: float = IDLE_S) -> None:
         self.idle_s = idle_s
         self.populated = PopulatedRanges(capacity)
         self.start = self.end = 0
         self.used_at = 0.0
+        self.in_progress = 0  # chunks planned whose reads or writes have not completed
+        self.dropping = False  # a drop's unmap runs on a helper thread now
 
-    def plan(self, start: int, end: int, punch_info: tuple, now: float) -> int | None:
-        """On the loop, before a helper thread reads or writes ``[start, end)``: the punch
-        epoch to record once it has mapped them (``mapped``), or None where they are mapped
-        already.  ``punch_info`` is ``PagePool.punch_info`` of the range."""
+    def plan(self, start: int, end: int, punch_info: tuple, now: float) -> MapFirst | None:
+        """Before a helper thread reads or writes ``[start, end)``: how it maps the pages
+        first, or None where they are mapped already.  ``punch_info`` is
+        ``PagePool.punch_info`` of the range.  Each plan is ended by ``done``."""
         epoch, punched_at = punch_info[0], punch_info[1]
         self.start, self.end = (start, end) if self.end <= self.start else (min(self.start, start),
                                                                              max(self.end, end))
         self.used_at = now
+        self.in_progress += 1
         self.populated.forget_punched(start, end, punched_at)
-        return None if self.populated.covers(start, end) else epoch
+        if self.populated.covers(start, end):  # (never while dropping: nothing is recorded then)
+            return None
+        return MapFirst(epoch, record=not self.dropping)
 
-    def mapped(self, start: int, end: int, epoch: int) -> None:
-        """A helper thread populated ``[start, end)`` (planned at ``epoch``)."""
-        self.populated.add_at(start, end, epoch)
+    def mapped(self, start: int, end: int, how: MapFirst) -> None:
+        """A helper thread populated ``[start, end)`` as planned."""
+        if how.record:
+            self.populated.add_at(start, end, how.epoch)
+
+    def done(self, now: float) -> None:
+        """A planned chunk's read or write completed (or was given up)."""
+        self.in_progress -= 1
+        self.used_at = now
 
     def take_idle(self, now: float) -> tuple[int, int] | None:
-        """The span to drop, once nothing was touched for ``idle_s``; then nothing is
-        recorded (the next chunk there is mapped again)."""
-        if self.end <= self.start or now - self.used_at < self.idle_s:
+        """The span to drop, once nothing was touched for ``idle_s`` and no chunk is in
+        progress; until ``dropped``, chunks map their pages without recording them."""
+        if (self.end <= self.start or self.in_progress or self.dropping
+                or now - self.used_at < self.idle_s):
             return None
         span, self.start, self.end = (self.start, self.end), 0, 0
         self.populated.forget_all()
+        self.dropping = True
         return span
+
+    def dropped(self) -> None:
+        """The drop's unmap has finished."""
+        self.dropping = False

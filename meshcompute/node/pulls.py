@@ -23,7 +23,7 @@ from ..store.table import Copy
 from ..wire.messages import Msg
 from ..wire.sealing import SealedPart
 from ..wire.transport import node_of
-from .chunk_pages import ChunkPages
+from .chunk_pages import ChunkPages, MapFirst
 from .store_service import StoreService
 
 log = logging.getLogger("meshcompute.daemon")
@@ -210,10 +210,10 @@ class Pulls:
             return
         frame, fd, start, room = frames[0], table.arena_fd, p.offset + offset, p.size - offset
         direct = isinstance(frame, SealedPart) and not compressed and frame.nbytes <= room
-        epoch = self._plan_pages(start, frame.nbytes) if direct else None
+        how = self._plan_pages(start, frame.nbytes) if direct else None
 
         def write() -> int:
-            if direct and self._open_into_block(frame, start, frame.nbytes, epoch):
+            if direct and self._open_into_block(frame, start, frame.nbytes, how):
                 # Opened straight into the block: no plaintext buffer, no second copy.
                 return frame.nbytes
             data = memoryview(frame.open() if isinstance(frame, SealedPart) else frame)
@@ -227,6 +227,8 @@ class Pulls:
             return n
 
         def written(n: Any, err: BaseException | None) -> None:
+            if direct:
+                self.pages.done(self.now())
             self.store.send_replies(table.release_hold(obj))
             if self.pulls.get(oid) is not p:
                 return  # failed meanwhile
@@ -371,41 +373,47 @@ class Pulls:
 
     # ------------------------------------------------------------ serving out
 
-    def _plan_pages(self, start: int, n: int) -> int | None:
-        """On the loop: the punch epoch at which a helper thread maps ``[start, start+n)``
-        before touching it, or None where the daemon's mapping has those pages already."""
+    def _plan_pages(self, start: int, n: int) -> MapFirst | None:
+        """On the loop, before a helper thread touches ``[start, start+n)``: how it maps those
+        pages first, or None where the daemon's mapping has them.  ``pages.done`` ends it."""
         return self.pages.plan(start, start + n, self.store.table.pages.punch_info(start, n), self.now())
 
-    def _map_pages(self, start: int, n: int, epoch: int | None) -> bool:
-        """On a helper thread: map pages planned by ``_plan_pages`` in one call (a fault per
-        64 KiB of tmpfs would cost more than the copy).  False where they cannot be."""
+    def _map_pages(self, start: int, n: int, how: MapFirst | None) -> bool:
+        """On a helper thread: map pages as ``_plan_pages`` said, in one call (a fault per 64
+        KiB of tmpfs would cost more than the copy).  False where they cannot be."""
         if not self._arena_base:
             return False
-        if epoch is not None:
+        if how is not None:
             if populate(self._arena_base, start, n):
                 return False
-            self.pages.mapped(start, start + n, epoch)
+            self.pages.mapped(start, start + n, how)
         return True
 
-    def _open_into_block(self, part: SealedPart, start: int, n: int, epoch: int | None) -> bool:
+    def _open_into_block(self, part: SealedPart, start: int, n: int, how: MapFirst | None) -> bool:
         """Decrypt ``part`` into the arena at ``start`` through the daemon's mapping (copier
         thread).  False, with nothing written, where its pages cannot be mapped; raises
         InvalidTag for a forged chunk (its block is the pull's, unsealed, and the pull then
         fails)."""
-        if not self._map_pages(start, n, epoch):
+        if not self._map_pages(start, n, how):
             return False
         part.open_into(self.arena[start: start + n])
         return True
 
-    def _reading(self, start: int, length: int) -> Callable[[Callable[[], Any]], Any]:
-        """How a helper thread reads a chunk it serves from the arena: through the daemon's
-        mapping, its pages mapped first where they are not."""
-        epoch = self._plan_pages(start, length)
+    def _reading(self, start: int, length: int,
+                 release: Callable[[], None]) -> tuple[Callable[[Callable[[], Any]], Any], Callable[[], None]]:
+        """How a helper thread reads a chunk it serves from the arena (through the daemon's
+        mapping, its pages mapped first where they are not), and ``release`` wrapped to run
+        on the loop once the read is over or given up."""
+        how = self._plan_pages(start, length)
 
         def reading(read: Callable[[], Any]) -> Any:
-            self._map_pages(start, length, epoch)
+            self._map_pages(start, length, how)
             return read()
-        return reading
+
+        def finished() -> None:
+            self.pages.done(self.now())
+            release()
+        return reading, finished
 
     def drop_idle_mappings(self, now: float) -> None:
         """Once no chunk was read or written for a while (``ChunkPages``), drop the arena
@@ -413,9 +421,13 @@ class Pulls:
         a zap of hundreds of MiB takes milliseconds), so an idle node that moved gigabytes
         stays small."""
         span = self.pages.take_idle(now)
-        if span is not None and self._arena_base:
-            start, end = span
-            self.copy(lambda: unmap_pages(self._arena_base, start, end - start), lambda _v, _e: None)
+        if span is None:
+            return
+        if not self._arena_base:
+            self.pages.dropped()
+            return
+        start, end = span
+        self.copy(lambda: unmap_pages(self._arena_base, start, end - start), lambda _v, _e: self.pages.dropped())
 
     def on_locate_object(self, sender: str, msg: tuple, frames: list) -> None:
         """A peer's pull lost its source: do we hold a sealed copy? REPLY our address or None."""
@@ -472,11 +484,11 @@ class Pulls:
         held = table.hold(oid)  # the block stays while a helper thread reads it
         self.served_bytes += length
 
-        reading = self._reading(start, length)
-
-        def release() -> None:
+        def release_hold() -> None:
             if held is not None:
                 self.store.send_replies(table.release_hold(held))
+
+        reading, release = self._reading(start, length, release_hold)
 
         if not self.compressed.get(oid):
             # Sealed as it lies, straight from the arena.
@@ -536,11 +548,9 @@ class Pulls:
         data = self.arena[p.offset + offset: p.offset + offset + length]
         start = p.offset + offset
 
-        def release() -> None:
-            self.store.send_replies(table.release_hold(held))
-
+        reading, release = self._reading(start, length, lambda: self.store.send_replies(table.release_hold(held)))
         self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, None, frames=[data], after=release,
-                       reading=self._reading(start, length))
+                       reading=reading)
 
     def on_pull_done(self, sender: str, msg: tuple, frames: list) -> None:
         p = self.pulls.get(msg[1])

@@ -169,7 +169,8 @@ class Ranges:
 
 
 class PopulatedRanges(Ranges):
-    """The pages of a writer's arena mapping that are populated, and since which punch epoch.
+    """The pages of a writer's arena mapping that are populated, and since which punch epoch
+    (also the daemon's own mapping, for the chunks it moves: node/chunk_pages.py).
 
     ``since[c]``: the daemon's punch epoch (store/pages.py) when the oldest
     populated range still recorded in chunk ``c`` was recorded, ``NEVER`` for
@@ -184,7 +185,8 @@ class PopulatedRanges(Ranges):
     def __init__(self, capacity: int) -> None:
         super().__init__()
         self.since = array("q", [self.NEVER]) * (capacity // EPOCH_CHUNK + 1)
-        # The writer's thread and the prefaulter's both update: ranges and epochs change together.
+        # Several threads update (a writer's and its prefaulter's; the daemon's copier threads):
+        # ranges and epochs change together.
         self._epochs_lock = threading.Lock()
 
     def add_at(self, start: int, end: int, epoch: int) -> None:
