@@ -545,9 +545,8 @@ class Pulls:
             self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, "the object is not here any more")
             return
         self.served_bytes += length
-        data = self.arena[p.offset + offset: p.offset + offset + length]
         start = p.offset + offset
-
+        data = self.arena[start: start + length]
         reading, release = self._reading(start, length, lambda: self.store.send_replies(table.release_hold(held)))
         self.bulk_send(reader, Msg.CHUNK_DATA, p.oid, offset, False, None, frames=[data], after=release,
                        reading=reading)
