@@ -719,6 +719,35 @@ def test_puts_write_unmapped_blocks_with_pwritev_and_reused_ones_through_the_map
     assert np.array_equal(mesh.get(ref), second)
 
 
+def test_a_writer_maps_ahead_only_while_its_blocks_march_up_the_arena(fresh_node, monkeypatch):
+    """Mapping the block after a put ahead of the next put pays for a loop that keeps what it
+    puts; a loop that frees what it put reuses its block, and one put says nothing yet, so
+    neither maps ahead (that work would compete with whatever reads the object)."""
+    from meshcompute.owner import context
+
+    core = context.core
+    mapped_ahead = []
+    real_request = core.store.prefaulter.request
+
+    def request(offset, length, epoch, ahead=False):
+        if ahead:
+            mapped_ahead.append(offset)
+        return real_request(offset, length, epoch, ahead=ahead)
+
+    monkeypatch.setattr(core.store.prefaulter, "request", request)
+    a = np.ones(8 * MiB // 8)
+    first = mesh.put(a)
+    assert mapped_ahead == []  # one put alone
+    second = mesh.put(a * 2)  # the first is kept: the next block
+    assert len(mapped_ahead) == 1
+    del second
+    gc.collect()
+    assert wait_for(lambda: _stats()["objects"] == 1, timeout=5)
+    third = mesh.put(a * 3)  # back into the block just freed
+    assert len(mapped_ahead) == 1
+    assert mesh.get(third)[0] == 3 and mesh.get(first)[0] == 1
+
+
 # ------------------------------------------------------- returning pages
 
 

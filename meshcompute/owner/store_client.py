@@ -72,6 +72,7 @@ class StoreClient:
         # while copying), "pwritev" (statistics; tests count them).
         self.writes: collections.Counter = collections.Counter()
         self._two_cores = len(os.sched_getaffinity(0)) >= 2
+        self._last_put_end: int | None = None  # where our last put's block ended (mapping ahead)
         self._copier: concurrent.futures.ThreadPoolExecutor | None = None
         self._copier_lock = threading.Lock()
 
@@ -130,12 +131,17 @@ class StoreClient:
             pwrite_object(self.fd, offset, ser.meta, ser.buffers, ser.is_error)
             self.prefaulter.request(offset, size, epoch)
             self.writes["pwritev"] += 1
-        # The next block handed out is most likely the one right after this (lowest offsets go
-        # first): map it ahead in the background, so that a loop that keeps what it puts
-        # writes with memcpy too.  Pages punched meanwhile are forgotten at that put.
+        # Where our blocks march up the arena (this one starts past the last one: we keep what
+        # we put), the next block handed out is most likely the one right after this (lowest
+        # offsets go first): map it ahead in the background, so that a loop that keeps what it
+        # puts writes with memcpy too.  A put that reuses an earlier block (a loop that frees
+        # what it put) will most likely reuse this one, mapped now; a put alone says nothing
+        # yet.  Mapping ahead competes for the CPU with whatever reads the object meanwhile.
+        # Pages punched meanwhile are forgotten at that put.
         end = -(-(offset + size) // mmap.PAGESIZE) * mmap.PAGESIZE
+        marching, self._last_put_end = self._last_put_end is not None and offset >= self._last_put_end, end
         ahead = min(size, MAP_AHEAD_MAX, self.capacity - end)
-        if ahead > 0 and not self.touched.covers(end, end + ahead):
+        if marching and ahead > 0 and not self.touched.covers(end, end + ahead):
             self.prefaulter.request(end, ahead, epoch, ahead=True)
         if keep_pinned:
             self.pins.add(object_id, offset, size, use=False)
