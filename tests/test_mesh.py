@@ -35,17 +35,22 @@ def _alive_view(info) -> dict:
 def mesh3():
     if mesh.is_initialized():
         mesh.shutdown()
-    with loopback_mesh(3, num_cpus=2, object_store_memory=768 * MiB) as (token, nodes):
-        try:
-            seed = nodes[0][1]["tcp"].replace("tcp://", "")
-            ids = {info["node_id"] for _, info in nodes}
-            assert wait_for(lambda: all(set(_alive_view(info)) == ids and set(_alive_view(info).values()) == {"alive"}
-                                        for _, info in nodes), timeout=15)
-            mesh.init(address=seed)
-            yield {"token": token, "nodes": nodes, "ids": [info["node_id"] for _, info in nodes]}
-        finally:
-            if mesh.is_initialized():
-                mesh.shutdown()
+    # No lingering warm pool: a daemon then drops the pages it moved 2 s after the last chunk
+    # (node/pulls.py), not 30 s later.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MESH_STORE_WARM_LINGER", "0")
+        with loopback_mesh(3, num_cpus=2, object_store_memory=768 * MiB) as (token, nodes):
+            try:
+                seed = nodes[0][1]["tcp"].replace("tcp://", "")
+                ids = {info["node_id"] for _, info in nodes}
+                assert wait_for(lambda: all(set(_alive_view(info)) == ids
+                                            and set(_alive_view(info).values()) == {"alive"}
+                                            for _, info in nodes), timeout=15)
+                mesh.init(address=seed)
+                yield {"token": token, "nodes": nodes, "ids": [info["node_id"] for _, info in nodes]}
+            finally:
+                if mesh.is_initialized():
+                    mesh.shutdown()
 
 
 def _shared_resident(pid: int) -> int:
@@ -94,7 +99,8 @@ def test_large_array_from_node_a_is_consumed_bit_exact_on_node_c(mesh3):
     assert ran_on == c and got == expected
     # Neither daemon keeps the object's pages in its page table once transfers pause: the
     # holder maps the chunks it serves, the puller those it writes, and each drops them
-    # when no chunk moved for 2 s (a node that moved gigabytes stays small).
+    # when no chunk moved for as long as its store keeps pages warm (2 s here; a node that
+    # moved gigabytes stays small).
     for _, info in mesh3["nodes"]:
         assert wait_for(lambda pid=info["pid"]: _shared_resident(pid) < 16 * MiB, timeout=15), \
             (info["node_id"], _shared_resident(info["pid"]) / MiB)

@@ -222,8 +222,8 @@ def test_readers_waiting_on_a_relay_whose_pull_fails_hear_it_at_once(pulls):
 
 def test_chunk_pages_are_mapped_once_until_punched_and_dropped_once_idle():
     MiB = 1 << 20
-    pages = ChunkPages(64 * MiB, idle_s=2.0)
-    assert pages.take_idle(100.0) is None  # nothing touched
+    pages = ChunkPages(64 * MiB)
+    assert pages.take_idle(100.0, 2.0) is None  # nothing touched
     # (epoch now, latest punch epoch there, all written), as PagePool.punch_info gives them
     how = pages.plan(8 * MiB, 16 * MiB, (5, 0, False), 100.0)
     assert how == MapFirst(5, record=True)  # not mapped: map it first
@@ -240,31 +240,47 @@ def test_chunk_pages_are_mapped_once_until_punched_and_dropped_once_idle():
     # A punch after they were mapped (epoch 7 > 5) took the pages out of every mapping.
     assert pages.plan(8 * MiB, 16 * MiB, (7, 7, False), 101.5) == MapFirst(7, record=True)
     pages.done(101.5)
-    assert pages.take_idle(103.4) is None  # a chunk 1.9 s ago: transfers may go on
-    assert pages.take_idle(103.5) == (0, 16 * MiB)
-    assert pages.take_idle(110.0) is None  # dropped once
+    assert pages.take_idle(103.4, 2.0) is None  # a chunk 1.9 s ago: transfers may go on
+    assert pages.take_idle(103.5, 2.0) == (0, 16 * MiB)
+    assert pages.take_idle(110.0, 2.0) is None  # dropped once
     # While the drop's unmap runs, a chunk maps its pages but records nothing (they may be
     # zapped under it); the pages it touched are dropped the next time.
     how = pages.plan(0, 8 * MiB, (7, 0, False), 111.0)
     assert how == MapFirst(7, record=False)
     pages.mapped(0, 8 * MiB, how)
     pages.done(111.0)
-    assert pages.populated.spans() == [] and pages.take_idle(120.0) is None  # (still dropping)
+    assert pages.populated.spans() == [] and pages.take_idle(120.0, 2.0) is None  # (still dropping)
     pages.dropped()
-    assert pages.take_idle(120.0) == (0, 8 * MiB)
+    assert pages.take_idle(120.0, 2.0) == (0, 8 * MiB)
     pages.dropped()
 
 
 def test_chunk_pages_are_not_dropped_while_a_chunk_is_in_progress():
     """A chunk job can wait in the helper threads' queue behind a long spill: its pages are
     not dropped before it completes, however long ago it was planned."""
-    pages = ChunkPages(64 << 20, idle_s=2.0)
+    pages = ChunkPages(64 << 20)
     how = pages.plan(0, 8 << 20, (1, 0, False), 100.0)
-    assert pages.take_idle(150.0) is None  # planned 50 s ago, still in progress
+    assert pages.take_idle(150.0, 2.0) is None  # planned 50 s ago, still in progress
     pages.mapped(0, 8 << 20, how)
     pages.done(150.0)
-    assert pages.take_idle(151.0) is None  # completed 1 s ago
-    assert pages.take_idle(152.0) == (0, 8 << 20)
+    assert pages.take_idle(151.0, 2.0) is None  # completed 1 s ago
+    assert pages.take_idle(152.0, 2.0) == (0, 8 << 20)
+
+
+def test_the_daemon_keeps_chunk_pages_mapped_as_long_as_the_store_keeps_pages_warm(pulls):
+    p, net, clock, table = pulls
+    table.pages.linger, table.pages.linger_s = 64 << 20, 30.0  # as a daemon's store (node/config.py)
+    p.pages.plan(0, 8 << 20, (0, 0, False), clock[0])
+    p.pages.done(clock[0])
+    p.tick(clock[0] + 2.5)
+    assert (p.pages.start, p.pages.end) == (0, 8 << 20)  # a pause of seconds: still mapped
+    p.tick(clock[0] + 30.5)
+    assert p.pages.end == 0  # dropped once the pool's linger is over
+    table.pages.linger = 0  # MESH_STORE_WARM_LINGER=0: the pool keeps pages its window long
+    p.pages.plan(0, 8 << 20, (0, 0, False), clock[0] + 40)
+    p.pages.done(clock[0] + 40)
+    p.tick(clock[0] + 40 + table.pages.window_s)
+    assert p.pages.end == 0
 
 
 def _resident_in_mapping(base: int) -> int:

@@ -11,10 +11,12 @@ the daemon runs on.  So:
 * pages stay mapped while chunks flow, and a chunk whose pages were mapped
   after the last punch of their part of the arena (store/pages.py's punch
   epochs: a punch takes pages out of every mapping) is not mapped again;
-* once no chunk was read or written for IDLE_S and none is in progress,
+* once no chunk was read or written for a while and none is in progress,
   everything touched is dropped from the daemon's page table (on a helper
   thread), so an idle node's resident size does not count the objects it moved
-  (the file keeps their bytes).
+  (the file keeps their bytes).  The caller says how long: node/pulls.py keeps
+  them as long as the store keeps a burst's pages warm (store/pages.py), so a
+  transfer that pauses a few seconds comes back to pages in the page table.
 
 Pure bookkeeping on the loop thread, except ``mapped``, which a helper thread
 calls (``PopulatedRanges`` locks).
@@ -25,11 +27,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..store.shm import PopulatedRanges
-
-IDLE_S = 2.0
-"""Seconds without a chunk after which the daemon drops the pages it mapped for chunks: long
-enough that a transfer's chunks keep them (they come milliseconds apart), short enough that
-a node that moved gigabytes looks idle in ``top`` soon after."""
 
 
 class MapFirst(NamedTuple):
@@ -47,8 +44,7 @@ class ChunkPages:
     ``[start, end)`` covers every page touched since the last drop began; nothing is
     dropped while a chunk planned here is still in progress."""
 
-    def __init__(self, capacity: int, idle_s: float = IDLE_S) -> None:
-        self.idle_s = idle_s
+    def __init__(self, capacity: int) -> None:
         self.populated = PopulatedRanges(capacity)
         self.start = self.end = 0
         self.used_at = 0.0
@@ -79,11 +75,11 @@ class ChunkPages:
         self.in_progress -= 1
         self.used_at = now
 
-    def take_idle(self, now: float) -> tuple[int, int] | None:
-        """The span to drop, once nothing was touched for ``idle_s`` and no chunk is in
-        progress; until ``dropped``, chunks map their pages without recording them."""
+    def take_idle(self, now: float, idle_s: float) -> tuple[int, int] | None:
+        """The span to drop, once nothing was touched for ``idle_s`` seconds and no chunk is
+        in progress; until ``dropped``, chunks map their pages without recording them."""
         if (self.end <= self.start or self.in_progress or self.dropping
-                or now - self.used_at < self.idle_s):
+                or now - self.used_at < idle_s):
             return None
         span, self.start, self.end = (self.start, self.end), 0, 0
         self.populated.forget_all()

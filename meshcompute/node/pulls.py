@@ -416,11 +416,14 @@ class Pulls:
         return reading, finished
 
     def drop_idle_mappings(self, now: float) -> None:
-        """Once no chunk was read or written for a while (``ChunkPages``), drop the arena
-        pages the helper threads mapped from the daemon's page table (on a helper thread:
-        a zap of hundreds of MiB takes milliseconds), so an idle node that moved gigabytes
-        stays small."""
-        span = self.pages.take_idle(now)
+        """Once no chunk was read or written for as long as the store keeps a burst's pages
+        warm (its linger, else its window: store/pages.py), drop the arena pages the helper
+        threads mapped from the daemon's page table (on a helper thread: a zap of hundreds
+        of MiB takes milliseconds), so an idle node that moved gigabytes stays small.  A
+        transfer that pauses less comes back to mapped pages (mapping 256 MiB again on both
+        ends cost a pull after a 3 s pause a sixth of its speed)."""
+        pool = self.store.table.pages
+        span = self.pages.take_idle(now, pool.linger_s if pool.linger else pool.window_s)
         if span is None:
             return
         if not self._arena_base:
