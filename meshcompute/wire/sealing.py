@@ -72,6 +72,11 @@ def parse_prefix(frame: Any) -> tuple[bytes, int] | None:
     return sid, counter
 
 
+# cryptography >= 45 seals and opens into a caller's buffer; older versions allocate.
+_HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
+_HAS_DECRYPT_INTO = hasattr(AESGCM, "decrypt_into")
+
+
 class Seal:
     """One session's key: seals and opens messages.  Stateless beyond the key, so
     sealing and opening may run on helper threads; counters are the caller's."""
@@ -147,7 +152,7 @@ class SealedPart:
 
     def open_into(self, dest: memoryview) -> None:
         """Decrypt into ``dest`` (exactly :attr:`nbytes` long); raises InvalidTag if forged."""
-        if hasattr(self._aead, "decrypt_into"):  # cryptography >= 45
+        if _HAS_DECRYPT_INTO:
             self._aead.decrypt_into(self._nonce, memoryview(self._box), self._aad, dest)
         else:
             dest[:] = self.open()
@@ -204,9 +209,6 @@ class BoxBuffers:
     @property
     def free(self) -> int:
         return len(self._free)
-
-
-_HAS_ENCRYPT_INTO = hasattr(AESGCM, "encrypt_into")
 
 
 class ReplayWindow:
