@@ -23,6 +23,7 @@ from ..store.table import Copy
 from ..wire.messages import Msg
 from ..wire.sealing import SealedPart
 from ..wire.transport import node_of
+from .bulk import Reading
 from .chunk_pages import ChunkPages, MapFirst
 from .store_service import StoreService
 
@@ -399,8 +400,7 @@ class Pulls:
         part.open_into(self.arena[start: start + n])
         return True
 
-    def _reading(self, start: int, length: int,
-                 release: Callable[[], None]) -> tuple[Callable[[Callable[[], Any]], Any], Callable[[], None]]:
+    def _reading(self, start: int, length: int, release: Callable[[], None]) -> tuple[Reading, Callable[[], None]]:
         """How a helper thread reads a chunk it serves from the arena (through the daemon's
         mapping, its pages mapped first where they are not), and ``release`` wrapped to run
         on the loop once the read is over or given up."""
